@@ -1,0 +1,1 @@
+//! rota-bootctl (placeholder until its issue lands).

@@ -1,0 +1,1 @@
+//! rota-bundle (placeholder until its issue lands).

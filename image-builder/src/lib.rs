@@ -1,0 +1,1 @@
+//! rota-image (placeholder until its issue lands).

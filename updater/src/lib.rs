@@ -1,0 +1,1 @@
+//! rota-updater (placeholder until its issue lands).
