@@ -1,0 +1,2 @@
+//! rota-cli (placeholder until its issue lands).
+fn main() {}

@@ -1,0 +1,2 @@
+//! rota-server (placeholder until its issue lands).
+fn main() {}

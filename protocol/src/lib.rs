@@ -1,0 +1,1 @@
+//! rota-protocol (placeholder until its issue lands).
