@@ -1,1 +1,55 @@
-//! rota-bundle (placeholder until its issue lands).
+//! Rota's update bundle: one file, readable as a stream from its first byte, holding a fixed
+//! header, a postcard manifest, Ed25519 signatures and the images' chunks (see FORMAT.md).
+//!
+//! Writing: [`BundleBuilder`]. Reading: [`BundleReader::open`] verifies the signatures against
+//! a [`Keyring`] before it hands out anything, then [`VerifiedBundle::next_image`] streams
+//! each image through an [`ImageReader`] that yields only bytes whose chunk hash matched.
+//! Random access for resumed or ranged downloads: [`VerifiedManifest::chunk_file_range`] and
+//! [`VerifiedManifest::verify_chunk`].
+//!
+//! ```
+//! use rota_bundle::*;
+//! let key = SigningKey::from_seed([7; 32]);
+//! let mut builder = BundleBuilder::new("lekiwi-rpi5", "1.2.0".parse().unwrap());
+//! builder
+//!     .build_time(1_700_000_000)
+//!     .compression(Compression::Zstd)
+//!     .sign_with(&key)
+//!     .add_image("rootfs", SlotClass::Rootfs, &[42u8; 100_000][..]);
+//! let mut bundle = Vec::new();
+//! builder.write_to(&mut bundle).unwrap();
+//!
+//! let keyring = Keyring::from_keys([key.public_key()]);
+//! let mut verified = BundleReader::open(&bundle[..], &keyring).unwrap();
+//! assert_eq!(verified.manifest().compatible, "lekiwi-rpi5");
+//! let mut image = Vec::new();
+//! verified.next_image().unwrap().unwrap().copy_to(&mut image).unwrap();
+//! assert_eq!(image, vec![42u8; 100_000]);
+//! ```
+
+mod chunk;
+mod digest;
+mod error;
+mod header;
+mod image_reader;
+mod keys;
+mod manifest;
+mod pool;
+mod reader;
+mod signature;
+mod writer;
+
+pub use chunk::{CHUNK_AVERAGE_LENGTH, CHUNK_MAX_LENGTH, CHUNK_MIN_LENGTH, DEFAULT_ZSTD_LEVEL};
+pub use digest::Sha256Digest;
+pub use error::{Error, Part, Result};
+pub use header::{
+    FORMAT_VERSION, HEADER_LENGTH, MAGIC, MAX_MANIFEST_LENGTH, MAX_SIGNATURE_BLOCK_LENGTH,
+};
+pub use image_reader::{ImageReader, VerifiedChunk};
+pub use keys::{KeyError, KeyId, Keyring, PublicKey, SigningKey, PUBLIC_KEY_EXTENSION};
+pub use manifest::{
+    Chunk, Compression, ImageEntry, Manifest, SlotClass, SourceInfo, MAX_CHUNK_LENGTH,
+};
+pub use reader::{BundleReader, ReadOptions, VerifiedBundle, VerifiedImage, VerifiedManifest};
+pub use signature::ED25519_ENTRY_LENGTH;
+pub use writer::{write_bundle_parts, BundleBuilder, BundleSummary};

@@ -1,0 +1,234 @@
+//! The manifest: what a bundle is for and where each image's chunks sit in the payload.
+//!
+//! Encoded with postcard (FORMAT.md, "Manifest"). Decoding is crate-private: the only way to
+//! get a `Manifest` out of bundle bytes is through [`crate::BundleReader::open`], after a
+//! trusted signature checked out.
+
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Sha256Digest;
+use crate::error::{Error, Result};
+
+/// Largest chunk (stored or decompressed) a reader accepts. The writer's chunks are at most
+/// [`crate::CHUNK_MAX_LENGTH`]; the limit bounds the memory a signed but lying manifest can
+/// make a reader allocate: read-ahead window × 2 × this.
+pub const MAX_CHUNK_LENGTH: u32 = 4 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Product/board string; a robot refuses bundles for any other.
+    pub compatible: String,
+    pub version: semver::Version,
+    /// Anti-rollback counter: a robot refuses bundles below the one it runs.
+    pub security_version: u32,
+    /// Unix seconds, normally the build's `SOURCE_DATE_EPOCH`.
+    pub build_time: u64,
+    pub source: Option<SourceInfo>,
+    pub description: String,
+    /// In payload order.
+    pub images: Vec<ImageEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceInfo {
+    pub git_commit: String,
+    pub git_branch: Option<String>,
+}
+
+/// Where an image is installed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SlotClass {
+    /// A whole root filesystem, written to the inactive slot.
+    Rootfs,
+    /// A file tree installed beside the rootfs, for app-only updates without a reboot.
+    App,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    #[default]
+    None,
+    /// Each chunk is one independent zstd frame.
+    Zstd,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageEntry {
+    pub name: String,
+    pub slot_class: SlotClass,
+    /// Decompressed size in bytes.
+    pub size: u64,
+    /// SHA-256 of the whole decompressed image (what `sha256sum image` prints).
+    pub sha256: Sha256Digest,
+    pub compression: Compression,
+    /// Offset of the image's first stored byte, counted from the start of the payload.
+    pub payload_offset: u64,
+    /// Stored (possibly compressed) bytes of the image in the payload.
+    pub payload_length: u64,
+    pub chunks: Vec<Chunk>,
+}
+
+/// One content-defined chunk of an image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chunk {
+    /// Offset in the decompressed image.
+    pub offset: u64,
+    /// Decompressed length.
+    pub length: u32,
+    /// SHA-256 of the decompressed bytes (what delta updates compare against a slot).
+    pub sha256: Sha256Digest,
+    /// Offset of the stored bytes, counted from the start of the payload.
+    pub stored_offset: u64,
+    pub stored_length: u32,
+    /// SHA-256 of the stored bytes. Checked before decompressing, so the decompressor only
+    /// ever sees bytes the signer wrote; equal to `sha256` when the image is not compressed.
+    pub stored_sha256: Sha256Digest,
+}
+
+impl Manifest {
+    /// The postcard encoding that goes into a bundle.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("serializing to a Vec cannot fail")
+    }
+
+    /// Decodes manifest bytes; trailing bytes are an error, so one manifest has one encoding.
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Manifest> {
+        let (manifest, rest) = postcard::take_from_bytes(bytes).map_err(Error::ManifestDecode)?;
+        if !rest.is_empty() {
+            return Err(Error::ManifestDecode(
+                postcard::Error::DeserializeBadEncoding,
+            ));
+        }
+        Ok(manifest)
+    }
+
+    pub fn image_index(&self, name: &str) -> Option<usize> {
+        self.images.iter().position(|image| image.name == name)
+    }
+
+    /// Checks that the chunk tables tile every image exactly and the images tile the payload
+    /// exactly, in order. A reader relies on this to hand out exactly `size` verified bytes
+    /// per image and to locate any chunk without scanning.
+    pub(crate) fn validate(&self, payload_length: u64) -> Result<()> {
+        if self.compatible.is_empty() {
+            return Err(Error::invalid("empty compatible string"));
+        }
+        let mut names = HashSet::new();
+        let mut payload_position = 0u64;
+        for image in &self.images {
+            if image.name.is_empty() {
+                return Err(Error::invalid("an image has an empty name"));
+            }
+            if !names.insert(image.name.as_str()) {
+                return Err(Error::invalid(format!(
+                    "two images are named {:?}",
+                    image.name
+                )));
+            }
+            if image.payload_offset != payload_position {
+                return Err(Error::invalid(format!(
+                    "image {:?} starts at payload offset {}, expected {payload_position}",
+                    image.name, image.payload_offset
+                )));
+            }
+            image.validate_chunks()?;
+            payload_position = payload_position
+                .checked_add(image.payload_length)
+                .ok_or_else(|| Error::invalid("payload length overflows"))?;
+        }
+        if payload_position != payload_length {
+            return Err(Error::invalid(format!(
+                "images take {payload_position} payload bytes, the header says {payload_length}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl ImageEntry {
+    fn validate_chunks(&self) -> Result<()> {
+        let lie = |what: String| Error::invalid(format!("image {:?}: {what}", self.name));
+        let mut offset = 0u64;
+        let mut stored_offset = self.payload_offset;
+        for (index, chunk) in self.chunks.iter().enumerate() {
+            if chunk.offset != offset {
+                return Err(lie(format!(
+                    "chunk {index} at image offset {}, expected {offset}",
+                    chunk.offset
+                )));
+            }
+            if chunk.stored_offset != stored_offset {
+                return Err(lie(format!(
+                    "chunk {index} at payload offset {}, expected {stored_offset}",
+                    chunk.stored_offset
+                )));
+            }
+            if chunk.length == 0 || chunk.length > MAX_CHUNK_LENGTH {
+                return Err(lie(format!("chunk {index} has length {}", chunk.length)));
+            }
+            if chunk.stored_length == 0 || chunk.stored_length > MAX_CHUNK_LENGTH {
+                return Err(lie(format!(
+                    "chunk {index} has stored length {}",
+                    chunk.stored_length
+                )));
+            }
+            if self.compression == Compression::None
+                && (chunk.stored_length != chunk.length || chunk.stored_sha256 != chunk.sha256)
+            {
+                return Err(lie(format!(
+                    "uncompressed chunk {index} differs from its stored form"
+                )));
+            }
+            // Checked: a signed manifest may still carry absurd offsets.
+            offset = offset
+                .checked_add(chunk.length.into())
+                .ok_or_else(|| lie("image size overflows".into()))?;
+            stored_offset = stored_offset
+                .checked_add(chunk.stored_length.into())
+                .ok_or_else(|| lie("payload offset overflows".into()))?;
+        }
+        if offset != self.size {
+            return Err(lie(format!(
+                "chunks cover {offset} bytes, the image size is {}",
+                self.size
+            )));
+        }
+        if stored_offset - self.payload_offset != self.payload_length {
+            return Err(lie(format!(
+                "chunks take {} payload bytes, the payload length is {}",
+                stored_offset - self.payload_offset,
+                self.payload_length
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trailing_bytes_after_the_manifest_are_refused() {
+        let manifest = Manifest {
+            compatible: "board".into(),
+            version: semver::Version::new(1, 2, 3),
+            security_version: 0,
+            build_time: 0,
+            source: None,
+            description: String::new(),
+            images: Vec::new(),
+        };
+        let mut bytes = manifest.to_bytes();
+        assert_eq!(Manifest::decode(&bytes).unwrap(), manifest);
+        bytes.push(0);
+        assert!(matches!(
+            Manifest::decode(&bytes),
+            Err(Error::ManifestDecode(_))
+        ));
+    }
+}
