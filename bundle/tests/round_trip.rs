@@ -1,0 +1,345 @@
+//! Bundles built from generated data read back exactly, with and without compression,
+//! through every reading interface, and builds are reproducible.
+
+mod common;
+
+use std::io::{Cursor, Read};
+
+use common::*;
+use proptest::prelude::*;
+use rota_bundle::*;
+
+#[test]
+fn round_trip_without_and_with_zstd() {
+    let rootfs = image_data(1, 1_500_000);
+    let app = image_data(2, 300_000);
+    for compression in [Compression::None, Compression::Zstd] {
+        let key = key(1);
+        let bundle = build(&[("rootfs", &rootfs), ("app", &app)], compression, &[&key]);
+        let images = read_all(&bundle, &keyring(&[&key])).unwrap();
+        assert_eq!(
+            images,
+            vec![
+                ("rootfs".into(), rootfs.clone()),
+                ("app".into(), app.clone())
+            ]
+        );
+
+        let manifest = manifest_of(&bundle, &key);
+        assert_eq!(manifest.compatible, "test-board");
+        assert_eq!(manifest.version, "1.2.3-rc.1+build.7".parse().unwrap());
+        assert_eq!(manifest.security_version, 4);
+        assert_eq!(manifest.build_time, 1_700_000_000);
+        assert_eq!(
+            manifest.source.as_ref().unwrap().git_branch.as_deref(),
+            Some("main")
+        );
+        let entry = &manifest.images[0];
+        assert_eq!(entry.compression, compression);
+        assert_eq!(entry.size, rootfs.len() as u64);
+        assert_eq!(entry.sha256, Sha256Digest::of(&rootfs));
+        assert!(
+            entry.chunks.len() > 5,
+            "1.5 MB should give many ~64 KiB chunks"
+        );
+        for chunk in &entry.chunks {
+            assert!(chunk.length <= CHUNK_MAX_LENGTH);
+        }
+        if compression == Compression::Zstd {
+            assert!(
+                entry.payload_length < entry.size,
+                "the repeated text compresses"
+            );
+        }
+    }
+}
+
+#[test]
+fn serial_and_parallel_readers_and_writers_agree() {
+    let data = image_data(3, 700_000);
+    let key = key(1);
+    let mut bundles = Vec::new();
+    for workers in [0, 1, 3] {
+        let mut builder = builder(Compression::Zstd, &[&key]);
+        builder
+            .workers(workers)
+            .add_image("rootfs", SlotClass::Rootfs, &data[..]);
+        let mut bundle = Vec::new();
+        builder.write_to(&mut bundle).unwrap();
+        bundles.push(bundle);
+    }
+    assert!(bundles.windows(2).all(|pair| pair[0] == pair[1]));
+    for workers in [0, 1, 3] {
+        let options = ReadOptions {
+            workers,
+            read_ahead: 2,
+            check_image_sha256: workers != 1,
+        };
+        let mut verified =
+            BundleReader::open_with(&bundles[0][..], &keyring(&[&key]), options).unwrap();
+        let mut read = Vec::new();
+        verified
+            .next_image()
+            .unwrap()
+            .unwrap()
+            .read_to_end(&mut read)
+            .unwrap();
+        assert_eq!(read, data);
+    }
+}
+
+#[test]
+fn identical_inputs_give_byte_identical_bundles() {
+    let data = image_data(4, 900_000);
+    let keys = [key(1), key(2)];
+    let first = build(
+        &[("rootfs", &data)],
+        Compression::Zstd,
+        &[&keys[0], &keys[1]],
+    );
+    let second = build(
+        &[("rootfs", &data)],
+        Compression::Zstd,
+        &[&keys[0], &keys[1]],
+    );
+    assert_eq!(first, second);
+    let other_time = {
+        let mut builder = builder(Compression::Zstd, &[&keys[0], &keys[1]]);
+        builder
+            .build_time(1_700_000_001)
+            .add_image("rootfs", SlotClass::Rootfs, &data[..]);
+        let mut bundle = Vec::new();
+        builder.write_to(&mut bundle).unwrap();
+        bundle
+    };
+    assert_ne!(
+        first, other_time,
+        "the build time is part of the signed manifest"
+    );
+}
+
+#[test]
+fn key_rotation_a_keyring_trusting_only_the_second_signer_accepts() {
+    let (old, new, stranger) = (key(1), key(2), key(3));
+    let data = image_data(5, 200_000);
+    let bundle = build(&[("rootfs", &data)], Compression::None, &[&old, &new]);
+    for trusted in [&old, &new] {
+        let verified = BundleReader::open(&bundle[..], &keyring(&[trusted])).unwrap();
+        assert_eq!(verified.signed_by(), &[trusted.key_id()]);
+    }
+    let both = BundleReader::open(&bundle[..], &keyring(&[&new, &old, &stranger])).unwrap();
+    assert_eq!(both.signed_by(), &[old.key_id(), new.key_id()]);
+    assert_eq!(read_all(&bundle, &keyring(&[&new])).unwrap()[0].1, data);
+}
+
+#[test]
+fn empty_image_round_trips() {
+    let key = key(1);
+    let bundle = build(
+        &[("empty", &[]), ("rootfs", b"tiny")],
+        Compression::Zstd,
+        &[&key],
+    );
+    let images = read_all(&bundle, &keyring(&[&key])).unwrap();
+    assert_eq!(
+        images,
+        vec![
+            ("empty".into(), vec![]),
+            ("rootfs".into(), b"tiny".to_vec())
+        ]
+    );
+}
+
+#[test]
+fn an_image_can_be_picked_by_name_skipping_the_ones_before() {
+    let key = key(1);
+    let (first, second) = (image_data(6, 400_000), image_data(7, 100_000));
+    let bundle = build(
+        &[("first", &first), ("second", &second)],
+        Compression::Zstd,
+        &[&key],
+    );
+    let mut verified = BundleReader::open(&bundle[..], &keyring(&[&key])).unwrap();
+    let mut read = Vec::new();
+    verified
+        .image("second")
+        .unwrap()
+        .copy_to(&mut read)
+        .unwrap();
+    assert_eq!(read, second);
+    assert!(matches!(
+        verified.image("first"),
+        Err(Error::ImageAlreadyPassed { image }) if image == "first"
+    ));
+    assert!(matches!(
+        verified.image("third"),
+        Err(Error::NoSuchImage { .. })
+    ));
+    verified.finish().unwrap();
+}
+
+#[test]
+fn random_access_by_chunk_from_a_seekable_source_and_from_raw_bytes() {
+    let key = key(1);
+    let data = image_data(8, 800_000);
+    for compression in [Compression::None, Compression::Zstd] {
+        let bundle = build(&[("rootfs", &data)], compression, &[&key]);
+        let mut verified = BundleReader::open(Cursor::new(&bundle), &keyring(&[&key])).unwrap();
+        let manifest = verified.verified_manifest().clone();
+        let chunks = manifest.manifest().images[0].chunks.clone();
+        // Backwards, to show the order does not matter.
+        for (index, chunk) in chunks.iter().enumerate().rev() {
+            let expected = &data[chunk.offset as usize..][..chunk.length as usize];
+            assert_eq!(verified.read_chunk(0, index).unwrap(), expected);
+            let range = manifest.chunk_file_range(0, index).unwrap();
+            let stored = &bundle[range.start as usize..range.end as usize];
+            assert_eq!(manifest.verify_chunk(0, index, stored).unwrap(), expected);
+        }
+        // Random access did not disturb the stream.
+        let mut read = Vec::new();
+        verified
+            .next_image()
+            .unwrap()
+            .unwrap()
+            .copy_to(&mut read)
+            .unwrap();
+        assert_eq!(read, data);
+        assert!(matches!(
+            manifest.verify_chunk(0, chunks.len(), &[]),
+            Err(Error::NoSuchChunk { .. })
+        ));
+    }
+}
+
+#[test]
+fn a_download_resumes_at_a_chunk_boundary() {
+    let key = key(1);
+    let data = image_data(9, 900_000);
+    let bundle = build(&[("rootfs", &data)], Compression::Zstd, &[&key]);
+    let verified = BundleReader::open(&bundle[..], &keyring(&[&key])).unwrap();
+    let manifest = verified.verified_manifest().clone();
+    let resume_at = manifest.manifest().images[0].chunks.len() / 2;
+    // What an HTTP `Range: bytes=START-` request would return.
+    let start = manifest.chunk_file_range(0, resume_at).unwrap().start as usize;
+    let mut body = &bundle[start..];
+    let mut reader = manifest
+        .image_reader(0, resume_at, &mut body, &ReadOptions::default())
+        .unwrap();
+    let mut rest = Vec::new();
+    reader.copy_to(&mut rest).unwrap();
+    let offset = manifest.manifest().images[0].chunks[resume_at].offset as usize;
+    assert_eq!(rest, &data[offset..]);
+}
+
+#[test]
+fn the_image_digest_is_what_sha256sum_prints_and_chunks_are_plain_zstd_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = key(1);
+    let data = image_data(10, 600_000);
+    let image_path = dir.path().join("rootfs.img");
+    std::fs::write(&image_path, &data).unwrap();
+    let mut builder = builder(Compression::Zstd, &[&key]);
+    builder.add_image_file("rootfs", SlotClass::Rootfs, &image_path);
+    let mut bundle = Vec::new();
+    let summary = builder.write_to(&mut bundle).unwrap();
+    assert_eq!(summary.bundle_length, bundle.len() as u64);
+
+    let sha256sum = std::process::Command::new("sha256sum")
+        .arg(&image_path)
+        .output()
+        .unwrap();
+    let printed = String::from_utf8(sha256sum.stdout).unwrap();
+    assert_eq!(
+        printed.split_whitespace().next().unwrap(),
+        summary.manifest.images[0].sha256.to_hex()
+    );
+
+    // Any chunk's stored bytes, cut out of the file by offset, decompress with the zstd CLI.
+    let verified = BundleReader::open(&bundle[..], &keyring(&[&key])).unwrap();
+    let manifest = verified.verified_manifest();
+    let index = 3;
+    let range = manifest.chunk_file_range(0, index).unwrap();
+    let frame_path = dir.path().join("chunk.zst");
+    std::fs::write(
+        &frame_path,
+        &bundle[range.start as usize..range.end as usize],
+    )
+    .unwrap();
+    let zstd = std::process::Command::new("zstd")
+        .args(["-d", "-c", "-q"])
+        .arg(&frame_path)
+        .output()
+        .unwrap();
+    assert!(
+        zstd.status.success(),
+        "{}",
+        String::from_utf8_lossy(&zstd.stderr)
+    );
+    let chunk = &summary.manifest.images[0].chunks[index];
+    assert_eq!(
+        zstd.stdout,
+        &data[chunk.offset as usize..][..chunk.length as usize]
+    );
+}
+
+/// compatible, version, security version, build time, source, description.
+type ManifestFields = (
+    String,
+    (u64, u64, u64),
+    u32,
+    u64,
+    Option<(String, Option<String>)>,
+    String,
+);
+
+fn arbitrary_manifest_fields() -> impl Strategy<Value = ManifestFields> {
+    (
+        "[a-z0-9][a-z0-9-]{0,30}",
+        (any::<u64>(), any::<u64>(), any::<u64>()),
+        any::<u32>(),
+        any::<u64>(),
+        proptest::option::of(("[0-9a-f]{40}", proptest::option::of("[a-z/._-]{1,20}"))),
+        ".{0,200}",
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Whatever the manifest fields hold, they come back unchanged through sign and verify.
+    #[test]
+    fn manifest_fields_round_trip(
+        (compatible, (major, minor, patch), security_version, build_time, source, description)
+            in arbitrary_manifest_fields(),
+        image in proptest::collection::vec(any::<u8>(), 0..3000),
+        zstd in any::<bool>(),
+    ) {
+        let key = key(1);
+        let version = semver::Version::new(major, minor, patch);
+        let mut builder = BundleBuilder::new(compatible.clone(), version.clone());
+        let source = source.map(|(git_commit, git_branch)| SourceInfo { git_commit, git_branch });
+        if let Some(source) = &source {
+            builder.source(source.clone());
+        }
+        builder
+            .security_version(security_version)
+            .build_time(build_time)
+            .description(description.clone())
+            .compression(if zstd { Compression::Zstd } else { Compression::None })
+            .sign_with(&key)
+            .add_image("app", SlotClass::App, &image[..]);
+        let mut bundle = Vec::new();
+        let summary = builder.write_to(&mut bundle).unwrap();
+        let verified = BundleReader::open(&bundle[..], &keyring(&[&key])).unwrap();
+        let manifest = verified.manifest();
+        prop_assert_eq!(manifest, &summary.manifest);
+        prop_assert_eq!(&manifest.compatible, &compatible);
+        prop_assert_eq!(&manifest.version, &version);
+        prop_assert_eq!(manifest.security_version, security_version);
+        prop_assert_eq!(manifest.build_time, build_time);
+        prop_assert_eq!(&manifest.source, &source);
+        prop_assert_eq!(&manifest.description, &description);
+        prop_assert_eq!(manifest.images[0].slot_class, SlotClass::App);
+        prop_assert_eq!(&read_all(&bundle, &keyring(&[&key])).unwrap()[0].1, &image);
+    }
+}
