@@ -1,0 +1,19 @@
+//! `rota-image`: parses the command line and runs one subcommand (see `rota_image::commands`).
+
+use clap::Parser;
+use rota_image::cli::{Cli, Command};
+use rota_image::commands;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Rootfs(args) => commands::rootfs(args),
+        Command::Golden(args) => commands::golden(args),
+        Command::Flash(args) => commands::flash(args),
+    };
+    result.unwrap_or_else(|error| {
+        eprintln!("error: {error:#}");
+        ExitCode::FAILURE
+    })
+}
