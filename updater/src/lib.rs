@@ -1,1 +1,11 @@
-//! rota-updater (placeholder until its issue lands).
+//! rota-updater: streams a signed bundle into the inactive slot, trial-boots it, and commits it
+//! only after health checks pass, rolling back otherwise.
+//!
+//! One module per concept; the byte path is `source` → `rota_bundle` (verify, decompress, hash)
+//! → `sink`, driven by `install`. The lifecycle is `state` (diagram in `STATE.md`), persisted by
+//! `store`.
+
+pub mod config;
+pub mod failpoint;
+pub mod state;
+pub mod store;

@@ -1,0 +1,241 @@
+//! The state file: postcard inside a versioned envelope, written so that a power cut at any
+//! instruction leaves either the old or the new file, never a mix.
+//!
+//! Layout: `b"ROTAST"`, a little-endian `u16` format version, then the postcard body of that
+//! version. Version 1 is [`crate::state::State`] as it is now; when its shape changes, the old
+//! shape is frozen in a `v1` module, the version bumps, and [`decode`] upgrades old bodies.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use crate::failpoint;
+use crate::state::State;
+
+const MAGIC: &[u8; 6] = b"ROTAST";
+/// The version [`encode`] writes.
+pub const CURRENT_VERSION: u16 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("state file {}: not a Rota state file (bad magic)", path.display())]
+    BadMagic { path: PathBuf },
+    #[error("state file {}: format version {version} is newer than this updater reads ({CURRENT_VERSION}); refusing to overwrite it", path.display())]
+    TooNew { path: PathBuf, version: u16 },
+    #[error("state file {}: version {version} body does not decode: {source}", path.display())]
+    Decode {
+        path: PathBuf,
+        version: u16,
+        #[source]
+        source: postcard::Error,
+    },
+}
+
+fn io_error<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Serialises `state` into the current envelope.
+pub fn encode(state: &State) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(256);
+    bytes.extend_from_slice(MAGIC);
+    bytes.extend_from_slice(&CURRENT_VERSION.to_le_bytes());
+    // Serialising plain data into a Vec has no failure mode.
+    let body = postcard::to_stdvec(state).expect("state serialises");
+    bytes.extend_from_slice(&body);
+    bytes
+}
+
+/// Parses an envelope of any version this updater knows. `path` only names the file in errors.
+pub fn decode(bytes: &[u8], path: &Path) -> Result<State, StoreError> {
+    let header_len = MAGIC.len() + 2;
+    if bytes.len() < header_len || &bytes[..MAGIC.len()] != MAGIC {
+        return Err(StoreError::BadMagic {
+            path: path.to_owned(),
+        });
+    }
+    let version = u16::from_le_bytes([bytes[MAGIC.len()], bytes[MAGIC.len() + 1]]);
+    let body = &bytes[header_len..];
+    let decode_error = |source| StoreError::Decode {
+        path: path.to_owned(),
+        version,
+        source,
+    };
+    match version {
+        1 => postcard::from_bytes(body).map_err(decode_error),
+        newer => Err(StoreError::TooNew {
+            path: path.to_owned(),
+            version: newer,
+        }),
+    }
+}
+
+/// Reads the state file; a missing file is a fresh robot: the default state.
+pub fn load(path: &Path) -> Result<State, StoreError> {
+    match fs::read(path) {
+        Ok(bytes) => decode(&bytes, path),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(State::default()),
+        Err(error) => Err(io_error("read", path)(error)),
+    }
+}
+
+/// Replaces the state file atomically: temp file in the same directory, fsync, rename over the
+/// old file, fsync the directory (without it the rename itself may be lost on power cut).
+pub fn save(path: &Path, state: &State) -> Result<(), StoreError> {
+    let dir = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    fs::create_dir_all(dir).map_err(io_error("create directory", dir))?;
+    let mut temp_name = path.file_name().unwrap_or_default().to_owned();
+    temp_name.push(".tmp");
+    let temp = dir.join(temp_name);
+
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&temp)
+        .map_err(io_error("create", &temp))?;
+    file.write_all(&encode(state))
+        .map_err(io_error("write", &temp))?;
+    failpoint::hit("after-write-temp");
+    file.sync_all().map_err(io_error("fsync", &temp))?;
+    drop(file);
+    failpoint::hit("after-fsync-temp");
+    fs::rename(&temp, path).map_err(io_error("rename into", path))?;
+    failpoint::hit("after-rename");
+    File::open(dir)
+        .and_then(|dir_handle| dir_handle.sync_all())
+        .map_err(io_error("fsync directory", dir))?;
+    Ok(())
+}
+
+/// The state file at one path: load, change, save.
+#[derive(Debug, Clone)]
+pub struct Store {
+    path: PathBuf,
+}
+
+impl Store {
+    pub fn new(path: impl Into<PathBuf>) -> Store {
+        Store { path: path.into() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn load(&self) -> Result<State, StoreError> {
+        load(&self.path)
+    }
+
+    pub fn save(&self, state: &State) -> Result<(), StoreError> {
+        save(&self.path, state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{BundleInfo, InstallProgress, Lifecycle, Sha256Digest, SlotContent};
+    use rota_bootctl::Slot;
+
+    fn sample() -> State {
+        State {
+            lifecycle: Lifecycle::Installing {
+                slot: Slot::B,
+                bundle: BundleInfo {
+                    digest: Sha256Digest([7; 32]),
+                    version: "1.2.3".into(),
+                    compatible: "board".into(),
+                    security_version: 2,
+                },
+                source: "https://example.invalid/b.rota".into(),
+                progress: InstallProgress {
+                    image: 0,
+                    next_chunk: 3,
+                    bytes_done: 4096,
+                },
+            },
+            slot_a: Some(SlotContent {
+                version: "1.0.0".into(),
+                bundle_digest: Sha256Digest([1; 32]),
+                installed_at: 1_700_000_000,
+            }),
+            slot_b: None,
+            denylist: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn round_trips_through_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/state");
+        assert_eq!(load(&path).unwrap(), State::default());
+        save(&path, &sample()).unwrap();
+        assert_eq!(load(&path).unwrap(), sample());
+        assert!(!dir.path().join("sub/state.tmp").exists());
+    }
+
+    /// Version 1 files written by this release must stay readable by every later one: if this
+    /// test breaks, freeze the old types in a `v1` module and upgrade instead of editing them.
+    #[test]
+    fn reads_version_1_files_byte_for_byte() {
+        let golden: &[u8] = &[
+            b'R', b'O', b'T', b'A', b'S', b'T', 1, 0, // envelope, version 1
+            1, 1, // Installing, slot B
+            7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7,
+            7, 7, 7, // digest
+            5, b'1', b'.', b'2', b'.', b'3', // version
+            5, b'b', b'o', b'a', b'r', b'd', // compatible
+            2,    // security version
+            30, b'h', b't', b't', b'p', b's', b':', b'/', b'/', b'e', b'x', b'a', b'm', b'p', b'l',
+            b'e', b'.', b'i', b'n', b'v', b'a', b'l', b'i', b'd', b'/', b'b', b'.', b'r', b'o',
+            b't', b'a', // source
+            0, 3, 0x80, 0x20, // progress: image 0, chunk 3, 4096 bytes
+            1,    // slot A present
+            5, b'1', b'.', b'0', b'.', b'0', // slot A version
+            1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+            1, 1, 1, // slot A digest
+            0x80, 0xe2, 0xcf, 0xaa, 0x06, // installed_at
+            0,    // slot B absent
+            0,    // empty denylist
+        ];
+        let decoded = decode(golden, Path::new("golden"));
+        let expected = sample();
+        match decoded {
+            Ok(state) => assert_eq!(state, expected),
+            Err(error) => panic!("{error}\nencoded now: {:?}", encode(&expected)),
+        }
+    }
+
+    #[test]
+    fn refuses_garbage_and_newer_versions_with_the_path() {
+        let path = Path::new("/data/rota/state");
+        let bad = decode(b"hello world", path).unwrap_err();
+        assert!(bad.to_string().contains("/data/rota/state"), "{bad}");
+        let mut newer = encode(&sample());
+        newer[6] = 9;
+        assert!(matches!(
+            decode(&newer, path),
+            Err(StoreError::TooNew { version: 9, .. })
+        ));
+        let truncated = &encode(&sample())[..20];
+        assert!(matches!(
+            decode(truncated, path),
+            Err(StoreError::Decode { .. })
+        ));
+    }
+}
