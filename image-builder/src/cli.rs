@@ -12,7 +12,7 @@ use std::path::PathBuf;
 /// stderr. Exit codes: 0 success, 1 failure, 2 bad usage (verify: 0 valid, 1 invalid,
 /// 2 usage or I/O error).
 #[derive(Debug, Parser)]
-#[command(name = "rota-image", version, propagate_version = true)]
+#[command(name = "rota-image", version)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -26,6 +26,110 @@ pub enum Command {
     Golden(GoldenArgs),
     /// Write a disk image to a block device or file, only the blocks that hold data.
     Flash(FlashArgs),
+    /// Make a new Ed25519 signing key (NAME.key, mode 0600) and public key (NAME.pub).
+    Keygen(KeygenArgs),
+    /// Sign images into a bundle (.rota).
+    Bundle(BundleArgs),
+    /// Show a bundle's signers and, with --keyring, its verified manifest.
+    Inspect(InspectArgs),
+    /// Check a bundle's signature and every chunk; exit 0 valid, 1 invalid, 2 usage/I/O error.
+    Verify(VerifyArgs),
+}
+
+/// `rota-image keygen --out keys/release`
+///
+/// Prints the new key id on stdout. Refuses to overwrite existing key files.
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Path prefix of the key files: NAME.key (secret, mode 0600) and NAME.pub (public, for
+    /// keyring directories).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Print key id and file paths as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `rota-image bundle --compatible lekiwi-rpi5 --version 1.2.0 --key release.key --image rootfs=rootfs.img --zstd -o app.rota`
+///
+/// Reproducible: the build time is SOURCE_DATE_EPOCH (default: now) and nothing else depends on
+/// the clock or randomness, so the same inputs give the same bytes.
+#[derive(Debug, Args)]
+pub struct BundleArgs {
+    /// The product/board string robots compare with their own.
+    #[arg(long)]
+    pub compatible: String,
+    /// Bundle version (semver, e.g. 1.2.0).
+    #[arg(long)]
+    pub version: semver::Version,
+    /// Secret key file to sign with; repeat to sign with several keys (key rotation).
+    #[arg(long = "key", required = true)]
+    pub keys: Vec<PathBuf>,
+    /// An image as [CLASS:]NAME=PATH, CLASS rootfs (default) or app; repeatable, in payload order.
+    #[arg(long = "image", required = true)]
+    pub images: Vec<crate::bundle_cmd::ImageSpec>,
+    /// Compress chunks with zstd (default: stored uncompressed).
+    #[arg(long)]
+    pub zstd: bool,
+    /// zstd level with --zstd.
+    #[arg(long, default_value_t = 3, requires = "zstd")]
+    pub zstd_level: i32,
+    /// Anti-rollback counter; robots refuse bundles below the one they run.
+    #[arg(long, default_value_t = 0)]
+    pub security_version: u32,
+    /// Git commit the bundle was built from (default: none recorded).
+    #[arg(long)]
+    pub git_commit: Option<String>,
+    /// Git branch the bundle was built from (needs --git-commit).
+    #[arg(long, requires = "git_commit")]
+    pub git_branch: Option<String>,
+    /// Free text shown by inspect and the fleet dashboard (default: empty).
+    #[arg(long, default_value = "")]
+    pub description: String,
+    /// Bundle file to write (replaced atomically).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Print the result as JSON on stdout (default: the bundle path).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `rota-image inspect app.rota --keyring keys/`
+///
+/// Without --keyring only the signers' key ids can be shown: rota-bundle hands out manifest
+/// fields only after a trusted signature verified them. Exit 0 when the bundle could be read
+/// (whatever its signature), 1 when not.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// The bundle.
+    pub bundle: PathBuf,
+    /// Directory of trusted public keys (*.pub).
+    #[arg(long)]
+    pub keyring: Option<PathBuf>,
+    /// Print JSON on stdout (default: text).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `rota-image verify app.rota --keyring keys/`
+///
+/// Checks the signature against the keyring, then every chunk's sha256 on all cores. Prints
+/// VALID or INVALID with the reason. Exit codes: 0 valid, 1 invalid (bad signature, untrusted
+/// signer, damaged or truncated data), 2 bad usage or an I/O error (unreadable file/keyring).
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The bundle.
+    pub bundle: PathBuf,
+    /// Directory of trusted public keys (*.pub).
+    #[arg(long)]
+    pub keyring: PathBuf,
+    /// Also hash each whole image and compare with the manifest (limited to one core; the chunk
+    /// hashes already cover every byte). Default: off.
+    #[arg(long)]
+    pub full_image_hash: bool,
+    /// Print the verdict as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `rota-image rootfs SRC -o rootfs.img --fs ext4`
@@ -105,4 +209,16 @@ pub struct FlashArgs {
 
 fn parse_size_arg(text: &str) -> Result<u64, String> {
     crate::size::parse_size(text).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// clap checks flag names and conflicts only when a command is built: do it for all.
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
 }

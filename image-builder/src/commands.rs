@@ -1,9 +1,14 @@
 //! One function per subcommand: turns parsed arguments into a library call, prints the result
 //! (stdout) and messages (stderr), and picks the exit code.
 
-use crate::cli::{FlashArgs, GoldenArgs, RootfsArgs};
+use crate::bundle_cmd::{self, BundleOptions};
+use crate::cli::{
+    BundleArgs, FlashArgs, GoldenArgs, InspectArgs, KeygenArgs, RootfsArgs, VerifyArgs,
+};
 use crate::flash::{self, FlashError, FlashOptions, TargetKind};
 use crate::golden::{self, GoldenOptions};
+use crate::inspect::{self, SignatureStatus};
+use crate::keys;
 use crate::progress::Progress;
 use crate::rootfs::{self, RootfsOptions};
 use crate::size::human;
@@ -144,4 +149,171 @@ fn confirm(question: &str) -> Result<()> {
         .into());
     }
     Ok(())
+}
+
+/// `rota-image keygen`
+pub fn keygen(args: KeygenArgs) -> Result<ExitCode> {
+    let key = keys::generate(&args.out).context("cannot make a new key")?;
+    eprintln!(
+        "keygen: secret key {} (keep it private), public key {}",
+        key.secret_path.display(),
+        key.public_path.display()
+    );
+    if args.json {
+        print_json(&key)?;
+    } else {
+        println!("{}", key.key_id);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `rota-image bundle`
+pub fn bundle(args: BundleArgs) -> Result<ExitCode> {
+    let build_time = match source_date_epoch()? {
+        Some(epoch) => u64::try_from(epoch).context("SOURCE_DATE_EPOCH is before 1970")?,
+        None => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs(),
+    };
+    let options = BundleOptions {
+        compatible: args.compatible,
+        version: args.version,
+        keys: args.keys,
+        images: args.images,
+        zstd_level: args.zstd.then_some(args.zstd_level),
+        security_version: args.security_version,
+        git_commit: args.git_commit,
+        git_branch: args.git_branch,
+        description: args.description,
+        build_time,
+        output: args.output,
+    };
+    let summary = bundle_cmd::build(&options)
+        .with_context(|| format!("cannot build the bundle {}", options.output.display()))?;
+    let signed_by: Vec<String> = summary.signed_by.iter().map(|id| id.to_string()).collect();
+    eprintln!(
+        "bundle: {} {} for {}, {} in {} image(s), signed by {}",
+        options.output.display(),
+        summary.manifest.version,
+        summary.manifest.compatible,
+        human(summary.bundle_length),
+        summary.manifest.images.len(),
+        signed_by.join(", ")
+    );
+    if args.json {
+        print_json(&serde_json::json!({
+            "bundle": options.output,
+            "bundle_length": summary.bundle_length,
+            "signed_by": signed_by,
+            "manifest": inspect::ManifestView::from(&summary.manifest),
+        }))?;
+    } else {
+        println!("{}", options.output.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `rota-image inspect`
+pub fn inspect(args: InspectArgs) -> Result<ExitCode> {
+    let keyring = args
+        .keyring
+        .as_deref()
+        .map(inspect::load_keyring)
+        .transpose()?;
+    let found = inspect::inspect(&args.bundle, keyring.as_ref())?;
+    if args.json {
+        print_json(&found)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "bundle:     {} ({})",
+        found.bundle.display(),
+        human(found.file_size)
+    );
+    let status = match found.signature {
+        SignatureStatus::Verified => "verified",
+        SignatureStatus::Invalid => "INVALID",
+        SignatureStatus::NotChecked => "not checked (no --keyring)",
+    };
+    println!(
+        "signature:  {status}, key ids: {}",
+        found.signed_by.join(", ")
+    );
+    if let Some(reason) = &found.reason {
+        println!("note:       {reason}");
+    }
+    if let Some(manifest) = &found.manifest {
+        println!("compatible: {}", manifest.compatible);
+        println!(
+            "version:    {} (security version {})",
+            manifest.version, manifest.security_version
+        );
+        println!("built:      {} (unix seconds)", manifest.build_time);
+        if let Some(commit) = &manifest.git_commit {
+            println!(
+                "source:     {commit} {}",
+                manifest.git_branch.as_deref().unwrap_or("")
+            );
+        }
+        if !manifest.description.is_empty() {
+            println!("about:      {}", manifest.description);
+        }
+        for image in &manifest.images {
+            println!(
+                "image:      {} ({:?}) {} stored as {} ({:?}), {} chunks, sha256 {}",
+                image.name,
+                image.slot_class,
+                human(image.size),
+                human(image.stored_size),
+                image.compression,
+                image.chunks,
+                image.sha256
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Exit code of `verify` when the bundle is valid / invalid / could not be checked.
+pub const VERIFY_VALID: u8 = 0;
+pub const VERIFY_INVALID: u8 = 1;
+pub const VERIFY_ERROR: u8 = 2;
+
+/// `rota-image verify`: its own exit codes, so scripts can tell a bad bundle from a bad call.
+pub fn verify(args: VerifyArgs) -> Result<ExitCode> {
+    let checked = inspect::load_keyring(&args.keyring)
+        .and_then(|keyring| inspect::verify(&args.bundle, &keyring, args.full_image_hash));
+    let verdict = match checked {
+        Ok(verdict) => verdict,
+        Err(error) => {
+            eprintln!("error: {}", inspect::error_chain(&error));
+            return Ok(ExitCode::from(VERIFY_ERROR));
+        }
+    };
+    if args.json {
+        print_json(&verdict)?;
+    } else if verdict.valid {
+        let images: Vec<String> = verdict
+            .images
+            .iter()
+            .map(|i| format!("{} ({}, {} chunks)", i.name, human(i.size), i.chunks))
+            .collect();
+        println!(
+            "VALID: {} signed by {}; {}",
+            verdict.bundle.display(),
+            verdict.signed_by.join(", "),
+            images.join(", ")
+        );
+    } else {
+        println!(
+            "INVALID: {}: {}",
+            verdict.bundle.display(),
+            verdict.reason.as_deref().unwrap_or("unknown")
+        );
+    }
+    Ok(ExitCode::from(if verdict.valid {
+        VERIFY_VALID
+    } else {
+        VERIFY_INVALID
+    }))
 }

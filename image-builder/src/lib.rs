@@ -2,12 +2,15 @@
 //! disk and VM images) and flashes disk images. `main.rs` only parses the command line and calls
 //! one `run` function per subcommand from [`commands`].
 
+pub mod bundle_cmd;
 pub mod cli;
 pub mod commands;
 pub mod ext4;
 pub mod flash;
 pub mod golden;
 pub mod in_use;
+pub mod inspect;
+pub mod keys;
 pub mod progress;
 pub mod rootfs;
 pub mod size;

@@ -11,6 +11,10 @@ fn main() -> ExitCode {
         Command::Rootfs(args) => commands::rootfs(args),
         Command::Golden(args) => commands::golden(args),
         Command::Flash(args) => commands::flash(args),
+        Command::Keygen(args) => commands::keygen(args),
+        Command::Bundle(args) => commands::bundle(args),
+        Command::Inspect(args) => commands::inspect(args),
+        Command::Verify(args) => commands::verify(args),
     };
     result.unwrap_or_else(|error| {
         eprintln!("error: {error:#}");
