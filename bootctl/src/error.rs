@@ -7,11 +7,13 @@ use crate::env::fw_config::FwConfigError;
 use crate::env::grub::GrubEnvError;
 use crate::env::uboot::UbootEnvError;
 
+/// Variants that wrap a cause keep it as `source()` (not in their own message), so printing
+/// the chain (`anyhow`'s `{:#}`) shows each part once.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{op} {}: {source}", path.display())]
+    #[error("{op} {}", path.display())]
     Io {
         op: &'static str,
         path: PathBuf,
@@ -28,14 +30,14 @@ pub enum Error {
     #[error("config {}: {message}", path.display())]
     Config { path: PathBuf, message: String },
 
-    #[error("U-Boot env config {}: {source}", path.display())]
+    #[error("U-Boot env config {}", path.display())]
     FwConfig {
         path: PathBuf,
         #[source]
         source: FwConfigError,
     },
 
-    #[error("U-Boot env {}: {source}", location)]
+    #[error("U-Boot env {location}")]
     UbootEnv {
         location: String,
         #[source]
@@ -50,7 +52,7 @@ pub enum Error {
         second: UbootEnvError,
     },
 
-    #[error("grubenv {}: {source}", path.display())]
+    #[error("grubenv {}", path.display())]
     GrubEnv {
         path: PathBuf,
         #[source]
