@@ -22,9 +22,18 @@ use rota_bootctl::{Error, Operation};
 const ENV_SIZE: u64 = 0x2000;
 const SECTOR: usize = 512;
 
-fn write_byte(path: &Path, offset: u64, byte: u8) {
-    let file = OpenOptions::new().write(true).open(path).unwrap();
-    file.write_all_at(&[byte], offset).unwrap();
+/// Simulates a power cut after every byte of `plan`: for each prefix length from 0 (nothing
+/// written) to the whole write, extends the on-disk prefix by one byte and calls `check(cut)`.
+fn for_each_cut(plan: &PlannedWrite, mut check: impl FnMut(usize)) {
+    let file = OpenOptions::new().write(true).open(&plan.path).unwrap();
+    for cut in 0..=plan.bytes.len() {
+        if cut > 0 {
+            let at = cut - 1;
+            file.write_all_at(&plan.bytes[at..cut], plan.offset + at as u64)
+                .unwrap();
+        }
+        check(cut);
+    }
 }
 
 /// Applies `plan.bytes[range]` at its place.
@@ -92,14 +101,7 @@ fn redundant_env_is_old_or_new_after_a_cut_at_every_byte() {
     let mut old_seen = 0;
     let mut new_seen = 0;
     let mut fw_checks = 0;
-    for cut in 0..=plan.bytes.len() {
-        if cut > 0 {
-            write_byte(
-                &plan.path,
-                plan.offset + cut as u64 - 1,
-                plan.bytes[cut - 1],
-            );
-        }
+    for_each_cut(&plan, |cut| {
         let got = store
             .load()
             .unwrap_or_else(|e| panic!("cut at byte {cut}: {e}"));
@@ -123,7 +125,7 @@ fn redundant_env_is_old_or_new_after_a_cut_at_every_byte() {
             );
             fw_checks += 1;
         }
-    }
+    });
     assert_eq!(new_seen, 1, "only the complete write shows the new env");
     assert_eq!(old_seen, plan.bytes.len());
     assert_eq!(fw_checks, plan.bytes.len() / SECTOR + 1);
@@ -169,25 +171,16 @@ fn single_env_torn_write_is_detected() {
     let plan = store.plan_store(&loaded, &new_vars).unwrap();
 
     let (mut old, mut new, mut detected) = (0, 0, 0);
-    for cut in 0..=plan.bytes.len() {
-        if cut > 0 {
-            write_byte(
-                &plan.path,
-                plan.offset + cut as u64 - 1,
-                plan.bytes[cut - 1],
-            );
+    for_each_cut(&plan, |cut| match store.load() {
+        Ok(got) if got.vars == loaded.vars => old += 1,
+        Ok(got) if got.vars == new_vars => new += 1,
+        Ok(got) => panic!("cut at byte {cut}: a mix was read: {:?}", got.vars),
+        Err(Error::UbootEnv { source, .. }) => {
+            assert!(source.to_string().contains("CRC mismatch"), "{source}");
+            detected += 1;
         }
-        match store.load() {
-            Ok(got) if got.vars == loaded.vars => old += 1,
-            Ok(got) if got.vars == new_vars => new += 1,
-            Ok(got) => panic!("cut at byte {cut}: a mix was read: {:?}", got.vars),
-            Err(Error::UbootEnv { source, .. }) => {
-                assert!(source.to_string().contains("CRC mismatch"), "{source}");
-                detected += 1;
-            }
-            Err(e) => panic!("cut at byte {cut}: unexpected error {e}"),
-        }
-    }
+        Err(e) => panic!("cut at byte {cut}: unexpected error {e}"),
+    });
     eprintln!(
         "single env, {} cuts: old {old}, new {new}, detected torn {detected}",
         plan.bytes.len() + 1
@@ -258,12 +251,7 @@ fn check_grubenv_cuts(old_vars: &EnvVars, new_vars: &EnvVars) -> (usize, usize, 
         Err(Error::GrubEnv { .. }) => detected += 1,
         Err(e) => panic!("{what}: unexpected error {e}"),
     };
-    for cut in 0..=plan.bytes.len() {
-        if cut > 0 {
-            write_byte(&plan.path, cut as u64 - 1, plan.bytes[cut - 1]);
-        }
-        classify(format!("cut at byte {cut}"));
-    }
+    for_each_cut(&plan, |cut| classify(format!("cut at byte {cut}")));
     for written in [0..SECTOR, SECTOR..2 * SECTOR] {
         std::fs::write(&path, &pristine).unwrap();
         apply_part(&plan, written.clone());
