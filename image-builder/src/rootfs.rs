@@ -85,7 +85,7 @@ pub enum RootfsError {
     },
     #[error(transparent)]
     Tree(#[from] TreeError),
-    #[error("the source does not fit: {what} needs at least {} ({needed} bytes) but --size is {} ({size} bytes)", human(*needed), human(*size))]
+    #[error("the source does not fit in --size {} ({size} bytes): {what} needs at least {} ({needed} bytes)", human(*size), human(*needed))]
     TooSmall {
         what: String,
         needed: u64,
@@ -129,7 +129,7 @@ pub fn build(options: &RootfsOptions) -> Result<RootfsReport, RootfsError> {
         FsKind::Ext4 => build_ext4(options, &root, &stats, epoch, &uuid, &digest, label)?,
         FsKind::Erofs => {
             if let Some(size) = options.size {
-                check_fits("the files", stats.file_bytes, size)?;
+                check_fits("its file content", stats.file_bytes, size)?;
             }
             let mut cmd = tools::command("mkfs.erofs");
             cmd.arg("--quiet")
@@ -214,7 +214,7 @@ fn build_ext4(
 ) -> Result<(), RootfsError> {
     let size = match options.size {
         Some(size) => {
-            check_fits("the files", stats.file_bytes, size)?;
+            check_fits("its file content", stats.file_bytes, size)?;
             size
         }
         None => ext4_auto_size(stats),

@@ -73,6 +73,13 @@ pub enum GoldenError {
         #[source]
         source: PlanError,
     },
+    #[error("layout file {layout}: `{key}`: {path} {problem}")]
+    BadPath {
+        layout: PathBuf,
+        key: &'static str,
+        path: PathBuf,
+        problem: &'static str,
+    },
     #[error("`rootfs-a.image`: cannot read {path}")]
     SlotImage {
         path: PathBuf,
@@ -106,19 +113,53 @@ pub fn read_layout(path: &Path) -> Result<Layout, GoldenError> {
     })
 }
 
-/// Builds the disk image; `step` is told about each stage (for progress lines).
+/// Checks that the files and directories a layout names exist, before anything is written.
+fn check_paths(layout_path: &Path, layout: &Layout) -> Result<(), GoldenError> {
+    let bad = |key, path: &Path, problem| GoldenError::BadPath {
+        layout: layout_path.to_path_buf(),
+        key,
+        path: path.to_path_buf(),
+        problem,
+    };
+    if !layout.boot_dir.is_dir() {
+        return Err(bad("boot.dir", &layout.boot_dir, "is not a directory"));
+    }
+    if let Some(dir) = layout.data_dir.as_deref().filter(|d| !d.is_dir()) {
+        return Err(bad("data.dir", dir, "is not a directory"));
+    }
+    if !layout.slot_a_image.is_file() {
+        return Err(bad("rootfs-a.image", &layout.slot_a_image, "is not a file"));
+    }
+    Ok(())
+}
+
+/// Builds the disk image; `step` is told about each stage (for progress lines). On failure
+/// no partial image is left under the output name.
 pub fn build(
     options: &GoldenOptions,
     step: &mut dyn FnMut(&str),
 ) -> Result<GoldenReport, GoldenError> {
     let layout = read_layout(&options.layout)?;
+    check_paths(&options.layout, &layout)?;
+    let result = build_checked(options, &layout, step);
+    if result.is_err() {
+        let _ = fs::remove_file(&options.output);
+    }
+    result
+}
+
+fn build_checked(
+    options: &GoldenOptions,
+    layout: &Layout,
+    step: &mut dyn FnMut(&str),
+) -> Result<GoldenReport, GoldenError> {
     let slot_image_err = |source| GoldenError::SlotImage {
         path: layout.slot_a_image.clone(),
         source,
     };
     let slot_image = File::open(&layout.slot_a_image).map_err(slot_image_err)?;
     let slot_image_size = slot_image.metadata().map_err(slot_image_err)?.len();
-    let placed = gpt::plan(&layout, slot_image_size).map_err(|source| GoldenError::Plan {
+    let placed = gpt::plan(layout, slot_image_size).map_err(|source| GoldenError::Plan {
         path: options.layout.clone(),
         source,
     })?;

@@ -1,0 +1,259 @@
+//! keygen, bundle, inspect and verify through the real binary: key files, reproducible
+//! bundles, and verify's verdicts and exit codes (0 valid, 1 invalid, 2 usage/I/O).
+
+mod common;
+
+use common::{fails_with, ok, rota_image};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+/// A rootfs-like image: text with some structure, compressible but not trivially.
+fn make_image(path: &Path, len: usize) {
+    let data: Vec<u8> = (0..len)
+        .map(|i| {
+            if i % 4096 < 2048 {
+                (i / 97 % 251) as u8
+            } else {
+                b"rota "[i % 5]
+            }
+        })
+        .collect();
+    fs::write(path, data).unwrap();
+}
+
+/// keygen into `keys/NAME`, returning the printed key id.
+fn keygen(dir: &Path, name: &str) -> String {
+    fs::create_dir_all(dir.join(name).parent().unwrap()).unwrap();
+    ok(dir, &["keygen", "--out", name]).trim().to_string()
+}
+
+fn bundle(dir: &Path, key: &str, out: &str) {
+    ok(
+        dir,
+        &[
+            "bundle",
+            "--compatible",
+            "lekiwi-rpi5",
+            "--version",
+            "1.2.0",
+            "--key",
+            key,
+            "--image",
+            "rootfs=rootfs.img",
+            "--zstd",
+            "--security-version",
+            "3",
+            "--git-commit",
+            "0123abc",
+            "--git-branch",
+            "main",
+            "--description",
+            "nightly",
+            "-o",
+            out,
+        ],
+    );
+}
+
+#[test]
+fn keygen_writes_private_and_public_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_id = keygen(dir.path(), "keys/release");
+    assert_eq!(key_id.len(), 16, "{key_id}");
+    let secret = fs::metadata(dir.path().join("keys/release.key")).unwrap();
+    assert_eq!(secret.permissions().mode() & 0o777, 0o600);
+    let public = fs::read_to_string(dir.path().join("keys/release.pub")).unwrap();
+    assert!(public.contains(&key_id), "{public}");
+    // Never overwrite a key.
+    let message = fails_with(dir.path(), 1, &["keygen", "--out", "keys/release"]);
+    assert!(message.contains("release"), "{message}");
+    assert!(fs::read_to_string(dir.path().join("keys/release.pub")).unwrap() == public);
+}
+
+#[test]
+fn bundles_are_reproducible_and_inspectable() {
+    let dir = tempfile::tempdir().unwrap();
+    make_image(&dir.path().join("rootfs.img"), 3 << 20);
+    let key_id = keygen(dir.path(), "keys/release");
+    bundle(dir.path(), "keys/release.key", "one.rota");
+    bundle(dir.path(), "keys/release.key", "two.rota");
+    assert!(
+        fs::read(dir.path().join("one.rota")).unwrap()
+            == fs::read(dir.path().join("two.rota")).unwrap(),
+        "bundles differ"
+    );
+
+    let json = ok(
+        dir.path(),
+        &["inspect", "one.rota", "--keyring", "keys", "--json"],
+    );
+    let found: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(found["signature"], "verified");
+    assert_eq!(found["signed_by"][0], key_id.as_str());
+    let manifest = &found["manifest"];
+    assert_eq!(manifest["compatible"], "lekiwi-rpi5");
+    assert_eq!(manifest["version"], "1.2.0");
+    assert_eq!(manifest["security_version"], 3);
+    assert_eq!(manifest["build_time"], 1_700_000_000);
+    assert_eq!(manifest["git_commit"], "0123abc");
+    assert_eq!(manifest["git_branch"], "main");
+    assert_eq!(manifest["description"], "nightly");
+    let image = &manifest["images"][0];
+    assert_eq!(image["name"], "rootfs");
+    assert_eq!(image["slot_class"], "rootfs");
+    assert_eq!(image["size"], 3u64 << 20);
+    assert_eq!(image["compression"], "zstd");
+    assert!(image["stored_size"].as_u64().unwrap() < 3 << 20);
+    let sha = common::tool(
+        "sha256sum",
+        &[dir.path().join("rootfs.img").to_str().unwrap()],
+    );
+    assert_eq!(image["sha256"].as_str().unwrap(), &sha[..64]);
+
+    // Without a keyring only the signers are shown.
+    let text = ok(dir.path(), &["inspect", "one.rota"]);
+    assert!(
+        text.contains("not checked") && text.contains(&key_id) && !text.contains("lekiwi"),
+        "{text}"
+    );
+}
+
+#[test]
+fn verify_gives_a_verdict_and_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    make_image(&dir.path().join("rootfs.img"), 2 << 20);
+    keygen(dir.path(), "keys/release");
+    keygen(dir.path(), "other/stranger");
+    bundle(dir.path(), "keys/release.key", "good.rota");
+    let good = fs::read(dir.path().join("good.rota")).unwrap();
+
+    let text = ok(dir.path(), &["verify", "good.rota", "--keyring", "keys"]);
+    assert!(text.starts_with("VALID"), "{text}");
+    let json = ok(
+        dir.path(),
+        &[
+            "verify",
+            "good.rota",
+            "--keyring",
+            "keys",
+            "--json",
+            "--full-image-hash",
+        ],
+    );
+    let verdict: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(verdict["valid"], true);
+    assert_eq!(verdict["images"][0]["size"], 2u64 << 20);
+
+    // Damaged copies: a flipped bit early (header/manifest/signature) and in the payload's
+    // middle and last byte, and a truncated file.
+    let mut cases: Vec<(&str, Vec<u8>, &str)> = Vec::new();
+    for (name, offset) in [
+        ("header", 9usize),
+        ("manifest", 200),
+        ("payload", good.len() / 2),
+        ("last byte", good.len() - 1),
+    ] {
+        let mut bad = good.clone();
+        bad[offset] ^= 0x01;
+        cases.push((name, bad, ""));
+    }
+    cases.push(("truncated", good[..good.len() - 1000].to_vec(), "truncated"));
+    for (name, bytes, expect) in cases {
+        fs::write(dir.path().join("bad.rota"), bytes).unwrap();
+        let text = fails_with(dir.path(), 1, &["verify", "bad.rota", "--keyring", "keys"]);
+        assert!(
+            text.starts_with("INVALID") && text.contains(expect),
+            "{name}: {text}"
+        );
+    }
+
+    // Signed by a key the keyring does not trust.
+    let text = fails_with(
+        dir.path(),
+        1,
+        &["verify", "good.rota", "--keyring", "other"],
+    );
+    assert!(text.contains("no signature by a trusted key"), "{text}");
+
+    // Usage and I/O errors: exit 2.
+    fails_with(
+        dir.path(),
+        2,
+        &["verify", "missing.rota", "--keyring", "keys"],
+    );
+    fails_with(
+        dir.path(),
+        2,
+        &["verify", "good.rota", "--keyring", "no-such-dir"],
+    );
+    fails_with(dir.path(), 2, &["verify", "good.rota"]);
+    let help = rota_image(dir.path(), &["verify", "--help"]);
+    assert!(String::from_utf8_lossy(&help.stdout).contains("0 valid, 1 invalid"));
+}
+
+#[test]
+fn bundle_with_two_keys_verifies_with_either() {
+    let dir = tempfile::tempdir().unwrap();
+    make_image(&dir.path().join("rootfs.img"), 1 << 20);
+    keygen(dir.path(), "old/key");
+    keygen(dir.path(), "new/key");
+    ok(
+        dir.path(),
+        &[
+            "bundle",
+            "--compatible",
+            "c",
+            "--version",
+            "2.0.0",
+            "--key",
+            "old/key.key",
+            "--key",
+            "new/key.key",
+            "--image",
+            "rootfs=rootfs.img",
+            "-o",
+            "b.rota",
+        ],
+    );
+    for keyring in ["old", "new"] {
+        ok(dir.path(), &["verify", "b.rota", "--keyring", keyring]);
+    }
+    let message = fails_with(
+        dir.path(),
+        2,
+        &[
+            "bundle",
+            "--compatible",
+            "c",
+            "--version",
+            "two",
+            "--key",
+            "old/key.key",
+            "--image",
+            "rootfs=rootfs.img",
+            "-o",
+            "x.rota",
+        ],
+    );
+    assert!(message.contains("--version"), "{message}");
+    let message = fails_with(
+        dir.path(),
+        1,
+        &[
+            "bundle",
+            "--compatible",
+            "c",
+            "--version",
+            "2.0.0",
+            "--key",
+            "old/key.key",
+            "--image",
+            "rootfs=missing.img",
+            "-o",
+            "x.rota",
+        ],
+    );
+    assert!(message.contains("missing.img"), "{message}");
+    assert!(!dir.path().join("x.rota").exists());
+}
