@@ -7,5 +7,9 @@
 
 pub mod config;
 pub mod failpoint;
+pub mod health;
+pub mod notify;
+pub mod sink;
+pub mod source;
 pub mod state;
 pub mod store;

@@ -1,0 +1,380 @@
+//! The target slot: a block device on a robot, a regular file in tests.
+//!
+//! Opening refuses the booted slot and anything mounted; writes are coalesced into large
+//! positioned writes (chunks are 16–256 KiB; a syscall per chunk costs throughput on slow
+//! storage) and `sync` makes them durable before the slot is ever made bootable.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+/// Bytes gathered before one positioned write.
+pub const WRITE_BUFFER: usize = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("{op} slot {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("refusing to write {}: it is the booted root ({why})", path.display())]
+    BootedSlot { path: PathBuf, why: String },
+    #[error("refusing to write {}: it is mounted at {mount_point}", path.display())]
+    Mounted { path: PathBuf, mount_point: String },
+    #[error("image of {needed} bytes does not fit slot {} of {capacity} bytes", path.display())]
+    TooSmall {
+        path: PathBuf,
+        needed: u64,
+        capacity: u64,
+    },
+}
+
+/// Identity of a slot target: the device number for block devices, (device, inode) for files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Identity {
+    Device(u64),
+    File { dev: u64, ino: u64 },
+}
+
+fn identity(metadata: &fs::Metadata) -> Identity {
+    if metadata.file_type().is_block_device() {
+        Identity::Device(metadata.rdev())
+    } else {
+        Identity::File {
+            dev: metadata.dev(),
+            ino: metadata.ino(),
+        }
+    }
+}
+
+/// Linux's `makedev` for the `major:minor` of mountinfo.
+fn makedev(major: u64, minor: u64) -> u64 {
+    ((major & 0xffff_f000) << 32)
+        | ((major & 0x0000_0fff) << 8)
+        | ((minor & 0xffff_ff00) << 12)
+        | (minor & 0x0000_00ff)
+}
+
+/// One mount from `/proc/self/mountinfo`: device number, mount point and source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub device: u64,
+    pub mount_point: String,
+    pub source: String,
+}
+
+/// Parses mountinfo text (see proc(5)): `id parent major:minor root mount-point opts ... - fstype
+/// source superopts`.
+pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split(' ');
+            let devno = fields.nth(2)?;
+            let mount_point = fields.nth(1)?;
+            let (major, minor) = devno.split_once(':')?;
+            let after_separator = line.split_once(" - ")?.1;
+            let source = after_separator.split(' ').nth(1).unwrap_or("");
+            Some(Mount {
+                device: makedev(major.parse().ok()?, minor.parse().ok()?),
+                mount_point: unescape(mount_point),
+                source: unescape(source),
+            })
+        })
+        .collect()
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4].iter().all(u8::is_ascii_digit)
+        {
+            let octal = std::str::from_utf8(&bytes[i + 1..i + 4]).unwrap_or("0");
+            out.push(u8::from_str_radix(octal, 8).unwrap_or(b'?'));
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// What a slot must not be.
+#[derive(Debug, Clone)]
+pub struct Guard {
+    /// The booted slot's device or file, from the config.
+    pub booted_slot: PathBuf,
+    /// Mounted filesystems, normally `/proc/self/mountinfo`.
+    pub mountinfo: PathBuf,
+    /// The running root, normally `/`.
+    pub root: PathBuf,
+}
+
+impl Guard {
+    pub fn new(booted_slot: impl Into<PathBuf>) -> Guard {
+        Guard {
+            booted_slot: booted_slot.into(),
+            mountinfo: "/proc/self/mountinfo".into(),
+            root: "/".into(),
+        }
+    }
+
+    fn check(&self, path: &Path, target: &fs::Metadata) -> Result<(), SinkError> {
+        let target_id = identity(target);
+        let booted = |why: String| SinkError::BootedSlot {
+            path: path.to_owned(),
+            why,
+        };
+        if let Ok(booted_meta) = fs::metadata(&self.booted_slot) {
+            if identity(&booted_meta) == target_id {
+                return Err(booted(format!(
+                    "same device as the booted slot {}",
+                    self.booted_slot.display()
+                )));
+            }
+        }
+        if let Identity::Device(rdev) = target_id {
+            let root_dev = fs::metadata(&self.root)
+                .map_err(|source| SinkError::Io {
+                    op: "stat root",
+                    path: self.root.clone(),
+                    source,
+                })?
+                .dev();
+            if root_dev == rdev {
+                return Err(booted(format!("{} lives on it", self.root.display())));
+            }
+        }
+        // No mountinfo (not Linux, odd sandbox): nothing to compare against.
+        let mounts = fs::read_to_string(&self.mountinfo).unwrap_or_default();
+        let canonical = fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+        for mount in parse_mountinfo(&mounts) {
+            let same_device = matches!(target_id, Identity::Device(rdev) if rdev == mount.device);
+            let same_source = mount.source.starts_with('/')
+                && fs::canonicalize(&mount.source).is_ok_and(|source| source == canonical);
+            if same_device || same_source {
+                return Err(SinkError::Mounted {
+                    path: path.to_owned(),
+                    mount_point: mount.mount_point,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An open slot, written at explicit offsets so a resumed install continues mid-image.
+pub struct SlotWriter {
+    file: File,
+    path: PathBuf,
+    capacity: u64,
+    buffer: Vec<u8>,
+    /// Image offset of `buffer[0]`.
+    buffer_offset: u64,
+}
+
+impl SlotWriter {
+    /// Opens an existing slot for writing after the guard's checks. Never creates or truncates:
+    /// a slot is a fixed-size partition (or a preallocated file in tests).
+    pub fn open(path: &Path, guard: &Guard) -> Result<SlotWriter, SinkError> {
+        let io_error = |op| {
+            move |source| SinkError::Io {
+                op,
+                path: path.to_owned(),
+                source,
+            }
+        };
+        let metadata = fs::metadata(path).map_err(io_error("stat"))?;
+        guard.check(path, &metadata)?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(io_error("open"))?;
+        let capacity = if metadata.file_type().is_block_device() {
+            file.seek(SeekFrom::End(0)).map_err(io_error("measure"))?
+        } else {
+            metadata.len()
+        };
+        Ok(SlotWriter {
+            file,
+            path: path.to_owned(),
+            capacity,
+            buffer: Vec::with_capacity(WRITE_BUFFER),
+            buffer_offset: 0,
+        })
+    }
+
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn check_fits(&self, needed: u64) -> Result<(), SinkError> {
+        if needed > self.capacity {
+            return Err(SinkError::TooSmall {
+                path: self.path.clone(),
+                needed,
+                capacity: self.capacity,
+            });
+        }
+        Ok(())
+    }
+
+    fn io_error(&self, op: &'static str) -> impl FnOnce(io::Error) -> SinkError + '_ {
+        move |source| SinkError::Io {
+            op,
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Queues `data` for image offset `offset`; contiguous data is gathered into one write.
+    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), SinkError> {
+        let end = offset + data.len() as u64;
+        if end > self.capacity {
+            return Err(SinkError::TooSmall {
+                path: self.path.clone(),
+                needed: end,
+                capacity: self.capacity,
+            });
+        }
+        if offset != self.buffer_offset + self.buffer.len() as u64
+            || self.buffer.len() + data.len() > WRITE_BUFFER
+        {
+            self.flush()?;
+            self.buffer_offset = offset;
+        }
+        if data.len() >= WRITE_BUFFER {
+            return self
+                .file
+                .write_all_at(data, offset)
+                .map_err(self.io_error("write"));
+        }
+        self.buffer.extend_from_slice(data);
+        Ok(())
+    }
+
+    /// Writes out what is gathered (not yet durable: see [`Self::sync`]).
+    pub fn flush(&mut self) -> Result<(), SinkError> {
+        if !self.buffer.is_empty() {
+            let (buffer, offset) = (std::mem::take(&mut self.buffer), self.buffer_offset);
+            let result = self.file.write_all_at(&buffer, offset);
+            self.buffer = buffer;
+            result.map_err(self.io_error("write"))?;
+            self.buffer_offset += self.buffer.len() as u64;
+            self.buffer.clear();
+        }
+        Ok(())
+    }
+
+    /// Flushes and waits until the medium has the bytes: the slot is made bootable, and progress
+    /// is recorded, only after this, so neither can get ahead of the data after a power cut.
+    pub fn sync(&mut self) -> Result<(), SinkError> {
+        self.flush()?;
+        self.file.sync_data().map_err(self.io_error("fsync"))
+    }
+
+    /// Reads back `length` bytes at `offset`, to re-check chunks written before a restart.
+    pub fn read_at(&self, offset: u64, length: usize) -> Result<Vec<u8>, SinkError> {
+        let mut data = vec![0u8; length];
+        self.file
+            .read_exact_at(&mut data, offset)
+            .map_err(self.io_error("read back"))?;
+        Ok(data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_mountinfo_lines() {
+        let text = "22 1 259:2 / / rw,relatime shared:1 - ext4 /dev/nvme0n1p2 rw\n\
+                    40 22 7:0 / /mnt/with\\040space rw - squashfs /data/slot\\040b.img ro\n\
+                    garbage\n";
+        let mounts = parse_mountinfo(text);
+        assert_eq!(mounts.len(), 2);
+        assert_eq!(mounts[0].device, makedev(259, 2));
+        assert_eq!(mounts[0].mount_point, "/");
+        assert_eq!(mounts[0].source, "/dev/nvme0n1p2");
+        assert_eq!(mounts[1].mount_point, "/mnt/with space");
+        assert_eq!(mounts[1].source, "/data/slot b.img");
+    }
+
+    fn guard(dir: &Path) -> Guard {
+        Guard {
+            booted_slot: dir.join("slot-a"),
+            mountinfo: dir.join("mountinfo"),
+            root: "/".into(),
+        }
+    }
+
+    #[test]
+    fn refuses_the_booted_slot_and_a_mounted_target() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("slot-a"), vec![0u8; 4096]).unwrap();
+        fs::write(dir.path().join("slot-b"), vec![0u8; 4096]).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("slot-a"), dir.path().join("alias")).unwrap();
+        let guard = guard(dir.path());
+        assert!(SlotWriter::open(&dir.path().join("slot-b"), &guard).is_ok());
+        let booted = SlotWriter::open(&dir.path().join("alias"), &guard)
+            .err()
+            .unwrap();
+        assert!(matches!(booted, SinkError::BootedSlot { .. }), "{booted}");
+
+        let slot_b = dir.path().join("slot-b").display().to_string();
+        fs::write(
+            &guard.mountinfo,
+            format!("40 22 7:0 / /mnt/b rw - ext4 {slot_b} rw\n"),
+        )
+        .unwrap();
+        let mounted = SlotWriter::open(&dir.path().join("slot-b"), &guard)
+            .err()
+            .unwrap();
+        assert!(
+            matches!(&mounted, SinkError::Mounted { mount_point, .. } if mount_point == "/mnt/b"),
+            "{mounted}"
+        );
+    }
+
+    #[test]
+    fn writes_land_at_their_offsets_and_overflow_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("slot-b");
+        fs::write(&path, vec![0xffu8; 3 * WRITE_BUFFER]).unwrap();
+        let mut writer = SlotWriter::open(&path, &guard(dir.path())).unwrap();
+        writer.write_at(0, &[1; 1000]).unwrap();
+        writer.write_at(1000, &[2; 1000]).unwrap();
+        writer
+            .write_at(WRITE_BUFFER as u64, &vec![3; WRITE_BUFFER + 5])
+            .unwrap();
+        writer.write_at(5000, &[4; 10]).unwrap();
+        writer.sync().unwrap();
+        let bytes = fs::read(&path).unwrap();
+        assert_eq!(&bytes[..1000], &[1; 1000]);
+        assert_eq!(&bytes[1000..2000], &[2; 1000]);
+        assert_eq!(&bytes[2000..5000], &[0xff; 3000]);
+        assert_eq!(&bytes[5000..5010], &[4; 10]);
+        assert!(bytes[WRITE_BUFFER..2 * WRITE_BUFFER + 5]
+            .iter()
+            .all(|&b| b == 3));
+        let too_big = writer
+            .write_at(3 * WRITE_BUFFER as u64 - 1, &[0; 2])
+            .unwrap_err();
+        assert!(matches!(too_big, SinkError::TooSmall { .. }));
+    }
+}

@@ -1,0 +1,316 @@
+//! Where bundle bytes come from: a file, stdin, or HTTP(S).
+//!
+//! A source is opened at a byte offset: 0 for a fresh install, the start of the first chunk not
+//! yet in the slot for a resume (an HTTP Range request). Opening retries transport errors and
+//! 408/429/5xx answers with exponential backoff; errors in the middle of a body are retried by
+//! the installer, which reopens at the last verified chunk.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::thread;
+use std::time::Duration;
+
+use reqwest::header::{CONTENT_RANGE, RANGE, RETRY_AFTER};
+use reqwest::StatusCode;
+
+use crate::config::DownloadConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("open {}: {source}", path.display())]
+    File {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("stdin can only be read once from the start (asked for offset {offset})")]
+    StdinNotSeekable { offset: u64 },
+    #[error("HTTP client setup: {0}")]
+    Client(String),
+    #[error("GET {url} from byte {offset}: gave up after {attempts} attempts: {last}")]
+    GaveUp {
+        url: String,
+        offset: u64,
+        attempts: u32,
+        last: String,
+    },
+    #[error("GET {url} from byte {offset}: {status} (not retried)")]
+    Status {
+        url: String,
+        offset: u64,
+        status: StatusCode,
+    },
+    #[error(
+        "GET {url}: asked for bytes from {offset}, server sent Content-Range {content_range:?}"
+    )]
+    WrongRange {
+        url: String,
+        offset: u64,
+        content_range: String,
+    },
+}
+
+/// A bundle location as given on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BundleSource {
+    File(PathBuf),
+    Stdin,
+    Http(String),
+}
+
+impl BundleSource {
+    /// `-` is stdin, `http://` and `https://` are URLs, anything else a file path.
+    pub fn parse(arg: &str) -> BundleSource {
+        if arg == "-" {
+            BundleSource::Stdin
+        } else if arg.starts_with("http://") || arg.starts_with("https://") {
+            BundleSource::Http(arg.to_owned())
+        } else {
+            BundleSource::File(PathBuf::from(arg))
+        }
+    }
+
+    /// The form stored in the state file, which [`Self::parse`] reads back.
+    pub fn describe(&self) -> String {
+        match self {
+            BundleSource::File(path) => path.display().to_string(),
+            BundleSource::Stdin => "-".into(),
+            BundleSource::Http(url) => url.clone(),
+        }
+    }
+
+    /// Whether an interrupted install can continue from this source.
+    pub fn can_reopen(&self) -> bool {
+        !matches!(self, BundleSource::Stdin)
+    }
+
+    /// Whether a read error mid-stream is worth reopening for (network) or final (local I/O).
+    pub fn is_network(&self) -> bool {
+        matches!(self, BundleSource::Http(_))
+    }
+
+    /// A reader positioned at byte `offset` of the bundle.
+    pub fn open_at(
+        &self,
+        offset: u64,
+        http: &HttpFetcher,
+    ) -> Result<Box<dyn Read + Send>, SourceError> {
+        match self {
+            BundleSource::File(path) => {
+                let file_error = |source| SourceError::File {
+                    path: path.clone(),
+                    source,
+                };
+                let mut file = File::open(path).map_err(file_error)?;
+                file.seek(SeekFrom::Start(offset)).map_err(file_error)?;
+                Ok(Box::new(file))
+            }
+            BundleSource::Stdin if offset == 0 => Ok(Box::new(io::stdin())),
+            BundleSource::Stdin => Err(SourceError::StdinNotSeekable { offset }),
+            BundleSource::Http(url) => http.get_from(url, offset),
+        }
+    }
+}
+
+/// Exponential backoff: initial, doubled per attempt, capped.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub fn new(config: &DownloadConfig) -> Backoff {
+        Backoff {
+            next: config.backoff_initial,
+            max: config.backoff_max,
+        }
+    }
+
+    /// Sleeps for the current delay (or `hint`, e.g. Retry-After, if shorter than the cap) and
+    /// doubles it.
+    pub fn wait(&mut self, hint: Option<Duration>) {
+        let delay = hint.map_or(self.next, |hint| hint.min(self.max));
+        thread::sleep(delay);
+        self.next = (self.next * 2).min(self.max);
+    }
+}
+
+/// HTTP(S) client: rustls with the system's CA store (plus an optional extra CA), blocking.
+pub struct HttpFetcher {
+    client: reqwest::blocking::Client,
+    config: DownloadConfig,
+}
+
+impl HttpFetcher {
+    pub fn new(config: &DownloadConfig) -> Result<HttpFetcher, SourceError> {
+        let mut builder = reqwest::blocking::Client::builder()
+            .connect_timeout(config.timeout)
+            // Per read, not per request: a 1 GiB body takes longer than any sane timeout.
+            .timeout(config.timeout)
+            .user_agent(concat!("rota-updater/", env!("CARGO_PKG_VERSION")));
+        if let Some(ca_file) = &config.ca_file {
+            let pem = std::fs::read(ca_file).map_err(|error| {
+                SourceError::Client(format!("read {}: {error}", ca_file.display()))
+            })?;
+            let certificate = reqwest::Certificate::from_pem(&pem)
+                .map_err(|error| SourceError::Client(format!("{}: {error}", ca_file.display())))?;
+            builder = builder.add_root_certificate(certificate);
+        }
+        let client = builder
+            .build()
+            .map_err(|error| SourceError::Client(error.to_string()))?;
+        Ok(HttpFetcher {
+            client,
+            config: config.clone(),
+        })
+    }
+
+    /// GET `url` from byte `offset` (a Range request when `offset > 0`), retrying what may pass.
+    pub fn get_from(&self, url: &str, offset: u64) -> Result<Box<dyn Read + Send>, SourceError> {
+        let mut backoff = Backoff::new(&self.config);
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let mut request = self.client.get(url);
+            if offset > 0 {
+                request = request.header(RANGE, format!("bytes={offset}-"));
+            }
+            let (last, hint) = match request.send() {
+                Ok(response) => {
+                    let status = response.status();
+                    if status.is_success() {
+                        return self.positioned(url, offset, response);
+                    }
+                    if !retryable(status) {
+                        return Err(SourceError::Status {
+                            url: url.into(),
+                            offset,
+                            status,
+                        });
+                    }
+                    let hint = response
+                        .headers()
+                        .get(RETRY_AFTER)
+                        .and_then(|value| value.to_str().ok()?.trim().parse().ok())
+                        .map(Duration::from_secs);
+                    (format!("{status}"), hint)
+                }
+                Err(error) => (error_chain(&error), None),
+            };
+            if attempts > self.config.retries {
+                return Err(SourceError::GaveUp {
+                    url: url.into(),
+                    offset,
+                    attempts,
+                    last,
+                });
+            }
+            log::warn!("GET {url} from byte {offset}: {last}; retrying (attempt {attempts})");
+            backoff.wait(hint);
+        }
+    }
+
+    /// Checks the answer starts where asked; a server that ignores Range (200 for a Range
+    /// request) is read past the bytes we already have.
+    fn positioned(
+        &self,
+        url: &str,
+        offset: u64,
+        response: reqwest::blocking::Response,
+    ) -> Result<Box<dyn Read + Send>, SourceError> {
+        if offset == 0 {
+            return Ok(Box::new(response));
+        }
+        if response.status() == StatusCode::PARTIAL_CONTENT {
+            let content_range = response
+                .headers()
+                .get(CONTENT_RANGE)
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            let start = content_range
+                .strip_prefix("bytes ")
+                .and_then(|range| range.split('-').next())
+                .and_then(|start| start.parse::<u64>().ok());
+            if start != Some(offset) {
+                return Err(SourceError::WrongRange {
+                    url: url.into(),
+                    offset,
+                    content_range,
+                });
+            }
+            return Ok(Box::new(response));
+        }
+        log::warn!("{url} ignores Range requests: skipping {offset} bytes of the full body");
+        let mut response = response;
+        let skipped = io::copy(&mut (&mut response).take(offset), &mut io::sink()).unwrap_or(0);
+        if skipped != offset {
+            return Err(SourceError::WrongRange {
+                url: url.into(),
+                offset,
+                content_range: format!("full body ended after {skipped} bytes"),
+            });
+        }
+        Ok(Box::new(response))
+    }
+}
+
+/// Statuses worth asking again: timeouts, rate limits, server trouble.
+fn retryable(status: StatusCode) -> bool {
+    status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || status.is_server_error()
+}
+
+/// reqwest's Display hides the cause ("error sending request"); the chain says what broke.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sources() {
+        assert_eq!(BundleSource::parse("-"), BundleSource::Stdin);
+        assert_eq!(
+            BundleSource::parse("https://cdn/x.rota"),
+            BundleSource::Http("https://cdn/x.rota".into())
+        );
+        assert_eq!(
+            BundleSource::parse("x.rota"),
+            BundleSource::File("x.rota".into())
+        );
+        for arg in ["-", "https://cdn/x.rota", "/data/x.rota"] {
+            assert_eq!(BundleSource::parse(arg).describe(), arg);
+        }
+    }
+
+    #[test]
+    fn retryable_statuses() {
+        for (status, retry) in [
+            (408, true),
+            (429, true),
+            (500, true),
+            (503, true),
+            (404, false),
+            (403, false),
+        ] {
+            assert_eq!(
+                retryable(StatusCode::from_u16(status).unwrap()),
+                retry,
+                "{status}"
+            );
+        }
+    }
+}
