@@ -375,4 +375,14 @@ size = "rest"
             assert!(message.contains(key), "expected {key:?} in: {message}");
         }
     }
+
+    #[test]
+    fn example_layouts_parse() {
+        for text in [
+            include_str!("../../layouts/rpi5-arm64.toml"),
+            include_str!("../../layouts/vm-x86-64.toml"),
+        ] {
+            parse(text, Path::new("layouts")).unwrap();
+        }
+    }
 }
