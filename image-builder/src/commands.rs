@@ -101,11 +101,14 @@ pub fn golden(args: GoldenArgs) -> Result<ExitCode> {
 pub fn flash(args: FlashArgs) -> Result<ExitCode> {
     let checked = flash::check_target(&args.image, &args.target)?;
     if checked.kind == TargetKind::BlockDevice && !args.yes {
-        confirm(&format!(
-            "Write {} to {}? Everything on it will be lost.",
-            args.image.display(),
-            checked.description
-        ))?;
+        confirm(
+            &args.target,
+            &format!(
+                "Write {} to {}? Everything on it will be lost.",
+                args.image.display(),
+                checked.description
+            ),
+        )?;
     }
     let options = FlashOptions {
         image: args.image,
@@ -133,10 +136,13 @@ pub fn flash(args: FlashArgs) -> Result<ExitCode> {
 }
 
 /// Asks on the terminal; without one, refuses (the caller must pass --yes).
-fn confirm(question: &str) -> Result<()> {
+fn confirm(target: &std::path::Path, question: &str) -> Result<()> {
     let stdin = std::io::stdin();
     if !stdin.is_terminal() {
-        anyhow::bail!("{question}\nstdin is not a terminal: pass --yes to confirm");
+        anyhow::bail!(
+            "{question}\nstdin is not a terminal: pass --yes to write {}",
+            target.display()
+        );
     }
     eprint!("{question} Type yes to continue: ");
     std::io::stderr().flush()?;

@@ -70,6 +70,9 @@ pub fn make(output: &Path, size: u64, params: &Ext4Params<'_>) -> Result<(), Ext
         params.uuid,
         "-E",
     ]);
+    // nodiscard: mke2fs would otherwise punch holes and rely on them reading as zeros, and an
+    // image flashed sparsely onto a used card gets old bytes there (e2fsck then finds a broken
+    // resize inode). Without discard it writes the zero blocks it needs, so they are mapped.
     cmd.arg(format!("hash_seed={},nodiscard", params.hash_seed));
     if let Some(dir) = params.populate_from {
         cmd.arg("-d").arg(dir);

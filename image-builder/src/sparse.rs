@@ -63,9 +63,10 @@ pub fn nonzero_runs(buf: &[u8]) -> Vec<(usize, usize)> {
     runs
 }
 
-/// Copies the data of `src` into `dst` at `dst_offset`, skipping holes and all-zero blocks:
-/// `dst` must already read as zeros there (a fresh file extended with `set_len`). Returns the
-/// number of bytes written.
+/// Copies the mapped ranges of `src` into `dst` at `dst_offset`, leaving holes as holes:
+/// `dst` must already read as zeros there (a fresh file extended with `set_len`). Zero blocks
+/// that `src` maps are copied too: a file system may rely on them being zero, and an image
+/// flashed onto a used device only gets the blocks it maps. Returns the bytes written.
 pub fn copy_sparse(src: &File, dst: &File, dst_offset: u64) -> io::Result<u64> {
     let mut buf = vec![0u8; COPY_BUFFER];
     let mut written = 0;
@@ -74,10 +75,8 @@ pub fn copy_sparse(src: &File, dst: &File, dst_offset: u64) -> io::Result<u64> {
         while offset < range.end {
             let n = (range.end - offset).min(COPY_BUFFER as u64) as usize;
             src.read_exact_at(&mut buf[..n], offset)?;
-            for (start, len) in nonzero_runs(&buf[..n]) {
-                dst.write_all_at(&buf[start..start + len], dst_offset + offset + start as u64)?;
-                written += len as u64;
-            }
+            dst.write_all_at(&buf[..n], dst_offset + offset)?;
+            written += n as u64;
             offset += n as u64;
         }
     }
@@ -135,7 +134,10 @@ mod tests {
             .unwrap();
         dst.set_len(4 << 20).unwrap();
         let written = copy_sparse(&src, &dst, 1 << 20).unwrap();
-        assert_eq!(written, ZERO_BLOCK as u64);
+        assert!(
+            written >= 5 && written < 1 << 20,
+            "only the mapped block is copied: {written}"
+        );
         let mut got = [0u8; 5];
         dst.read_exact_at(&mut got, (1 << 20) + 12345).unwrap();
         assert_eq!(&got, b"hello");
