@@ -72,16 +72,28 @@ fn compress(data: &[u8], level: i32) -> io::Result<Vec<u8>> {
 }
 
 /// Checks one chunk's stored bytes against the manifest and returns its image bytes.
-///
-/// Order matters: the stored bytes are hashed first, so a decompressor only ever parses
-/// bytes the signer wrote; decompression then writes into a buffer of exactly the declared
-/// length, so a lying (but signed) manifest cannot make it allocate more; last, the
-/// decompressed bytes are hashed against the chunk's own digest.
 pub(crate) fn verify_stored_chunk(
     image: &ImageEntry,
     index: usize,
     stored: Vec<u8>,
 ) -> Result<Vec<u8>> {
+    verify_stored_chunk_into(image, index, stored, Vec::new()).map(|(data, _)| data)
+}
+
+/// As [`verify_stored_chunk`], decompressing into `scratch`'s allocation; returns the image
+/// bytes and the buffer left over, so that callers can reuse buffers instead of allocating
+/// (and page-faulting) two per chunk.
+///
+/// Order matters: the stored bytes are hashed first, so a decompressor only ever parses
+/// bytes the signer wrote; decompression then writes into a buffer of exactly the declared
+/// length, so a lying (but signed) manifest cannot make it allocate more; last, the
+/// decompressed bytes are hashed against the chunk's own digest.
+pub(crate) fn verify_stored_chunk_into(
+    image: &ImageEntry,
+    index: usize,
+    stored: Vec<u8>,
+    scratch: Vec<u8>,
+) -> Result<(Vec<u8>, Vec<u8>)> {
     let chunk = &image.chunks[index];
     let name = || image.name.clone();
     if stored.len() != chunk.stored_length as usize {
@@ -100,8 +112,8 @@ pub(crate) fn verify_stored_chunk(
     }
     let data = match image.compression {
         // Validation made `sha256 == stored_sha256` for uncompressed images: one hash suffices.
-        Compression::None => return Ok(stored),
-        Compression::Zstd => decompress_bounded(&stored, chunk.length, image, index)?,
+        Compression::None => return Ok((stored, scratch)),
+        Compression::Zstd => decompress_bounded(&stored, chunk.length, scratch, image, index)?,
     };
     if data.len() != chunk.length as usize {
         return Err(Error::ChunkSizeMismatch {
@@ -117,12 +129,13 @@ pub(crate) fn verify_stored_chunk(
             index,
         });
     }
-    Ok(data)
+    Ok((data, stored))
 }
 
 fn decompress_bounded(
     stored: &[u8],
     length: u32,
+    mut data: Vec<u8>,
     image: &ImageEntry,
     index: usize,
 ) -> Result<Vec<u8>> {
@@ -142,17 +155,29 @@ fn decompress_bounded(
             });
         }
     }
-    let mut data = Vec::with_capacity(length as usize);
-    DECOMPRESSOR.with(|cell| {
+    // Decompress into a slice of exactly the declared length: writing more is an error, not
+    // a reallocation. A reused buffer is only shortened, so its bytes need no zeroing.
+    fit_length(&mut data, length as usize);
+    let written = DECOMPRESSOR.with(|cell| {
         let mut cell = cell.borrow_mut();
         if cell.is_none() {
             *cell = Some(zstd::bulk::Decompressor::new().map_err(|e| failed(e.to_string()))?);
         }
         let decompressor = cell.as_mut().expect("set above");
-        // Writes at most `data.capacity()` bytes; more is an error, not a reallocation.
         decompressor
-            .decompress_to_buffer(stored, &mut data)
+            .decompress_to_buffer(stored, &mut data[..])
             .map_err(|e| failed(e.to_string()))
     })?;
+    data.truncate(written);
     Ok(data)
+}
+
+/// Makes `buffer` exactly `length` bytes long, zeroing only bytes it never held, so a reused
+/// buffer can be overwritten without clearing it first.
+pub(crate) fn fit_length(buffer: &mut Vec<u8>, length: usize) {
+    if buffer.len() < length {
+        buffer.resize(length, 0);
+    } else {
+        buffer.truncate(length);
+    }
 }

@@ -332,7 +332,8 @@ impl<R: Read> VerifiedBundle<R> {
         let mut verified = Vec::new();
         while let Some(mut image) = self.next_image()? {
             let mut chunks = 0;
-            while image.next_chunk()?.is_some() {
+            while let Some(chunk) = image.next_chunk()? {
+                image.recycle(chunk.data);
                 chunks += 1;
             }
             let entry = image.entry();

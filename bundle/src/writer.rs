@@ -1,5 +1,6 @@
 //! Building bundles. The header and manifest come first in the file but depend on every
-//! chunk, so images are chunked into a spool file first, then the parts are written in order.
+//! chunk, so images are chunked first (compressed chunks into a spool file; uncompressed
+//! image files are simply read twice), then the parts are written in order.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, Write};
@@ -169,10 +170,11 @@ impl<'a> BundleBuilder<'a> {
         }
         .map_err(Error::Spool)?;
         let mut entries = Vec::with_capacity(self.images.len());
+        let mut sources = Vec::with_capacity(self.images.len());
         let mut payload_length = 0u64;
         for pending in self.images {
             let mut spool_writer = io::BufWriter::with_capacity(COPY_BUFFER_LENGTH, &mut spool);
-            let entry = spool_image(
+            let (entry, source) = chunk_image(
                 pending,
                 payload_length,
                 self.compression,
@@ -183,6 +185,7 @@ impl<'a> BundleBuilder<'a> {
             spool_writer.flush().map_err(Error::Spool)?;
             payload_length += entry.payload_length;
             entries.push(entry);
+            sources.push(source);
         }
         let manifest = Manifest {
             compatible: self.compatible,
@@ -195,8 +198,12 @@ impl<'a> BundleBuilder<'a> {
         };
         manifest.validate(payload_length)?;
         spool.rewind().map_err(Error::Spool)?;
+        let mut payload = PayloadReader::new(&spool, &sources, &manifest.images)?;
         let bundle_length =
-            write_bundle_parts(&manifest, &self.keys, payload_length, &mut spool, out)?;
+            write_bundle_parts(&manifest, &self.keys, payload_length, &mut payload, out)?;
+        for (source, image) in sources.iter().zip(&manifest.images) {
+            source.check_unchanged(&image.name)?;
+        }
         Ok(BundleSummary {
             manifest,
             signed_by: self.keys.iter().map(SigningKey::key_id).collect(),
@@ -209,36 +216,131 @@ fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// Chunks one image into `spool` and returns its manifest entry.
-fn spool_image(
+/// Where an image's stored bytes come from when the payload is written.
+enum StoredBytes {
+    /// The next `length` bytes of the spool file.
+    Spool { length: u64 },
+    /// An uncompressed image file: its bytes are its stored bytes, so it is read a second
+    /// time instead of being copied to the spool (which would double the bytes written).
+    File {
+        file: File,
+        path: PathBuf,
+        fingerprint: FileFingerprint,
+    },
+}
+
+/// Size and modification time: how a change between the two reads of a file is noticed.
+#[derive(PartialEq, Eq)]
+struct FileFingerprint(u64, Option<std::time::SystemTime>);
+
+impl FileFingerprint {
+    fn of(file: &File) -> io::Result<FileFingerprint> {
+        let metadata = file.metadata()?;
+        Ok(FileFingerprint(metadata.len(), metadata.modified().ok()))
+    }
+}
+
+impl StoredBytes {
+    fn check_unchanged(&self, image: &str) -> Result<()> {
+        let StoredBytes::File {
+            file,
+            path,
+            fingerprint,
+        } = self
+        else {
+            return Ok(());
+        };
+        let error = |source| Error::ImageInput {
+            image: image.to_owned(),
+            path: Some(path.clone()),
+            source,
+        };
+        if FileFingerprint::of(file).map_err(error)? != *fingerprint {
+            return Err(error(io::Error::other(
+                "the file changed while the bundle was written; the output is invalid",
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The payload, read image after image from the spool or the image files.
+struct PayloadReader<'s> {
+    segments: std::collections::VecDeque<Box<dyn Read + 's>>,
+}
+
+impl<'s> PayloadReader<'s> {
+    fn new(spool: &'s File, sources: &'s [StoredBytes], images: &[ImageEntry]) -> Result<Self> {
+        let mut segments: std::collections::VecDeque<Box<dyn Read + 's>> = Default::default();
+        for (source, image) in sources.iter().zip(images) {
+            match source {
+                StoredBytes::Spool { length } => segments.push_back(Box::new(spool.take(*length))),
+                StoredBytes::File { file, path, .. } => {
+                    let mut file: &File = file;
+                    file.rewind().map_err(|source| Error::ImageInput {
+                        image: image.name.clone(),
+                        path: Some(path.clone()),
+                        source,
+                    })?;
+                    segments.push_back(Box::new(file.take(image.payload_length)));
+                }
+            }
+        }
+        Ok(PayloadReader { segments })
+    }
+}
+
+impl Read for PayloadReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while let Some(segment) = self.segments.front_mut() {
+            match segment.read(buf)? {
+                0 if !buf.is_empty() => {
+                    self.segments.pop_front();
+                }
+                got => return Ok(got),
+            }
+        }
+        Ok(0)
+    }
+}
+
+/// Chunks one image, writing its stored bytes to `spool` unless they can be read again
+/// from the input file, and returns its manifest entry.
+fn chunk_image(
     pending: PendingImage<'_>,
     payload_offset: u64,
     compression: Compression,
     zstd_level: i32,
     workers: usize,
     spool: &mut dyn Write,
-) -> Result<ImageEntry> {
+) -> Result<(ImageEntry, StoredBytes)> {
     let PendingImage {
         name,
         slot_class,
         input,
     } = pending;
-    let (reader, path): (Box<dyn Read + '_>, Option<PathBuf>) = match input {
-        ImageInput::File(path) => {
-            let file = File::open(&path).map_err(|source| Error::ImageInput {
-                image: name.clone(),
-                path: Some(path.clone()),
-                source,
-            })?;
-            (Box::new(file), Some(path))
-        }
-        ImageInput::Reader(reader) => (reader, None),
-    };
-    let input_error = |source: io::Error| Error::ImageInput {
+    let input_error = |path: &Option<PathBuf>, source: io::Error| Error::ImageInput {
         image: name.clone(),
         path: path.clone(),
         source,
     };
+    let mut reread = None;
+    let (reader, path): (Box<dyn Read + '_>, Option<PathBuf>) = match input {
+        ImageInput::File(path) => {
+            let path = Some(path);
+            let file =
+                File::open(path.as_ref().expect("set")).map_err(|e| input_error(&path, e))?;
+            let reader = file.try_clone().map_err(|e| input_error(&path, e))?;
+            if compression == Compression::None {
+                let fingerprint = FileFingerprint::of(&file).map_err(|e| input_error(&path, e))?;
+                reread = Some((file, fingerprint));
+            }
+            (Box::new(reader), path)
+        }
+        ImageInput::Reader(reader) => (reader, None),
+    };
+    let mut sink = io::sink();
+    let spool: &mut dyn Write = if reread.is_some() { &mut sink } else { spool };
     let mut pool = OrderedChunks::new(workers, compression, zstd_level);
     let mut entry = ImageEntry {
         name: name.clone(),
@@ -259,7 +361,7 @@ fn spool_image(
         CHUNK_MAX_LENGTH,
     );
     for piece in chunker {
-        let piece = piece.map_err(|e| input_error(cdc_error_to_io(e)))?;
+        let piece = piece.map_err(|e| input_error(&path, cdc_error_to_io(e)))?;
         image_hasher.update(&piece.data);
         pool.pool.submit(piece.data);
         while pool.pool.in_flight() >= window {
@@ -270,7 +372,17 @@ fn spool_image(
         pool.take_one(&mut entry, spool)?;
     }
     entry.sha256 = Sha256Digest::from_hasher(image_hasher);
-    Ok(entry)
+    let stored = match (reread, path) {
+        (Some((file, fingerprint)), Some(path)) => StoredBytes::File {
+            file,
+            path,
+            fingerprint,
+        },
+        _ => StoredBytes::Spool {
+            length: entry.payload_length,
+        },
+    };
+    Ok((entry, stored))
 }
 
 struct OrderedChunks {

@@ -343,3 +343,29 @@ proptest! {
         prop_assert_eq!(&read_all(&bundle, &keyring(&[&key])).unwrap()[0].1, &image);
     }
 }
+
+#[test]
+fn images_from_files_and_from_readers_give_the_same_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = key(1);
+    let (rootfs, app) = (image_data(11, 500_000), image_data(12, 70_000));
+    let paths = [dir.path().join("rootfs.img"), dir.path().join("app.img")];
+    std::fs::write(&paths[0], &rootfs).unwrap();
+    std::fs::write(&paths[1], &app).unwrap();
+    for compression in [Compression::None, Compression::Zstd] {
+        let from_readers = build(&[("rootfs", &rootfs), ("app", &app)], compression, &[&key]);
+        let mut builder = builder(compression, &[&key]);
+        builder
+            .spool_dir(dir.path())
+            .add_image_file("rootfs", SlotClass::Rootfs, &paths[0])
+            .add_image_file("app", SlotClass::Rootfs, &paths[1]);
+        let mut from_files = Vec::new();
+        builder.write_to(&mut from_files).unwrap();
+        assert!(from_files == from_readers, "{compression:?}");
+    }
+    let mut builder = builder(Compression::None, &[&key]);
+    builder.add_image_file("rootfs", SlotClass::Rootfs, dir.path().join("missing.img"));
+    let error = builder.write_to(&mut Vec::new()).unwrap_err();
+    assert!(matches!(&error, Error::ImageInput { image, path: Some(_), .. } if image == "rootfs"));
+    assert!(error.to_string().contains("missing.img"), "{error}");
+}
