@@ -48,6 +48,8 @@ pub enum GrubEnvError {
     WrongSize { size: u64 },
     #[error("does not start with the signature \"# GRUB Environment Block\"")]
     BadSignature,
+    #[error("NUL byte at offset {offset}: the block is corrupt")]
+    NulByte { offset: usize },
     #[error("line at offset {offset} has no '=': the block is corrupt")]
     MissingEquals { offset: usize },
     #[error(
@@ -81,6 +83,11 @@ pub fn parse(block: &[u8]) -> Result<GrubEnvBlock, GrubEnvError> {
     }
     if !block.starts_with(SIGNATURE) {
         return Err(GrubEnvError::BadSignature);
+    }
+    // GRUB and grub-editenv never write NUL (values are C strings); a NUL means damage, such
+    // as zero-filled sectors from an interrupted write.
+    if let Some(offset) = block.iter().position(|&b| b == 0) {
+        return Err(GrubEnvError::NulByte { offset });
     }
     let mut vars = EnvVars::new();
     let mut p = SIGNATURE.len();
@@ -268,6 +275,16 @@ mod tests {
             assert!(parsed.content_end >= min, "min {min}");
             assert_eq!(parsed.generation, Some(3));
         }
+    }
+
+    #[test]
+    fn nul_bytes_are_corruption() {
+        // Found by the grubenv fuzz target: a NUL inside a value parsed, and the block could
+        // then not be written back.
+        let mut block = empty_block();
+        let at = SIGNATURE.len();
+        block[at..at + 6].copy_from_slice(&[b'0', b'=', b'0', 0, 0, b'\n']);
+        assert_eq!(parse(&block), Err(GrubEnvError::NulByte { offset: at + 3 }));
     }
 
     #[test]
