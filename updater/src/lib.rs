@@ -5,11 +5,16 @@
 //! → `sink`, driven by `install`. The lifecycle is `state` (diagram in `STATE.md`), persisted by
 //! `store`.
 
+pub mod commit;
 pub mod config;
 pub mod failpoint;
 pub mod health;
+pub mod install;
+pub mod logging;
 pub mod notify;
+pub mod progress;
 pub mod sink;
 pub mod source;
 pub mod state;
+pub mod status;
 pub mod store;

@@ -1,1 +1,251 @@
-fn main() {}
+//! `rota-updater`: the command line. Parses, loads config, and calls one library function per
+//! subcommand; everything testable lives in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+use rota_bootctl::{BootConfig, BootCtl};
+use rota_bundle::Keyring;
+use rota_updater::commit::{self, CommitContext, CommitOutcome};
+use rota_updater::config::{self, Config, ConfigPaths};
+use rota_updater::install::{self, Context, InstallError, InstallOptions};
+use rota_updater::notify::Notifier;
+use rota_updater::source::BundleSource;
+use rota_updater::state::Lifecycle;
+use rota_updater::store::Store;
+use rota_updater::{logging, progress, status};
+
+/// Exit codes, also listed in `--help`.
+const EXIT_ERROR: u8 = 1;
+const EXIT_TRIAL_FAILED: u8 = 2;
+const EXIT_BAD_BUNDLE: u8 = 3;
+
+#[derive(Parser)]
+#[command(
+    name = "rota-updater",
+    version,
+    about = "Installs signed Rota bundles into the inactive slot, trial-boots them, and commits them after health checks.",
+    after_help = "Exit codes:\n  0  success (for commit: committed, rolled back recorded, or nothing pending)\n  1  error (I/O, boot environment, config, network after all retries)\n  2  commit: a health check failed; the slot is marked bad and a reboot was requested\n  3  install: the bundle was refused (signature, damage, compatible, version, denylist, size)\n\nEnvironment:\n  ROTA_LOG        log level: error, warn, info (default), debug\n  ROTA_FAILPOINT  crash-test hook: NAME[@N] exits at the N-th time NAME is reached"
+)]
+struct Cli {
+    /// Read only this config file instead of /usr/lib/rota/updater.toml, /etc/rota/updater.toml
+    /// and /etc/rota/updater.d/*.toml (merged in that order; the default).
+    #[arg(long, global = true, value_name = "FILE", env = "ROTA_UPDATER_CONFIG")]
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show the booted slot, what each slot holds, the pending install and the last result.
+    Status {
+        /// Print JSON on stdout instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stream a bundle into the inactive slot and set a one-shot trial boot of it.
+    ///
+    /// The signature is checked before anything else; a refused bundle leaves the slot and the
+    /// boot environment untouched. An interrupted install of the same bundle resumes from the
+    /// last verified chunk.
+    Install {
+        /// Bundle: a file path, an http(s):// URL, or - for stdin.
+        source: String,
+        /// Reboot into the new slot when the install succeeded. Default: do not reboot.
+        #[arg(long)]
+        reboot: bool,
+        /// Allow a lower version than the booted slot runs (never below the security floor).
+        /// Default: refused.
+        #[arg(long)]
+        allow_downgrade: bool,
+        /// Allow a bundle that rolled back before. Default: refused.
+        #[arg(long)]
+        allow_denied: bool,
+        /// Bytes between durable progress checkpoints (each fsyncs the slot). Default: 32 MiB.
+        #[arg(long, value_name = "BYTES", default_value_t = install::DEFAULT_CHECKPOINT_BYTES)]
+        checkpoint_bytes: u64,
+        /// Print the result as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Continue an interrupted install from the source recorded in the state file.
+    Resume {
+        /// Reboot into the new slot when the install succeeded. Default: do not reboot.
+        #[arg(long)]
+        reboot: bool,
+    },
+    /// Decide this boot: health-check and commit a trial slot, or record a rollback.
+    ///
+    /// Run by rota-commit.service early in every boot; does nothing when no trial is pending.
+    Commit,
+}
+
+struct Loaded {
+    config: Config,
+    bootctl: BootCtl,
+    store: Store,
+}
+
+fn load(config_path: Option<PathBuf>) -> Result<Loaded> {
+    let paths = config_path.map_or_else(ConfigPaths::default, ConfigPaths::single);
+    let config = config::load(&paths).context("loading the updater config")?;
+    let boot_config =
+        BootConfig::load(&config.bootctl_config).context("loading the bootctl config")?;
+    let bootctl = BootCtl::from_config(&boot_config).context("opening the boot environment")?;
+    let store = Store::new(&config.state_path);
+    Ok(Loaded {
+        config,
+        bootctl,
+        store,
+    })
+}
+
+fn main() -> ExitCode {
+    logging::init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(error) => {
+            log::error!("{error:#}");
+            let bad_bundle = error
+                .downcast_ref::<InstallError>()
+                .is_some_and(InstallError::is_bad_bundle);
+            ExitCode::from(if bad_bundle {
+                EXIT_BAD_BUNDLE
+            } else {
+                EXIT_ERROR
+            })
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<u8> {
+    match cli.command {
+        Command::Status { json } => {
+            let loaded = load(cli.config)?;
+            let state = loaded.store.load().context("reading the state file")?;
+            let report = status::report(&state, Some(&loaded.bootctl));
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", status::render(&report));
+            }
+            Ok(0)
+        }
+        Command::Install {
+            source,
+            reboot,
+            allow_downgrade,
+            allow_denied,
+            checkpoint_bytes,
+            json,
+        } => {
+            let options = InstallOptions {
+                allow_downgrade,
+                allow_denied,
+                checkpoint_bytes,
+            };
+            install_from(
+                cli.config,
+                BundleSource::parse(&source),
+                &options,
+                reboot,
+                json,
+            )
+        }
+        Command::Resume { reboot } => {
+            let loaded = load(cli.config.clone())?;
+            let state = loaded.store.load().context("reading the state file")?;
+            let Lifecycle::Installing { source, .. } = state.lifecycle else {
+                log::info!("no interrupted install ({})", state.lifecycle.name());
+                return Ok(0);
+            };
+            install_from(
+                cli.config,
+                BundleSource::parse(&source),
+                &InstallOptions::default(),
+                reboot,
+                false,
+            )
+        }
+        Command::Commit => {
+            let loaded = load(cli.config)?;
+            let notifier = Notifier::from_env();
+            let context = CommitContext {
+                config: &loaded.config,
+                bootctl: &loaded.bootctl,
+                store: &loaded.store,
+                notifier: &notifier,
+            };
+            let outcome = commit::commit(&context)?;
+            println!("{}", describe(&outcome));
+            Ok(match outcome {
+                CommitOutcome::TrialFailed { .. } => EXIT_TRIAL_FAILED,
+                _ => 0,
+            })
+        }
+    }
+}
+
+fn describe(outcome: &CommitOutcome) -> String {
+    match outcome {
+        CommitOutcome::NothingPending => "nothing pending".into(),
+        CommitOutcome::Committed { slot, version } => format!("committed slot {slot} ({version})"),
+        CommitOutcome::TrialFailed { slot, check, .. } => {
+            format!("trial of slot {slot} failed check {check:?}; rebooting")
+        }
+        CommitOutcome::RolledBack {
+            slot,
+            reason,
+            failed_check,
+        } => match failed_check {
+            Some(check) => format!("rolled back slot {slot}: {reason} (check {check:?})"),
+            None => format!("rolled back slot {slot}: {reason}"),
+        },
+    }
+}
+
+fn install_from(
+    config_path: Option<PathBuf>,
+    source: BundleSource,
+    options: &InstallOptions,
+    reboot: bool,
+    json: bool,
+) -> Result<u8> {
+    let loaded = load(config_path)?;
+    let keyring = Keyring::load_dir(&loaded.config.keyring_dir).context("loading the keyring")?;
+    let context = Context {
+        config: &loaded.config,
+        bootctl: &loaded.bootctl,
+        keyring: &keyring,
+        store: &loaded.store,
+    };
+    let mut progress = progress::for_stderr("install");
+    let report = install::install(&context, &source, options, progress.as_mut())
+        .with_context(|| format!("installing {}", source.describe()))?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "slot": report.slot,
+                "version": report.bundle.version,
+                "bundle_digest": report.bundle.digest,
+                "resumed_at_chunk": report.resumed_at_chunk,
+                "reconnects": report.reconnects,
+            })
+        );
+    } else {
+        println!(
+            "installed {} into slot {}",
+            report.bundle.version, report.slot
+        );
+    }
+    if reboot {
+        commit::request_reboot(&loaded.config)?;
+    }
+    Ok(0)
+}

@@ -148,6 +148,9 @@ pub struct State {
     pub slot_a: Option<SlotContent>,
     pub slot_b: Option<SlotContent>,
     pub denylist: Vec<DeniedBundle>,
+    /// Anti-rollback floor: the highest security version ever committed. Bundles below it are
+    /// refused, with or without `--allow-downgrade`.
+    pub security_floor: u32,
 }
 
 /// A transition was asked for from a state it does not start from.
@@ -272,6 +275,7 @@ impl State {
         let Lifecycle::Trial { slot, bundle, .. } = &self.lifecycle else {
             return self.refuse("commit");
         };
+        self.security_floor = self.security_floor.max(bundle.security_version);
         self.lifecycle = Lifecycle::Committed {
             slot: *slot,
             bundle: bundle.clone(),
@@ -497,7 +501,11 @@ mod tests {
 
     #[test]
     fn finished_install_records_the_slot_content() {
-        let (state, _) = run(&[install, finish]);
+        let (state, _) = run(&[install, finish, trial, commit]);
+        assert_eq!(
+            state.security_floor, 1,
+            "commit raises the anti-rollback floor"
+        );
         let content = state.slot(Slot::B).expect("slot B recorded");
         assert_eq!(content.version, "1.0.1");
         assert_eq!(content.bundle_digest, bundle(1).digest);

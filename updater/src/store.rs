@@ -176,6 +176,7 @@ mod tests {
             }),
             slot_b: None,
             denylist: Vec::new(),
+            security_floor: 0,
         }
     }
 
@@ -212,6 +213,7 @@ mod tests {
             0x80, 0xe2, 0xcf, 0xaa, 0x06, // installed_at
             0,    // slot B absent
             0,    // empty denylist
+            0,    // security floor
         ];
         let decoded = decode(golden, Path::new("golden"));
         let expected = sample();

@@ -1,0 +1,482 @@
+//! Installing a bundle into the inactive slot.
+//!
+//! Order matters, and is the point of this module:
+//! 1. open the bundle and verify its signature (nothing else is read before that);
+//! 2. check compatible string, anti-rollback floor, version, denylist, length, slot size;
+//! 3. record "installing" and mark the target slot bad: from here on it may hold anything;
+//! 4. stream source → verify and decompress (rota-bundle, on all cores) → slot, checkpointing
+//!    progress after an fsync every `checkpoint_bytes`, and reopening the source at the last
+//!    verified chunk (HTTP Range) after a transport error;
+//! 5. fsync, and only then set the one-shot trial and record "reboot pending".
+//!
+//! A bundle refused in 1–2 never touches the slot or the boot environment.
+
+use std::fs;
+
+use rota_bootctl::{BootCtl, Slot};
+use rota_bundle::{
+    BundleReader, ImageEntry, Keyring, Manifest, Part, ReadOptions, SlotClass, VerifiedManifest,
+};
+
+use crate::config::Config;
+use crate::failpoint;
+use crate::progress::Progress;
+use crate::sink::{Guard, SinkError, SlotWriter};
+use crate::source::{Backoff, BundleSource, HttpFetcher, SourceError};
+use crate::state::{BundleInfo, InstallProgress, Lifecycle, Sha256Digest, State, TransitionError};
+use crate::store::{Store, StoreError};
+
+/// Default bytes between durable progress checkpoints (each costs an fsync of the slot).
+pub const DEFAULT_CHECKPOINT_BYTES: u64 = 32 << 20;
+
+/// What `install` needs from the outside world.
+pub struct Context<'a> {
+    pub config: &'a Config,
+    pub bootctl: &'a BootCtl,
+    pub keyring: &'a Keyring,
+    pub store: &'a Store,
+}
+
+#[derive(Debug, Clone)]
+pub struct InstallOptions {
+    /// Install a lower version than the booted slot runs (never below the security floor).
+    pub allow_downgrade: bool,
+    /// Install a bundle on the denylist (an operator retrying a rolled-back release on purpose).
+    pub allow_denied: bool,
+    pub checkpoint_bytes: u64,
+}
+
+impl Default for InstallOptions {
+    fn default() -> Self {
+        InstallOptions {
+            allow_downgrade: false,
+            allow_denied: false,
+            checkpoint_bytes: DEFAULT_CHECKPOINT_BYTES,
+        }
+    }
+}
+
+/// Why a bundle is not installed although its bytes may be fine.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("built for {found:?}, this robot is {expected:?}")]
+    WrongCompatible { expected: String, found: String },
+    #[error("security version {bundle} is below this robot's floor {floor} (anti-rollback)")]
+    BelowSecurityFloor { bundle: u32, floor: u32 },
+    #[error("version {bundle} is older than the running {running} (use --allow-downgrade)")]
+    Downgrade { bundle: String, running: String },
+    #[error("bundle {digest} (version {version}) rolled back before ({reason}); it is on the denylist (use --allow-denied)")]
+    Denied {
+        digest: Sha256Digest,
+        version: String,
+        reason: String,
+    },
+    #[error("the bundle has no rootfs image")]
+    NoRootfsImage,
+    #[error("the bundle has {0} rootfs images; exactly one is supported")]
+    SeveralRootfsImages(usize),
+    #[error(
+        "the bundle should be {expected} bytes long, the source has {actual} (truncated or padded)"
+    )]
+    WrongLength { expected: u64, actual: u64 },
+    #[error("{0}")]
+    TooBig(SinkError),
+    #[error("a trial is in progress ({0}); run `rota-updater commit` (at boot) first")]
+    TrialInProgress(&'static str),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error("bundle refused: {0}")]
+    Refused(#[from] Refusal),
+    #[error("bundle rejected: {0}")]
+    Bundle(#[from] rota_bundle::Error),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+    #[error("boot environment: {0}")]
+    Boot(#[from] rota_bootctl::Error),
+}
+
+impl InstallError {
+    /// The bundle itself is the problem (bad signature, damaged, not for us): retrying the same
+    /// bundle cannot help. The CLI gives these their own exit code.
+    pub fn is_bad_bundle(&self) -> bool {
+        match self {
+            InstallError::Refused(Refusal::TrialInProgress(_)) => false,
+            InstallError::Refused(_) => true,
+            InstallError::Bundle(error) => !is_transport(error),
+            _ => false,
+        }
+    }
+}
+
+/// What an install did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstallReport {
+    pub slot: Slot,
+    pub bundle: BundleInfo,
+    /// First chunk fetched in this run: 0 for a fresh install.
+    pub resumed_at_chunk: u64,
+    /// Reopens of the source after transport errors.
+    pub reconnects: u32,
+}
+
+/// A read error of the payload: the bytes did not arrive, as opposed to arriving wrong.
+fn is_transport(error: &rota_bundle::Error) -> bool {
+    matches!(
+        error,
+        rota_bundle::Error::Read {
+            part: Part::Chunk { .. } | Part::Payload,
+            ..
+        } | rota_bundle::Error::Truncated {
+            part: Part::Chunk { .. } | Part::Payload,
+        }
+    )
+}
+
+/// The identity the state file and denylist use: SHA-256 of the signed manifest, which pins
+/// every image byte through the image and chunk digests.
+pub fn bundle_info(manifest: &Manifest) -> BundleInfo {
+    BundleInfo {
+        digest: Sha256Digest::of(&manifest.to_bytes()),
+        version: manifest.version.to_string(),
+        compatible: manifest.compatible.clone(),
+        security_version: manifest.security_version,
+    }
+}
+
+fn read_options() -> ReadOptions {
+    ReadOptions::default()
+}
+
+/// Everything decided from the verified manifest and the state, before a byte is written.
+fn check_bundle(
+    config: &Config,
+    state: &State,
+    booted: Slot,
+    info: &BundleInfo,
+    options: &InstallOptions,
+) -> Result<(), Refusal> {
+    if info.compatible != config.compatible {
+        return Err(Refusal::WrongCompatible {
+            expected: config.compatible.clone(),
+            found: info.compatible.clone(),
+        });
+    }
+    if info.security_version < state.security_floor {
+        return Err(Refusal::BelowSecurityFloor {
+            bundle: info.security_version,
+            floor: state.security_floor,
+        });
+    }
+    if let Some(running) = state.slot(booted) {
+        let newer_or_same = match (
+            semver::Version::parse(&info.version),
+            semver::Version::parse(&running.version),
+        ) {
+            (Ok(bundle), Ok(running)) => bundle >= running,
+            // An unparsable recorded version cannot prove a downgrade.
+            _ => true,
+        };
+        if !newer_or_same && !options.allow_downgrade {
+            return Err(Refusal::Downgrade {
+                bundle: info.version.clone(),
+                running: running.version.clone(),
+            });
+        }
+    } else {
+        log::info!("no record of what slot {booted} runs: version check skipped");
+    }
+    if let Some(denied) = state.is_denied(&info.digest) {
+        if !options.allow_denied {
+            return Err(Refusal::Denied {
+                digest: info.digest,
+                version: info.version.clone(),
+                reason: denied.reason.to_string(),
+            });
+        }
+        log::warn!("installing denied bundle {} on request", info.digest);
+    }
+    Ok(())
+}
+
+fn rootfs_image(manifest: &Manifest) -> Result<usize, Refusal> {
+    let rootfs: Vec<usize> = manifest
+        .images
+        .iter()
+        .enumerate()
+        .filter(|(_, image)| image.slot_class == SlotClass::Rootfs)
+        .map(|(index, _)| index)
+        .collect();
+    for image in manifest
+        .images
+        .iter()
+        .filter(|image| image.slot_class != SlotClass::Rootfs)
+    {
+        log::warn!(
+            "image {:?} ({:?}) skipped: only rootfs images are installed",
+            image.name,
+            image.slot_class
+        );
+    }
+    match rootfs.as_slice() {
+        [] => Err(Refusal::NoRootfsImage),
+        [index] => Ok(*index),
+        several => Err(Refusal::SeveralRootfsImages(several.len())),
+    }
+}
+
+/// The first chunk before `next_chunk` whose bytes in the slot no longer match: chunks written
+/// before a restart are trusted only after reading them back.
+fn first_unverified_chunk(writer: &SlotWriter, entry: &ImageEntry, next_chunk: u64) -> u64 {
+    let limit = usize::try_from(next_chunk)
+        .unwrap_or(usize::MAX)
+        .min(entry.chunks.len());
+    for (index, chunk) in entry.chunks[..limit].iter().enumerate() {
+        let intact = writer
+            .read_at(chunk.offset, chunk.length as usize)
+            .is_ok_and(|data| Sha256Digest::of(&data) == chunk.sha256);
+        if !intact {
+            log::warn!("chunk {index} in the slot does not match: resuming from there");
+            return index as u64;
+        }
+    }
+    limit as u64
+}
+
+/// Where the stream stands and how to save it.
+struct Checkpointer<'a> {
+    store: &'a Store,
+    state: State,
+    image: u32,
+    every: u64,
+    since_last: u64,
+    next_chunk: u64,
+    done: u64,
+}
+
+impl Checkpointer<'_> {
+    fn chunk_written(
+        &mut self,
+        writer: &mut SlotWriter,
+        index: usize,
+        end: u64,
+    ) -> Result<(), InstallError> {
+        self.next_chunk = index as u64 + 1;
+        self.since_last += end - self.done.min(end);
+        self.done = end;
+        failpoint::hit("after-chunk-written");
+        if self.since_last >= self.every {
+            // Durable data first, then the record that points at it.
+            writer.sync()?;
+            self.state.record_progress(InstallProgress {
+                image: self.image,
+                next_chunk: self.next_chunk,
+                bytes_done: self.done,
+            })?;
+            self.store.save(&self.state)?;
+            failpoint::hit("after-progress-saved");
+            self.since_last = 0;
+        }
+        Ok(())
+    }
+}
+
+/// Installs the bundle at `source` into the slot that is not booted.
+pub fn install(
+    ctx: &Context,
+    source: &BundleSource,
+    options: &InstallOptions,
+    progress: &mut dyn Progress,
+) -> Result<InstallReport, InstallError> {
+    let mut state = ctx.store.load()?;
+    if let Lifecycle::Trial { .. } | Lifecycle::TrialFailed { .. } = state.lifecycle {
+        return Err(Refusal::TrialInProgress(state.lifecycle.name()).into());
+    }
+    let booted = ctx.bootctl.booted_slot()?;
+    let target = booted.other();
+    let http = HttpFetcher::new(&ctx.config.download)?;
+
+    // 1. Signature first: BundleReader decodes nothing it has not verified.
+    let stream = source.open_at(0, &http)?;
+    let bundle = BundleReader::open_with(stream, ctx.keyring, read_options())?;
+    let verified: VerifiedManifest = bundle.verified_manifest().clone();
+    let info = bundle_info(verified.manifest());
+    log::info!(
+        "bundle {} version {} for {:?}, signed by {:?}",
+        info.digest,
+        info.version,
+        info.compatible,
+        verified.signed_by()
+    );
+
+    // 2. Everything that can refuse the bundle without reading the payload.
+    check_bundle(ctx.config, &state, booted, &info, options)?;
+    let image = rootfs_image(verified.manifest())?;
+    let entry = verified.image(image)?.clone();
+    if let BundleSource::File(path) = source {
+        let actual = fs::metadata(path)
+            .map_err(|error| SourceError::File {
+                path: path.clone(),
+                source: error,
+            })?
+            .len();
+        if actual != verified.bundle_length() {
+            return Err(Refusal::WrongLength {
+                expected: verified.bundle_length(),
+                actual,
+            }
+            .into());
+        }
+    }
+    let guard = Guard::new(ctx.config.slot_device(booted));
+    let mut writer = SlotWriter::open(ctx.config.slot_device(target), &guard)?;
+    writer.check_fits(entry.size).map_err(Refusal::TooBig)?;
+
+    // 3. Resume the same bundle into the same slot, or start over.
+    let resume = match &state.lifecycle {
+        Lifecycle::Installing {
+            slot,
+            bundle,
+            progress,
+            ..
+        } if *slot == target
+            && bundle.digest == info.digest
+            && progress.image as usize == image
+            && source.can_reopen() =>
+        {
+            Some(progress.next_chunk)
+        }
+        _ => None,
+    };
+    let first_chunk = match resume {
+        Some(next_chunk) => {
+            let first = first_unverified_chunk(&writer, &entry, next_chunk);
+            log::info!(
+                "resuming the install into slot {target} at chunk {first} of {}",
+                entry.chunks.len()
+            );
+            first
+        }
+        None => {
+            state.begin_install(target, info.clone(), source.describe())?;
+            ctx.store.save(&state)?;
+            0
+        }
+    };
+    // Also on resume: the env may have been rewritten since (a trial set just before a crash).
+    ctx.bootctl.mark_bad(target)?;
+    failpoint::hit("after-mark-bad");
+
+    // 4. Stream, verify, write.
+    let chunk_count = entry.chunks.len() as u64;
+    let offset_of = |chunk: u64| {
+        entry
+            .chunks
+            .get(chunk as usize)
+            .map_or(entry.size, |chunk| chunk.offset)
+    };
+    let mut checkpoint = Checkpointer {
+        store: ctx.store,
+        state,
+        image: image as u32,
+        every: options.checkpoint_bytes.max(1),
+        since_last: 0,
+        next_chunk: first_chunk,
+        done: offset_of(first_chunk),
+    };
+    progress.start(entry.size, checkpoint.done);
+    let mut backoff = Backoff::new(&ctx.config.download);
+    let mut retries_left = ctx.config.download.retries;
+    let mut reconnects = 0u32;
+    let mut opened = Some(bundle);
+    while checkpoint.next_chunk < chunk_count {
+        let started_at = checkpoint.next_chunk;
+        let result = match opened.take() {
+            // The stream we verified the signature on is already at the payload.
+            Some(mut fresh) if started_at == 0 => pump(
+                &mut fresh.image(&entry.name)?,
+                &mut writer,
+                &mut checkpoint,
+                progress,
+            ),
+            _ => {
+                let offset = verified.chunk_file_range(image, started_at as usize)?.start;
+                let mut reader = source.open_at(offset, &http)?;
+                let mut image_reader = verified.image_reader(
+                    image,
+                    started_at as usize,
+                    &mut reader,
+                    &read_options(),
+                )?;
+                pump(&mut image_reader, &mut writer, &mut checkpoint, progress)
+            }
+        };
+        match result {
+            Ok(()) => {}
+            Err(InstallError::Bundle(error)) if is_transport(&error) && source.is_network() => {
+                if checkpoint.next_chunk > started_at {
+                    // Progress was made: this is a new failure, not the same one again.
+                    retries_left = ctx.config.download.retries;
+                    backoff = Backoff::new(&ctx.config.download);
+                }
+                if retries_left == 0 {
+                    return Err(error.into());
+                }
+                retries_left -= 1;
+                reconnects += 1;
+                log::warn!(
+                    "transfer broke at chunk {} ({error}); reconnecting from that chunk",
+                    checkpoint.next_chunk
+                );
+                backoff.wait(None);
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    // bundle (and its stream) are dropped here at the latest.
+    drop(opened);
+
+    // 5. Durable, then bootable.
+    writer.sync()?;
+    failpoint::hit("before-begin-trial");
+    ctx.bootctl.begin_trial(target, ctx.config.trial_attempts)?;
+    failpoint::hit("after-begin-trial");
+    let mut state = checkpoint.state;
+    state.finish_install()?;
+    ctx.store.save(&state)?;
+    progress.finish();
+    log::info!(
+        "installed {} into slot {target}; it boots next, {} attempt(s)",
+        info.version,
+        ctx.config.trial_attempts
+    );
+    Ok(InstallReport {
+        slot: target,
+        bundle: info,
+        resumed_at_chunk: first_chunk,
+        reconnects,
+    })
+}
+
+/// Moves verified chunks into the slot until the image ends or an error.
+fn pump(
+    image: &mut rota_bundle::ImageReader<'_>,
+    writer: &mut SlotWriter,
+    checkpoint: &mut Checkpointer,
+    progress: &mut dyn Progress,
+) -> Result<(), InstallError> {
+    while let Some(chunk) = image.next_chunk()? {
+        let end = chunk.offset + chunk.data.len() as u64;
+        writer.write_at(chunk.offset, &chunk.data)?;
+        checkpoint.chunk_written(writer, chunk.index, end)?;
+        progress.advance(end);
+    }
+    Ok(())
+}

@@ -1,0 +1,118 @@
+//! Install progress for people: a redrawn bar on a terminal, plain percentage lines otherwise
+//! (the journal keeps every line, so a bar's redraws would flood it).
+
+use std::io::IsTerminal;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// Receives the bytes verified and written so far.
+pub trait Progress {
+    fn start(&mut self, total: u64, already_done: u64);
+    fn advance(&mut self, done: u64);
+    fn finish(&mut self);
+}
+
+/// Picks the bar on a terminal, lines otherwise.
+pub fn for_stderr(label: &str) -> Box<dyn Progress> {
+    if std::io::stderr().is_terminal() {
+        Box::new(Bar::new(label))
+    } else {
+        Box::new(Lines::new(label, 5))
+    }
+}
+
+pub struct Bar {
+    bar: ProgressBar,
+}
+
+impl Bar {
+    fn new(label: &str) -> Bar {
+        let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.set_message(label.to_owned());
+        Bar { bar }
+    }
+}
+
+impl Progress for Bar {
+    fn start(&mut self, total: u64, already_done: u64) {
+        self.bar.set_length(total);
+        self.bar.set_position(already_done);
+    }
+    fn advance(&mut self, done: u64) {
+        self.bar.set_position(done);
+    }
+    fn finish(&mut self) {
+        self.bar.finish();
+    }
+}
+
+/// Logs a line each time another `step_percent` of the image is done.
+pub struct Lines {
+    label: String,
+    total: u64,
+    step_percent: u64,
+    next_percent: u64,
+}
+
+impl Lines {
+    pub fn new(label: &str, step_percent: u64) -> Lines {
+        Lines {
+            label: label.to_owned(),
+            total: 0,
+            step_percent: step_percent.max(1),
+            next_percent: 0,
+        }
+    }
+
+    fn percent(&self, done: u64) -> u64 {
+        if self.total == 0 {
+            100
+        } else {
+            (u128::from(done) * 100 / u128::from(self.total)) as u64
+        }
+    }
+}
+
+impl Progress for Lines {
+    fn start(&mut self, total: u64, already_done: u64) {
+        self.total = total;
+        let percent = self.percent(already_done);
+        self.next_percent = percent - percent % self.step_percent + self.step_percent;
+        if already_done > 0 {
+            log::info!(
+                "{}: resuming at {percent}% ({already_done} of {total} bytes)",
+                self.label
+            );
+        }
+    }
+    fn advance(&mut self, done: u64) {
+        let percent = self.percent(done);
+        if percent >= self.next_percent && percent < 100 {
+            log::info!(
+                "{}: {percent}% ({done} of {} bytes)",
+                self.label,
+                self.total
+            );
+            self.next_percent = percent - percent % self.step_percent + self.step_percent;
+        }
+    }
+    fn finish(&mut self) {
+        log::info!("{}: 100% ({} bytes)", self.label, self.total);
+    }
+}
+
+/// For library callers that want no output.
+pub struct Silent;
+
+impl Progress for Silent {
+    fn start(&mut self, _: u64, _: u64) {}
+    fn advance(&mut self, _: u64) {}
+    fn finish(&mut self) {}
+}
