@@ -60,6 +60,7 @@ pub fn state_from_vars(vars: &EnvVars, default_attempts: u32) -> BootState {
         } else if left >= u64::from(default_attempts) {
             SlotState::Good
         } else {
+            // Below default_attempts (a u32), so the conversion cannot truncate.
             SlotState::Trial {
                 attempts_left: left as u32,
             }
