@@ -4,6 +4,8 @@
 //! the rota-bundle writer.
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
