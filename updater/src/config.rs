@@ -660,4 +660,14 @@ mod tests {
         assert_eq!(config.compatible, "d");
         assert_eq!(config.trial_attempts, 5);
     }
+
+    #[test]
+    fn the_shipped_example_config_is_valid() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("updater.toml");
+        let config = load(&ConfigPaths::single(&example)).unwrap();
+        assert_eq!(config.compatible, "lekiwi-rpi5");
+        assert_eq!(config.state_path, Path::new(DEFAULT_STATE_PATH));
+        assert_eq!(config.health.checks.len(), 3);
+        assert!(!config.health.checks[2].required);
+    }
 }
