@@ -57,8 +57,6 @@ pub struct FlashReport {
     pub mapped_bytes: u64,
     /// Bytes actually written to the target.
     pub written_bytes: u64,
-    /// sha256 over the mapped ranges in order (each range's bytes, nothing else).
-    pub mapped_sha256: String,
     /// Whether the target was read back and matched.
     pub verified: bool,
     pub seconds: f64,
@@ -176,6 +174,8 @@ fn device_size(path: &Path) -> Result<u64, FlashError> {
 /// One piece of the image on its way from the reader to the writer.
 struct Piece {
     offset: u64,
+    /// sha256 of `data`, computed when the target will be verified.
+    digest: Option<[u8; 32]>,
     data: Vec<u8>,
 }
 
@@ -227,7 +227,6 @@ pub fn flash(
     };
 
     let pieces = pieces_of(&ranges);
-    let mut whole = Sha256::new();
     let mut piece_digests: Vec<[u8; 32]> = Vec::with_capacity(pieces.len());
     let mut written_bytes = 0u64;
     let (to_writer, from_reader) = mpsc::sync_channel::<io::Result<Piece>>(PIPELINE_DEPTH);
@@ -235,6 +234,8 @@ pub fn flash(
     std::thread::scope(|scope| -> Result<(), FlashError> {
         let pieces = &pieces;
         let image = &image;
+        let verify = options.verify;
+        // The reader also hashes (when verifying), so hashing overlaps the writes.
         scope.spawn(move || {
             for piece in pieces {
                 let mut data = free_buffers
@@ -243,6 +244,7 @@ pub fn flash(
                 data.resize((piece.end - piece.start) as usize, 0);
                 let sent = image.read_exact_at(&mut data, piece.start).map(|()| Piece {
                     offset: piece.start,
+                    digest: verify.then(|| Sha256::digest(&data).into()),
                     data,
                 });
                 let failed = sent.is_err();
@@ -253,8 +255,7 @@ pub fn flash(
         });
         for received in from_reader {
             let piece = received.map_err(io_err("cannot read the image", image_path))?;
-            whole.update(&piece.data);
-            piece_digests.push(Sha256::digest(&piece.data).into());
+            piece_digests.extend(piece.digest);
             match kind {
                 // A fresh file reads as zeros: only non-zero blocks need writing.
                 TargetKind::File => {
@@ -297,7 +298,6 @@ pub fn flash(
         image_size,
         mapped_bytes,
         written_bytes,
-        mapped_sha256: hex(&whole.finalize()),
         verified: options.verify,
         seconds: started.elapsed().as_secs_f64(),
     })
@@ -345,11 +345,6 @@ fn verify(
             Ok(())
         },
     )
-}
-
-/// Lower-case hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
