@@ -7,6 +7,17 @@
 //! Random access for resumed or ranged downloads: [`VerifiedManifest::chunk_file_range`] and
 //! [`VerifiedManifest::verify_chunk`].
 //!
+//! Speed: chunks are hashed and decompressed on [`ReadOptions::workers`] threads. With
+//! [`ReadOptions::check_image_sha256`] off, verification runs on all cores; with it on (the
+//! default), each image's whole-file SHA-256 also runs on the reading thread, which caps
+//! throughput at about one core's hashing speed. Pass a `File` as is: each chunk is read in
+//! one call straight into its buffer, so a `BufReader` only adds a copy.
+//!
+//! There is no way to decode a manifest without verifying it:
+//! ```compile_fail
+//! let manifest = rota_bundle::Manifest::decode(&[]);
+//! ```
+//!
 //! ```
 //! use rota_bundle::*;
 //! let key = SigningKey::from_seed([7; 32]);
