@@ -132,6 +132,8 @@ fn run_one(
     deadline: Instant,
     notifier: &Notifier,
 ) -> (Verdict, String) {
+    // One client per check: building one starts reqwest's I/O thread.
+    let mut http_client = None;
     loop {
         notifier.keepalive();
         let step = match &check.kind {
@@ -140,7 +142,12 @@ fn run_one(
                 url,
                 expect_status,
                 timeout,
-            } => poll_http(url, *expect_status, bounded(*timeout, deadline)),
+            } => poll_http(
+                &mut http_client,
+                url,
+                *expect_status,
+                bounded(*timeout, deadline),
+            ),
             CheckKind::Command { argv, timeout } => {
                 run_command(argv, bounded(*timeout, deadline), notifier)
             }
@@ -234,15 +241,22 @@ fn poll_unit(systemctl: &str, unit: &str) -> Poll {
 }
 
 /// Connection errors are asked again (the service may not listen yet); any answer is final.
-fn poll_http(url: &str, expect_status: u16, timeout: Duration) -> Poll {
-    let client = match reqwest::blocking::Client::builder()
-        .timeout(timeout)
-        .build()
-    {
-        Ok(client) => client,
-        Err(error) => return Poll::Done(Verdict::Failed, format!("HTTP client: {error}")),
+fn poll_http(
+    client: &mut Option<reqwest::blocking::Client>,
+    url: &str,
+    expect_status: u16,
+    timeout: Duration,
+) -> Poll {
+    if client.is_none() {
+        match reqwest::blocking::Client::builder().build() {
+            Ok(built) => *client = Some(built),
+            Err(error) => return Poll::Done(Verdict::Failed, format!("HTTP client: {error}")),
+        }
+    }
+    let Some(client) = client.as_ref() else {
+        return Poll::Done(Verdict::Failed, "HTTP client missing".into());
     };
-    match client.get(url).send() {
+    match client.get(url).timeout(timeout).send() {
         Ok(response) => {
             let status = response.status().as_u16();
             let mut body = String::new();

@@ -65,7 +65,7 @@ enum Command {
         /// Allow a bundle that rolled back before. Default: refused.
         #[arg(long)]
         allow_denied: bool,
-        /// Bytes between durable progress checkpoints (each fsyncs the slot). Default: 32 MiB.
+        /// Bytes between durable progress checkpoints (each fsyncs the slot). Default: 128 MiB.
         #[arg(long, value_name = "BYTES", default_value_t = install::DEFAULT_CHECKPOINT_BYTES)]
         checkpoint_bytes: u64,
         /// Print the result as JSON on stdout.

@@ -9,8 +9,9 @@ use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-/// Bytes gathered before one positioned write.
-pub const WRITE_BUFFER: usize = 1 << 20;
+/// Bytes gathered before one positioned write: a few average chunks per syscall, small enough
+/// to keep the updater's peak memory low (it is held once, not per worker).
+pub const WRITE_BUFFER: usize = 256 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {

@@ -90,11 +90,12 @@ impl BundleSource {
         matches!(self, BundleSource::Http(_))
     }
 
-    /// A reader positioned at byte `offset` of the bundle.
+    /// A reader positioned at byte `offset` of the bundle. `http` is needed for URLs only
+    /// (building it starts reqwest's I/O thread, so file installs do without).
     pub fn open_at(
         &self,
         offset: u64,
-        http: &HttpFetcher,
+        http: Option<&HttpFetcher>,
     ) -> Result<Box<dyn Read + Send>, SourceError> {
         match self {
             BundleSource::File(path) => {
@@ -108,7 +109,12 @@ impl BundleSource {
             }
             BundleSource::Stdin if offset == 0 => Ok(Box::new(io::stdin())),
             BundleSource::Stdin => Err(SourceError::StdinNotSeekable { offset }),
-            BundleSource::Http(url) => http.get_from(url, offset),
+            BundleSource::Http(url) => match http {
+                Some(http) => http.get_from(url, offset),
+                None => Err(SourceError::Client(
+                    "no HTTP client for a URL source".into(),
+                )),
+            },
         }
     }
 }
