@@ -1,0 +1,95 @@
+//! The router: API routes (built from their OpenAPI descriptions), the OpenAPI document,
+//! metrics, health, and JSON answers for unknown routes.
+
+use axum::middleware;
+use axum::routing::get;
+use axum::{Json, Router};
+use tower_http::trace::TraceLayer;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::error::{no_route, wrong_method};
+use crate::metrics;
+use crate::routes::{deployments, fleet, groups, keys, releases, robot, robots};
+use crate::state::AppState;
+
+pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Rota fleet API",
+        description = "Robots enroll, poll for assignments and report events; operators publish releases, deploy and audit. Errors are JSON {error, reason}."
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "robot", description = "Called by robots with their token"),
+        (name = "releases", description = "Signed bundles"),
+        (name = "robots", description = "Enrolled robots and their history"),
+        (name = "groups", description = "Groups of robots"),
+        (name = "deployments", description = "Releases sent to robots"),
+        (name = "keys", description = "Operator API keys"),
+        (name = "fleet", description = "Overview and audit log"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The API routes and the OpenAPI document describing exactly them.
+pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(robot::enroll))
+        .routes(routes!(robot::poll))
+        .routes(routes!(robot::report_event))
+        .routes(routes!(robot::report_slots))
+        .routes(routes!(releases::publish, releases::list))
+        .routes(routes!(releases::get))
+        .routes(routes!(releases::download))
+        .routes(routes!(robots::list))
+        .routes(routes!(robots::get, robots::remove))
+        .routes(routes!(robots::approve))
+        .routes(routes!(robots::history))
+        .routes(routes!(groups::list))
+        .routes(routes!(groups::create, groups::delete))
+        .routes(routes!(groups::add_robot, groups::remove_robot))
+        .routes(routes!(deployments::create, deployments::list))
+        .routes(routes!(deployments::get))
+        .routes(routes!(keys::whoami))
+        .routes(routes!(keys::list, keys::create))
+        .routes(routes!(keys::revoke))
+        .routes(routes!(fleet::status))
+        .routes(routes!(fleet::audit))
+        .split_for_parts()
+}
+
+pub fn router(state: AppState) -> Router {
+    let (api, document) = api();
+    let document = std::sync::Arc::new(document);
+    api.route(
+        OPENAPI_PATH,
+        get(move || async move { Json(document.as_ref().clone()) }),
+    )
+    .route("/metrics", get(metrics::render))
+    .route("/healthz", get(|| async { "ok\n" }))
+    .fallback(no_route)
+    .method_not_allowed_fallback(wrong_method)
+    .layer(middleware::from_fn_with_state(
+        state.clone(),
+        metrics::track,
+    ))
+    .layer(TraceLayer::new_for_http())
+    .with_state(state)
+}

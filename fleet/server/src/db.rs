@@ -1,0 +1,234 @@
+//! One database handle for SQLite and PostgreSQL (sqlx's `Any` driver), and the migrations.
+//!
+//! Queries are written once in the SQL both databases share (`$1` placeholders, `RETURNING`,
+//! `ON CONFLICT`, BIGINT times and flags); only the schema differs, in `migrations/<backend>/`.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Connection, Executor};
+use tokio::sync::{Mutex, MutexGuard};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("connecting to the database {url}: {source}")]
+    Connect { url: String, source: sqlx::Error },
+    #[error("applying migration {version} ({name}): {source}")]
+    Migrate {
+        version: i64,
+        name: &'static str,
+        source: sqlx::Error,
+    },
+    #[error("the database has schema version {found}, newer than this server knows ({known}); upgrade rota-server")]
+    TooNew { found: i64, known: i64 },
+    #[error(transparent)]
+    Query(#[from] sqlx::Error),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+struct Migration {
+    version: i64,
+    name: &'static str,
+    sqlite: &'static str,
+    postgres: &'static str,
+}
+
+/// Versioned schema changes, applied in order, each in its own transaction.
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "initial",
+    sqlite: include_str!("../migrations/sqlite/0001_initial.sql"),
+    postgres: include_str!("../migrations/postgres/0001_initial.sql"),
+}];
+
+pub struct Db {
+    pool: AnyPool,
+    backend: Backend,
+    /// SQLite allows one writer; taking turns here instead of in SQLite's busy loop avoids
+    /// `SQLITE_BUSY` when a read transaction wants to become a write one.
+    sqlite_writer: Option<Mutex<()>>,
+}
+
+/// A write transaction (holding SQLite's writer turn, when on SQLite).
+pub struct WriteTx<'a> {
+    pub tx: sqlx::Transaction<'static, sqlx::Any>,
+    _turn: Option<MutexGuard<'a, ()>>,
+}
+
+impl WriteTx<'_> {
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+}
+
+impl Db {
+    pub async fn connect(url: &str) -> Result<Db, DbError> {
+        sqlx::any::install_default_drivers();
+        let connect_err = |source| DbError::Connect {
+            url: redact(url),
+            source,
+        };
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            Backend::Postgres
+        };
+        let options = AnyConnectOptions::from_str(url).map_err(connect_err)?;
+        let pool_options = AnyPoolOptions::new()
+            .max_connections(if backend == Backend::Sqlite { 8 } else { 16 })
+            .acquire_timeout(Duration::from_secs(30));
+        let pool = if backend == Backend::Sqlite {
+            pool_options
+                .after_connect(|conn, _meta| {
+                    Box::pin(async move {
+                        // WAL: readers never block the writer; NORMAL sync is durable across
+                        // process crashes, which is what a server restart test exercises.
+                        for pragma in [
+                            "PRAGMA journal_mode = WAL",
+                            "PRAGMA synchronous = NORMAL",
+                            "PRAGMA foreign_keys = ON",
+                            "PRAGMA busy_timeout = 10000",
+                        ] {
+                            conn.execute(pragma).await?;
+                        }
+                        Ok(())
+                    })
+                })
+                .connect_with(options)
+                .await
+        } else {
+            pool_options.connect_with(options).await
+        }
+        .map_err(connect_err)?;
+        let sqlite_writer = (backend == Backend::Sqlite).then(|| Mutex::new(()));
+        Ok(Db {
+            pool,
+            backend,
+            sqlite_writer,
+        })
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub async fn begin_write(&self) -> Result<WriteTx<'_>, sqlx::Error> {
+        let turn = match &self.sqlite_writer {
+            Some(lock) => Some(lock.lock().await),
+            None => None,
+        };
+        let tx = self.pool.begin().await?;
+        Ok(WriteTx { tx, _turn: turn })
+    }
+
+    /// Brings the schema to the newest version; returns the versions applied.
+    pub async fn migrate(&self) -> Result<Vec<i64>, DbError> {
+        let mut conn = self.pool.acquire().await?;
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
+        )
+        .await?;
+        let current: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM schema_migrations")
+            .fetch_one(&mut *conn)
+            .await?;
+        let current = current.unwrap_or(0);
+        let known = MIGRATIONS.last().map_or(0, |m| m.version);
+        if current > known {
+            return Err(DbError::TooNew {
+                found: current,
+                known,
+            });
+        }
+        let mut applied = Vec::new();
+        for migration in MIGRATIONS.iter().filter(|m| m.version > current) {
+            let err = |source| DbError::Migrate {
+                version: migration.version,
+                name: migration.name,
+                source,
+            };
+            let sql = match self.backend {
+                Backend::Sqlite => migration.sqlite,
+                Backend::Postgres => migration.postgres,
+            };
+            let mut tx = conn.begin().await.map_err(err)?;
+            sqlx::raw_sql(sql).execute(&mut *tx).await.map_err(err)?;
+            sqlx::query(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
+            )
+            .bind(migration.version)
+            .bind(migration.name)
+            .bind(crate::time::now_ms())
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+            tx.commit().await.map_err(err)?;
+            applied.push(migration.version);
+        }
+        Ok(applied)
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// The URL without its password, for error messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let credentials = &url[scheme_end + 3..at];
+            let user = credentials.split(':').next().unwrap_or("");
+            format!("{}://{user}:***@{}", &url[..scheme_end], &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("postgres://rota:s3cret@db:5432/rota"),
+            "postgres://rota:***@db:5432/rota"
+        );
+        assert_eq!(redact("sqlite:///x/rota.db"), "sqlite:///x/rota.db");
+    }
+
+    #[tokio::test]
+    async fn migrations_apply_once_and_the_audit_log_refuses_rewrites() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+        let db = Db::connect(&url).await.unwrap();
+        assert_eq!(db.migrate().await.unwrap(), vec![1]);
+        assert_eq!(db.migrate().await.unwrap(), Vec::<i64>::new());
+        sqlx::query("INSERT INTO audit_log (at, actor, action) VALUES ($1, $2, $3)")
+            .bind(1_i64)
+            .bind("test")
+            .bind("poke")
+            .execute(db.pool())
+            .await
+            .unwrap();
+        let update = sqlx::query("UPDATE audit_log SET actor = 'someone else'")
+            .execute(db.pool())
+            .await;
+        assert!(update.unwrap_err().to_string().contains("append-only"));
+        let delete = sqlx::query("DELETE FROM audit_log")
+            .execute(db.pool())
+            .await;
+        assert!(delete.unwrap_err().to_string().contains("append-only"));
+    }
+}

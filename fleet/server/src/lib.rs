@@ -1,0 +1,20 @@
+//! Rota's fleet server: a JSON API under `/api/v1` for robots (enroll, poll, report) and
+//! operators (releases, robots, groups, deployments, keys, audit), on SQLite or PostgreSQL.
+//!
+//! `main.rs` only parses the command line; [`server::run`] does the rest.
+
+pub mod app;
+pub mod audit;
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod hub;
+pub mod metrics;
+pub mod rollout;
+pub mod routes;
+pub mod secrets;
+pub mod seen;
+pub mod server;
+pub mod state;
+pub mod time;

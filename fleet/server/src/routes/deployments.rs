@@ -1,0 +1,258 @@
+//! Deployments: create (a release to a robot, a group or the fleet), list, read per-robot state.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use rota_protocol::operator::{
+    CreateDeploymentRequest, Deployment, DeploymentState, ErrorBody, RobotAssignment, Role,
+};
+use rota_protocol::robot::AssignmentState;
+use serde::Deserialize;
+
+use crate::audit;
+use crate::auth::Operator;
+use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
+use crate::rollout::{self, NewDeployment, ReleaseRef};
+use crate::state::AppState;
+use crate::time::rfc3339;
+
+type DeploymentRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    String,
+    String,
+    i64,
+);
+const DEPLOYMENT_SELECT: &str = "SELECT d.id, d.release_id, r.version, d.target, d.strategy, d.forced, d.state, d.created_by, d.created_at
+     FROM deployments d JOIN releases r ON r.id = d.release_id";
+
+async fn deployment_from_row(
+    state: &AppState,
+    row: DeploymentRow,
+    with_robots: bool,
+) -> ApiResult<Deployment> {
+    let (
+        id,
+        release_id,
+        version,
+        target,
+        strategy,
+        forced,
+        deployment_state,
+        created_by,
+        created_at,
+    ) = row;
+    let mut conn = state.db.pool().acquire().await?;
+    let counts = rollout::assignment_counts(&mut conn, &id).await?;
+    let robots = if with_robots {
+        type Row = (String, String, i64, Option<String>, i64, Option<i64>);
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT robot_id, state, stage, detail, updated_at, finished_at FROM assignments
+             WHERE deployment_id = $1 ORDER BY robot_id",
+        )
+        .bind(&id)
+        .fetch_all(&mut *conn)
+        .await?;
+        let robots = rows
+            .into_iter()
+            .map(
+                |(robot_id, robot_state, stage, detail, updated_at, finished_at)| {
+                    Ok(RobotAssignment {
+                        robot_id,
+                        state: AssignmentState::parse(&robot_state).ok_or_else(|| {
+                            ApiError::internal(format!("unknown assignment state {robot_state:?}"))
+                        })?,
+                        stage: u32::try_from(stage).unwrap_or(0),
+                        detail,
+                        updated_at: rfc3339(updated_at),
+                        finished_after_secs: finished_at
+                            .map(|end| (end - created_at).max(0) as f64 / 1000.0),
+                    })
+                },
+            )
+            .collect::<ApiResult<Vec<_>>>()?;
+        Some(robots)
+    } else {
+        None
+    };
+    Ok(Deployment {
+        release_id,
+        version,
+        target: target.parse().map_err(ApiError::internal)?,
+        strategy: serde_json::from_str(&strategy).map_err(ApiError::internal)?,
+        force: forced != 0,
+        state: DeploymentState::parse(&deployment_state).ok_or_else(|| {
+            ApiError::internal(format!("unknown deployment state {deployment_state:?}"))
+        })?,
+        created_by,
+        created_at: rfc3339(created_at),
+        counts,
+        robots,
+        id,
+    })
+}
+
+pub async fn find(state: &AppState, id: &str) -> ApiResult<Deployment> {
+    let row: Option<DeploymentRow> =
+        sqlx::query_as(&format!("{DEPLOYMENT_SELECT} WHERE d.id = $1"))
+            .bind(id)
+            .fetch_optional(state.db.pool())
+            .await?;
+    let row = row.ok_or_else(|| ApiError::not_found(format!("no deployment with id {id:?}")))?;
+    deployment_from_row(state, row, true).await
+}
+
+/// Finds a release by id, or by version when exactly one release has it.
+async fn resolve_release(state: &AppState, release: &str) -> ApiResult<ReleaseRef> {
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT id, version, compatible FROM releases WHERE id = $1 OR version = $2",
+    )
+    .bind(release)
+    .bind(release)
+    .fetch_all(state.db.pool())
+    .await?;
+    match rows.as_slice() {
+        [] => Err(ApiError::not_found(format!(
+            "no release with id or version {release:?}"
+        ))),
+        [(id, version, compatible)] => Ok(ReleaseRef {
+            id: id.clone(),
+            version: version.clone(),
+            compatible: compatible.clone(),
+        }),
+        several => Err(ApiError::conflict(format!(
+            "version {release:?} exists for several boards ({}); name the release id",
+            several
+                .iter()
+                .map(|(id, _, c)| format!("{id} for {c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+/// Deploy a release (deployer).
+///
+/// Robots that rolled back from this release before are skipped unless `force` is set, as
+/// are robots awaiting approval and robots of another `compatible`; their rows say why.
+#[utoipa::path(post, path = "/api/v1/deployments", tag = "deployments",
+    request_body = CreateDeploymentRequest,
+    responses(
+        (status = 201, body = Deployment),
+        (status = 400, description = "malformed JSON", body = ErrorBody),
+        (status = 403, description = "needs the deployer role", body = ErrorBody),
+        (status = 404, description = "unknown release, group or robot", body = ErrorBody),
+        (status = 409, description = "ambiguous version", body = ErrorBody),
+        (status = 422, description = "invalid target or empty target", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn create(
+    State(state): State<AppState>,
+    operator: Operator,
+    ApiJson(request): ApiJson<CreateDeploymentRequest>,
+) -> ApiResult<(StatusCode, ApiJson<Deployment>)> {
+    operator.require(Role::Deployer)?;
+    let release = resolve_release(&state, &request.release).await?;
+    let mut write = state.db.begin_write().await?;
+    let created = rollout::create_deployment(
+        &mut write.tx,
+        NewDeployment {
+            release: release.clone(),
+            target: request.target.clone(),
+            strategy: request.strategy.clone(),
+            force: request.force,
+            created_by: operator.actor(),
+        },
+    )
+    .await?;
+    audit::Record::by(
+        &operator,
+        "deployment.create",
+        format!("deployment:{}", created.deployment_id),
+    )
+    .details(serde_json::json!({
+        "release": release.id, "version": release.version, "target": request.target.to_string(),
+        "strategy": request.strategy, "force": request.force,
+        "offered": created.offered.len(), "skipped": created.skipped,
+    }))
+    .write(&mut write.tx)
+    .await?;
+    write.commit().await?;
+    state.metrics.count_deployment();
+    state
+        .hub
+        .wake_many(created.offered.iter().map(String::as_str));
+    tracing::info!(deployment = %created.deployment_id, release = %release.id, target = %request.target,
+        offered = created.offered.len(), skipped = created.skipped, "deployment created");
+    Ok((
+        StatusCode::CREATED,
+        ApiJson(find(&state, &created.deployment_id).await?),
+    ))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct DeploymentsQuery {
+    /// Only deployments in this state (`running`, `succeeded`, `failed`, `superseded`).
+    pub state: Option<String>,
+    /// At most this many, newest first. [default: 50, at most 1000]
+    pub limit: Option<i64>,
+}
+
+pub async fn list_where(
+    state: &AppState,
+    wanted_state: Option<&str>,
+    limit: i64,
+) -> ApiResult<Vec<Deployment>> {
+    let rows: Vec<DeploymentRow> = sqlx::query_as(&format!(
+        "{DEPLOYMENT_SELECT} WHERE ($1 = '' OR d.state = $2) ORDER BY d.created_at DESC, d.id LIMIT $3"
+    ))
+    .bind(wanted_state.unwrap_or_default())
+    .bind(wanted_state.unwrap_or_default())
+    .bind(limit)
+    .fetch_all(state.db.pool())
+    .await?;
+    let mut deployments = Vec::with_capacity(rows.len());
+    for row in rows {
+        deployments.push(deployment_from_row(state, row, false).await?);
+    }
+    Ok(deployments)
+}
+
+/// List deployments, newest first, with robots per state.
+#[utoipa::path(get, path = "/api/v1/deployments", tag = "deployments",
+    params(DeploymentsQuery),
+    responses((status = 200, body = Vec<Deployment>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list(
+    State(state): State<AppState>,
+    _operator: Operator,
+    ApiQuery(query): ApiQuery<DeploymentsQuery>,
+) -> ApiResult<ApiJson<Vec<Deployment>>> {
+    if let Some(wanted) = &query.state {
+        if DeploymentState::parse(wanted).is_none() {
+            return Err(ApiError::bad_request(format!(
+                "unknown deployment state {wanted:?}"
+            )));
+        }
+    }
+    let limit = query.limit.unwrap_or(50).clamp(1, 1000);
+    Ok(ApiJson(
+        list_where(&state, query.state.as_deref(), limit).await?,
+    ))
+}
+
+/// Read a deployment with every robot's state.
+#[utoipa::path(get, path = "/api/v1/deployments/{id}", tag = "deployments",
+    params(("id" = String, Path, description = "deployment id")),
+    responses((status = 200, body = Deployment), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get(
+    State(state): State<AppState>,
+    _operator: Operator,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<ApiJson<Deployment>> {
+    Ok(ApiJson(find(&state, &id).await?))
+}

@@ -1,0 +1,272 @@
+//! Operator views of robots: list, read, approve, remove, history.
+
+use std::collections::HashMap;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use rota_protocol::operator::{ErrorBody, HistoryEntry, Robot, Role};
+use serde::Deserialize;
+
+use crate::audit;
+use crate::auth::Operator;
+use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
+use crate::rollout::{self, OFFERED_STATES_SQL};
+use crate::state::AppState;
+use crate::time::{now_ms, rfc3339};
+
+const ROBOT_COLUMNS: &str =
+    "id, compatible, approved, state, progress, version, slots_json, enrolled_at, last_seen";
+type RobotRow = (
+    String,
+    String,
+    i64,
+    String,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    i64,
+    Option<i64>,
+);
+
+fn robot_from_row(state: &AppState, row: RobotRow, groups: Vec<String>) -> Robot {
+    let (
+        id,
+        compatible,
+        approved,
+        robot_state,
+        progress,
+        version,
+        slots_json,
+        enrolled_at,
+        last_seen,
+    ) = row;
+    // Polls update last-seen in memory first; show the freshest value.
+    let last_seen = match (state.last_seen.get(&id), last_seen) {
+        (Some(fresh), Some(stored)) => Some(fresh.max(stored)),
+        (fresh, stored) => fresh.or(stored),
+    };
+    Robot {
+        compatible,
+        approved: approved != 0,
+        state: robot_state,
+        progress: progress.and_then(|p| u8::try_from(p).ok()),
+        version,
+        groups,
+        enrolled_at: rfc3339(enrolled_at),
+        last_seen: last_seen.map(rfc3339),
+        slots: slots_json.and_then(|json| serde_json::from_str(&json).ok()),
+        id,
+    }
+}
+
+async fn memberships(state: &AppState) -> ApiResult<HashMap<String, Vec<String>>> {
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT robot_id, group_name FROM group_members ORDER BY group_name")
+            .fetch_all(state.db.pool())
+            .await?;
+    let mut groups: HashMap<String, Vec<String>> = HashMap::new();
+    for (robot, group) in rows {
+        groups.entry(robot).or_default().push(group);
+    }
+    Ok(groups)
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct RobotsQuery {
+    /// Only robots in this group.
+    pub group: Option<String>,
+}
+
+/// List robots.
+#[utoipa::path(get, path = "/api/v1/robots", tag = "robots",
+    params(RobotsQuery),
+    responses((status = 200, body = Vec<Robot>), (status = 401, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list(
+    State(state): State<AppState>,
+    _operator: Operator,
+    ApiQuery(query): ApiQuery<RobotsQuery>,
+) -> ApiResult<ApiJson<Vec<Robot>>> {
+    let rows: Vec<RobotRow> =
+        sqlx::query_as(&format!("SELECT {ROBOT_COLUMNS} FROM robots ORDER BY id"))
+            .fetch_all(state.db.pool())
+            .await?;
+    let mut groups = memberships(&state).await?;
+    let robots = rows
+        .into_iter()
+        .map(|row| {
+            let robot_groups = groups.remove(&row.0).unwrap_or_default();
+            robot_from_row(&state, row, robot_groups)
+        })
+        .filter(|robot| {
+            query
+                .group
+                .as_ref()
+                .is_none_or(|g| robot.groups.contains(g))
+        })
+        .collect();
+    Ok(ApiJson(robots))
+}
+
+pub async fn find(state: &AppState, id: &str) -> ApiResult<Robot> {
+    let row: Option<RobotRow> =
+        sqlx::query_as(&format!("SELECT {ROBOT_COLUMNS} FROM robots WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(state.db.pool())
+            .await?;
+    let row = row.ok_or_else(|| ApiError::not_found(format!("no robot with id {id:?}")))?;
+    let groups: Vec<String> = sqlx::query_scalar(
+        "SELECT group_name FROM group_members WHERE robot_id = $1 ORDER BY group_name",
+    )
+    .bind(id)
+    .fetch_all(state.db.pool())
+    .await?;
+    Ok(robot_from_row(state, row, groups))
+}
+
+/// Read one robot.
+#[utoipa::path(get, path = "/api/v1/robots/{id}", tag = "robots",
+    params(("id" = String, Path, description = "robot id")),
+    responses((status = 200, body = Robot), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get(
+    State(state): State<AppState>,
+    _operator: Operator,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<ApiJson<Robot>> {
+    Ok(ApiJson(find(&state, &id).await?))
+}
+
+/// Approve a robot that enrolled while the fleet requires approval (admin).
+#[utoipa::path(post, path = "/api/v1/robots/{id}/approve", tag = "robots",
+    params(("id" = String, Path, description = "robot id")),
+    responses((status = 200, body = Robot), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn approve(
+    State(state): State<AppState>,
+    operator: Operator,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<ApiJson<Robot>> {
+    operator.require(Role::Admin)?;
+    let mut write = state.db.begin_write().await?;
+    let updated = sqlx::query(
+        "UPDATE robots SET approved = 1, state = CASE WHEN state = 'pending_approval' THEN 'idle' ELSE state END WHERE id = $1",
+    )
+    .bind(&id)
+    .execute(&mut *write.tx)
+    .await?;
+    if updated.rows_affected() == 0 {
+        return Err(ApiError::not_found(format!("no robot with id {id:?}")));
+    }
+    audit::Record::by(&operator, "robot.approve", format!("robot:{id}"))
+        .write(&mut write.tx)
+        .await?;
+    write.commit().await?;
+    Ok(ApiJson(find(&state, &id).await?))
+}
+
+/// Remove a robot: its token stops working and it may enroll again (admin). Its history stays.
+#[utoipa::path(delete, path = "/api/v1/robots/{id}", tag = "robots",
+    params(("id" = String, Path, description = "robot id")),
+    responses((status = 204, description = "removed"), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn remove(
+    State(state): State<AppState>,
+    operator: Operator,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    operator.require(Role::Admin)?;
+    let mut write = state.db.begin_write().await?;
+    let deleted = sqlx::query("DELETE FROM robots WHERE id = $1")
+        .bind(&id)
+        .execute(&mut *write.tx)
+        .await?;
+    if deleted.rows_affected() == 0 {
+        return Err(ApiError::not_found(format!("no robot with id {id:?}")));
+    }
+    // Its unfinished assignments can never finish now; end them so their deployments can.
+    let open: Vec<String> = sqlx::query_scalar(&format!(
+        "SELECT deployment_id FROM assignments WHERE robot_id = $1 AND (state IN {OFFERED_STATES_SQL} OR state = 'waiting')"
+    ))
+    .bind(&id)
+    .fetch_all(&mut *write.tx)
+    .await?;
+    sqlx::query(&format!(
+        "UPDATE assignments SET state = 'cancelled', detail = 'robot removed', updated_at = $1, finished_at = $2
+         WHERE robot_id = $3 AND (state IN {OFFERED_STATES_SQL} OR state = 'waiting')"
+    ))
+    .bind(now_ms())
+    .bind(now_ms())
+    .bind(&id)
+    .execute(&mut *write.tx)
+    .await?;
+    for deployment_id in open {
+        rollout::recompute_deployment(&mut write.tx, &deployment_id).await?;
+    }
+    audit::Record::by(&operator, "robot.remove", format!("robot:{id}"))
+        .write(&mut write.tx)
+        .await?;
+    write.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct HistoryQuery {
+    /// Only this robot's history.
+    pub robot: Option<String>,
+    /// Only this deployment's events.
+    pub deployment: Option<String>,
+    /// At most this many entries, newest first. [default: 100, at most 10000]
+    pub limit: Option<i64>,
+}
+
+/// What robots reported, newest first.
+#[utoipa::path(get, path = "/api/v1/history", tag = "robots",
+    params(HistoryQuery),
+    responses((status = 200, body = Vec<HistoryEntry>), (status = 401, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn history(
+    State(state): State<AppState>,
+    _operator: Operator,
+    ApiQuery(query): ApiQuery<HistoryQuery>,
+) -> ApiResult<ApiJson<Vec<HistoryEntry>>> {
+    let limit = query.limit.unwrap_or(100).clamp(1, 10_000);
+    type Row = (
+        i64,
+        String,
+        Option<String>,
+        Option<String>,
+        String,
+        Option<String>,
+        i64,
+    );
+    // Empty strings stand for "any", so one statement serves every filter combination.
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT e.id, e.robot_id, e.deployment_id, r.version, e.event, e.detail, e.at
+         FROM robot_events e LEFT JOIN releases r ON r.id = e.release_id
+         WHERE ($1 = '' OR e.robot_id = $2) AND ($3 = '' OR e.deployment_id = $4)
+         ORDER BY e.id DESC LIMIT $5",
+    )
+    .bind(query.robot.clone().unwrap_or_default())
+    .bind(query.robot.unwrap_or_default())
+    .bind(query.deployment.clone().unwrap_or_default())
+    .bind(query.deployment.unwrap_or_default())
+    .bind(limit)
+    .fetch_all(state.db.pool())
+    .await?;
+    Ok(ApiJson(
+        rows.into_iter()
+            .map(
+                |(id, robot_id, deployment_id, version, event, detail, at)| HistoryEntry {
+                    id,
+                    robot_id,
+                    deployment_id,
+                    version,
+                    event,
+                    detail,
+                    at: rfc3339(at),
+                },
+            )
+            .collect(),
+    ))
+}

@@ -1,0 +1,38 @@
+//! What every request handler shares.
+
+use std::ops::Deref;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::config::Settings;
+use crate::db::Db;
+use crate::hub::WakeHub;
+use crate::metrics::Metrics;
+use crate::seen::LastSeen;
+
+#[derive(Clone)]
+pub struct AppState(Arc<Shared>);
+
+pub struct Shared {
+    pub db: Db,
+    pub settings: Settings,
+    pub hub: WakeHub,
+    pub metrics: Metrics,
+    pub last_seen: LastSeen,
+    /// Turns true when the server shuts down, so long-polls answer at once.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}

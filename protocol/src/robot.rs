@@ -1,0 +1,370 @@
+//! What a robot and the fleet server say to each other.
+//!
+//! ```text
+//! POST /api/v1/robot/enroll       EnrollRequest  -> EnrollResponse          (fleet enrollment key)
+//! GET  /api/v1/robot/assignment   ?wait=SECS, If-None-Match -> 200 Assignment | 204 | 304
+//! POST /api/v1/robot/events       EventReport    -> 204                     (robot token)
+//! PUT  /api/v1/robot/slots        SlotsReport    -> 204                     (robot token)
+//! GET  <Assignment::bundle_url>   Range: bytes=N-  -> 206 bundle bytes
+//! ```
+//!
+//! A deployment counts as succeeded on a robot only once it reports [`RobotEvent::Committed`].
+
+use serde::{Deserialize, Serialize};
+
+/// Header carrying the robot's token (and operators' API keys) as `Authorization: Bearer <token>`.
+pub const AUTHORIZATION_SCHEME: &str = "Bearer";
+
+/// Longest long-poll a robot may ask for with `?wait=`; the server clamps larger values.
+pub const MAX_WAIT_SECS: u64 = 60;
+
+/// Asks the server for a robot token. Sent once, when the robot has none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct EnrollRequest {
+    /// The fleet-wide enrollment key the robot was provisioned with.
+    pub enrollment_key: String,
+    /// The robot's id, unique in the fleet; see [`validate_robot_id`].
+    pub robot_id: String,
+    /// The product/board string bundles must match (for example `lekiwi-rpi5`).
+    pub compatible: String,
+}
+
+/// The robot's credentials. The token is shown only here; the server keeps only its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct EnrollResponse {
+    pub robot_id: String,
+    /// Secret to send as `Authorization: Bearer <token>` on every later robot call.
+    pub token: String,
+    /// False while the fleet requires approval and an admin has not given it yet.
+    pub approved: bool,
+}
+
+/// What the robot should install next. Repeated on every poll until the robot reports an end
+/// state (committed, rolled back or failed) for it or an operator replaces it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Assignment {
+    /// Echo this in every [`EventReport`] about the assignment.
+    pub deployment_id: String,
+    pub release_id: String,
+    pub version: String,
+    pub compatible: String,
+    /// Absolute URL of the bundle; supports `Range` requests so downloads resume.
+    pub bundle_url: String,
+    /// True when `bundle_url` is the fleet server itself and wants the robot token; false for a
+    /// CDN, which must never see the token.
+    pub bundle_requires_token: bool,
+    pub bundle_size: u64,
+    /// sha256 of the bundle's signed manifest, hex: what identifies a build across renames.
+    pub manifest_hash: String,
+    /// The operator forced this release although the robot rolled back from it before.
+    pub force: bool,
+}
+
+/// One step of installing an assignment, as the robot lives it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum RobotEvent {
+    Downloading {
+        bytes_done: u64,
+        bytes_total: u64,
+    },
+    Installing,
+    /// Written and verified; not success yet: the trial boot and commit decide.
+    Installed,
+    Rebooting,
+    /// Booted into the new slot, health checks running.
+    Trial,
+    /// The only event that makes a deployment succeed on a robot.
+    Committed,
+    RolledBack {
+        reason: String,
+    },
+    Failed {
+        error: String,
+    },
+}
+
+impl RobotEvent {
+    /// The assignment state this event moves to.
+    pub fn state(&self) -> AssignmentState {
+        match self {
+            RobotEvent::Downloading { .. } => AssignmentState::Downloading,
+            RobotEvent::Installing => AssignmentState::Installing,
+            RobotEvent::Installed => AssignmentState::Installed,
+            RobotEvent::Rebooting => AssignmentState::Rebooting,
+            RobotEvent::Trial => AssignmentState::Trial,
+            RobotEvent::Committed => AssignmentState::Committed,
+            RobotEvent::RolledBack { .. } => AssignmentState::RolledBack,
+            RobotEvent::Failed { .. } => AssignmentState::Failed,
+        }
+    }
+
+    /// The event's name as it appears on the wire (`rolled_back`, ...).
+    pub fn name(&self) -> &'static str {
+        self.state().as_str()
+    }
+
+    /// Human detail: the rollback reason, the failure, or download progress.
+    pub fn detail(&self) -> Option<String> {
+        match self {
+            RobotEvent::Downloading {
+                bytes_done,
+                bytes_total,
+            } => Some(format!("{bytes_done}/{bytes_total} bytes")),
+            RobotEvent::RolledBack { reason } => Some(reason.clone()),
+            RobotEvent::Failed { error } => Some(error.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// A robot's report about one assignment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct EventReport {
+    pub deployment_id: String,
+    #[serde(flatten)]
+    pub event: RobotEvent,
+}
+
+/// One of the two root partitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum Slot {
+    A,
+    B,
+}
+
+/// What one slot holds, as the robot's state file records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SlotContent {
+    pub slot: Slot,
+    /// Release version in the slot; `None` when unknown (factory image without a manifest).
+    pub version: Option<String>,
+    pub manifest_hash: Option<String>,
+    /// `good`, `trial` or `bad`, as the robot's boot state says.
+    pub state: String,
+}
+
+/// The robot's view of its disk: which slot it booted and what each holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SlotsReport {
+    pub booted: Slot,
+    pub slots: Vec<SlotContent>,
+}
+
+impl SlotsReport {
+    /// Version of the slot the robot runs now.
+    pub fn running_version(&self) -> Option<&str> {
+        self.slots
+            .iter()
+            .find(|s| s.slot == self.booted)
+            .and_then(|s| s.version.as_deref())
+    }
+}
+
+/// Where one robot stands in one deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum AssignmentState {
+    /// Part of a later rollout stage, not offered yet.
+    Waiting,
+    /// Offered, the robot has not reported anything yet.
+    Pending,
+    Downloading,
+    Installing,
+    Installed,
+    Rebooting,
+    Trial,
+    Committed,
+    RolledBack,
+    Failed,
+    /// Never offered: the robot rolled back from this release before, or is not compatible.
+    Skipped,
+    /// A newer deployment took this robot over.
+    Superseded,
+    /// The deployment was aborted before the robot finished.
+    Cancelled,
+}
+
+impl AssignmentState {
+    pub const ALL: [AssignmentState; 13] = [
+        AssignmentState::Waiting,
+        AssignmentState::Pending,
+        AssignmentState::Downloading,
+        AssignmentState::Installing,
+        AssignmentState::Installed,
+        AssignmentState::Rebooting,
+        AssignmentState::Trial,
+        AssignmentState::Committed,
+        AssignmentState::RolledBack,
+        AssignmentState::Failed,
+        AssignmentState::Skipped,
+        AssignmentState::Superseded,
+        AssignmentState::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AssignmentState::Waiting => "waiting",
+            AssignmentState::Pending => "pending",
+            AssignmentState::Downloading => "downloading",
+            AssignmentState::Installing => "installing",
+            AssignmentState::Installed => "installed",
+            AssignmentState::Rebooting => "rebooting",
+            AssignmentState::Trial => "trial",
+            AssignmentState::Committed => "committed",
+            AssignmentState::RolledBack => "rolled_back",
+            AssignmentState::Failed => "failed",
+            AssignmentState::Skipped => "skipped",
+            AssignmentState::Superseded => "superseded",
+            AssignmentState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|state| state.as_str() == s)
+    }
+
+    /// Whether the robot is done with this assignment, one way or another.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            AssignmentState::Committed
+                | AssignmentState::RolledBack
+                | AssignmentState::Failed
+                | AssignmentState::Skipped
+                | AssignmentState::Superseded
+                | AssignmentState::Cancelled
+        )
+    }
+
+    /// Final and bad: counts against a rollout's failure threshold.
+    pub fn is_failure(self) -> bool {
+        matches!(self, AssignmentState::RolledBack | AssignmentState::Failed)
+    }
+
+    /// The robot should be working on it: offered by polls.
+    pub fn is_offered(self) -> bool {
+        !self.is_final() && self != AssignmentState::Waiting
+    }
+}
+
+impl std::fmt::Display for AssignmentState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Robot ids go into URLs, file names and log lines: 1 to 64 of `[A-Za-z0-9._-]`, not starting
+/// with a dot or dash.
+pub fn validate_robot_id(id: &str) -> Result<(), String> {
+    let ok_chars = id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if id.is_empty() || id.len() > 64 || !ok_chars || id.starts_with(['.', '-']) {
+        return Err(format!(
+            "robot id {id:?} must be 1 to 64 characters of A-Z a-z 0-9 . _ - and not start with . or -"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_tagged_snake_case_and_flatten_into_reports() {
+        let report = EventReport {
+            deployment_id: "dep_1".into(),
+            event: RobotEvent::RolledBack {
+                reason: "health check nginx failed".into(),
+            },
+        };
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"deployment_id": "dep_1", "event": "rolled_back", "reason": "health check nginx failed"})
+        );
+        let back: EventReport = serde_json::from_value(json).unwrap();
+        assert_eq!(back, report);
+        let progress: EventReport = serde_json::from_str(
+            r#"{"deployment_id":"d","event":"downloading","bytes_done":5,"bytes_total":10}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            progress.event,
+            RobotEvent::Downloading {
+                bytes_done: 5,
+                bytes_total: 10
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_event_is_rejected() {
+        let err =
+            serde_json::from_str::<EventReport>(r#"{"deployment_id":"d","event":"exploded"}"#);
+        assert!(err.is_err());
+    }
+
+    #[test]
+    fn states_round_trip_through_their_names() {
+        for state in AssignmentState::ALL {
+            assert_eq!(AssignmentState::parse(state.as_str()), Some(state));
+            let json = serde_json::to_string(&state).unwrap();
+            assert_eq!(json, format!("\"{}\"", state.as_str()));
+        }
+        assert_eq!(AssignmentState::parse("bogus"), None);
+    }
+
+    #[test]
+    fn only_committed_is_success_and_installed_is_not_final() {
+        assert!(!AssignmentState::Installed.is_final());
+        assert!(AssignmentState::Committed.is_final());
+        assert!(!AssignmentState::Committed.is_failure());
+        assert!(AssignmentState::RolledBack.is_failure());
+        assert!(!AssignmentState::Waiting.is_offered());
+        assert!(AssignmentState::Trial.is_offered());
+    }
+
+    #[test]
+    fn robot_ids_are_validated() {
+        for good in ["robot-001", "lekiwi_7", "a", "A.b-c_d", &"x".repeat(64)] {
+            assert!(validate_robot_id(good).is_ok(), "{good}");
+        }
+        for bad in ["", "-x", ".x", "a/b", "a b", "ü", &"x".repeat(65)] {
+            assert!(validate_robot_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn running_version_is_the_booted_slots() {
+        let report = SlotsReport {
+            booted: Slot::B,
+            slots: vec![
+                SlotContent {
+                    slot: Slot::A,
+                    version: Some("1.0.0".into()),
+                    manifest_hash: None,
+                    state: "good".into(),
+                },
+                SlotContent {
+                    slot: Slot::B,
+                    version: Some("2.0.0".into()),
+                    manifest_hash: None,
+                    state: "trial".into(),
+                },
+            ],
+        };
+        assert_eq!(report.running_version(), Some("2.0.0"));
+    }
+}
