@@ -65,6 +65,7 @@ class Machine:
         with self._cond:
             self._buf = ""
             self._cursor = 0
+            self._stamps = []  # (buffer length, seconds since power-on) after each read
         self.started_at = time.monotonic()
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, start_new_session=True)
@@ -95,6 +96,7 @@ class Machine:
             text = ANSI_RE.sub("", text).replace("\r", "")
             with self._cond:
                 self._buf += text
+                self._stamps.append((len(self._buf), time.monotonic() - self.started_at))
                 self._cond.notify_all()
         proc.wait()
         with self._cond:
@@ -153,6 +155,27 @@ class Machine:
                     raise MachineStopped(
                         f"{self.name}: QEMU exited while waiting for {rx.pattern!r}"
                         f" (boot {self.boots}, log {self.log_path})")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise Timeout(f"{self.name}: no {rx.pattern!r} within {timeout}s"
+                                  f" (boot {self.boots}, log {self.log_path})")
+                self._cond.wait(min(left, 1.0))
+
+    def wait_for(self, pattern, timeout):
+        """Waits for pattern anywhere in this boot's output, without moving expect()'s cursor.
+
+        Returns (match, seconds from power-on to the arrival of the matched text)."""
+        rx = re.compile(pattern, re.M)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                m = rx.search(self._buf)
+                if m:
+                    at = next((t for end, t in self._stamps if end >= m.end()), self.elapsed())
+                    return m, at
+                if not self.running() and (self._reader is None or not self._reader.is_alive()):
+                    raise MachineStopped(f"{self.name}: QEMU exited while waiting for"
+                                         f" {rx.pattern!r} (boot {self.boots}, log {self.log_path})")
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise Timeout(f"{self.name}: no {rx.pattern!r} within {timeout}s"

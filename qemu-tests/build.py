@@ -1,0 +1,281 @@
+"""Builds every input of a setup with the project's own tools: the robot binaries (aarch64 through
+scripts/aarch64, the host's for x86_64), rootfs images (`rota-image rootfs`), signed bundles
+(`rota-image bundle`) and the golden disk (`rota-image golden`).
+
+Versions, all built from the same cached Debian base:
+  1.0.0  the golden image's slot A
+  2.0.0  a good update
+  3.0.0  its health check fails (robot-app.service exits 1)
+  4.0.0  its init exits at once, so the kernel panics ("Attempted to kill init")
+  5.0.0  a good update, installed after power cuts interrupted it
+  6.0.0  a good update whose commit is interrupted by power cuts
+
+Built images are cached under the cache dir, keyed by everything that goes into them (base
+rootfs, kernel, binaries, boot scripts, these recipes), so a warm run only boots.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cache
+import images
+import setups
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+VERSIONS = {
+    "1.0.0": "good",
+    "2.0.0": "good",
+    "3.0.0": "bad-health",
+    "4.0.0": "init-dies",
+    "5.0.0": "good",
+    "6.0.0": "good",
+}
+
+# Slot partitions hold the largest rootfs image; the data partition the updater's state.
+SLOT_MIB = 320
+BOOT_MIB = 64
+DATA_MIB = 64
+
+
+def log(msg):
+    print(f"build: {msg}", file=sys.stderr, flush=True)
+
+
+def run(cmd, **kw):
+    kw.setdefault("check", True)
+    return subprocess.run([str(c) for c in cmd], **kw)
+
+
+def target_dir():
+    return Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+
+
+def host_tools():
+    """rota-image (and the host's robot binaries, used by the x86_64 guests) in debug mode: the
+    workspace tests build them anyway, and their dependencies are optimised (profile.dev)."""
+    run(["cargo", "build", "--locked", "-q", "-p", "rota-image", "-p", "rota-bootctl",
+         "-p", "rota-updater"], cwd=ROOT)
+    return target_dir() / "debug"
+
+
+def robot_binaries(arch):
+    """Directory holding rota-bootctl and rota-updater for the guest architecture."""
+    if arch == "arm64":
+        run([ROOT / "scripts/aarch64", "build"], cwd=ROOT)
+        d = ROOT / "target/aarch64-unknown-linux-gnu/release"
+    else:
+        d = host_tools()
+    for b in ("rota-bootctl", "rota-updater"):
+        if not (d / b).is_file():
+            raise RuntimeError(f"{d / b} was not built")
+    return d
+
+
+def file_digest(*paths):
+    h = hashlib.sha256()
+    for p in paths:
+        p = Path(p)
+        h.update(str(p.name).encode())
+        h.update(p.read_bytes() if p.is_file() else b"<missing>")
+    return h.hexdigest()[:16]
+
+
+def keys(rota_image):
+    """A signing key pair for the test bundles (any key works; cached so images stay cached)."""
+    def build(tmp):
+        run([rota_image, "keygen", "--out", tmp / "test"], stdout=subprocess.DEVNULL)
+    return cache.entry("keys", "any", "v1", build)
+
+
+def shipped_unit(name):
+    """A systemd unit shipped by the updater crate, if it ships one."""
+    found = sorted(ROOT.glob(f"updater/**/{name}"))
+    found = [f for f in found if "target" not in f.parts]
+    return found[0] if found else None
+
+
+# Used only when the updater crate ships no unit of its own.
+FALLBACK_COMMIT_UNIT = """[Unit]
+Description=Rota: health-check and commit the trial boot, or record a rollback
+RequiresMountsFor=/data {boot_mount}
+Before=boot-complete.target
+Wants=boot-complete.target
+
+[Service]
+Type=notify
+ExecStart=/usr/bin/rota-updater commit
+WatchdogSec=60
+TimeoutStartSec=600
+FailureAction=reboot
+
+[Install]
+WantedBy=multi-user.target
+RequiredBy=boot-complete.target
+"""
+
+ROBOT_APP_UNIT = """[Unit]
+Description=The robot's application (its start is this test image's health check)
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/lib/rota-test/robot-app
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+# Test hooks around the commit: a failpoint armed from the data partition, and a console line
+# when the commit finishes (for the boot-to-commit time and to know when to look).
+COMMIT_TEST_DROPIN = """[Service]
+EnvironmentFile=-/data/rota-test/commit.env
+ExecStopPost=/bin/sh -c 'echo "ROTA-TEST commit-finished result=$SERVICE_RESULT status=$EXIT_STATUS" > /dev/console'
+"""
+
+
+def updater_toml(setup):
+    return f"""# rota-updater config of the QEMU test robots
+compatible = "rota-qemu-{setup.name}"
+keyring_dir = "/etc/rota/keys"
+state_path = "/data/rota/state"
+bootctl_config = "/etc/rota/bootctl.toml"
+
+[health]
+deadline_secs = 120
+
+[[health.checks]]
+name = "robot-app"
+unit = "robot-app.service"
+"""
+
+
+def robot_overlay(setup, bindir, pubkey, variant):
+    """Returns overlay(root): the robot layer of a rootfs (binaries, units, config)."""
+
+    def overlay(root):
+        for b in ("rota-bootctl", "rota-updater"):
+            if setup.arch == "amd64":
+                # Host debug builds carry ~100 MB of debug info a slot image does not need
+                # (the aarch64 release builds are stripped already).
+                run(["strip", "--strip-debug", "-o", root / "usr/bin" / b, bindir / b])
+            else:
+                shutil.copy2(bindir / b, root / "usr/bin" / b)
+            (root / "usr/bin" / b).chmod(0o755)
+        images.write(root / "etc/rota/keys/test.pub", Path(pubkey).read_text())
+        images.write(root / "etc/rota/updater.toml", updater_toml(setup))
+        for path, text in setup.robot_files().items():
+            images.write(root / path, text)
+        (root / "data").mkdir(exist_ok=True)
+        (root / setup.boot_mount.lstrip("/")).mkdir(parents=True, exist_ok=True)
+        sd = root / "etc/systemd/system"
+        unit = shipped_unit("rota-commit.service")
+        if unit:
+            shutil.copy2(unit, sd / "rota-commit.service")
+        else:
+            images.write(sd / "rota-commit.service",
+                         FALLBACK_COMMIT_UNIT.format(boot_mount=setup.boot_mount))
+        images.symlink("../rota-commit.service", sd / "multi-user.target.wants/rota-commit.service")
+        images.symlink("../rota-commit.service", sd / "boot-complete.target.requires/rota-commit.service")
+        images.write(sd / "rota-commit.service.d/test-hooks.conf", COMMIT_TEST_DROPIN)
+        images.write(sd / "robot-app.service", ROBOT_APP_UNIT)
+        images.symlink("../robot-app.service", sd / "multi-user.target.wants/robot-app.service")
+        healthy = variant != "bad-health"
+        images.write(root / "usr/lib/rota-test/robot-app",
+                     "#!/bin/sh\n" + ("echo 'robot-app: running'\nexit 0\n" if healthy else
+                                      "echo 'robot-app: cannot open /dev/motor0' >&2\nexit 1\n"),
+                     0o755)
+
+    return overlay
+
+
+@dataclass
+class Artifacts:
+    setup: object
+    golden: Path  # the golden disk as built (raw, or qcow2 for the GRUB VM)
+    boot_offset: int  # byte offset of the FAT boot partition (for reading the env on the host)
+    bundles: dict = field(default_factory=dict)  # version -> bundle path
+    keyring: Path = None
+
+
+def build_setup(setup, rota_image, bindir):
+    """Builds (or takes from the cache) the golden disk and the bundles of one setup."""
+    keydir = keys(rota_image)
+    ingredients = [
+        cache.RECIPE_VERSION,
+        cache.base_rootfs(setup.arch).name, cache.kernel(setup.arch).name,
+        cache.initramfs(setup.arch).name,
+        file_digest(bindir / "rota-bootctl", bindir / "rota-updater", rota_image,
+                    keydir / "test.pub", setups.boot_cmd_path(), setups.grub_cfg_path(),
+                    HERE / "build.py", HERE / "images.py", HERE / "setups.py", HERE / "cache.py",
+                    *(f for f in [shipped_unit("rota-commit.service")] if f)),
+        setup.name, sorted(VERSIONS.items()),
+    ]
+    key = cache.digest(*ingredients)
+
+    def build(tmp):
+        pub = keydir / "test.pub"
+        secret = keydir / "test.key"
+        for version, variant in VERSIONS.items():
+            tree = images.rootfs_tree(setup.arch, tmp / "tree", version, variant,
+                                      robot_overlay(setup, bindir, pub, variant))
+            img = tmp / f"rootfs-{version}.ext4"
+            run([rota_image, "rootfs", tree, "-o", img, "--fs", "ext4", "--label", "rootfs"],
+                stdout=subprocess.DEVNULL)
+            shutil.rmtree(tree)
+            if version != "1.0.0":
+                run([rota_image, "bundle", "--compatible", f"rota-qemu-{setup.name}",
+                     "--version", version, "--key", secret, "--image", f"rootfs={img}",
+                     "--zstd", "--description", f"qemu test {variant}",
+                     "-o", tmp / f"rota-{version}.rota"], stdout=subprocess.DEVNULL)
+                img.unlink()
+            log(f"{setup.name}: built {version} ({variant})")
+        bootdir = tmp / "boot"
+        bootdir.mkdir()
+        for name, src in setup.boot_files(tmp).items():
+            dst = bootdir / name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+        layout = tmp / "layout.toml"
+        layout.write_text(f"""[disk]
+size = "{BOOT_MIB + 2 * SLOT_MIB + DATA_MIB + 2}MiB"
+arch = "{setup.layout_arch}"
+
+[boot]
+size = "{BOOT_MIB}MiB"
+dir = "boot"
+
+[rootfs-a]
+image = "rootfs-1.0.0.ext4"
+size = "{SLOT_MIB}MiB"
+
+[rootfs-b]
+size = "{SLOT_MIB}MiB"
+contents = "empty"
+
+[data]
+size = "{DATA_MIB}MiB"
+label = "data"
+""")
+        fmt = "qcow2" if setup.arch == "amd64" else "raw"
+        out = run([rota_image, "golden", "--layout", layout, "-o", tmp / f"golden.{fmt}",
+                   "--format", fmt, "--json"], capture_output=True, text=True).stdout
+        (tmp / "golden.json").write_text(out)
+        (tmp / "rootfs-1.0.0.ext4").unlink()
+
+    d = cache.entry(f"images-{setup.name}", setup.arch, key, build)
+    report = json.loads((d / "golden.json").read_text())
+    boot = next(p for p in report["partitions"] if p["name"] == "boot")
+    fmt = "qcow2" if setup.arch == "amd64" else "raw"
+    return Artifacts(setup=setup, golden=d / f"golden.{fmt}",
+                     boot_offset=int(boot["offset"]),
+                     bundles={v: d / f"rota-{v}.rota" for v in VERSIONS if v != "1.0.0"},
+                     keyring=keydir)
+
