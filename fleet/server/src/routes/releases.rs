@@ -125,6 +125,9 @@ fn merge_source(
     }
 }
 
+/// How much of an oversized upload is read and dropped before the 413 goes out.
+const DRAIN_BEFORE_413: u64 = 64 << 20;
+
 /// Streams the request body into a temporary file, hashing it; 413 past `limit` bytes.
 async fn receive(
     body: Body,
@@ -145,6 +148,14 @@ async fn receive(
             chunk.map_err(|err| ApiError::bad_request(format!("reading the upload: {err}")))?;
         size += chunk.len() as u64;
         if size > limit {
+            // Read on (up to a bound) before answering: a client still sending when the
+            // connection closes never sees the 413, only a broken pipe.
+            while size <= limit.saturating_add(DRAIN_BEFORE_413) {
+                match stream.next().await {
+                    Some(Ok(chunk)) => size += chunk.len() as u64,
+                    _ => break,
+                }
+            }
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "too_large",

@@ -1,0 +1,139 @@
+//! The operator side of the API over blocking HTTP.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, Context as _};
+use reqwest::blocking::{Client, RequestBuilder, Response};
+use rota_protocol::operator::ErrorBody;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+pub struct Api {
+    server: String,
+    key: String,
+    http: Client,
+}
+
+/// An answer with an error status, kept apart so commands can tell a 404 from a crash.
+#[derive(Debug)]
+pub struct ServerError {
+    pub status: u16,
+    pub error: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for ServerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "server answered {} {}: {}",
+            self.status, self.error, self.reason
+        )
+    }
+}
+
+impl std::error::Error for ServerError {}
+
+impl Api {
+    pub fn new(server: &str, key: &str) -> anyhow::Result<Api> {
+        let http = Client::builder()
+            .user_agent(concat!("rota-cli/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(10))
+            // Uploads of multi-GiB bundles take a while; the server bounds what it accepts.
+            .timeout(None)
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Api {
+            server: server.trim_end_matches('/').to_string(),
+            key: key.to_string(),
+            http,
+        })
+    }
+
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/api/v1{path}", self.server)
+    }
+
+    fn send(&self, what: &str, request: RequestBuilder) -> anyhow::Result<Response> {
+        let response = request
+            .bearer_auth(&self.key)
+            .send()
+            .with_context(|| format!("{what}: cannot reach {}", self.server))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let text = response.text().unwrap_or_default();
+        let err = match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(body) => ServerError {
+                status: status.as_u16(),
+                error: body.error,
+                reason: body.reason,
+            },
+            Err(_) => ServerError {
+                status: status.as_u16(),
+                error: "error".into(),
+                reason: text,
+            },
+        };
+        Err(anyhow!(err).context(what.to_string()))
+    }
+
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let url = self.url(path);
+        let response = self.send(&format!("GET {url}"), self.http.get(&url))?;
+        response
+            .json()
+            .with_context(|| format!("decoding the answer of GET {url}"))
+    }
+
+    pub fn send_json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> anyhow::Result<T> {
+        let url = self.url(path);
+        let mut request = self.http.request(method.clone(), &url);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = self.send(&format!("{method} {url}"), request)?;
+        response
+            .json()
+            .with_context(|| format!("decoding the answer of {method} {url}"))
+    }
+
+    /// A call whose answer has no body (204).
+    pub fn send_empty(&self, method: reqwest::Method, path: &str) -> anyhow::Result<()> {
+        let url = self.url(path);
+        self.send(
+            &format!("{method} {url}"),
+            self.http.request(method.clone(), &url),
+        )?;
+        Ok(())
+    }
+
+    pub fn upload<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+        body: reqwest::blocking::Body,
+    ) -> anyhow::Result<T> {
+        let url = self.url(path);
+        let request = self
+            .http
+            .post(&url)
+            .query(query)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(body);
+        let response = self.send(&format!("POST {url}"), request)?;
+        response
+            .json()
+            .with_context(|| format!("decoding the answer of POST {url}"))
+    }
+}

@@ -1,0 +1,184 @@
+//! deploy [--wait]: create a deployment, then watch robots finish one by one.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use rota_protocol::operator::{CreateDeploymentRequest, Deployment, DeploymentTarget, Strategy};
+use rota_protocol::robot::AssignmentState;
+
+use crate::client::Api;
+use crate::output;
+
+/// How `deploy` ended, for the exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Done,
+    RobotsFailed,
+    TimedOut,
+}
+
+const POLL_INTERVAL: Duration = Duration::from_millis(300);
+
+pub struct DeployArgs {
+    pub release: String,
+    pub target: DeploymentTarget,
+    pub force: bool,
+    pub wait: bool,
+    pub timeout: Duration,
+}
+
+pub fn deploy(api: &Api, args: DeployArgs, json: bool) -> anyhow::Result<Outcome> {
+    let request = CreateDeploymentRequest {
+        release: args.release,
+        target: args.target,
+        strategy: Strategy::Immediate,
+        force: args.force,
+    };
+    let created: Deployment = api.send_json(Method::POST, "/deployments", Some(&request))?;
+    let robots = created.robots.as_ref().map_or(0, Vec::len);
+    eprintln!(
+        "deployment {}: v{} to {} ({robots} robots)",
+        created.id, created.version, created.target
+    );
+    if !args.wait {
+        if json {
+            output::json(&created)?;
+        } else {
+            println!("{}", created.id);
+        }
+        return Ok(Outcome::Done);
+    }
+    let (last, outcome) = watch(api, &created, args.timeout)?;
+    if json {
+        output::json(&last)?;
+    } else {
+        println!("{}", last.id);
+    }
+    Ok(outcome)
+}
+
+/// One stderr line for a robot that finished.
+pub fn finished_line(
+    robot: &str,
+    version: &str,
+    state: AssignmentState,
+    secs: Option<f64>,
+    detail: Option<&str>,
+) -> String {
+    let secs = secs.map(|s| format!(" {s:.1}s")).unwrap_or_default();
+    let detail = detail.map(|d| format!(": {d}")).unwrap_or_default();
+    match state {
+        AssignmentState::Committed => format!("✓ {robot} v{version} committed{secs}"),
+        AssignmentState::RolledBack => format!("✗ {robot} v{version} rolled back{secs}{detail}"),
+        AssignmentState::Failed => format!("✗ {robot} v{version} failed{secs}{detail}"),
+        other => format!("- {robot} v{version} {other}{detail}"),
+    }
+}
+
+fn watch(
+    api: &Api,
+    created: &Deployment,
+    timeout: Duration,
+) -> anyhow::Result<(Deployment, Outcome)> {
+    let started = Instant::now();
+    let mut reported: HashSet<String> = HashSet::new();
+    let mut last_summary = String::new();
+    loop {
+        let deployment: Deployment = api.get(&format!("/deployments/{}", created.id))?;
+        for robot in deployment.robots.iter().flatten() {
+            if robot.state.is_final() && reported.insert(robot.robot_id.clone()) {
+                eprintln!(
+                    "{}",
+                    finished_line(
+                        &robot.robot_id,
+                        &deployment.version,
+                        robot.state,
+                        robot.finished_after_secs,
+                        robot.detail.as_deref()
+                    )
+                );
+            }
+        }
+        let summary = deployment
+            .counts
+            .iter()
+            .filter(|(state, _)| {
+                !AssignmentState::parse(state).is_some_and(AssignmentState::is_final)
+            })
+            .map(|(state, n)| format!("{n} {state}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        if !summary.is_empty() && summary != last_summary {
+            eprintln!("  waiting: {summary}");
+            last_summary = summary;
+        }
+        if deployment.state.is_final() {
+            let failed = deployment
+                .robots
+                .iter()
+                .flatten()
+                .filter(|r| r.state.is_failure())
+                .count();
+            let committed = deployment.counts.get("committed").copied().unwrap_or(0);
+            eprintln!(
+                "deployment {} {}: {committed} committed, {failed} rolled back or failed",
+                deployment.id,
+                deployment.state.as_str()
+            );
+            let outcome = if failed > 0 {
+                Outcome::RobotsFailed
+            } else {
+                Outcome::Done
+            };
+            return Ok((deployment, outcome));
+        }
+        if started.elapsed() >= timeout {
+            eprintln!(
+                "gave up waiting after {}s; the deployment goes on",
+                timeout.as_secs()
+            );
+            return Ok((deployment, Outcome::TimedOut));
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finished_lines_read_like_the_issue_says() {
+        assert_eq!(
+            finished_line(
+                "lekiwi-001",
+                "2.1.0",
+                AssignmentState::Committed,
+                Some(8.21),
+                None
+            ),
+            "✓ lekiwi-001 v2.1.0 committed 8.2s"
+        );
+        assert_eq!(
+            finished_line(
+                "r2",
+                "2.1.0",
+                AssignmentState::RolledBack,
+                Some(3.0),
+                Some("health check failed")
+            ),
+            "✗ r2 v2.1.0 rolled back 3.0s: health check failed"
+        );
+        assert_eq!(
+            finished_line(
+                "r3",
+                "2.1.0",
+                AssignmentState::Skipped,
+                None,
+                Some("rolled back before")
+            ),
+            "- r3 v2.1.0 skipped: rolled back before"
+        );
+    }
+}

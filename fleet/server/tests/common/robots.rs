@@ -1,0 +1,274 @@
+//! Simulated robots: each a thread running the protocol as the updater daemon does it, on
+//! rota-protocol's client. They download and verify real bundles, report every step (retrying
+//! through server outages, so no report is lost), and commit or roll back as told.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Read as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rota_bundle::{BundleReader, Keyring};
+use rota_protocol::client::{ClientError, Poll, RobotClient};
+use rota_protocol::robot::{Assignment, RobotEvent, Slot, SlotContent, SlotsReport};
+
+use super::{trusted_key, COMPATIBLE, ENROLLMENT_KEY};
+
+/// Holds robots in their trial boot until the test opens it.
+#[derive(Default)]
+pub struct Gate {
+    open: Mutex<bool>,
+    opened: Condvar,
+}
+
+impl Gate {
+    pub fn open(&self) {
+        *self.open.lock().unwrap() = true;
+        self.opened.notify_all();
+    }
+
+    fn pass(&self) {
+        let mut open = self.open.lock().unwrap();
+        while !*open {
+            open = self.opened.wait(open).unwrap();
+        }
+    }
+}
+
+#[derive(Clone, Default)]
+pub struct Behaviour {
+    /// Versions whose health check fails on this robot: it rolls back.
+    pub unhealthy_versions: HashSet<String>,
+    /// When set, robots wait in trial until it opens.
+    pub gate: Option<Arc<Gate>>,
+}
+
+/// What a robot was offered, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offer {
+    pub deployment_id: String,
+    pub version: String,
+}
+
+pub struct SimRobot {
+    pub id: String,
+    pub token: String,
+    offers: Arc<Mutex<Vec<Offer>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+pub struct SimFleet {
+    pub robots: Vec<SimRobot>,
+    stop: Arc<AtomicBool>,
+}
+
+const LONG_POLL: Duration = Duration::from_secs(3);
+
+impl SimFleet {
+    /// Enrolls `count` robots named `{prefix}-001`... and starts their loops.
+    pub fn start(
+        server_url: &str,
+        prefix: &str,
+        count: usize,
+        behaviour: impl Fn(usize) -> Behaviour,
+    ) -> SimFleet {
+        let stop = Arc::new(AtomicBool::new(false));
+        let robots = (1..=count)
+            .map(|n| {
+                let id = format!("{prefix}-{n:03}");
+                let mut client = RobotClient::new(server_url).unwrap();
+                let enrolled = client
+                    .enroll(ENROLLMENT_KEY, &id, COMPATIBLE)
+                    .expect("enroll");
+                assert!(enrolled.approved);
+                let offers = Arc::new(Mutex::new(Vec::new()));
+                let thread = {
+                    let (offers, stop, behaviour, id) =
+                        (offers.clone(), stop.clone(), behaviour(n), id.clone());
+                    std::thread::Builder::new()
+                        .name(id.clone())
+                        .spawn(move || robot_loop(&id, client, behaviour, &offers, &stop))
+                        .unwrap()
+                };
+                SimRobot {
+                    id,
+                    token: enrolled.token,
+                    offers,
+                    thread: Some(thread),
+                }
+            })
+            .collect();
+        SimFleet { robots, stop }
+    }
+
+    pub fn offers(&self, robot_id: &str) -> Vec<Offer> {
+        let robot = self
+            .robots
+            .iter()
+            .find(|r| r.id == robot_id)
+            .expect("known robot");
+        robot.offers.lock().unwrap().clone()
+    }
+
+    pub fn ids(&self) -> Vec<String> {
+        self.robots.iter().map(|r| r.id.clone()).collect()
+    }
+}
+
+impl Drop for SimFleet {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for robot in &mut self.robots {
+            if let Some(thread) = robot.thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+/// Repeats a call through transport errors and 5xx, as the daemon's outbox does.
+fn retry<T>(
+    stop: &AtomicBool,
+    mut call: impl FnMut() -> Result<T, ClientError>,
+) -> Result<T, ClientError> {
+    loop {
+        match call() {
+            Err(err) if err.is_retryable() && !stop.load(Ordering::SeqCst) => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn slots(booted: Slot, a: &str, b: Option<&str>) -> SlotsReport {
+    SlotsReport {
+        booted,
+        slots: vec![
+            SlotContent {
+                slot: Slot::A,
+                version: Some(a.into()),
+                manifest_hash: None,
+                state: "good".into(),
+            },
+            SlotContent {
+                slot: Slot::B,
+                version: b.map(str::to_string),
+                manifest_hash: None,
+                state: "good".into(),
+            },
+        ],
+    }
+}
+
+fn robot_loop(
+    id: &str,
+    client: RobotClient,
+    behaviour: Behaviour,
+    offers: &Mutex<Vec<Offer>>,
+    stop: &AtomicBool,
+) {
+    let keyring = Keyring::from_keys([trusted_key().public_key()]);
+    retry(stop, || client.report_slots(&slots(Slot::A, "1.0.0", None))).expect("report slots");
+    let mut etag: Option<String> = None;
+    let mut finished: HashMap<String, RobotEvent> = HashMap::new();
+    while !stop.load(Ordering::SeqCst) {
+        let poll = match client.poll(etag.as_deref(), Some(LONG_POLL)) {
+            Ok(poll) => poll,
+            Err(err) if err.is_retryable() => {
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+            Err(err) => panic!("{id}: poll failed: {err}"),
+        };
+        let (assignment, new_etag) = match poll {
+            Poll::Nothing => {
+                etag = None;
+                continue;
+            }
+            Poll::NotModified => continue,
+            Poll::Assignment { assignment, etag } => (assignment, etag),
+        };
+        etag = new_etag;
+        if let Some(end) = finished.get(&assignment.deployment_id) {
+            // Our final report was lost in a server crash: say it again.
+            retry(stop, || {
+                client.report(&assignment.deployment_id, end.clone())
+            })
+            .expect("re-report");
+            continue;
+        }
+        offers.lock().unwrap().push(Offer {
+            deployment_id: assignment.deployment_id.clone(),
+            version: assignment.version.clone(),
+        });
+        let end = install(&client, &assignment, &behaviour, &keyring, stop);
+        finished.insert(assignment.deployment_id.clone(), end);
+    }
+}
+
+fn install(
+    client: &RobotClient,
+    a: &Assignment,
+    behaviour: &Behaviour,
+    keyring: &Keyring,
+    stop: &AtomicBool,
+) -> RobotEvent {
+    let report = |event: RobotEvent| {
+        retry(stop, || client.report(&a.deployment_id, event.clone())).expect("report event");
+    };
+    report(RobotEvent::Downloading {
+        bytes_done: 0,
+        bytes_total: a.bundle_size,
+    });
+    // Download in two halves, the second with a Range request, as a resumed download does.
+    let half = a.bundle_size / 2;
+    let mut bundle = Vec::new();
+    let first = retry(stop, || client.open_bundle(a, 0)).expect("open bundle");
+    first
+        .take(half)
+        .read_to_end(&mut bundle)
+        .expect("download first half");
+    report(RobotEvent::Downloading {
+        bytes_done: half,
+        bytes_total: a.bundle_size,
+    });
+    let mut rest = retry(stop, || client.open_bundle(a, half)).expect("resume bundle");
+    assert_eq!(rest.total_size, Some(a.bundle_size));
+    rest.read_to_end(&mut bundle).expect("download rest");
+    report(RobotEvent::Downloading {
+        bytes_done: a.bundle_size,
+        bytes_total: a.bundle_size,
+    });
+    // The robot trusts its keyring, not the server.
+    let verified = BundleReader::open(&bundle[..], keyring).and_then(|b| b.verify_all());
+    if let Err(err) = verified {
+        let event = RobotEvent::Failed {
+            error: format!("bundle rejected: {err}"),
+        };
+        report(event.clone());
+        return event;
+    }
+    report(RobotEvent::Installing);
+    report(RobotEvent::Installed);
+    report(RobotEvent::Rebooting);
+    report(RobotEvent::Trial);
+    if let Some(gate) = &behaviour.gate {
+        gate.pass();
+    }
+    let end = if behaviour.unhealthy_versions.contains(&a.version) {
+        RobotEvent::RolledBack {
+            reason: "health check failed: robot-app.service is not active".into(),
+        }
+    } else {
+        RobotEvent::Committed
+    };
+    report(end.clone());
+    let slots_now = match end {
+        RobotEvent::Committed => slots(Slot::B, "1.0.0", Some(&a.version)),
+        _ => slots(Slot::A, "1.0.0", Some(&a.version)),
+    };
+    retry(stop, || client.report_slots(&slots_now)).expect("report slots");
+    end
+}
