@@ -27,7 +27,8 @@ pub struct Bar {
 
 impl Bar {
     fn new(label: &str) -> Bar {
-        let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+        // Hidden until the size is known, so no empty "0 B/0 B" bar flashes up first.
+        let bar = ProgressBar::hidden();
         bar.set_style(
             ProgressStyle::with_template(
                 "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
@@ -44,6 +45,7 @@ impl Progress for Bar {
     fn start(&mut self, total: u64, already_done: u64) {
         self.bar.set_length(total);
         self.bar.set_position(already_done);
+        self.bar.set_draw_target(ProgressDrawTarget::stderr());
     }
     fn advance(&mut self, done: u64) {
         self.bar.set_position(done);

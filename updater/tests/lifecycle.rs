@@ -72,7 +72,16 @@ fn install_trial_boot_and_commit_with_passing_checks() {
         let bundle = robot.bundle("v2.rota", &BundleSpec::new("2.0.0", image.clone()));
         let slot_a_before = robot.slot("A");
 
-        install(&robot, &bundle);
+        let output = robot.run(&["install", bundle.to_str().unwrap()]);
+        let log = stderr(&output);
+        ok(output, "install");
+        // Not a terminal here: plain percentage lines for the journal, no bar redraws.
+        let percent_lines = log
+            .lines()
+            .filter(|line| line.starts_with("info: install: "))
+            .count();
+        assert!(percent_lines >= 5 && log.contains("install: 100%"), "{log}");
+        assert!(!log.contains('\r'), "no redraws in a log: {log:?}");
         assert_eq!(robot.state_name(), "reboot-pending", "{backend:?}");
         assert_trial_set(&robot);
         assert_eq!(
