@@ -133,10 +133,15 @@ ExecStart=/usr/lib/rota-test/robot-app
 WantedBy=multi-user.target
 """
 
-# Test hooks around the commit: a failpoint armed from the data partition, and a console line
-# when the commit finishes (for the boot-to-commit time and to know when to look).
+# Test hooks around the commit: a failpoint armed for one boot from the data partition (moved to
+# /run before the updater starts, so the next boot runs clean), the updater's log on the serial
+# console, and a console line when the commit is decided (boot-to-commit time).
 COMMIT_TEST_DROPIN = """[Service]
-EnvironmentFile=-/data/rota-test/commit.env
+ExecStartPre=-/bin/sh -c 'mkdir -p /run/rota-test; mv /data/rota-test/commit.env /run/rota-test/ 2>/dev/null; sync; true'
+EnvironmentFile=-/run/rota-test/commit.env
+StandardOutput=journal+console
+StandardError=journal+console
+ExecStartPost=/bin/sh -c 'echo "ROTA-TEST commit-finished result=ready status=0" > /dev/console'
 ExecStopPost=/bin/sh -c 'echo "ROTA-TEST commit-finished result=$SERVICE_RESULT status=$EXIT_STATUS" > /dev/console'
 """
 
@@ -206,19 +211,30 @@ class Artifacts:
 
 
 def build_setup(setup, rota_image, bindir):
-    """Builds (or takes from the cache) the golden disk and the bundles of one setup."""
+    """Builds (or takes from the cache) the bundles and the golden disk of one setup."""
+    versions = build_versions(setup, rota_image, bindir)
+    golden = build_golden(setup, rota_image, versions)
+    report = json.loads((golden / "golden.json").read_text())
+    boot = next(p for p in report["partitions"] if p["name"] == "boot")
+    fmt = "qcow2" if setup.arch == "amd64" else "raw"
+    return Artifacts(setup=setup, golden=golden / f"golden.{fmt}",
+                     boot_offset=int(boot["offset"]),
+                     bundles={v: versions / f"rota-{v}.rota" for v in VERSIONS if v != "1.0.0"},
+                     keyring=keys(rota_image))
+
+
+def build_versions(setup, rota_image, bindir):
+    """Slot A's image of the golden disk (1.0.0) and the signed bundles of the other versions."""
     keydir = keys(rota_image)
-    ingredients = [
+    unit = shipped_unit("rota-commit.service")
+    key = cache.digest(
         cache.RECIPE_VERSION,
         cache.base_rootfs(setup.arch).name, cache.kernel(setup.arch).name,
         cache.initramfs(setup.arch).name,
         file_digest(bindir / "rota-bootctl", bindir / "rota-updater", rota_image,
-                    keydir / "test.pub", setups.boot_cmd_path(), setups.grub_cfg_path(),
-                    HERE / "build.py", HERE / "images.py", HERE / "setups.py", HERE / "cache.py",
-                    *(f for f in [shipped_unit("rota-commit.service")] if f)),
-        setup.name, sorted(VERSIONS.items()),
-    ]
-    key = cache.digest(*ingredients)
+                    keydir / "test.pub", HERE / "build.py", HERE / "images.py",
+                    *([unit] if unit else [])),
+        setup.name, sorted(setup.robot_files().items()), sorted(VERSIONS.items()))
 
     def build(tmp):
         pub = keydir / "test.pub"
@@ -237,14 +253,17 @@ def build_setup(setup, rota_image, bindir):
                      "-o", tmp / f"rota-{version}.rota"], stdout=subprocess.DEVNULL)
                 img.unlink()
             log(f"{setup.name}: built {version} ({variant})")
-        bootdir = tmp / "boot"
-        bootdir.mkdir()
-        for name, src in setup.boot_files(tmp).items():
-            dst = bootdir / name
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst)
-        layout = tmp / "layout.toml"
-        layout.write_text(f"""[disk]
+
+    return cache.entry(f"versions-{setup.name}", setup.arch, key, build)
+
+
+def build_golden(setup, rota_image, versions):
+    """The golden disk: boot partition (bootloader, boot script, fresh boot env) and 1.0.0 in A."""
+    workdir = cache.CACHE / f".boot-files-{setup.name}"
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    boot_files = setup.boot_files(workdir)
+    layout = f"""[disk]
 size = "{BOOT_MIB + 2 * SLOT_MIB + DATA_MIB + 2}MiB"
 arch = "{setup.layout_arch}"
 
@@ -253,7 +272,7 @@ size = "{BOOT_MIB}MiB"
 dir = "boot"
 
 [rootfs-a]
-image = "rootfs-1.0.0.ext4"
+image = "{versions / "rootfs-1.0.0.ext4"}"
 size = "{SLOT_MIB}MiB"
 
 [rootfs-b]
@@ -263,19 +282,25 @@ contents = "empty"
 [data]
 size = "{DATA_MIB}MiB"
 label = "data"
-""")
+"""
+    key = cache.digest(cache.RECIPE_VERSION, versions.name, layout,
+                       sorted((n, file_digest(p)) for n, p in boot_files.items()),
+                       file_digest(rota_image))
+
+    def build(tmp):
+        bootdir = tmp / "boot"
+        for name, src in boot_files.items():
+            dst = bootdir / name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+        (tmp / "layout.toml").write_text(layout)
         fmt = "qcow2" if setup.arch == "amd64" else "raw"
-        out = run([rota_image, "golden", "--layout", layout, "-o", tmp / f"golden.{fmt}",
-                   "--format", fmt, "--json"], capture_output=True, text=True).stdout
+        out = run([rota_image, "golden", "--layout", tmp / "layout.toml", "-o",
+                   tmp / f"golden.{fmt}", "--format", fmt, "--json"],
+                  capture_output=True, text=True).stdout
         (tmp / "golden.json").write_text(out)
-        (tmp / "rootfs-1.0.0.ext4").unlink()
 
-    d = cache.entry(f"images-{setup.name}", setup.arch, key, build)
-    report = json.loads((d / "golden.json").read_text())
-    boot = next(p for p in report["partitions"] if p["name"] == "boot")
-    fmt = "qcow2" if setup.arch == "amd64" else "raw"
-    return Artifacts(setup=setup, golden=d / f"golden.{fmt}",
-                     boot_offset=int(boot["offset"]),
-                     bundles={v: d / f"rota-{v}.rota" for v in VERSIONS if v != "1.0.0"},
-                     keyring=keydir)
-
+    try:
+        return cache.entry(f"golden-{setup.name}", setup.arch, key, build)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -25,15 +25,17 @@ OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 
 # GRUB modules the standalone image needs: GPT, FAT/ext4, env, Linux, serial console.
 GRUB_MODULES = "part_gpt fat ext2 search normal configfile loadenv linux echo test serial terminal" \
-    " regexp sleep reboot halt"
+    " regexp true sleep reboot halt"
 
 # First thing GRUB runs: talk on the serial port, find the boot partition, hand over to the
 # grub.cfg that bootctl ships (which keeps the A/B logic in one reviewed place). The VM has no
-# screen: the kernel's console is the serial port only.
+# screen: the kernel's console is the serial port only (exported: configfile starts a new
+# context that sees only exported variables).
 GRUB_EMBEDDED_CFG = """serial --unit=0 --speed=115200
 terminal_input serial
 terminal_output serial
 set rota_bootargs="rootwait console=ttyS0,115200"
+export rota_bootargs
 search --no-floppy --file --set=root /grub/grub.cfg
 set prefix=($root)/grub
 configfile ($root)/grub/grub.cfg
