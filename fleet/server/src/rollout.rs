@@ -16,6 +16,7 @@ use rota_protocol::operator::{DeploymentState, DeploymentTarget, Strategy};
 use rota_protocol::robot::{AssignmentState, RobotEvent};
 use sqlx::AnyConnection;
 
+use crate::db::Backend;
 use crate::error::{ApiError, ApiResult};
 use crate::time::now_ms;
 
@@ -133,7 +134,11 @@ async fn skip_reason(
     }))
 }
 
-pub async fn create_deployment(conn: &mut AnyConnection, new: NewDeployment) -> ApiResult<Created> {
+pub async fn create_deployment(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    new: NewDeployment,
+) -> ApiResult<Created> {
     let robots = target_robots(conn, &new.target).await?;
     if robots.is_empty() {
         return Err(ApiError::unprocessable(format!(
@@ -194,9 +199,9 @@ pub async fn create_deployment(conn: &mut AnyConnection, new: NewDeployment) -> 
     superseded_deployments.sort();
     superseded_deployments.dedup();
     for other in superseded_deployments {
-        recompute_deployment(conn, &other).await?;
+        recompute_deployment(conn, backend, &other).await?;
     }
-    recompute_deployment(conn, &deployment_id).await?;
+    recompute_deployment(conn, backend, &deployment_id).await?;
     Ok(Created {
         deployment_id,
         offered,
@@ -232,11 +237,27 @@ async fn supersede_offers(
     Ok(touched)
 }
 
+/// Serialises the transactions that change one deployment's assignments, so the last one to
+/// recount sees every other's committed change. Without it, two robots committing at once on
+/// PostgreSQL (READ COMMITTED) each count the other as unfinished and the deployment never
+/// ends. SQLite needs nothing: write transactions already take turns.
+async fn lock_deployment(conn: &mut AnyConnection, backend: Backend, id: &str) -> ApiResult<()> {
+    if backend == Backend::Postgres {
+        sqlx::query("SELECT id FROM deployments WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
 /// Derives the deployment's state from its assignments and stores it if it changed.
 pub async fn recompute_deployment(
     conn: &mut AnyConnection,
+    backend: Backend,
     deployment_id: &str,
 ) -> ApiResult<DeploymentState> {
+    lock_deployment(conn, backend, deployment_id).await?;
     let counts = assignment_counts(conn, deployment_id).await?;
     let total: u64 = counts.values().sum();
     let count = |state: AssignmentState| counts.get(state.as_str()).copied().unwrap_or(0);
@@ -295,10 +316,13 @@ fn robot_state_after(event: &RobotEvent) -> &'static str {
 /// Applies a robot's report about one of its assignments.
 pub async fn apply_event(
     conn: &mut AnyConnection,
+    backend: Backend,
     robot_id: &str,
     deployment_id: &str,
     event: &RobotEvent,
 ) -> ApiResult<()> {
+    // Taken first, so repeated reports of one robot are applied one after the other too.
+    lock_deployment(conn, backend, deployment_id).await?;
     let row: Option<(String, String, String)> = sqlx::query_as(
         "SELECT a.state, a.release_id, r.version FROM assignments a
          JOIN releases r ON r.id = a.release_id
@@ -402,6 +426,6 @@ pub async fn apply_event(
             .execute(&mut *conn)
             .await?;
     }
-    recompute_deployment(conn, deployment_id).await?;
+    recompute_deployment(conn, backend, deployment_id).await?;
     Ok(())
 }

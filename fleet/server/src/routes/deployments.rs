@@ -159,6 +159,7 @@ pub async fn create(
     let mut write = state.db.begin_write().await?;
     let created = rollout::create_deployment(
         &mut write.tx,
+        state.db.backend(),
         NewDeployment {
             release: release.clone(),
             target: request.target.clone(),

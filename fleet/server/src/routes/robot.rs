@@ -252,6 +252,7 @@ pub async fn report_event(
     let mut write = state.db.begin_write().await?;
     rollout::apply_event(
         &mut write.tx,
+        state.db.backend(),
         &robot.id,
         &report.deployment_id,
         &report.event,

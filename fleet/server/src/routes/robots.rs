@@ -201,7 +201,7 @@ pub async fn remove(
     .execute(&mut *write.tx)
     .await?;
     for deployment_id in open {
-        rollout::recompute_deployment(&mut write.tx, &deployment_id).await?;
+        rollout::recompute_deployment(&mut write.tx, state.db.backend(), &deployment_id).await?;
     }
     audit::Record::by(&operator, "robot.remove", format!("robot:{id}"))
         .write(&mut write.tx)
