@@ -34,7 +34,8 @@ pub enum ConfigError {
 ///
 /// Exit codes: 0 after a clean shutdown (SIGINT/SIGTERM), 1 on any startup or runtime error,
 /// 2 on a command-line error.
-#[derive(Debug, Default, Parser)]
+// No Debug: it holds secrets, and a stray `{:?}` must not print them.
+#[derive(Default, Parser)]
 #[command(name = "rota-server", version)]
 pub struct Args {
     /// TOML config file.
@@ -85,8 +86,8 @@ pub struct Args {
     pub last_seen_flush_secs: Option<u64>,
 }
 
-/// The TOML file: the same keys as the flags.
-#[derive(Debug, Default, Deserialize)]
+/// The TOML file: the same keys as the flags. No Debug: it holds secrets.
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub data: Option<PathBuf>,
@@ -120,8 +121,8 @@ impl FileConfig {
     }
 }
 
-/// Validated settings the server runs with.
-#[derive(Debug, Clone)]
+/// Validated settings the server runs with. No Debug: it holds secrets.
+#[derive(Clone)]
 pub struct Settings {
     pub data_dir: PathBuf,
     pub database_url: String,
@@ -261,11 +262,16 @@ mod tests {
         assert!(!settings.is_postgres());
     }
 
+    fn expect_err<T>(result: Result<T, ConfigError>) -> String {
+        match result {
+            Ok(_) => panic!("expected an error"),
+            Err(err) => err.to_string(),
+        }
+    }
+
     #[test]
     fn unknown_keys_and_bad_values_name_the_culprit() {
-        let err = FileConfig::parse("databse = \"x\"", "fleet.toml")
-            .unwrap_err()
-            .to_string();
+        let err = expect_err(FileConfig::parse("databse = \"x\"", "fleet.toml"));
         assert!(
             err.contains("fleet.toml") && err.contains("databse"),
             "{err}"
@@ -274,17 +280,13 @@ mod tests {
             database: Some("mysql://x".into()),
             ..Args::default()
         };
-        let err = Settings::resolve(args, FileConfig::default())
-            .unwrap_err()
-            .to_string();
+        let err = expect_err(Settings::resolve(args, FileConfig::default()));
         assert!(err.starts_with("database:"), "{err}");
         let args = Args {
             enrollment_key: Some("short".into()),
             ..Args::default()
         };
-        let err = Settings::resolve(args, FileConfig::default())
-            .unwrap_err()
-            .to_string();
+        let err = expect_err(Settings::resolve(args, FileConfig::default()));
         assert!(err.starts_with("enrollment_key:"), "{err}");
     }
 }
