@@ -2,6 +2,22 @@
 //!
 //! One [`RobotClient`] per robot. It keeps no state besides the server URL and the token, so the
 //! daemon can persist the token in its own state file and rebuild a client after any restart.
+//!
+//! How a daemon uses it (what the fleet tests' simulated robots do):
+//! 1. No token in the state file: [`RobotClient::enroll`], store the token. A 409 means the id
+//!    is enrolled already (an admin must remove it first); a 401 means a wrong fleet key.
+//! 2. Loop: [`RobotClient::poll`] with the last ETag and a long-poll wait (30 s is a good
+//!    default), or with a jittered interval. A 403 `not_approved` (see [`ClientError::code`])
+//!    means wait for an admin; 401 means the server forgot the robot: enroll again.
+//! 3. For an [`Assignment`]: persist its `deployment_id` first, then report each step with
+//!    [`RobotClient::report`]. Keep unsent reports across restarts and retry those whose error
+//!    [`ClientError::is_retryable`]; any other error is final for that report (a 409 says the
+//!    assignment already ended differently). Reports are idempotent, so resending is safe.
+//! 4. After a reboot, report `trial`, then `committed` or `rolled_back { reason }` for the same
+//!    `deployment_id`, and [`RobotClient::report_slots`].
+//!
+//! Downloads: [`RobotClient::open_bundle`] from offset 0, or from the bytes already on disk to
+//! resume; it sends the token only when the assignment says the URL wants it.
 
 use std::io::Read;
 use std::time::Duration;
