@@ -6,6 +6,9 @@ use std::sync::Mutex;
 
 use crate::db::Db;
 
+/// Robots per UPDATE statement (two parameters each; both databases take far more).
+const FLUSH_CHUNK: usize = 500;
+
 #[derive(Default)]
 pub struct LastSeen {
     pending: Mutex<HashMap<String, i64>>,
@@ -34,13 +37,24 @@ impl LastSeen {
         }
         let result = async {
             let mut write = db.begin_write().await?;
-            for (robot_id, at) in &batch {
-                sqlx::query("UPDATE robots SET last_seen = $1 WHERE id = $2 AND (last_seen IS NULL OR last_seen < $3)")
-                    .bind(*at)
-                    .bind(robot_id)
-                    .bind(*at)
-                    .execute(&mut *write.tx)
-                    .await?;
+            // Sorted, so concurrent writers lock robot rows in one order (no deadlocks on
+            // PostgreSQL); one statement per chunk instead of one per robot.
+            let mut rows: Vec<(&String, &i64)> = batch.iter().collect();
+            rows.sort();
+            for chunk in rows.chunks(FLUSH_CHUNK) {
+                let values = (0..chunk.len())
+                    .map(|i| format!("SELECT ${} AS id, ${} AS at", 2 * i + 1, 2 * i + 2))
+                    .collect::<Vec<_>>()
+                    .join(" UNION ALL ");
+                let sql = format!(
+                    "UPDATE robots SET last_seen = seen.at FROM ({values}) AS seen
+                     WHERE robots.id = seen.id AND (robots.last_seen IS NULL OR robots.last_seen < seen.at)"
+                );
+                let mut query = sqlx::query(&sql);
+                for (robot_id, at) in chunk {
+                    query = query.bind(robot_id.as_str()).bind(**at);
+                }
+                query.execute(&mut *write.tx).await?;
             }
             write.commit().await
         }
@@ -55,6 +69,49 @@ impl LastSeen {
                 }
                 Err(err)
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn flush_writes_newer_times_in_batches_and_never_goes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::connect(&format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("t.db").display()
+        ))
+        .await
+        .unwrap();
+        db.migrate().await.unwrap();
+        for n in 0..1200 {
+            sqlx::query(
+                "INSERT INTO robots (id, compatible, token_hash, approved, state, enrolled_at, last_seen)
+                 VALUES ($1, 'x', $2, 1, 'idle', 0, 50)",
+            )
+            .bind(format!("r{n}"))
+            .bind(format!("h{n}"))
+            .execute(db.pool())
+            .await
+            .unwrap();
+        }
+        let seen = LastSeen::default();
+        for n in 0..1200 {
+            // r0 is touched with an older time than the stored one: it must stay.
+            seen.touch(&format!("r{n}"), if n == 0 { 10 } else { 1000 + n });
+        }
+        assert_eq!(seen.flush(&db).await.unwrap(), 1200);
+        assert_eq!(seen.flush(&db).await.unwrap(), 0);
+        let times: Vec<(String, i64)> = sqlx::query_as("SELECT id, last_seen FROM robots")
+            .fetch_all(db.pool())
+            .await
+            .unwrap();
+        for (id, at) in times {
+            let n: i64 = id[1..].parse().unwrap();
+            assert_eq!(at, if n == 0 { 50 } else { 1000 + n }, "{id}");
         }
     }
 }
