@@ -29,6 +29,15 @@ pub const DEFAULT_RETRIES: u32 = 10;
 pub const DEFAULT_BACKOFF_INITIAL_MS: u64 = 500;
 pub const DEFAULT_BACKOFF_MAX_MS: u64 = 30_000;
 pub const DEFAULT_SELF_UNIT: &str = "rota-commit.service";
+pub const DEFAULT_ENROLLMENT_KEY_FILE: &str = "/etc/rota/enrollment-key";
+pub const DEFAULT_TOKEN_PATH: &str = "/data/rota/token";
+pub const DEFAULT_OUTBOX_PATH: &str = "/data/rota/outbox.json";
+pub const DEFAULT_DOWNLOAD_DIR: &str = "/data/rota/download";
+pub const DEFAULT_LONG_POLL_SECS: u64 = 30;
+pub const DEFAULT_POLL_INTERVAL_SECS: u64 = 60;
+pub const DEFAULT_POLL_JITTER_SECS: u64 = 10;
+pub const DEFAULT_SERVER_BACKOFF_INITIAL_MS: u64 = 1_000;
+pub const DEFAULT_SERVER_BACKOFF_MAX_MS: u64 = 60_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -111,12 +120,22 @@ pub struct RawDownload {
     pub ca_file: Option<PathBuf>,
 }
 
-/// Placeholder for the fleet issue: parsed and kept so configs written for it load today.
+/// `[server]`: the fleet server `rota-updater daemon` talks to.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
     pub url: Option<String>,
+    pub robot_id: Option<String>,
+    pub enrollment_key_file: Option<PathBuf>,
+    pub token_path: Option<PathBuf>,
+    pub outbox_path: Option<PathBuf>,
+    pub download_dir: Option<PathBuf>,
+    pub long_poll_secs: Option<u64>,
     pub poll_interval_secs: Option<u64>,
+    pub poll_jitter_secs: Option<u64>,
+    pub backoff_initial_ms: Option<u64>,
+    pub backoff_max_ms: Option<u64>,
+    pub reboot: Option<String>,
 }
 
 impl RawConfig {
@@ -209,7 +228,74 @@ pub struct DownloadConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
     pub url: String,
+    /// `None`: the host name, read when the daemon starts.
+    pub robot_id: Option<String>,
+    /// The fleet enrollment key, read only while the robot has no token.
+    pub enrollment_key_file: PathBuf,
+    /// The robot token, written 0600 after enrollment (data partition: survives updates).
+    pub token_path: PathBuf,
+    /// Reports not yet acknowledged by the server.
+    pub outbox_path: PathBuf,
+    /// Bundles the server serves only with the robot token are downloaded here first.
+    pub download_dir: PathBuf,
+    /// Long-poll: how long the server may hold a poll; zero polls every `poll_interval`.
+    pub long_poll: Duration,
     pub poll_interval: Duration,
+    /// Up to this much is added at random to each interval, so a fleet does not poll in step.
+    pub poll_jitter: Duration,
+    /// Retry delay while the server is unreachable: doubled per failure up to the max.
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub reboot: RebootPolicy,
+}
+
+/// When the daemon reboots into an installed update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RebootPolicy {
+    /// As soon as the install finished.
+    Now,
+    /// Never by itself: the update waits for the next reboot, whoever makes it.
+    Manual,
+    /// Inside a daily window of UTC minutes since midnight, `start..end` (wrapping past
+    /// midnight when `end < start`).
+    Window { start: u16, end: u16 },
+}
+
+impl RebootPolicy {
+    /// `now`, `manual`, or `HH:MM-HH:MM` (UTC).
+    pub fn parse(text: &str) -> Result<RebootPolicy, String> {
+        match text {
+            "now" => return Ok(RebootPolicy::Now),
+            "manual" => return Ok(RebootPolicy::Manual),
+            _ => {}
+        }
+        let minutes = |hh_mm: &str| -> Option<u16> {
+            let (hours, minutes) = hh_mm.trim().split_once(':')?;
+            let (hours, minutes): (u16, u16) = (hours.parse().ok()?, minutes.parse().ok()?);
+            (hours < 24 && minutes < 60).then_some(hours * 60 + minutes)
+        };
+        let window = text
+            .split_once('-')
+            .and_then(|(start, end)| Some((minutes(start)?, minutes(end)?)));
+        match window {
+            Some((start, end)) if start != end => Ok(RebootPolicy::Window { start, end }),
+            _ => Err(format!(
+                "{text:?} is not \"now\", \"manual\" or a UTC window \"HH:MM-HH:MM\""
+            )),
+        }
+    }
+
+    /// Whether a reboot may happen at `minute_of_day` (UTC).
+    pub fn allows(&self, minute_of_day: u16) -> bool {
+        match *self {
+            RebootPolicy::Now => true,
+            RebootPolicy::Manual => false,
+            RebootPolicy::Window { start, end } if start < end => {
+                (start..end).contains(&minute_of_day)
+            }
+            RebootPolicy::Window { start, end } => minute_of_day >= start || minute_of_day < end,
+        }
+    }
 }
 
 /// Where each file is looked for; overridable for tests.
@@ -334,7 +420,17 @@ pub fn merge_and_validate(layers: Vec<(String, RawConfig)>) -> Result<Config, Co
     let mut timeout = Sourced::new();
     let mut ca_file = Sourced::new();
     let mut server_url = Sourced::new();
+    let mut robot_id = Sourced::new();
+    let mut enrollment_key_file = Sourced::new();
+    let mut token_path = Sourced::new();
+    let mut outbox_path = Sourced::new();
+    let mut download_dir = Sourced::new();
+    let mut long_poll = Sourced::new();
     let mut poll_interval = Sourced::new();
+    let mut poll_jitter = Sourced::new();
+    let mut server_backoff_initial = Sourced::new();
+    let mut server_backoff_max = Sourced::new();
+    let mut reboot = Sourced::new();
     // In order of first appearance; a later check with the same name replaces the earlier one.
     let mut checks: Vec<(String, RawCheck)> = Vec::new();
 
@@ -380,7 +476,17 @@ pub fn merge_and_validate(layers: Vec<(String, RawConfig)>) -> Result<Config, Co
         }
         if let Some(server) = raw.server {
             server_url.set(server.url, file);
+            robot_id.set(server.robot_id, file);
+            enrollment_key_file.set(server.enrollment_key_file, file);
+            token_path.set(server.token_path, file);
+            outbox_path.set(server.outbox_path, file);
+            download_dir.set(server.download_dir, file);
+            long_poll.set(server.long_poll_secs, file);
             poll_interval.set(server.poll_interval_secs, file);
+            poll_jitter.set(server.poll_jitter_secs, file);
+            server_backoff_initial.set(server.backoff_initial_ms, file);
+            server_backoff_max.set(server.backoff_max_ms, file);
+            reboot.set(server.reboot, file);
         }
     }
 
@@ -423,9 +529,68 @@ pub fn merge_and_validate(layers: Vec<(String, RawConfig)>) -> Result<Config, Co
     }
     let server = match server_url.value.clone() {
         Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+            if let Some(id) = &robot_id.value {
+                rota_protocol::robot::validate_robot_id(id)
+                    .map_err(|message| robot_id.invalid("server.robot_id", message))?;
+            }
+            let long_poll_secs = long_poll.value.unwrap_or(DEFAULT_LONG_POLL_SECS);
+            if long_poll_secs > rota_protocol::robot::MAX_WAIT_SECS {
+                return Err(long_poll.invalid(
+                    "server.long_poll_secs",
+                    format!(
+                        "{long_poll_secs} is above the protocol's maximum of {}",
+                        rota_protocol::robot::MAX_WAIT_SECS
+                    ),
+                ));
+            }
+            let interval_secs = poll_interval.value.unwrap_or(DEFAULT_POLL_INTERVAL_SECS);
+            if interval_secs == 0 && long_poll_secs == 0 {
+                return Err(poll_interval.invalid(
+                    "server.poll_interval_secs",
+                    "must be at least 1 when server.long_poll_secs is 0",
+                ));
+            }
+            let backoff_initial_ms = server_backoff_initial
+                .value
+                .unwrap_or(DEFAULT_SERVER_BACKOFF_INITIAL_MS)
+                .max(1);
+            let backoff_max_ms = server_backoff_max
+                .value
+                .unwrap_or(DEFAULT_SERVER_BACKOFF_MAX_MS);
+            if backoff_max_ms < backoff_initial_ms {
+                return Err(server_backoff_max.invalid(
+                    "server.backoff_max_ms",
+                    format!("{backoff_max_ms} is below server.backoff_initial_ms"),
+                ));
+            }
+            let reboot_policy = match &reboot.value {
+                Some(text) => RebootPolicy::parse(text)
+                    .map_err(|message| reboot.invalid("server.reboot", message))?,
+                None => RebootPolicy::Now,
+            };
             Some(ServerConfig {
                 url,
-                poll_interval: Duration::from_secs(poll_interval.value.unwrap_or(60)),
+                robot_id: robot_id.value.clone(),
+                enrollment_key_file: enrollment_key_file
+                    .value
+                    .unwrap_or_else(|| DEFAULT_ENROLLMENT_KEY_FILE.into()),
+                token_path: token_path
+                    .value
+                    .unwrap_or_else(|| DEFAULT_TOKEN_PATH.into()),
+                outbox_path: outbox_path
+                    .value
+                    .unwrap_or_else(|| DEFAULT_OUTBOX_PATH.into()),
+                download_dir: download_dir
+                    .value
+                    .unwrap_or_else(|| DEFAULT_DOWNLOAD_DIR.into()),
+                long_poll: Duration::from_secs(long_poll_secs),
+                poll_interval: Duration::from_secs(interval_secs),
+                poll_jitter: Duration::from_secs(
+                    poll_jitter.value.unwrap_or(DEFAULT_POLL_JITTER_SECS),
+                ),
+                backoff_initial: Duration::from_millis(backoff_initial_ms),
+                backoff_max: Duration::from_millis(backoff_max_ms),
+                reboot: reboot_policy,
             })
         }
         Some(url) => {
@@ -630,12 +795,50 @@ mod tests {
             ),
             ("same slots", &[("/etc/a.toml", "compatible = \"x\"\n[slots]\nA = \"/d\"\nB = \"/d\"")], &["/etc/a.toml", "slots.B"]),
             ("server url", &[("/etc/a.toml", "compatible = \"x\"\n[server]\nurl = \"x\"")], &["/etc/a.toml", "server.url"]),
+            ("reboot policy", &[("/etc/a.toml", "compatible = \"x\"\n[server]\nurl = \"http://s\"\nreboot = \"later\"")], &["/etc/a.toml", "server.reboot", "later"]),
+            ("robot id", &[("/etc/a.toml", "compatible = \"x\"\n[server]\nurl = \"http://s\"\nrobot_id = \"a/b\"")], &["/etc/a.toml", "server.robot_id"]),
+            ("long poll", &[("/etc/a.toml", "compatible = \"x\"\n[server]\nurl = \"http://s\"\nlong_poll_secs = 61")], &["/etc/a.toml", "server.long_poll_secs"]),
         ];
         for (name, files, needles) in cases {
             let error = layers(files).expect_err(name).to_string();
             for needle in *needles {
                 assert!(error.contains(needle), "{name}: {error:?} lacks {needle:?}");
             }
+        }
+    }
+
+    #[test]
+    fn reboot_policies_parse_and_windows_wrap_past_midnight() {
+        let cases: &[(&str, &[(u16, bool)])] = &[
+            ("now", &[(0, true), (720, true)]),
+            ("manual", &[(0, false), (720, false)]),
+            (
+                "02:00-04:30",
+                &[(119, false), (120, true), (269, true), (270, false)],
+            ),
+            (
+                "23:00-01:00",
+                &[
+                    (1380, true),
+                    (0, true),
+                    (59, true),
+                    (60, false),
+                    (720, false),
+                ],
+            ),
+        ];
+        for (text, checks) in cases {
+            let policy = RebootPolicy::parse(text).unwrap();
+            for (minute, allowed) in *checks {
+                assert_eq!(
+                    policy.allows(*minute),
+                    *allowed,
+                    "{text} at minute {minute}"
+                );
+            }
+        }
+        for bad in ["", "soon", "02:00", "25:00-01:00", "02:00-02:00", "2-3"] {
+            assert!(RebootPolicy::parse(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -3,15 +3,17 @@
 //!
 //! One module per concept; the byte path is `source` → `rota_bundle` (verify, decompress, hash)
 //! → `sink`, driven by `install`. The lifecycle is `state` (diagram in `STATE.md`), persisted by
-//! `store`.
+//! `store`. `daemon` talks to the fleet server, queuing its reports in `outbox`.
 
 pub mod commit;
 pub mod config;
+pub mod daemon;
 pub mod failpoint;
 pub mod health;
 pub mod install;
 pub mod logging;
 pub mod notify;
+pub mod outbox;
 pub mod progress;
 pub mod sink;
 pub mod source;

@@ -10,6 +10,7 @@ use rota_bootctl::{BootConfig, BootCtl};
 use rota_bundle::Keyring;
 use rota_updater::commit::{self, CommitContext, CommitOutcome};
 use rota_updater::config::{self, Config, ConfigPaths};
+use rota_updater::daemon::{self, Daemon, DaemonContext};
 use rota_updater::install::{self, Context, InstallError, InstallOptions};
 use rota_updater::notify::Notifier;
 use rota_updater::source::BundleSource;
@@ -81,7 +82,15 @@ enum Command {
     /// Decide this boot: health-check and commit a trial slot, or record a rollback.
     ///
     /// Run by rota-commit.service early in every boot; does nothing when no trial is pending.
+    /// When the install came from the fleet, the outcome is queued for the daemon to report
+    /// (trial, then committed or rolled back with the reason).
     Commit,
+    /// Talk to the fleet server ([server] in the config): enroll, poll, install assignments,
+    /// reboot by the reboot policy, report every step. Runs until stopped (rota-updater.service).
+    ///
+    /// An unreachable server is retried with backoff; unsent reports wait in the outbox on the
+    /// data partition. Exits 1 only when it cannot start (no [server], no robot id, bad config).
+    Daemon,
 }
 
 struct Loaded {
@@ -155,7 +164,20 @@ fn run(cli: Cli) -> Result<u8> {
                 &options,
                 reboot,
                 json,
+                false,
             )
+        }
+        Command::Daemon => {
+            let loaded = load(cli.config)?;
+            let keyring =
+                Keyring::load_dir(&loaded.config.keyring_dir).context("loading the keyring")?;
+            let context = DaemonContext {
+                config: &loaded.config,
+                bootctl: &loaded.bootctl,
+                keyring: &keyring,
+                store: &loaded.store,
+            };
+            Daemon::new(context).context("starting the daemon")?.run()
         }
         Command::Resume { reboot } => {
             let loaded = load(cli.config.clone())?;
@@ -164,12 +186,14 @@ fn run(cli: Cli) -> Result<u8> {
                 log::info!("no interrupted install ({})", state.lifecycle.name());
                 return Ok(0);
             };
+            // Continuing a fleet install keeps its deployment.
             install_from(
                 cli.config,
                 BundleSource::parse(&source),
                 &InstallOptions::default(),
                 reboot,
                 false,
+                true,
             )
         }
         Command::Commit => {
@@ -182,6 +206,13 @@ fn run(cli: Cli) -> Result<u8> {
                 notifier: &notifier,
             };
             let outcome = commit::commit(&context)?;
+            if let Some(server) = &loaded.config.server {
+                // The outcome is decided and saved; a failure to queue the report must not
+                // change it, only be seen.
+                if let Err(error) = daemon::queue_commit_reports(server, &loaded.store, &outcome) {
+                    log::error!("queueing the report for the fleet server: {error:#}");
+                }
+            }
             println!("{}", describe(&outcome));
             Ok(match outcome {
                 CommitOutcome::TrialFailed { .. } => EXIT_TRIAL_FAILED,
@@ -215,9 +246,21 @@ fn install_from(
     options: &InstallOptions,
     reboot: bool,
     json: bool,
+    fleet_install: bool,
 ) -> Result<u8> {
     let loaded = load(config_path)?;
     let keyring = Keyring::load_dir(&loaded.config.keyring_dir).context("loading the keyring")?;
+    if !fleet_install {
+        // An install by hand belongs to no fleet deployment: its outcome must not be reported
+        // under the deployment of an earlier one.
+        let mut state = loaded.store.load().context("reading the state file")?;
+        if state.deployment_id.take().is_some() {
+            loaded
+                .store
+                .save(&state)
+                .context("writing the state file")?;
+        }
+    }
     let context = Context {
         config: &loaded.config,
         bootctl: &loaded.bootctl,

@@ -151,6 +151,10 @@ pub struct State {
     /// Anti-rollback floor: the highest security version ever committed. Bundles below it are
     /// refused, with or without `--allow-downgrade`.
     pub security_floor: u32,
+    /// The fleet deployment the install in flight (or last finished) belongs to, so the reports
+    /// after the trial boot name the same deployment. `None` for installs from the command line.
+    /// Set by the daemon before it installs; the lifecycle transitions leave it alone.
+    pub deployment_id: Option<String>,
 }
 
 /// A transition was asked for from a state it does not start from.

@@ -2,8 +2,12 @@
 //! instruction leaves either the old or the new file, never a mix.
 //!
 //! Layout: `b"ROTAST"`, a little-endian `u16` format version, then the postcard body of that
-//! version. Version 1 is [`crate::state::State`] as it is now; when its shape changes, the old
-//! shape is frozen in a `v1` module, the version bumps, and [`decode`] upgrades old bodies.
+//! version. Version 2 is [`crate::state::State`] as it is now; when its shape changes, the old
+//! shape is frozen in a module (see [`v1`]), the version bumps, and [`decode`] upgrades old
+//! bodies.
+//!
+//! - 1: the first release.
+//! - 2: adds `deployment_id` (the fleet deployment an install belongs to) at the end.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -14,7 +18,7 @@ use crate::state::State;
 
 const MAGIC: &[u8; 6] = b"ROTAST";
 /// The version [`encode`] writes.
-pub const CURRENT_VERSION: u16 = 1;
+pub const CURRENT_VERSION: u16 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -73,11 +77,45 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<State, StoreError> {
         source,
     };
     match version {
-        1 => postcard::from_bytes(body).map_err(decode_error),
+        1 => postcard::from_bytes::<v1::State>(body)
+            .map(State::from)
+            .map_err(decode_error),
+        2 => postcard::from_bytes(body).map_err(decode_error),
         newer => Err(StoreError::TooNew {
             path: path.to_owned(),
             version: newer,
         }),
+    }
+}
+
+/// Version 1 of the state file, frozen: postcard is not self-describing, so an old body decodes
+/// only with the old shape. Only the top-level struct changed in version 2; the types inside
+/// it are shared until one of them changes too.
+pub mod v1 {
+    use serde::Deserialize;
+
+    use crate::state::{DeniedBundle, Lifecycle, SlotContent};
+
+    #[derive(Deserialize)]
+    pub struct State {
+        pub lifecycle: Lifecycle,
+        pub slot_a: Option<SlotContent>,
+        pub slot_b: Option<SlotContent>,
+        pub denylist: Vec<DeniedBundle>,
+        pub security_floor: u32,
+    }
+
+    impl From<State> for crate::state::State {
+        fn from(old: State) -> Self {
+            crate::state::State {
+                lifecycle: old.lifecycle,
+                slot_a: old.slot_a,
+                slot_b: old.slot_b,
+                denylist: old.denylist,
+                security_floor: old.security_floor,
+                deployment_id: None,
+            }
+        }
     }
 }
 
@@ -177,6 +215,7 @@ mod tests {
             slot_b: None,
             denylist: Vec::new(),
             security_floor: 0,
+            deployment_id: None,
         }
     }
 
@@ -221,6 +260,22 @@ mod tests {
             Ok(state) => assert_eq!(state, expected),
             Err(error) => panic!("{error}\nencoded now: {:?}", encode(&expected)),
         }
+    }
+
+    /// Version 2 appends the deployment id; a version 1 body with one more field is a version 2
+    /// body, byte for byte.
+    #[test]
+    fn reads_version_2_files_with_the_deployment_id() {
+        let mut state = sample();
+        state.deployment_id = Some("dep_7".into());
+        let encoded = encode(&state);
+        assert_eq!(&encoded[6..8], &[2, 0]);
+        // Some, length 5, the id.
+        assert_eq!(
+            &encoded[encoded.len() - 7..],
+            &[1, 5, b'd', b'e', b'p', b'_', b'7']
+        );
+        assert_eq!(decode(&encoded, Path::new("v2")).unwrap(), state);
     }
 
     #[test]

@@ -1,0 +1,473 @@
+//! The fleet with real robots' updaters: a real rota-server and 20 `rota-updater daemon`
+//! processes on file-backed slots with a real GRUB environment (grub-editenv). The harness is
+//! the robots' hardware: when a daemon runs its reboot command (a script that records the
+//! request), the harness kills it, boots by grub.cfg's rules (picks the slot, writes the kernel
+//! command line), runs `rota-updater commit` as rota-commit.service would, and starts the
+//! daemon again.
+//!
+//! Needs the `rota` CLI and `rota-updater` built into the same target dir:
+//! `cargo build -p rota-cli -p rota-updater && cargo test -p rota-server --test daemons`.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{server_bin, trusted_key, Server, ADMIN_KEY, COMPATIBLE, ENROLLMENT_KEY};
+use serde_json::Value;
+
+const FLEET_SIZE: usize = 20;
+/// The robot whose health check fails on the new release.
+const UNHEALTHY: &str = "robot-007";
+const SLOT_SIZE: usize = 1 << 20;
+
+fn updater_bin() -> PathBuf {
+    let path = server_bin().with_file_name("rota-updater");
+    assert!(
+        path.exists(),
+        "{} is missing: build it into the same target dir first (cargo build -p rota-updater -p rota-cli)",
+        path.display()
+    );
+    path
+}
+
+fn run_ok(command: &mut Command) -> String {
+    let output = command
+        .output()
+        .unwrap_or_else(|error| panic!("cannot run {command:?}: {error}"));
+    assert!(
+        output.status.success(),
+        "{command:?} failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// One robot: slots, GRUB env, cmdline, keyring, config, and its daemon process.
+struct Robot {
+    id: String,
+    dir: PathBuf,
+    daemon: Option<Child>,
+    /// Reboot requests the harness has carried out.
+    reboots_done: usize,
+}
+
+impl Robot {
+    fn new(root: &Path, id: &str, server_url: &str, healthy: bool) -> Robot {
+        let dir = root.join(id);
+        fs::create_dir_all(dir.join("keys")).unwrap();
+        let robot = Robot {
+            id: id.into(),
+            dir,
+            daemon: None,
+            reboots_done: 0,
+        };
+        let path = |name: &str| robot.path(name).display().to_string();
+        fs::write(robot.path("slot-a"), vec![0xa5; SLOT_SIZE]).unwrap();
+        fs::write(robot.path("slot-b"), vec![0x5a; SLOT_SIZE]).unwrap();
+        trusted_key()
+            .public_key()
+            .write_new(&robot.path("keys/fleet.pub"))
+            .unwrap();
+        fs::write(robot.path("enrollment-key"), format!("{ENROLLMENT_KEY}\n")).unwrap();
+        let grubenv = robot.path("grubenv");
+        run_ok(Command::new("grub-editenv").arg(&grubenv).arg("create"));
+        run_ok(Command::new("grub-editenv").arg(&grubenv).args([
+            "set",
+            "ORDER=A B",
+            "A_OK=1",
+            "A_TRY=0",
+            "B_OK=1",
+            "B_TRY=0",
+        ]));
+        fs::write(
+            robot.path("bootctl.toml"),
+            format!(
+                "backend = \"grub\"\ngrubenv = \"{}\"\ncmdline = \"{}\"\n",
+                path("grubenv"),
+                path("cmdline")
+            ),
+        )
+        .unwrap();
+        let reboot_script = robot.path("reboot");
+        fs::write(
+            &reboot_script,
+            format!("#!/bin/sh\necho reboot >> '{}'\n", path("reboots")),
+        )
+        .unwrap();
+        fs::set_permissions(&reboot_script, fs::Permissions::from_mode(0o755)).unwrap();
+        let check = if healthy {
+            "true"
+        } else {
+            "echo 'robot-app: cannot open /dev/ttyACM0' >&2; exit 1"
+        };
+        fs::write(
+            robot.path("updater.toml"),
+            format!(
+                r#"compatible = "{COMPATIBLE}"
+keyring_dir = "{keys}"
+state_path = "{data}/state"
+bootctl_config = "{bootctl}"
+reboot_command = ["{reboot}"]
+
+[slots]
+A = "{a}"
+B = "{b}"
+
+[health]
+deadline_secs = 30
+boot_complete_units = false
+
+[[health.checks]]
+name = "robot-app"
+command = ["sh", "-c", "{check}"]
+
+[download]
+retries = 8
+backoff_initial_ms = 50
+backoff_max_ms = 500
+timeout_secs = 10
+
+[server]
+url = "{server_url}"
+robot_id = "{id}"
+enrollment_key_file = "{key}"
+token_path = "{data}/token"
+outbox_path = "{data}/outbox.json"
+download_dir = "{data}/download"
+long_poll_secs = 10
+backoff_initial_ms = 100
+backoff_max_ms = 1000
+reboot = "now"
+"#,
+                keys = path("keys"),
+                data = path("data"),
+                bootctl = path("bootctl.toml"),
+                reboot = path("reboot"),
+                a = path("slot-a"),
+                b = path("slot-b"),
+                key = path("enrollment-key"),
+            ),
+        )
+        .unwrap();
+        // Power-on of the factory image: GRUB picks A, rota-commit.service confirms it.
+        assert_eq!(robot.boot(), "A");
+        robot.commit();
+        robot
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn updater(&self) -> Command {
+        let mut command = Command::new(updater_bin());
+        command
+            .arg("--config")
+            .arg(self.path("updater.toml"))
+            .env_remove("ROTA_FAILPOINT")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("ROTA_UPDATER_CONFIG")
+            .env("ROTA_LOG", "info");
+        command
+    }
+
+    fn commit(&self) -> Output {
+        let output = self.updater().arg("commit").output().unwrap();
+        assert!(
+            matches!(output.status.code(), Some(0 | 2)),
+            "{}: commit failed ({}): {}",
+            self.id,
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output
+    }
+
+    fn start_daemon(&mut self) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("daemon.log"))
+            .unwrap();
+        let child = self
+            .updater()
+            .arg("daemon")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start rota-updater daemon");
+        self.daemon = Some(child);
+    }
+
+    /// Power off: the process dies without a chance to clean up.
+    fn kill_daemon(&mut self) {
+        if let Some(mut child) = self.daemon.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn reboot_requests(&self) -> usize {
+        fs::read_to_string(self.path("reboots")).map_or(0, |text| text.lines().count())
+    }
+
+    /// Carries out every reboot asked for since the last call (the commit after a failed
+    /// trial asks for another one); restarts the daemon afterwards. Returns whether it did.
+    fn carry_out_reboots(&mut self) -> bool {
+        if self.reboot_requests() == self.reboots_done {
+            return false;
+        }
+        self.kill_daemon();
+        while self.reboot_requests() > self.reboots_done {
+            self.reboots_done += 1;
+            self.boot();
+            self.commit();
+        }
+        self.start_daemon();
+        true
+    }
+
+    fn grub_var(&self, name: &str) -> Option<String> {
+        let listed = run_ok(
+            Command::new("grub-editenv")
+                .arg(self.path("grubenv"))
+                .arg("list"),
+        );
+        listed
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{name}=")).map(str::to_owned))
+    }
+
+    fn set_grub_var(&self, name: &str, value: &str) {
+        run_ok(
+            Command::new("grub-editenv")
+                .arg(self.path("grubenv"))
+                .arg("set")
+                .arg(format!("{name}={value}")),
+        );
+    }
+
+    /// grub.cfg's rule: the first slot in ORDER with OK=1 and TRY=0 boots and gets TRY=1; when
+    /// none qualifies, TRY of the good slots is cleared and the rule runs again. Writes the
+    /// kernel command line the booted slot sees.
+    fn boot(&self) -> String {
+        let order = self.grub_var("ORDER").unwrap_or_else(|| "A B".into());
+        let chosen = order.split_whitespace().find(|slot| {
+            self.grub_var(&format!("{slot}_OK")).as_deref() == Some("1")
+                && self.grub_var(&format!("{slot}_TRY")).as_deref() != Some("1")
+        });
+        let slot = match chosen {
+            Some(slot) => slot.to_owned(),
+            None => {
+                for slot in order.split_whitespace() {
+                    if self.grub_var(&format!("{slot}_OK")).as_deref() == Some("1") {
+                        self.set_grub_var(&format!("{slot}_TRY"), "0");
+                    }
+                }
+                return self.boot();
+            }
+        };
+        self.set_grub_var(&format!("{slot}_TRY"), "1");
+        fs::write(
+            self.path("cmdline"),
+            format!(
+                "console=ttyS0 root=PARTLABEL=rootfs-{} rota.slot={slot} quiet\n",
+                slot.to_lowercase()
+            ),
+        )
+        .unwrap();
+        slot
+    }
+
+    fn status(&self) -> Value {
+        let stdout = run_ok(self.updater().args(["status", "--json"]));
+        serde_json::from_str(&stdout).unwrap()
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.path("daemon.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Robot {
+    fn drop(&mut self) {
+        self.kill_daemon();
+    }
+}
+
+/// Runs the robots' hardware until `done` holds for the server's view of the deployment.
+fn simulate_until(
+    server: &Server,
+    robots: &mut [Robot],
+    path: &str,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let started = Instant::now();
+    loop {
+        for robot in robots.iter_mut() {
+            robot.carry_out_reboots();
+        }
+        let value = server.get(path);
+        if done(&value) {
+            return value;
+        }
+        if started.elapsed() > Duration::from_secs(240) {
+            let logs: String = robots
+                .iter()
+                .take(3)
+                .map(|robot| format!("--- {} ---\n{}", robot.id, robot.log()))
+                .collect();
+            panic!("gave up waiting for {what}; last: {value:#}\n{logs}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn events_of(server: &Server, robot: &str) -> Vec<String> {
+    let history = server.get(&format!("/history?robot={robot}&limit=1000"));
+    let mut events: Vec<String> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|event| event["event"].as_str().unwrap().to_string())
+        .collect();
+    events.reverse();
+    events.dedup();
+    events
+}
+
+#[test]
+fn twenty_updater_daemons_enroll_install_reboot_and_commit_and_a_failed_check_rolls_back() {
+    let server = Server::start();
+    let root = tempfile::tempdir().unwrap();
+    let mut robots: Vec<Robot> = (1..=FLEET_SIZE)
+        .map(|n| {
+            let id = format!("robot-{n:03}");
+            let healthy = id != UNHEALTHY;
+            Robot::new(root.path(), &id, &server.url, healthy)
+        })
+        .collect();
+    for robot in &mut robots {
+        robot.start_daemon();
+    }
+
+    // Enrollment: every daemon got a token, stored owner-only, and the server lists them all.
+    let listed = server.wait_for("/robots", "every robot enrolled", |robots| {
+        robots.as_array().unwrap().len() == FLEET_SIZE
+    });
+    assert_eq!(listed.as_array().unwrap().len(), FLEET_SIZE);
+    for robot in &robots {
+        let token = robot.path("data/token");
+        let started = Instant::now();
+        while !token.exists() {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "{}",
+                robot.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mode = fs::metadata(&token).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{}: token mode {mode:o}", robot.id);
+    }
+
+    server.publish("2.0.0");
+    let deployment_id = server
+        .rota_ok(&["deploy", "2.0.0", "--to", "all"])
+        .trim()
+        .to_string();
+    let path = format!("/deployments/{deployment_id}");
+    let deployment = simulate_until(&server, &mut robots, &path, "every robot done", |d| {
+        d["state"] != "running"
+    });
+
+    // Every healthy robot committed on the server, after the whole sequence of reports.
+    assert_eq!(deployment["state"], "failed", "{deployment:#}");
+    assert_eq!(
+        deployment["counts"]["committed"],
+        (FLEET_SIZE - 1) as u64,
+        "{deployment:#}"
+    );
+    for entry in deployment["robots"].as_array().unwrap() {
+        let id = entry["robot_id"].as_str().unwrap();
+        if id == UNHEALTHY {
+            continue;
+        }
+        assert_eq!(entry["state"], "committed", "{id}");
+        assert_eq!(
+            events_of(&server, id),
+            [
+                "downloading",
+                "installing",
+                "installed",
+                "rebooting",
+                "trial",
+                "committed"
+            ],
+            "{id}"
+        );
+    }
+    for robot in robots.iter().filter(|robot| robot.id != UNHEALTHY) {
+        let status = robot.status();
+        assert_eq!(status["booted"], "B", "{}", robot.id);
+        assert_eq!(status["state"], "committed", "{}", robot.id);
+    }
+
+    // The unhealthy robot rolled back, said why, and runs its old slot.
+    let seven = deployment["robots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|entry| entry["robot_id"] == UNHEALTHY)
+        .unwrap();
+    assert_eq!(seven["state"], "rolled_back");
+    let detail = seven["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("health check failed")
+            && detail.contains("robot-app")
+            && detail.contains("cannot open /dev/ttyACM0"),
+        "{detail}"
+    );
+    assert_eq!(
+        events_of(&server, UNHEALTHY),
+        [
+            "downloading",
+            "installing",
+            "installed",
+            "rebooting",
+            "trial",
+            "rolled_back"
+        ]
+    );
+    let unhealthy = robots.iter().find(|robot| robot.id == UNHEALTHY).unwrap();
+    let status = unhealthy.status();
+    assert_eq!(status["booted"], "A");
+    assert_eq!(status["state"], "rolled-back");
+
+    // The same release again: the server skips the robot, so it is never offered.
+    let again = server.rota_json(&["deploy", "2.0.0", "--to", &format!("robot:{UNHEALTHY}")]);
+    assert_eq!(again["robots"][0]["state"], "skipped", "{again:#}");
+    let reboots_before = unhealthy.reboot_requests();
+    let token = fs::read_to_string(unhealthy.path("data/token")).unwrap();
+    let answer = common::http()
+        .get(server.api("/robot/assignment"))
+        .bearer_auth(token.trim())
+        .send()
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 204);
+    assert_eq!(unhealthy.reboot_requests(), reboots_before);
+
+    // The slots the robots reported: the healthy ones run 2.0.0 from B.
+    let robot_one = server.get("/robots/robot-001");
+    assert!(
+        robot_one.to_string().contains("2.0.0"),
+        "robot-001 as the server sees it: {robot_one:#}"
+    );
+    let _ = ADMIN_KEY;
+}

@@ -1,0 +1,874 @@
+//! `rota-updater daemon`: the robot's side of the fleet.
+//!
+//! One loop, every step of which may fail and is retried with backoff (an unreachable server,
+//! a lost answer, a restart in between are all normal):
+//! 1. enroll when there is no token (the token is written 0600 on the data partition);
+//! 2. act on the local state first: an installed update waiting for its reboot reboots when the
+//!    reboot policy allows, whether or not the server answers;
+//! 3. send the queued reports ([`crate::outbox`]), then what each slot holds when it changed;
+//! 4. poll (long-poll or interval with jitter) and work on the assignment: record its
+//!    deployment id in the state file, download, install through [`crate::install`], report.
+//!
+//! The server is not trusted for integrity: the bundle's signature is checked against this
+//! robot's keyring by the install path, whatever the server says. Every report is queued
+//! durably before it is sent, so none is lost; the server applies repeats idempotently.
+//! `rota-updater commit` queues `trial` and `committed` / `rolled_back` after the trial boot
+//! ([`queue_commit_reports`]); the daemon sends them once it runs.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rota_bootctl::{BootCtl, SlotState};
+use rota_bundle::Keyring;
+use rota_protocol::client::{ClientError, Poll, RobotClient};
+use rota_protocol::robot::{self, Assignment, EventReport, RobotEvent, SlotsReport};
+
+use crate::commit::{self, CommitError, CommitOutcome};
+use crate::config::{Config, RebootPolicy, ServerConfig};
+use crate::install::{self, Context, InstallError, InstallOptions};
+use crate::outbox::{Outbox, OutboxError};
+use crate::progress::Progress;
+use crate::source::{BundleSource, SourceError};
+use crate::state::{Lifecycle, Sha256Digest, State};
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("no [server] section in the updater config: the daemon has no fleet to talk to")]
+    NoServer,
+    #[error("no robot id: set server.robot_id ({0})")]
+    NoRobotId(String),
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("boot environment: {0}")]
+    Boot(#[from] rota_bootctl::Error),
+    #[error(transparent)]
+    Install(#[from] InstallError),
+    #[error(transparent)]
+    Reboot(#[from] CommitError),
+    #[error("download of {url}: {what}")]
+    Download { url: String, what: String },
+}
+
+fn io_error<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> DaemonError + 'a {
+    move |source| DaemonError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Everything the daemon needs from the outside world.
+pub struct DaemonContext<'a> {
+    pub config: &'a Config,
+    pub bootctl: &'a BootCtl,
+    pub keyring: &'a Keyring,
+    pub store: &'a Store,
+}
+
+/// The robot id: `server.robot_id`, else the host name.
+pub fn robot_id(server: &ServerConfig) -> Result<String, DaemonError> {
+    let id = match &server.robot_id {
+        Some(id) => id.clone(),
+        None => fs::read_to_string("/proc/sys/kernel/hostname")
+            .or_else(|_| fs::read_to_string("/etc/hostname"))
+            .map_err(|error| DaemonError::NoRobotId(format!("host name unreadable: {error}")))?
+            .trim()
+            .to_owned(),
+    };
+    robot::validate_robot_id(&id).map_err(DaemonError::NoRobotId)?;
+    Ok(id)
+}
+
+/// Doubling delay for a server that does not answer, reset by the first success.
+struct Backoff {
+    initial: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    fn new(server: &ServerConfig) -> Backoff {
+        Backoff {
+            initial: server.backoff_initial,
+            max: server.backoff_max,
+            next: server.backoff_initial,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.next = self.initial;
+    }
+
+    fn wait(&mut self) {
+        thread::sleep(self.next);
+        self.next = (self.next * 2).min(self.max);
+    }
+}
+
+/// A little randomness without a dependency: the clock's nanoseconds mixed with the pid.
+fn jitter(max: Duration) -> Duration {
+    if max.is_zero() {
+        return Duration::ZERO;
+    }
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |now| now.subsec_nanos());
+    let mut x = u64::from(nanos) ^ (u64::from(std::process::id()) << 32) ^ 0x9e37_79b9_7f4a_7c15;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    Duration::from_millis(x % (max.as_millis() as u64 + 1))
+}
+
+/// Minutes since midnight, UTC, for the reboot window.
+fn utc_minute_of_day() -> u16 {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |now| now.as_secs());
+    ((secs % 86_400) / 60) as u16
+}
+
+fn to_protocol_slot(slot: rota_bootctl::Slot) -> robot::Slot {
+    match slot {
+        rota_bootctl::Slot::A => robot::Slot::A,
+        rota_bootctl::Slot::B => robot::Slot::B,
+    }
+}
+
+/// Writes `contents` to `path` readable by its owner only, atomically.
+fn write_private(path: &Path, contents: &str) -> Result<(), DaemonError> {
+    let dir = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    fs::create_dir_all(dir).map_err(io_error("create directory", dir))?;
+    let temp = path.with_extension("tmp");
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temp)
+        .map_err(io_error("create", &temp))?;
+    file.write_all(contents.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(io_error("write", &temp))?;
+    drop(file);
+    fs::rename(&temp, path).map_err(io_error("rename into", path))?;
+    File::open(dir)
+        .and_then(|handle| handle.sync_all())
+        .map_err(io_error("fsync directory", dir))
+}
+
+/// What the slots hold, as the server wants it.
+pub fn slots_report(state: &State, bootctl: &BootCtl) -> Result<SlotsReport, DaemonError> {
+    let booted = bootctl.booted_slot()?;
+    let status = bootctl.status()?;
+    let slots = [rota_bootctl::Slot::A, rota_bootctl::Slot::B]
+        .into_iter()
+        .map(|slot| {
+            let content = state.slot(slot);
+            robot::SlotContent {
+                slot: to_protocol_slot(slot),
+                version: content.map(|content| content.version.clone()),
+                manifest_hash: content.map(|content| content.bundle_digest.to_hex()),
+                state: match status.state(slot) {
+                    SlotState::Good => "good",
+                    SlotState::Bad => "bad",
+                    SlotState::Trial { .. } => "trial",
+                }
+                .to_owned(),
+            }
+        })
+        .collect();
+    Ok(SlotsReport {
+        booted: to_protocol_slot(booted),
+        slots,
+    })
+}
+
+/// After `commit` decided a boot: queues what the server must hear about the deployment the
+/// state file names (`trial` and `committed`, `trial` alone before the rollback reboot, or
+/// `rolled_back` with the reason). The daemon sends them; queuing needs no network, so the
+/// boot is never held up by the server.
+pub fn queue_commit_reports(
+    server: &ServerConfig,
+    store: &Store,
+    outcome: &CommitOutcome,
+) -> Result<usize, DaemonError> {
+    let state = store.load()?;
+    let Some(deployment_id) = state.deployment_id.clone() else {
+        return Ok(0);
+    };
+    let events = match outcome {
+        CommitOutcome::NothingPending => Vec::new(),
+        CommitOutcome::Committed { .. } => vec![RobotEvent::Trial, RobotEvent::Committed],
+        CommitOutcome::TrialFailed { .. } => vec![RobotEvent::Trial],
+        CommitOutcome::RolledBack { .. } => vec![RobotEvent::RolledBack {
+            reason: rollback_reason(&state.lifecycle),
+        }],
+    };
+    let outbox = Outbox::new(&server.outbox_path);
+    for event in &events {
+        outbox.push(EventReport {
+            deployment_id: deployment_id.clone(),
+            event: event.clone(),
+        })?;
+    }
+    Ok(events.len())
+}
+
+/// "health check failed: check \"app\": <its output>", for people reading the deployment's
+/// status.
+fn rollback_reason(lifecycle: &Lifecycle) -> String {
+    let Lifecycle::RolledBack {
+        reason,
+        failed_check,
+        output,
+        ..
+    } = lifecycle
+    else {
+        return "rolled back".into();
+    };
+    let mut text = reason.to_string();
+    if let Some(check) = failed_check {
+        text.push_str(&format!(": check {check:?}"));
+    }
+    // The check's output on one line, capped: enough to see why, small enough for a table.
+    let output: Vec<&str> = output
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect();
+    if !output.is_empty() {
+        let joined: String = output.join(" / ").chars().take(300).collect();
+        text.push_str(&format!(": {joined}"));
+    }
+    text
+}
+
+/// The event that ends a deployment, when the state says it ended locally.
+fn final_event(state: &State) -> Option<RobotEvent> {
+    match &state.lifecycle {
+        Lifecycle::Committed { .. } => Some(RobotEvent::Committed),
+        Lifecycle::RolledBack { .. } => Some(RobotEvent::RolledBack {
+            reason: rollback_reason(&state.lifecycle),
+        }),
+        _ => None,
+    }
+}
+
+/// Reports download progress in steps of 10 %, queued durably (a sender thread delivers them
+/// while the install runs).
+struct ReportingProgress<'a> {
+    outbox: &'a Outbox,
+    deployment_id: &'a str,
+    total: u64,
+    last_step: u64,
+}
+
+impl ReportingProgress<'_> {
+    fn queue(&self, done: u64) {
+        let report = EventReport {
+            deployment_id: self.deployment_id.to_owned(),
+            event: RobotEvent::Downloading {
+                bytes_done: done,
+                bytes_total: self.total,
+            },
+        };
+        if let Err(error) = self.outbox.push(report) {
+            log::warn!("progress report not queued: {error}");
+        }
+    }
+}
+
+impl Progress for ReportingProgress<'_> {
+    fn start(&mut self, total: u64, already_done: u64) {
+        self.total = total;
+        self.last_step = already_done * 10 / total.max(1);
+        self.queue(already_done);
+    }
+
+    fn advance(&mut self, done: u64) {
+        let step = done * 10 / self.total.max(1);
+        if step > self.last_step {
+            self.last_step = step;
+            self.queue(done);
+        }
+    }
+
+    fn finish(&mut self) {}
+}
+
+/// How one assignment ended in this run of the daemon.
+enum Worked {
+    /// Installed, reported, or nothing to do for it now.
+    Done,
+    /// Try again later (the download broke): poll without the ETag so it is offered again.
+    Retry(DaemonError),
+}
+
+pub struct Daemon<'a> {
+    ctx: DaemonContext<'a>,
+    server: &'a ServerConfig,
+    robot_id: String,
+    client: RobotClient,
+    outbox: Outbox,
+    etag: Option<String>,
+    /// The last slots report the server acknowledged.
+    slots_sent: Option<SlotsReport>,
+    /// The deployment this process already asked to reboot for (the reboot is on its way).
+    reboot_requested_for: Option<String>,
+    window_logged: bool,
+}
+
+impl<'a> Daemon<'a> {
+    pub fn new(ctx: DaemonContext<'a>) -> Result<Daemon<'a>, DaemonError> {
+        let server = ctx.config.server.as_ref().ok_or(DaemonError::NoServer)?;
+        let robot_id = robot_id(server)?;
+        let client = RobotClient::new(&server.url)?;
+        Ok(Daemon {
+            ctx,
+            server,
+            robot_id,
+            client,
+            outbox: Outbox::new(&server.outbox_path),
+            etag: None,
+            slots_sent: None,
+            reboot_requested_for: None,
+            window_logged: false,
+        })
+    }
+
+    /// Runs until the process is stopped. Every failure is logged and retried with backoff.
+    pub fn run(&mut self) -> ! {
+        log::info!(
+            "robot {} polling {} ({})",
+            self.robot_id,
+            self.server.url,
+            if self.server.long_poll.is_zero() {
+                format!("every {:?}", self.server.poll_interval)
+            } else {
+                format!("long-poll {:?}", self.server.long_poll)
+            }
+        );
+        let mut backoff = Backoff::new(self.server);
+        loop {
+            match self.step() {
+                Ok(()) => {
+                    backoff.reset();
+                    if self.server.long_poll.is_zero() {
+                        thread::sleep(self.server.poll_interval + jitter(self.server.poll_jitter));
+                    }
+                }
+                Err(error) => {
+                    log::warn!("{error}; retrying in {:?}", backoff.next);
+                    self.etag = None;
+                    backoff.wait();
+                }
+            }
+        }
+    }
+
+    /// One round: enroll, local duties, reports, one poll and what it asks for.
+    pub fn step(&mut self) -> Result<(), DaemonError> {
+        self.ensure_enrolled()?;
+        self.reboot_if_due()?;
+        self.flush()?;
+        self.send_slots()?;
+        let wait = (!self.server.long_poll.is_zero()).then_some(self.server.long_poll);
+        let poll = match self.client.poll(self.etag.as_deref(), wait) {
+            Err(error) if error.is_unauthorized() => {
+                log::warn!("the server does not know this robot's token: enrolling again");
+                self.forget_token()?;
+                return Err(error.into());
+            }
+            other => other?,
+        };
+        match poll {
+            Poll::Nothing => self.etag = None,
+            Poll::NotModified => {}
+            Poll::Assignment { assignment, etag } => {
+                self.etag = etag;
+                if let Worked::Retry(error) = self.work_on(&assignment)? {
+                    return Err(error);
+                }
+                self.flush()?;
+                self.send_slots()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn ensure_enrolled(&mut self) -> Result<(), DaemonError> {
+        if self.client.token().is_some() {
+            return Ok(());
+        }
+        let token_path = &self.server.token_path;
+        match fs::read_to_string(token_path) {
+            Ok(token) if !token.trim().is_empty() => {
+                self.client = self.client.clone().with_token(token.trim());
+                return Ok(());
+            }
+            Ok(_) => {}
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => return Err(io_error("read", token_path)(error)),
+        }
+        let key_path = &self.server.enrollment_key_file;
+        let key = fs::read_to_string(key_path).map_err(io_error("read", key_path))?;
+        let enrolled =
+            self.client
+                .enroll(key.trim(), &self.robot_id, &self.ctx.config.compatible)?;
+        write_private(token_path, &enrolled.token)?;
+        log::info!(
+            "enrolled as {}{}",
+            enrolled.robot_id,
+            if enrolled.approved {
+                ""
+            } else {
+                " (waiting for an admin's approval)"
+            }
+        );
+        Ok(())
+    }
+
+    fn forget_token(&mut self) -> Result<(), DaemonError> {
+        self.client = RobotClient::new(&self.server.url)?;
+        match fs::remove_file(&self.server.token_path) {
+            Err(error) if error.kind() != io::ErrorKind::NotFound => {
+                Err(io_error("remove", &self.server.token_path)(error))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn flush(&mut self) -> Result<(), DaemonError> {
+        let (flushed, stopped_by) = self.outbox.flush(&self.client)?;
+        if flushed.sent + flushed.dropped > 0 {
+            log::debug!(
+                "reports: {} sent, {} dropped, {} left",
+                flushed.sent,
+                flushed.dropped,
+                flushed.left
+            );
+        }
+        match stopped_by {
+            Some(error) if error.is_unauthorized() => {
+                self.forget_token()?;
+                Err(error.into())
+            }
+            Some(error) => Err(error.into()),
+            None => Ok(()),
+        }
+    }
+
+    fn send_slots(&mut self) -> Result<(), DaemonError> {
+        let state = self.ctx.store.load()?;
+        let report = slots_report(&state, self.ctx.bootctl)?;
+        if self.slots_sent.as_ref() != Some(&report) {
+            self.client.report_slots(&report)?;
+            self.slots_sent = Some(report);
+        }
+        Ok(())
+    }
+
+    fn queue(&self, deployment_id: &str, event: RobotEvent) -> Result<(), DaemonError> {
+        log::info!("deployment {deployment_id}: {}", event.name());
+        self.outbox.push(EventReport {
+            deployment_id: deployment_id.to_owned(),
+            event,
+        })?;
+        Ok(())
+    }
+
+    /// An installed update waits for its reboot: reboot when the policy allows.
+    fn reboot_if_due(&mut self) -> Result<(), DaemonError> {
+        let state = self.ctx.store.load()?;
+        let (Lifecycle::RebootPending { .. }, Some(deployment_id)) =
+            (&state.lifecycle, &state.deployment_id)
+        else {
+            return Ok(());
+        };
+        if self.reboot_requested_for.as_ref() == Some(deployment_id) {
+            return Ok(());
+        }
+        if !self.server.reboot.allows(utc_minute_of_day()) {
+            if !self.window_logged {
+                log::info!(
+                    "update installed; rebooting {}",
+                    match self.server.reboot {
+                        RebootPolicy::Manual => "is left to someone else (reboot = manual)",
+                        _ => "inside the reboot window",
+                    }
+                );
+                self.window_logged = true;
+            }
+            return Ok(());
+        }
+        self.queue(deployment_id, RobotEvent::Rebooting)?;
+        // Best effort: whatever is not sent now goes out after the reboot.
+        if let Err(error) = self.flush() {
+            log::info!("reports wait for after the reboot: {error}");
+        }
+        self.reboot_requested_for = Some(deployment_id.clone());
+        commit::request_reboot(self.ctx.config)?;
+        Ok(())
+    }
+
+    fn work_on(&mut self, assignment: &Assignment) -> Result<Worked, DaemonError> {
+        let deployment_id = assignment.deployment_id.as_str();
+        let mut state = self.ctx.store.load()?;
+        let digest = Sha256Digest::from_hex(&assignment.manifest_hash);
+
+        if state.deployment_id.as_deref() == Some(deployment_id) {
+            match &state.lifecycle {
+                // Interrupted (or failed for want of network): continue, resuming.
+                Lifecycle::Installing { .. } | Lifecycle::Idle => {}
+                Lifecycle::RebootPending { .. } => return Ok(Worked::Done),
+                Lifecycle::Trial { .. } | Lifecycle::TrialFailed { .. } => {
+                    log::info!("deployment {deployment_id}: trial boot in progress");
+                    return Ok(Worked::Done);
+                }
+                // Ended here; the server still offers it, so it did not hear the end yet.
+                Lifecycle::Committed { .. } | Lifecycle::RolledBack { .. } => {
+                    let already_queued = self
+                        .outbox
+                        .pending()?
+                        .iter()
+                        .any(|report| report.deployment_id == deployment_id);
+                    if !already_queued {
+                        if let Some(event) = final_event(&state) {
+                            self.queue(deployment_id, event)?;
+                        }
+                    }
+                    return Ok(Worked::Done);
+                }
+            }
+        } else {
+            if matches!(
+                state.lifecycle,
+                Lifecycle::Trial { .. } | Lifecycle::TrialFailed { .. }
+            ) {
+                log::info!("deployment {deployment_id} waits: a trial boot is in progress");
+                return Ok(Worked::Done);
+            }
+            if let Some(digest) = digest {
+                let booted = self.ctx.bootctl.booted_slot()?;
+                let running = state
+                    .slot(booted)
+                    .is_some_and(|content| content.bundle_digest == digest);
+                if running && state.lifecycle.is_settled() {
+                    log::info!("deployment {deployment_id}: this bundle is running already");
+                    self.queue(deployment_id, RobotEvent::Committed)?;
+                    return Ok(Worked::Done);
+                }
+                if let (Some(denied), false) = (state.is_denied(&digest), assignment.force) {
+                    let error = format!(
+                        "bundle {} (version {}) rolled back on this robot before ({}); deploy with force to retry",
+                        digest, denied.bundle.version, denied.reason
+                    );
+                    self.queue(deployment_id, RobotEvent::Failed { error })?;
+                    return Ok(Worked::Done);
+                }
+            }
+            // Remembered before anything else, so every later report names this deployment.
+            state.deployment_id = Some(deployment_id.to_owned());
+            self.ctx.store.save(&state)?;
+        }
+        self.install(assignment)
+    }
+
+    fn install(&mut self, assignment: &Assignment) -> Result<Worked, DaemonError> {
+        let deployment_id = assignment.deployment_id.as_str();
+        log::info!(
+            "deployment {deployment_id}: installing {} from {}",
+            assignment.version,
+            assignment.bundle_url
+        );
+        let downloaded = if assignment.bundle_requires_token {
+            // The install path's HTTP source sends no credentials, so a bundle behind the
+            // robot token is fetched to the data partition first (resumable), then installed
+            // from the file.
+            match self.download(assignment) {
+                Ok(path) => Some(path),
+                Err(error @ DaemonError::Client(_)) => return Ok(Worked::Retry(error)),
+                Err(error @ DaemonError::Download { .. }) => return Ok(Worked::Retry(error)),
+                Err(error) => return Err(error),
+            }
+        } else {
+            None
+        };
+        let source = match &downloaded {
+            Some(path) => BundleSource::File(path.clone()),
+            None => BundleSource::Http(assignment.bundle_url.clone()),
+        };
+        self.queue(deployment_id, RobotEvent::Installing)?;
+        let options = InstallOptions {
+            allow_denied: assignment.force,
+            ..InstallOptions::default()
+        };
+        let context = Context {
+            config: self.ctx.config,
+            bootctl: self.ctx.bootctl,
+            keyring: self.ctx.keyring,
+            store: self.ctx.store,
+        };
+        let mut progress = ReportingProgress {
+            outbox: &self.outbox,
+            deployment_id,
+            total: assignment.bundle_size,
+            last_step: 0,
+        };
+        let streaming = downloaded.is_none();
+        let mut quiet = NoProgress;
+        let progress: &mut dyn Progress = if streaming { &mut progress } else { &mut quiet };
+        let result =
+            self.while_sending_reports(|| install::install(&context, &source, &options, progress));
+        match result {
+            Ok(report) => {
+                if let Some(path) = &downloaded {
+                    remove_download(path);
+                }
+                log::info!(
+                    "deployment {deployment_id}: {} installed into slot {}",
+                    report.bundle.version,
+                    report.slot
+                );
+                self.queue(deployment_id, RobotEvent::Installed)?;
+                if let Err(error) = self.flush() {
+                    log::info!("reports queued: {error}");
+                }
+                self.reboot_if_due()?;
+                Ok(Worked::Done)
+            }
+            Err(error) if is_worth_retrying(&error) => Ok(Worked::Retry(error.into())),
+            Err(error) => {
+                if let Some(path) = &downloaded {
+                    remove_download(path);
+                }
+                log::error!("deployment {deployment_id}: install failed: {error}");
+                self.queue(
+                    deployment_id,
+                    RobotEvent::Failed {
+                        error: error.to_string(),
+                    },
+                )?;
+                Ok(Worked::Done)
+            }
+        }
+    }
+
+    /// Runs `work` while a thread delivers queued reports (progress) every half second.
+    fn while_sending_reports<T>(&self, work: impl FnOnce() -> T) -> T {
+        let done = AtomicBool::new(false);
+        thread::scope(|scope| {
+            scope.spawn(|| {
+                while !done.load(Ordering::Relaxed) {
+                    if let Err(error) = self.outbox.flush(&self.client) {
+                        log::debug!("progress reports: {error}");
+                    }
+                    for _ in 0..5 {
+                        if done.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            });
+            let result = work();
+            done.store(true, Ordering::Relaxed);
+            result
+        })
+    }
+
+    /// Fetches the bundle to `download_dir`, resuming a partial file; reports progress.
+    fn download(&self, assignment: &Assignment) -> Result<PathBuf, DaemonError> {
+        let url = &assignment.bundle_url;
+        let fail = |what: String| DaemonError::Download {
+            url: url.clone(),
+            what,
+        };
+        if assignment.manifest_hash.len() != 64
+            || !assignment
+                .manifest_hash
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(fail(format!(
+                "manifest hash {:?} is not 64 hex digits",
+                assignment.manifest_hash
+            )));
+        }
+        let dir = &self.server.download_dir;
+        fs::create_dir_all(dir).map_err(io_error("create directory", dir))?;
+        let name = format!("{}.rota", assignment.manifest_hash);
+        let path = dir.join(&name);
+        // Only one download is kept: others are leftovers of replaced assignments.
+        for entry in fs::read_dir(dir).map_err(io_error("list", dir))?.flatten() {
+            if entry.file_name() != name.as_str() {
+                remove_download(&entry.path());
+            }
+        }
+        let total = assignment.bundle_size;
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_error("open", &path))?;
+        let mut have = file.metadata().map_err(io_error("stat", &path))?.len();
+        if have > total {
+            file.set_len(0).map_err(io_error("truncate", &path))?;
+            have = 0;
+        }
+        let mut progress = ReportingProgress {
+            outbox: &self.outbox,
+            deployment_id: &assignment.deployment_id,
+            total,
+            last_step: 0,
+        };
+        progress.start(total, have);
+        let mut retries_left = self.ctx.config.download.retries;
+        let mut delay = self.ctx.config.download.backoff_initial;
+        let mut buffer = vec![0u8; 256 << 10];
+        while have < total {
+            let before = have;
+            let result = self.while_sending_reports(|| -> Result<(), DaemonError> {
+                let mut stream = self.client.open_bundle(assignment, have)?;
+                loop {
+                    let read = stream
+                        .read(&mut buffer)
+                        .map_err(|error| fail(format!("read at byte {have}: {error}")))?;
+                    if read == 0 {
+                        return Ok(());
+                    }
+                    file.write_all(&buffer[..read])
+                        .map_err(io_error("write", &path))?;
+                    have += read as u64;
+                    progress.advance(have);
+                }
+            });
+            match result {
+                Ok(()) if have >= total => break,
+                Ok(()) => log::warn!("{url}: body ended at byte {have} of {total}"),
+                Err(error @ (DaemonError::Client(_) | DaemonError::Download { .. })) => {
+                    let retryable = match &error {
+                        DaemonError::Client(client) => client.is_retryable(),
+                        _ => true,
+                    };
+                    if !retryable {
+                        return Err(error);
+                    }
+                    if have > before {
+                        retries_left = self.ctx.config.download.retries;
+                        delay = self.ctx.config.download.backoff_initial;
+                    }
+                    if retries_left == 0 {
+                        return Err(error);
+                    }
+                    log::warn!("{error}; resuming from byte {have}");
+                }
+                Err(error) => return Err(error),
+            }
+            retries_left = retries_left.saturating_sub(1);
+            thread::sleep(delay);
+            delay = (delay * 2).min(self.ctx.config.download.backoff_max);
+        }
+        if have != total {
+            return Err(fail(format!(
+                "{have} bytes arrived, the assignment says {total}"
+            )));
+        }
+        // Durable before the install reads it: a power cut must not leave a file whose length
+        // says complete but whose tail is zeros.
+        file.sync_all().map_err(io_error("fsync", &path))?;
+        Ok(path)
+    }
+}
+
+struct NoProgress;
+
+impl Progress for NoProgress {
+    fn start(&mut self, _: u64, _: u64) {}
+    fn advance(&mut self, _: u64) {}
+    fn finish(&mut self) {}
+}
+
+fn remove_download(path: &Path) {
+    if let Err(error) = fs::remove_file(path) {
+        if error.kind() != io::ErrorKind::NotFound {
+            log::warn!("remove {}: {error}", path.display());
+        }
+    }
+}
+
+/// The bytes did not arrive (network), as opposed to arriving wrong: the same assignment is
+/// tried again later rather than reported failed.
+fn is_worth_retrying(error: &InstallError) -> bool {
+    match error {
+        InstallError::Source(SourceError::GaveUp { .. }) => true,
+        InstallError::Bundle(_) => !error.is_bad_bundle(),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{BundleInfo, RollbackReason};
+    use rota_bootctl::Slot;
+
+    #[test]
+    fn rollback_reasons_name_the_check_and_its_output() {
+        let bundle = BundleInfo {
+            digest: Sha256Digest([1; 32]),
+            version: "2.0.0".into(),
+            compatible: "board".into(),
+            security_version: 1,
+        };
+        let lifecycle = |failed_check: Option<&str>, output: &str| Lifecycle::RolledBack {
+            slot: Slot::B,
+            bundle: bundle.clone(),
+            reason: if failed_check.is_some() {
+                RollbackReason::HealthCheckFailed
+            } else {
+                RollbackReason::AttemptsExhausted
+            },
+            failed_check: failed_check.map(str::to_owned),
+            output: output.into(),
+            at: 0,
+        };
+        assert_eq!(
+            rollback_reason(&lifecycle(Some("app"), "exit status 1\nmore\n")),
+            "health check failed: check \"app\": exit status 1 / more"
+        );
+        assert_eq!(
+            rollback_reason(&lifecycle(None, "")),
+            "attempts exhausted (panic/hang/watchdog)"
+        );
+    }
+
+    #[test]
+    fn jitter_stays_within_its_bound() {
+        for _ in 0..100 {
+            assert!(jitter(Duration::from_millis(50)) <= Duration::from_millis(50));
+        }
+        assert_eq!(jitter(Duration::ZERO), Duration::ZERO);
+    }
+}
