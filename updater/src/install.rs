@@ -89,10 +89,12 @@ pub enum Refusal {
 
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
+    // The message carries the cause, so these two are not `#[source]`: an error chain would
+    // print the cause twice.
     #[error("bundle refused: {0}")]
-    Refused(#[from] Refusal),
+    Refused(Refusal),
     #[error("bundle rejected: {0}")]
-    Bundle(#[from] rota_bundle::Error),
+    Bundle(rota_bundle::Error),
     #[error(transparent)]
     Source(#[from] SourceError),
     #[error(transparent)]
@@ -103,6 +105,18 @@ pub enum InstallError {
     Transition(#[from] TransitionError),
     #[error("boot environment: {0}")]
     Boot(#[from] rota_bootctl::Error),
+}
+
+impl From<Refusal> for InstallError {
+    fn from(refusal: Refusal) -> Self {
+        Self::Refused(refusal)
+    }
+}
+
+impl From<rota_bundle::Error> for InstallError {
+    fn from(error: rota_bundle::Error) -> Self {
+        Self::Bundle(error)
+    }
 }
 
 impl InstallError {
