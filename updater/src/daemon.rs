@@ -15,9 +15,8 @@
 //! `rota-updater commit` queues `trial` and `committed` / `rolled_back` after the trial boot
 //! ([`queue_commit_reports`]); the daemon sends them once it runs.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
@@ -28,6 +27,7 @@ use rota_bundle::Keyring;
 use rota_protocol::client::{ClientError, Poll, RobotClient};
 use rota_protocol::robot::{self, Assignment, EventReport, RobotEvent, SlotsReport};
 
+use crate::atomic_file;
 use crate::commit::{self, CommitError, CommitOutcome};
 use crate::config::{Config, RebootPolicy, ServerConfig};
 use crate::install::{self, Context, InstallError, InstallOptions};
@@ -150,31 +150,6 @@ fn to_protocol_slot(slot: rota_bootctl::Slot) -> robot::Slot {
         rota_bootctl::Slot::A => robot::Slot::A,
         rota_bootctl::Slot::B => robot::Slot::B,
     }
-}
-
-/// Writes `contents` to `path` readable by its owner only, atomically.
-fn write_private(path: &Path, contents: &str) -> Result<(), DaemonError> {
-    let dir = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
-    fs::create_dir_all(dir).map_err(io_error("create directory", dir))?;
-    let temp = path.with_extension("tmp");
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&temp)
-        .map_err(io_error("create", &temp))?;
-    file.write_all(contents.as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(io_error("write", &temp))?;
-    drop(file);
-    fs::rename(&temp, path).map_err(io_error("rename into", path))?;
-    File::open(dir)
-        .and_then(|handle| handle.sync_all())
-        .map_err(io_error("fsync directory", dir))
 }
 
 /// What the slots hold, as the server wants it.
@@ -436,7 +411,8 @@ impl<'a> Daemon<'a> {
         let enrolled =
             self.client
                 .enroll(key.trim(), &self.robot_id, &self.ctx.config.compatible)?;
-        write_private(token_path, &enrolled.token)?;
+        atomic_file::replace(token_path, enrolled.token.as_bytes(), 0o600)
+            .map_err(io_error("write", token_path))?;
         log::info!(
             "enrolled as {}{}",
             enrolled.robot_id,
@@ -527,8 +503,9 @@ impl<'a> Daemon<'a> {
         if let Err(error) = self.flush() {
             log::info!("reports wait for after the reboot: {error}");
         }
-        self.reboot_requested_for = Some(deployment_id.clone());
+        // A failed reboot command is retried by the next round (with backoff).
         commit::request_reboot(self.ctx.config)?;
+        self.reboot_requested_for = Some(deployment_id.clone());
         Ok(())
     }
 

@@ -5,6 +5,7 @@
 //! → `sink`, driven by `install`. The lifecycle is `state` (diagram in `STATE.md`), persisted by
 //! `store`. `daemon` talks to the fleet server, queuing its reports in `outbox`.
 
+pub mod atomic_file;
 pub mod commit;
 pub mod config;
 pub mod daemon;

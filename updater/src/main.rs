@@ -88,8 +88,10 @@ enum Command {
     /// Talk to the fleet server ([server] in the config): enroll, poll, install assignments,
     /// reboot by the reboot policy, report every step. Runs until stopped (rota-updater.service).
     ///
-    /// An unreachable server is retried with backoff; unsent reports wait in the outbox on the
-    /// data partition. Exits 1 only when it cannot start (no [server], no robot id, bad config).
+    /// First finishes an install by hand that a reboot interrupted (what `resume` does). An
+    /// unreachable server is retried with backoff; unsent reports wait in the outbox on the data
+    /// partition. Exits 0 at once without [server]; 1 only when it cannot start (no robot id,
+    /// bad config, unreadable state).
     Daemon,
 }
 
@@ -168,7 +170,26 @@ fn run(cli: Cli) -> Result<u8> {
             )
         }
         Command::Daemon => {
-            let loaded = load(cli.config)?;
+            let loaded = load(cli.config.clone())?;
+            // An install by hand interrupted by a reboot or power cut is finished first (fleet
+            // installs resume when the server offers their assignment again).
+            let state = loaded.store.load().context("reading the state file")?;
+            if let (Lifecycle::Installing { source, .. }, None) =
+                (&state.lifecycle, &state.deployment_id)
+            {
+                install_from(
+                    cli.config,
+                    BundleSource::parse(source),
+                    &InstallOptions::default(),
+                    false,
+                    false,
+                    true,
+                )?;
+            }
+            if loaded.config.server.is_none() {
+                log::info!("no [server] in the config: no fleet to poll");
+                return Ok(0);
+            }
             let keyring =
                 Keyring::load_dir(&loaded.config.keyring_dir).context("loading the keyring")?;
             let context = DaemonContext {
@@ -246,11 +267,11 @@ fn install_from(
     options: &InstallOptions,
     reboot: bool,
     json: bool,
-    fleet_install: bool,
+    keep_deployment: bool,
 ) -> Result<u8> {
     let loaded = load(config_path)?;
     let keyring = Keyring::load_dir(&loaded.config.keyring_dir).context("loading the keyring")?;
-    if !fleet_install {
+    if !keep_deployment {
         // An install by hand belongs to no fleet deployment: its outcome must not be reported
         // under the deployment of an earlier one.
         let mut state = loaded.store.load().context("reading the state file")?;

@@ -8,11 +8,13 @@
 //! Progress reports of one deployment collapse into the latest, so the queue stays short.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use rota_protocol::client::{ClientError, RobotClient};
 use rota_protocol::robot::{EventReport, RobotEvent};
+
+use crate::atomic_file;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
@@ -156,19 +158,8 @@ impl Outbox {
 
     /// Atomic replace: a power cut leaves the old queue or the new one.
     fn write(&self, queue: &[EventReport]) -> Result<(), OutboxError> {
-        let dir = parent_dir(&self.path);
-        let mut temp_name = self.path.file_name().unwrap_or_default().to_owned();
-        temp_name.push(".tmp");
-        let temp = dir.join(temp_name);
         let bytes = serde_json::to_vec_pretty(queue).expect("reports serialise");
-        let mut file = File::create(&temp).map_err(io_error("create", &temp))?;
-        file.write_all(&bytes).map_err(io_error("write", &temp))?;
-        file.sync_all().map_err(io_error("fsync", &temp))?;
-        drop(file);
-        fs::rename(&temp, &self.path).map_err(io_error("rename into", &self.path))?;
-        File::open(dir)
-            .and_then(|handle| handle.sync_all())
-            .map_err(io_error("fsync directory", dir))
+        atomic_file::replace(&self.path, &bytes, 0o600).map_err(io_error("replace", &self.path))
     }
 
     /// Exclusive lock for a read-modify-write; released when the returned file is dropped.
