@@ -257,16 +257,26 @@ struct ReportingProgress<'a> {
     deployment_id: &'a str,
     total: u64,
     last_step: u64,
+    /// Streaming into the slot: downloading and writing are one step, and "installing" is
+    /// what follows the last byte (fsync, trial set).
+    installing_at_end: bool,
 }
 
 impl ReportingProgress<'_> {
     fn queue(&self, done: u64) {
+        self.queue_event(RobotEvent::Downloading {
+            bytes_done: done,
+            bytes_total: self.total,
+        });
+        if self.installing_at_end && done >= self.total {
+            self.queue_event(RobotEvent::Installing);
+        }
+    }
+
+    fn queue_event(&self, event: RobotEvent) {
         let report = EventReport {
             deployment_id: self.deployment_id.to_owned(),
-            event: RobotEvent::Downloading {
-                bytes_done: done,
-                bytes_total: self.total,
-            },
+            event,
         };
         if let Err(error) = self.outbox.push(report) {
             log::warn!("progress report not queued: {error}");
@@ -592,11 +602,14 @@ impl<'a> Daemon<'a> {
         } else {
             None
         };
+        let streaming = downloaded.is_none();
         let source = match &downloaded {
             Some(path) => BundleSource::File(path.clone()),
             None => BundleSource::Http(assignment.bundle_url.clone()),
         };
-        self.queue(deployment_id, RobotEvent::Installing)?;
+        if !streaming {
+            self.queue(deployment_id, RobotEvent::Installing)?;
+        }
         let options = InstallOptions {
             allow_denied: assignment.force,
             ..InstallOptions::default()
@@ -612,8 +625,8 @@ impl<'a> Daemon<'a> {
             deployment_id,
             total: assignment.bundle_size,
             last_step: 0,
+            installing_at_end: true,
         };
-        let streaming = downloaded.is_none();
         let mut quiet = NoProgress;
         let progress: &mut dyn Progress = if streaming { &mut progress } else { &mut quiet };
         let result =
@@ -719,6 +732,7 @@ impl<'a> Daemon<'a> {
             deployment_id: &assignment.deployment_id,
             total,
             last_step: 0,
+            installing_at_end: false,
         };
         progress.start(total, have);
         let mut retries_left = self.ctx.config.download.retries;

@@ -347,8 +347,14 @@ struct Restarted(Child);
 
 impl Restarted {
     fn start(server: &Server) -> Restarted {
+        Restarted::start_with(server, &[])
+    }
+
+    fn start_with(server: &Server, extra_env: &[(&str, &str)]) -> Restarted {
         let listen = server.url.trim_start_matches("http://");
-        let mut child = Command::new(server_bin())
+        let mut command = Command::new(server_bin());
+        command.envs(extra_env.iter().copied());
+        let mut child = command
             .arg("--data")
             .arg(server.data_dir())
             .arg("--listen")
@@ -380,6 +386,39 @@ impl Drop for Restarted {
     }
 }
 
+/// `rota deploy VERSION --to all`, then the robots' hardware runs until the deployment ends.
+fn deploy_to_all(server: &Server, robots: &mut [Robot], version: &str) -> Value {
+    let deployment_id = server
+        .rota_ok(&["deploy", version, "--to", "all"])
+        .trim()
+        .to_string();
+    let path = format!("/deployments/{deployment_id}");
+    simulate_until(server, robots, &path, "every robot done", |d| {
+        d["state"] != "running"
+    })
+}
+
+/// Robots `{prefix}-NNN`, numbered from 1, their daemons started.
+fn start_fleet(
+    root: &Path,
+    server: &Server,
+    prefix: &str,
+    count: usize,
+    unhealthy: &str,
+) -> Vec<Robot> {
+    let mut robots: Vec<Robot> = (1..=count)
+        .map(|n| {
+            let id = format!("{prefix}-{n:03}");
+            let healthy = id != unhealthy;
+            Robot::new(root, &id, &server.url, healthy)
+        })
+        .collect();
+    for robot in &mut robots {
+        robot.start_daemon();
+    }
+    robots
+}
+
 fn outbox_events(robot: &Robot) -> Vec<String> {
     let text = fs::read_to_string(robot.path("data/outbox.json")).unwrap_or_default();
     let queue: Value = serde_json::from_str(&text).unwrap_or(Value::Array(Vec::new()));
@@ -408,16 +447,7 @@ fn events_of(server: &Server, robot: &str) -> Vec<String> {
 fn twenty_updater_daemons_enroll_install_reboot_and_commit_and_a_failed_check_rolls_back() {
     let server = Server::start();
     let root = tempfile::tempdir().unwrap();
-    let mut robots: Vec<Robot> = (1..=FLEET_SIZE)
-        .map(|n| {
-            let id = format!("robot-{n:03}");
-            let healthy = id != UNHEALTHY;
-            Robot::new(root.path(), &id, &server.url, healthy)
-        })
-        .collect();
-    for robot in &mut robots {
-        robot.start_daemon();
-    }
+    let mut robots = start_fleet(root.path(), &server, "robot", FLEET_SIZE, UNHEALTHY);
 
     // Enrollment: every daemon got a token, stored owner-only, and the server lists them all.
     let listed = server.wait_for("/robots", "every robot enrolled", |robots| {
@@ -440,14 +470,7 @@ fn twenty_updater_daemons_enroll_install_reboot_and_commit_and_a_failed_check_ro
     }
 
     server.publish("2.0.0");
-    let deployment_id = server
-        .rota_ok(&["deploy", "2.0.0", "--to", "all"])
-        .trim()
-        .to_string();
-    let path = format!("/deployments/{deployment_id}");
-    let deployment = simulate_until(&server, &mut robots, &path, "every robot done", |d| {
-        d["state"] != "running"
-    });
+    let deployment = deploy_to_all(&server, &mut robots, "2.0.0");
 
     // Every healthy robot committed on the server, after the whole sequence of reports.
     assert_eq!(deployment["state"], "failed", "{deployment:#}");
@@ -565,5 +588,84 @@ fn twenty_updater_daemons_enroll_install_reboot_and_commit_and_a_failed_check_ro
         let events = events_of(&server, &robot.id);
         let tail = &events[events.len() - 6..];
         assert_eq!(tail, HEALTHY_SEQUENCE, "{}: {events:?}", robot.id);
+    }
+}
+
+/// A CDN in front of the bundle store: a plain static file server (Python's) on the server's
+/// bundle directory. Killed on drop.
+struct Cdn {
+    child: Child,
+    url: String,
+}
+
+impl Cdn {
+    fn start(dir: &Path) -> Cdn {
+        fs::create_dir_all(dir).unwrap();
+        // A port that was free a moment ago; the file server binds it next.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("python3")
+            .args(["-m", "http.server", "--bind", "127.0.0.1"])
+            .arg(port.to_string())
+            .arg("--directory")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 -m http.server");
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "CDN did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Cdn {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for Cdn {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn bundles_on_a_cdn_stream_straight_into_the_slot_without_the_robot_token() {
+    // The bundle store is DATA/bundles; the server is restarted with the CDN's URL once the
+    // CDN serves that directory.
+    let server = Server::start();
+    let cdn = Cdn::start(&server.data_dir().join("bundles"));
+    let mut server = server;
+    assert!(server.stop().success());
+    let _restarted = Restarted::start_with(&server, &[("ROTA_BUNDLE_BASE_URL", &cdn.url)]);
+
+    let root = tempfile::tempdir().unwrap();
+    let mut robots = start_fleet(root.path(), &server, "cdn", 3, "");
+    server.publish("2.0.0");
+    let deployment = deploy_to_all(&server, &mut robots, "2.0.0");
+    assert_eq!(deployment["state"], "succeeded", "{deployment:#}");
+    for robot in &robots {
+        assert_eq!(events_of(&server, &robot.id), HEALTHY_SEQUENCE);
+        assert!(
+            robot.log().contains(&cdn.url),
+            "{}: installed from the CDN: {}",
+            robot.id,
+            robot.log()
+        );
+        assert!(
+            !robot.path("data/download").exists(),
+            "{}: streamed, not downloaded to a file first",
+            robot.id
+        );
+        assert_eq!(robot.status()["booted"], "B");
     }
 }
