@@ -30,6 +30,7 @@ use rota_protocol::robot::{self, Assignment, EventReport, RobotEvent, SlotsRepor
 use crate::atomic_file;
 use crate::commit::{self, CommitError, CommitOutcome};
 use crate::config::{Config, RebootPolicy, ServerConfig};
+use crate::failpoint;
 use crate::install::{self, Context, InstallError, InstallOptions};
 use crate::outbox::{Outbox, OutboxError};
 use crate::progress::Progress;
@@ -734,6 +735,9 @@ impl<'a> Daemon<'a> {
             last_step: 0,
             installing_at_end: false,
         };
+        if have > 0 {
+            log::info!("resuming the download of {url} at byte {have} of {total}");
+        }
         progress.start(total, have);
         let mut retries_left = self.ctx.config.download.retries;
         let mut delay = self.ctx.config.download.backoff_initial;
@@ -751,6 +755,7 @@ impl<'a> Daemon<'a> {
                     }
                     file.write_all(&buffer[..read])
                         .map_err(io_error("write", &path))?;
+                    failpoint::hit("after-download-write");
                     have += read as u64;
                     progress.advance(have);
                 }

@@ -201,13 +201,21 @@ reboot = "now"
     }
 
     fn start_daemon(&mut self) {
+        self.start_daemon_with_failpoint(None);
+    }
+
+    /// `failpoint`: the daemon stops there as if the power went (ROTA_FAILPOINT).
+    fn start_daemon_with_failpoint(&mut self, failpoint: Option<&str>) {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.path("daemon.log"))
             .unwrap();
-        let child = self
-            .updater()
+        let mut command = self.updater();
+        if let Some(failpoint) = failpoint {
+            command.env("ROTA_FAILPOINT", failpoint);
+        }
+        let child = command
             .arg("daemon")
             .stdout(Stdio::null())
             .stderr(log)
@@ -221,6 +229,18 @@ reboot = "now"
         if let Some(mut child) = self.daemon.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// systemd's Restart=on-failure: a daemon that died is started again.
+    fn restart_if_died(&mut self) {
+        let died = match self.daemon.as_mut() {
+            Some(child) => child.try_wait().unwrap().is_some(),
+            None => false,
+        };
+        if died {
+            self.daemon = None;
+            self.start_daemon();
         }
     }
 
@@ -323,6 +343,7 @@ fn simulate_until(
     let started = Instant::now();
     loop {
         for robot in robots.iter_mut() {
+            robot.restart_if_died();
             robot.carry_out_reboots();
         }
         let value = server.get(path);
@@ -448,6 +469,9 @@ fn twenty_updater_daemons_enroll_install_reboot_and_commit_and_a_failed_check_ro
     let server = Server::start();
     let root = tempfile::tempdir().unwrap();
     let mut robots = start_fleet(root.path(), &server, "robot", FLEET_SIZE, UNHEALTHY);
+    // robot-003's power goes after the first piece of its first download.
+    robots[2].kill_daemon();
+    robots[2].start_daemon_with_failpoint(Some("after-download-write@1"));
 
     // Enrollment: every daemon got a token, stored owner-only, and the server lists them all.
     let listed = server.wait_for("/robots", "every robot enrolled", |robots| {
@@ -487,6 +511,11 @@ fn twenty_updater_daemons_enroll_install_reboot_and_commit_and_a_failed_check_ro
         assert_eq!(entry["state"], "committed", "{id}");
         assert_eq!(events_of(&server, id), HEALTHY_SEQUENCE, "{id}");
     }
+    assert!(
+        robots[2].log().contains("resuming the download"),
+        "{}",
+        robots[2].log()
+    );
     for robot in robots.iter().filter(|robot| robot.id != UNHEALTHY) {
         let status = robot.status();
         assert_eq!(status["booted"], "B", "{}", robot.id);
