@@ -375,6 +375,9 @@ impl Restarted {
         let listen = server.url.trim_start_matches("http://");
         let mut command = Command::new(server_bin());
         command.envs(extra_env.iter().copied());
+        if let Some(url) = server.database_url() {
+            command.arg("--database").arg(url);
+        }
         let mut child = command
             .arg("--data")
             .arg(server.data_dir())

@@ -156,6 +156,11 @@ impl Server {
         self.dir.path().join("data")
     }
 
+    /// The PostgreSQL database this server uses (None: SQLite under the data dir).
+    pub fn database_url(&self) -> Option<&str> {
+        self.database.as_deref()
+    }
+
     fn spawn(&mut self) {
         let mut command = Command::new(server_bin());
         command
