@@ -173,12 +173,14 @@ impl RobotClient {
         enrollment_key: &str,
         robot_id: &str,
         compatible: &str,
+        enrollment_nonce: Option<&str>,
     ) -> Result<EnrollResponse, ClientError> {
         let url = self.url("/api/v1/robot/enroll");
         let body = EnrollRequest {
             enrollment_key: enrollment_key.into(),
             robot_id: robot_id.into(),
             compatible: compatible.into(),
+            enrollment_nonce: enrollment_nonce.map(Into::into),
         };
         let response = send("POST", &url, self.http.post(&url).json(&body))?;
         let enrolled: EnrollResponse = json("POST", &url, response)?;

@@ -28,6 +28,11 @@ pub struct EnrollRequest {
     pub robot_id: String,
     /// The product/board string bundles must match (for example `lekiwi-rpi5`).
     pub compatible: String,
+    /// A secret the robot generated and stored before its first attempt. When the answer to an
+    /// enrollment is lost (the power went before the token was stored), the same request with
+    /// the same nonce gets a fresh token instead of `409`; nobody else knows the nonce.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrollment_nonce: Option<String>,
 }
 
 /// The robot's credentials. The token is shown only here; the server keeps only its hash.

@@ -263,7 +263,9 @@ fn deploy_bench(bin: &str, database: Option<&str>, robots: usize, bundle_mib: us
     for n in 1..=robots {
         let mut client = RobotClient::new(&server.url).unwrap();
         let id = format!("robot-{n:03}");
-        client.enroll(ENROLLMENT_KEY, &id, COMPATIBLE).unwrap();
+        client
+            .enroll(ENROLLMENT_KEY, &id, COMPATIBLE, None)
+            .unwrap();
         let (stop, t0, marks, keyring) = (stop.clone(), t0.clone(), marks.clone(), keyring.clone());
         threads.push(std::thread::spawn(move || {
             while !stop.load(Ordering::SeqCst) {

@@ -40,12 +40,20 @@ struct Migration {
 }
 
 /// Versioned schema changes, applied in order, each in its own transaction.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial",
-    sqlite: include_str!("../migrations/sqlite/0001_initial.sql"),
-    postgres: include_str!("../migrations/postgres/0001_initial.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial",
+        sqlite: include_str!("../migrations/sqlite/0001_initial.sql"),
+        postgres: include_str!("../migrations/postgres/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "enrollment_nonce",
+        sqlite: include_str!("../migrations/sqlite/0002_enrollment_nonce.sql"),
+        postgres: include_str!("../migrations/postgres/0002_enrollment_nonce.sql"),
+    },
+];
 
 pub struct Db {
     pool: AnyPool,
@@ -213,7 +221,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
         let db = Db::connect(&url).await.unwrap();
-        assert_eq!(db.migrate().await.unwrap(), vec![1]);
+        let every_version: Vec<i64> = (1..=MIGRATIONS.len() as i64).collect();
+        assert_eq!(db.migrate().await.unwrap(), every_version);
         assert_eq!(db.migrate().await.unwrap(), Vec::<i64>::new());
         sqlx::query("INSERT INTO audit_log (at, actor, action) VALUES ($1, $2, $3)")
             .bind(1_i64)

@@ -48,7 +48,7 @@ fn keys(server: &Server) -> Keys {
     };
     let mut robot = RobotClient::new(&server.url).unwrap();
     let token = robot
-        .enroll(ENROLLMENT_KEY, "robot-001", COMPATIBLE)
+        .enroll(ENROLLMENT_KEY, "robot-001", COMPATIBLE, None)
         .unwrap()
         .token;
     Keys {
@@ -546,7 +546,7 @@ fn long_poll_wakes_on_deploy_and_etags_make_idle_polls_cheap() {
     let server = Server::start();
     let mut client = RobotClient::new(&server.url).unwrap();
     client
-        .enroll(ENROLLMENT_KEY, "robot-001", COMPATIBLE)
+        .enroll(ENROLLMENT_KEY, "robot-001", COMPATIBLE, None)
         .unwrap();
     server.publish("2.0.0");
     assert_eq!(client.poll(None, None).unwrap(), Poll::Nothing);

@@ -366,7 +366,7 @@ fn robots_wait_for_approval_when_the_fleet_requires_it() {
     let server = Server::start_with(&[("ROTA_REQUIRE_APPROVAL", "true")]);
     let mut client = RobotClient::new(&server.url).unwrap();
     let enrolled = client
-        .enroll(common::ENROLLMENT_KEY, "newbie", common::COMPATIBLE)
+        .enroll(common::ENROLLMENT_KEY, "newbie", common::COMPATIBLE, None)
         .unwrap();
     assert!(!enrolled.approved);
     let err = client.poll(None, None).unwrap_err();
@@ -383,12 +383,12 @@ fn robots_wait_for_approval_when_the_fleet_requires_it() {
     // Enrolling the same id again is refused until an admin removes it.
     let mut twin = RobotClient::new(&server.url).unwrap();
     let err = twin
-        .enroll(common::ENROLLMENT_KEY, "newbie", common::COMPATIBLE)
+        .enroll(common::ENROLLMENT_KEY, "newbie", common::COMPATIBLE, None)
         .unwrap_err();
     assert_eq!(err.status(), Some(409));
     server.rota_ok(&["robots", "remove", "newbie"]);
     assert!(client.poll(None, None).unwrap_err().is_unauthorized());
-    twin.enroll(common::ENROLLMENT_KEY, "newbie", common::COMPATIBLE)
+    twin.enroll(common::ENROLLMENT_KEY, "newbie", common::COMPATIBLE, None)
         .unwrap();
 
     let mut stranger = RobotClient::new(&server.url).unwrap();
@@ -397,7 +397,53 @@ fn robots_wait_for_approval_when_the_fleet_requires_it() {
             "rota_en_wrong_key_0000000000",
             "intruder",
             common::COMPATIBLE,
+            None,
         )
         .unwrap_err();
     assert_eq!(err.status(), Some(401));
+}
+
+#[test]
+fn a_robot_that_lost_its_enrollment_answer_enrolls_again_with_its_nonce_and_nobody_else_can() {
+    let server = Server::start_with(&[("ROTA_REQUIRE_APPROVAL", "true")]);
+    let nonce = "5f1e0c2a9b7d4e3f8a6c1b2d3e4f5a6b";
+    let mut first = RobotClient::new(&server.url).unwrap();
+    let lost = first
+        .enroll(
+            common::ENROLLMENT_KEY,
+            "flaky",
+            common::COMPATIBLE,
+            Some(nonce),
+        )
+        .unwrap();
+    server.rota_ok(&["robots", "approve", "flaky"]);
+
+    // Without the nonce, or with another one, the id stays taken.
+    for other in [None, Some("0000000000000000ffffffffffffffff")] {
+        let err = RobotClient::new(&server.url)
+            .unwrap()
+            .enroll(common::ENROLLMENT_KEY, "flaky", common::COMPATIBLE, other)
+            .unwrap_err();
+        assert_eq!(err.status(), Some(409), "{other:?}");
+    }
+    assert_eq!(first.poll(None, None).unwrap(), Poll::Nothing);
+
+    // The robot repeats the request: a new token, the approval kept, the lost token dead.
+    let mut again = RobotClient::new(&server.url).unwrap();
+    let renewed = again
+        .enroll(
+            common::ENROLLMENT_KEY,
+            "flaky",
+            common::COMPATIBLE,
+            Some(nonce),
+        )
+        .unwrap();
+    assert_ne!(renewed.token, lost.token);
+    assert!(renewed.approved);
+    assert_eq!(again.poll(None, None).unwrap(), Poll::Nothing);
+    assert!(first.poll(None, None).unwrap_err().is_unauthorized());
+    let robots = server.rota_json(&["robots"]);
+    assert_eq!(robots.as_array().unwrap().len(), 1);
+    let audit = server.rota_json(&["audit", "--limit", "100"]);
+    assert!(audit.to_string().contains("robot.reenroll"), "{audit:#}");
 }

@@ -26,11 +26,13 @@ use crate::time::now_ms;
 /// Enroll a robot with the fleet enrollment key; returns its token once.
 ///
 /// An id that is already enrolled is refused (409) so a leaked fleet key cannot take over a
-/// robot; an admin removes the old entry first (`rota robots remove ID`).
+/// robot; an admin removes the old entry first (`rota robots remove ID`). The one exception is
+/// the robot itself repeating a request whose answer it lost: same `enrollment_nonce`, new token.
 #[utoipa::path(post, path = "/api/v1/robot/enroll", tag = "robot",
     request_body = EnrollRequest,
     responses(
         (status = 201, body = EnrollResponse),
+        (status = 200, description = "enrolled before with the same nonce: a new token", body = EnrollResponse),
         (status = 401, description = "wrong enrollment key", body = ErrorBody),
         (status = 409, description = "robot id already enrolled", body = ErrorBody),
         (status = 422, description = "invalid robot id or compatible", body = ErrorBody),
@@ -56,10 +58,12 @@ pub async fn enroll(
     }
     let token = secrets::generate(ROBOT_TOKEN_PREFIX);
     let approved = !state.settings.require_approval;
+    let nonce_hash = request.enrollment_nonce.as_deref().map(secrets::hash);
     let mut write = state.db.begin_write().await?;
     let inserted = sqlx::query(
-        "INSERT INTO robots (id, compatible, token_hash, approved, state, enrolled_at)
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
+        "INSERT INTO robots (id, compatible, token_hash, approved, state, enrolled_at,
+                             enroll_nonce_hash)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
     )
     .bind(&request.robot_id)
     .bind(&request.compatible)
@@ -67,13 +71,11 @@ pub async fn enroll(
     .bind(i64::from(approved))
     .bind(if approved { "idle" } else { "pending_approval" })
     .bind(now_ms())
+    .bind(&nonce_hash)
     .execute(&mut *write.tx)
     .await?;
     if inserted.rows_affected() == 0 {
-        return Err(ApiError::conflict(format!(
-            "robot {} is already enrolled; an admin must remove it before it can enroll again",
-            request.robot_id
-        )));
+        return reissue_lost_token(&state, write, parts, request, token).await;
     }
     audit::Record {
         actor: format!("robot:{}", request.robot_id),
@@ -92,6 +94,62 @@ pub async fn enroll(
             robot_id: request.robot_id,
             token,
             approved,
+        }),
+    ))
+}
+
+/// A repeated enrollment of a known id: only the robot that holds the nonce of the first one
+/// gets a new token (its first answer was lost); anyone else gets `409`.
+async fn reissue_lost_token(
+    state: &AppState,
+    mut write: crate::db::WriteTx<'_>,
+    parts: axum::http::request::Parts,
+    request: EnrollRequest,
+    token: String,
+) -> ApiResult<(StatusCode, ApiJson<EnrollResponse>)> {
+    let conflict = || {
+        ApiError::conflict(format!(
+            "robot {} is already enrolled; an admin must remove it before it can enroll again",
+            request.robot_id
+        ))
+    };
+    let stored: Option<(Option<String>, i64)> =
+        sqlx::query_as("SELECT enroll_nonce_hash, approved FROM robots WHERE id = $1")
+            .bind(&request.robot_id)
+            .fetch_optional(&mut *write.tx)
+            .await?;
+    let Some((Some(nonce_hash), approved)) = stored else {
+        return Err(conflict());
+    };
+    let nonce_matches = request
+        .enrollment_nonce
+        .as_deref()
+        .is_some_and(|nonce| secrets::matches_hash(nonce, &nonce_hash));
+    if !nonce_matches {
+        return Err(conflict());
+    }
+    sqlx::query("UPDATE robots SET token_hash = $1 WHERE id = $2")
+        .bind(secrets::hash(&token))
+        .bind(&request.robot_id)
+        .execute(&mut *write.tx)
+        .await?;
+    audit::Record {
+        actor: format!("robot:{}", request.robot_id),
+        action: "robot.reenroll",
+        target: Some(format!("robot:{}", request.robot_id)),
+        details: None,
+        source_ip: source_ip(&parts, state.settings.trust_forwarded_for),
+    }
+    .write(&mut write.tx)
+    .await?;
+    write.commit().await?;
+    tracing::info!(robot = %request.robot_id, "robot enrolled again with its nonce: new token");
+    Ok((
+        StatusCode::OK,
+        ApiJson(EnrollResponse {
+            robot_id: request.robot_id,
+            token,
+            approved: approved != 0,
         }),
     ))
 }

@@ -79,7 +79,7 @@ impl SimFleet {
                 let id = format!("{prefix}-{n:03}");
                 let mut client = RobotClient::new(server_url).unwrap();
                 let enrolled = client
-                    .enroll(ENROLLMENT_KEY, &id, COMPATIBLE)
+                    .enroll(ENROLLMENT_KEY, &id, COMPATIBLE, None)
                     .expect("enroll");
                 assert!(enrolled.approved);
                 let offers = Arc::new(Mutex::new(Vec::new()));
