@@ -828,6 +828,26 @@ fn is_worth_retrying(error: &InstallError) -> bool {
     }
 }
 
+/// The secret that lets this robot repeat an enrollment whose answer it lost. Stored next to
+/// the token before the first attempt, so a power cut after the server enrolled the robot but
+/// before the token reached the disk does not lock the robot out.
+fn enrollment_nonce(token_path: &Path) -> Result<String, DaemonError> {
+    let path = token_path.with_extension("enroll-nonce");
+    match fs::read_to_string(&path) {
+        Ok(nonce) if !nonce.trim().is_empty() => return Ok(nonce.trim().to_string()),
+        Ok(_) => {}
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+        Err(error) => return Err(io_error("read", &path)(error)),
+    }
+    let mut random = [0u8; 32];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut source| source.read_exact(&mut random))
+        .map_err(io_error("read", Path::new("/dev/urandom")))?;
+    let nonce: String = random.iter().map(|byte| format!("{byte:02x}")).collect();
+    atomic_file::replace(&path, nonce.as_bytes(), 0o600).map_err(io_error("write", &path))?;
+    Ok(nonce)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -871,24 +891,4 @@ mod tests {
         }
         assert_eq!(jitter(Duration::ZERO), Duration::ZERO);
     }
-}
-
-/// The secret that lets this robot repeat an enrollment whose answer it lost. Stored next to
-/// the token before the first attempt, so a power cut after the server enrolled the robot but
-/// before the token reached the disk does not lock the robot out.
-fn enrollment_nonce(token_path: &Path) -> Result<String, DaemonError> {
-    let path = token_path.with_extension("enroll-nonce");
-    match fs::read_to_string(&path) {
-        Ok(nonce) if !nonce.trim().is_empty() => return Ok(nonce.trim().to_string()),
-        Ok(_) => {}
-        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-        Err(error) => return Err(io_error("read", &path)(error)),
-    }
-    let mut random = [0u8; 32];
-    fs::File::open("/dev/urandom")
-        .and_then(|mut source| source.read_exact(&mut random))
-        .map_err(io_error("read", Path::new("/dev/urandom")))?;
-    let nonce: String = random.iter().map(|byte| format!("{byte:02x}")).collect();
-    atomic_file::replace(&path, nonce.as_bytes(), 0o600).map_err(io_error("write", &path))?;
-    Ok(nonce)
 }

@@ -406,38 +406,26 @@ fn robots_wait_for_approval_when_the_fleet_requires_it() {
 #[test]
 fn a_robot_that_lost_its_enrollment_answer_enrolls_again_with_its_nonce_and_nobody_else_can() {
     let server = Server::start_with(&[("ROTA_REQUIRE_APPROVAL", "true")]);
-    let nonce = "5f1e0c2a9b7d4e3f8a6c1b2d3e4f5a6b";
-    let mut first = RobotClient::new(&server.url).unwrap();
-    let lost = first
-        .enroll(
-            common::ENROLLMENT_KEY,
-            "flaky",
-            common::COMPATIBLE,
-            Some(nonce),
-        )
-        .unwrap();
+    let enroll = |nonce: Option<&str>| {
+        let mut client = RobotClient::new(&server.url).unwrap();
+        let answer = client.enroll(common::ENROLLMENT_KEY, "flaky", common::COMPATIBLE, nonce);
+        (client, answer)
+    };
+    let nonce = Some("5f1e0c2a9b7d4e3f8a6c1b2d3e4f5a6b");
+    let (first, lost) = enroll(nonce);
+    let lost = lost.unwrap();
     server.rota_ok(&["robots", "approve", "flaky"]);
 
     // Without the nonce, or with another one, the id stays taken.
     for other in [None, Some("0000000000000000ffffffffffffffff")] {
-        let err = RobotClient::new(&server.url)
-            .unwrap()
-            .enroll(common::ENROLLMENT_KEY, "flaky", common::COMPATIBLE, other)
-            .unwrap_err();
+        let err = enroll(other).1.unwrap_err();
         assert_eq!(err.status(), Some(409), "{other:?}");
     }
     assert_eq!(first.poll(None, None).unwrap(), Poll::Nothing);
 
     // The robot repeats the request: a new token, the approval kept, the lost token dead.
-    let mut again = RobotClient::new(&server.url).unwrap();
-    let renewed = again
-        .enroll(
-            common::ENROLLMENT_KEY,
-            "flaky",
-            common::COMPATIBLE,
-            Some(nonce),
-        )
-        .unwrap();
+    let (again, renewed) = enroll(nonce);
+    let renewed = renewed.unwrap();
     assert_ne!(renewed.token, lost.token);
     assert!(renewed.approved);
     assert_eq!(again.poll(None, None).unwrap(), Poll::Nothing);
