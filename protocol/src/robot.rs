@@ -66,6 +66,126 @@ pub struct Assignment {
     pub manifest_hash: String,
     /// The operator forced this release although the robot rolled back from it before.
     pub force: bool,
+    /// A rollback: the robot may install a lower version than it runs (never a lower security
+    /// version). When its other slot already holds this release it switches to it and reboots
+    /// instead of downloading, and reports [`RobotEvent::Switched`].
+    #[serde(default)]
+    pub allow_downgrade: bool,
+    /// Install and reboot only inside this window of the robot's local time; outside it the
+    /// robot reports [`RobotEvent::WaitingForWindow`] and waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_window: Option<UpdateWindow>,
+}
+
+/// A daily window of the robot's local time, `HH:MM-HH:MM`, optionally on some weekdays only.
+/// An end before the start wraps past midnight (`22:00-04:00`); `days` name the day the
+/// window opens. Equal start and end mean the whole day.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct UpdateWindow {
+    /// `HH:MM`, 24-hour.
+    pub start: String,
+    /// `HH:MM`, 24-hour.
+    pub end: String,
+    /// `mon` .. `sun`; empty means every day.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub days: Vec<String>,
+}
+
+const WEEKDAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+const MINUTES_PER_DAY: u32 = 24 * 60;
+const MINUTES_PER_WEEK: u32 = 7 * MINUTES_PER_DAY;
+
+impl UpdateWindow {
+    /// Parses `22:00-04:00` or `mon,tue,wed 09:00-17:00`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let (days, times) = match text.split_once(' ') {
+            Some((days, times)) => (days.split(',').map(str::to_string).collect(), times),
+            None => (Vec::new(), text),
+        };
+        let (start, end) = times.split_once('-').ok_or_else(|| {
+            format!("update window {text:?} must look like 22:00-04:00 or mon,fri 09:00-17:00")
+        })?;
+        let window = UpdateWindow {
+            start: start.trim().to_string(),
+            end: end.trim().to_string(),
+            days,
+        };
+        window.validate()?;
+        Ok(window)
+    }
+
+    /// Checks the times and day names.
+    pub fn validate(&self) -> Result<(), String> {
+        minute_of_day(&self.start)?;
+        minute_of_day(&self.end)?;
+        for day in &self.days {
+            weekday_index(day)?;
+        }
+        Ok(())
+    }
+
+    /// Whether local time `weekday` (0 = Monday) `minute` (0..1440) is inside the window.
+    pub fn contains(&self, weekday: u32, minute: u32) -> Result<bool, String> {
+        Ok(self.minutes_until_open(weekday, minute)? == 0)
+    }
+
+    /// Minutes from local time `weekday` (0 = Monday) `minute` until the window is open: zero
+    /// inside it.
+    pub fn minutes_until_open(&self, weekday: u32, minute: u32) -> Result<u32, String> {
+        let start = minute_of_day(&self.start)?;
+        let end = minute_of_day(&self.end)?;
+        let length = match (end + MINUTES_PER_DAY - start) % MINUTES_PER_DAY {
+            0 => MINUTES_PER_DAY,
+            length => length,
+        };
+        let open_days: Vec<u32> = if self.days.is_empty() {
+            (0..7).collect()
+        } else {
+            self.days
+                .iter()
+                .map(|day| weekday_index(day))
+                .collect::<Result<_, _>>()?
+        };
+        let now = (weekday % 7) * MINUTES_PER_DAY + minute % MINUTES_PER_DAY;
+        let mut wait = u32::MAX;
+        for day in open_days {
+            let opens = day * MINUTES_PER_DAY + start;
+            // Minutes since this weekly opening (it may have been last week).
+            let since = (now + MINUTES_PER_WEEK - opens) % MINUTES_PER_WEEK;
+            if since < length {
+                return Ok(0);
+            }
+            wait = wait.min(MINUTES_PER_WEEK - since);
+        }
+        Ok(wait)
+    }
+}
+
+impl std::fmt::Display for UpdateWindow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if !self.days.is_empty() {
+            write!(f, "{} ", self.days.join(","))?;
+        }
+        write!(f, "{}-{}", self.start, self.end)
+    }
+}
+
+fn minute_of_day(time: &str) -> Result<u32, String> {
+    let parsed = time.split_once(':').and_then(|(h, m)| {
+        let (h, m) = (h.parse::<u32>().ok()?, m.parse::<u32>().ok()?);
+        (h < 24 && m < 60 && time.len() == 5).then_some(h * 60 + m)
+    });
+    parsed.ok_or_else(|| format!("time {time:?} must be HH:MM between 00:00 and 23:59"))
+}
+
+fn weekday_index(day: &str) -> Result<u32, String> {
+    WEEKDAYS
+        .iter()
+        .position(|known| known.eq_ignore_ascii_case(day.trim()))
+        .map(|index| index as u32)
+        .ok_or_else(|| format!("day {day:?} must be one of {}", WEEKDAYS.join(", ")))
 }
 
 /// One step of installing an assignment, as the robot lives it.
@@ -91,6 +211,15 @@ pub enum RobotEvent {
     Failed {
         error: String,
     },
+    /// The other slot already held the release: a switch and reboot, no download.
+    Switched {
+        slot: Slot,
+    },
+    /// Outside the assignment's update window; the robot starts when it opens.
+    WaitingForWindow {
+        /// Local time the window opens next, `YYYY-MM-DD HH:MM`.
+        opens_at: String,
+    },
 }
 
 impl RobotEvent {
@@ -105,12 +234,18 @@ impl RobotEvent {
             RobotEvent::Committed => AssignmentState::Committed,
             RobotEvent::RolledBack { .. } => AssignmentState::RolledBack,
             RobotEvent::Failed { .. } => AssignmentState::Failed,
+            RobotEvent::Switched { .. } => AssignmentState::Installed,
+            RobotEvent::WaitingForWindow { .. } => AssignmentState::Pending,
         }
     }
 
     /// The event's name as it appears on the wire (`rolled_back`, ...).
     pub fn name(&self) -> &'static str {
-        self.state().as_str()
+        match self {
+            RobotEvent::Switched { .. } => "switched",
+            RobotEvent::WaitingForWindow { .. } => "waiting_for_window",
+            other => other.state().as_str(),
+        }
     }
 
     /// Human detail: the rollback reason, the failure, or download progress.
@@ -122,6 +257,12 @@ impl RobotEvent {
             } => Some(format!("{bytes_done}/{bytes_total} bytes")),
             RobotEvent::RolledBack { reason } => Some(reason.clone()),
             RobotEvent::Failed { error } => Some(error.clone()),
+            RobotEvent::Switched { slot } => Some(format!(
+                "slot {slot:?} already held this release: switched, no download"
+            )),
+            RobotEvent::WaitingForWindow { opens_at } => {
+                Some(format!("outside the update window; it opens at {opens_at}"))
+            }
             _ => None,
         }
     }
@@ -285,6 +426,38 @@ pub fn validate_robot_id(id: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn update_windows_wrap_midnight_and_honour_days() {
+        let night = UpdateWindow::parse("22:00-04:00").unwrap();
+        let at = |day, h: u32, m: u32| night.minutes_until_open(day, h * 60 + m).unwrap();
+        assert_eq!(at(0, 23, 0), 0);
+        assert_eq!(at(1, 3, 59), 0);
+        assert_eq!(at(1, 4, 0), 18 * 60);
+        assert_eq!(at(1, 21, 59), 1);
+        let weekdays = UpdateWindow::parse("mon,fri 09:00-17:00").unwrap();
+        assert_eq!(weekdays.to_string(), "mon,fri 09:00-17:00");
+        assert!(weekdays.contains(4, 9 * 60).unwrap());
+        assert!(!weekdays.contains(5, 10 * 60).unwrap());
+        // Saturday 10:00 to Monday 09:00.
+        assert_eq!(
+            weekdays.minutes_until_open(5, 10 * 60).unwrap(),
+            14 * 60 + 24 * 60 + 9 * 60
+        );
+        assert!(UpdateWindow::parse("00:00-00:00")
+            .unwrap()
+            .contains(6, 1439)
+            .unwrap());
+        for bad in [
+            "22-04",
+            "25:00-01:00",
+            "9:00-10:00",
+            "noon",
+            "xyz 09:00-10:00",
+        ] {
+            assert!(UpdateWindow::parse(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn events_are_tagged_snake_case_and_flatten_into_reports() {

@@ -207,6 +207,8 @@ async fn current_assignment(
             bundle_size: u64::try_from(size).unwrap_or(0),
             manifest_hash,
             force: forced != 0,
+            allow_downgrade: false,
+            update_window: None,
         },
         etag,
     )))
