@@ -17,6 +17,7 @@ use tower::ServiceExt;
 use crate::audit;
 use crate::auth::{Caller, Operator};
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
+use crate::routes::environments;
 use crate::state::AppState;
 use crate::time::{now_ms, rfc3339};
 
@@ -288,7 +289,11 @@ pub async fn publish(
     }))
     .write(&mut write.tx)
     .await?;
+    let auto = environments::auto_deploy(&state, &mut write.tx, &release).await?;
     write.commit().await?;
+    if let Some(created) = auto {
+        state.hub.wake_many(created.offered.iter().map(String::as_str));
+    }
     tracing::info!(release = %release.id, version = %release.version, "release published");
     Ok((
         StatusCode::CREATED,
