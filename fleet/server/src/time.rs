@@ -32,7 +32,10 @@ pub fn parse_point(text: &str, now_ms: i64) -> Result<i64, String> {
         let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or_default();
         return Ok(i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX));
     }
-    let age = text.strip_suffix("-ago").unwrap_or(text).replace(['-', ' '], "");
+    let age = text
+        .strip_suffix("-ago")
+        .unwrap_or(text)
+        .replace(['-', ' '], "");
     let age = humantime::parse_duration(&age).map_err(|_| {
         format!("{text:?} is neither an RFC 3339 time nor an age like 2-hours-ago or 90m")
     })?;

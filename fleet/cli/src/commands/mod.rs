@@ -4,6 +4,7 @@ pub mod access;
 pub mod deploy;
 pub mod inventory;
 pub mod release;
+pub mod rollout;
 
 use anyhow::Context as _;
 
