@@ -372,33 +372,14 @@ impl Restarted {
     }
 
     fn start_with(server: &Server, extra_env: &[(&str, &str)]) -> Restarted {
-        let listen = server.url.trim_start_matches("http://");
-        let mut command = Command::new(server_bin());
-        command.envs(extra_env.iter().copied());
-        if let Some(url) = server.database_url() {
-            command.arg("--database").arg(url);
-        }
-        let mut child = command
-            .arg("--data")
-            .arg(server.data_dir())
-            .arg("--listen")
-            .arg(listen)
-            .env("ROTA_BOOTSTRAP_ADMIN_KEY", ADMIN_KEY)
-            .env("ROTA_ENROLLMENT_KEY", ENROLLMENT_KEY)
-            .env("ROTA_LAST_SEEN_FLUSH_SECS", "1")
-            .env("ROTA_LOG", "warn")
-            .env_remove("ROTA_DATABASE")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start rota-server again");
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-            &mut line,
-        )
-        .unwrap();
-        assert_eq!(line.trim(), server.url, "restarted on another address");
+        let port = server.url.rsplit(':').next().unwrap().parse().unwrap();
+        let env: Vec<(String, String)> = extra_env
+            .iter()
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect();
+        let (child, url) =
+            common::spawn_server(&server.data_dir(), port, server.database_url(), &env);
+        assert_eq!(url, server.url, "restarted on another address");
         Restarted(child)
     }
 }

@@ -162,39 +162,27 @@ impl Server {
     }
 
     fn spawn(&mut self) {
-        let mut command = Command::new(server_bin());
-        command
-            .arg("--data")
-            .arg(self.data_dir())
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{}", self.port))
-            .env("ROTA_BOOTSTRAP_ADMIN_KEY", ADMIN_KEY)
-            .env("ROTA_ENROLLMENT_KEY", ENROLLMENT_KEY)
-            .env("ROTA_LAST_SEEN_FLUSH_SECS", "1")
-            .env("ROTA_LOG", "warn")
-            .env_remove("ROTA_DATABASE")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        if let Some(url) = &self.database {
-            command.arg("--database").arg(url);
-        }
-        for (key, value) in &self.extra_env {
-            command.env(key, value);
-        }
-        let mut child = command.spawn().expect("start rota-server");
-        let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read the server's URL");
-        let url = line.trim().to_string();
-        assert!(
-            url.starts_with("http://127.0.0.1:"),
-            "server printed {url:?} instead of its URL"
+        let (child, url) = spawn_server(
+            &self.data_dir(),
+            self.port,
+            self.database.as_deref(),
+            &self.extra_env,
         );
         self.port = url.rsplit(':').next().unwrap().parse().unwrap();
         self.url = url;
         self.child = Some(child);
+    }
+
+    /// A second server process on the same database and bundle store, as a replica behind a
+    /// load balancer would run.
+    pub fn replica(&self) -> Replica {
+        let (child, url) = spawn_server(
+            &self.data_dir(),
+            0,
+            self.database.as_deref(),
+            &self.extra_env,
+        );
+        Replica { url, child }
     }
 
     /// Kills the server without warning (SIGKILL) and starts it again on the same port and
@@ -318,6 +306,59 @@ impl Drop for Server {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// Starts rota-server on `data_dir` and `port` (0: any); returns it and the URL it printed.
+pub fn spawn_server(
+    data_dir: &Path,
+    port: u16,
+    database: Option<&str>,
+    extra_env: &[(String, String)],
+) -> (Child, String) {
+    let mut command = Command::new(server_bin());
+    command
+        .arg("--data")
+        .arg(data_dir)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .env("ROTA_BOOTSTRAP_ADMIN_KEY", ADMIN_KEY)
+        .env("ROTA_ENROLLMENT_KEY", ENROLLMENT_KEY)
+        .env("ROTA_LAST_SEEN_FLUSH_SECS", "1")
+        .env("ROTA_LOG", "warn")
+        .env_remove("ROTA_DATABASE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    if let Some(url) = database {
+        command.arg("--database").arg(url);
+    }
+    for (key, value) in extra_env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().expect("start rota-server");
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read the server's URL");
+    let url = line.trim().to_string();
+    assert!(
+        url.starts_with("http://127.0.0.1:"),
+        "server printed {url:?} instead of its URL"
+    );
+    (child, url)
+}
+
+/// A replica started by [`Server::replica`]; killed on drop.
+pub struct Replica {
+    pub url: String,
+    child: Child,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
