@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{server_bin, trusted_key, Server, ADMIN_KEY, COMPATIBLE, ENROLLMENT_KEY};
+use common::{server_bin, trusted_key, Server, COMPATIBLE, ENROLLMENT_KEY};
 use serde_json::Value;
 
 const FLEET_SIZE: usize = 20;
