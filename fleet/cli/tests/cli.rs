@@ -21,7 +21,7 @@ fn help_teaches_exit_codes_and_targets() {
     assert!(help.status.success());
     let text = String::from_utf8(help.stdout).unwrap();
     assert!(
-        text.contains("Exit codes") && text.contains("3 `deploy --wait`"),
+        text.contains("Exit codes") && text.contains("3 `--wait` ended with robots rolled back"),
         "{text}"
     );
     let deploy = String::from_utf8(rota(home.path(), &["deploy", "--help"]).stdout).unwrap();
@@ -36,7 +36,9 @@ fn usage_errors_exit_2_and_missing_login_exits_1() {
     let home = tempfile::tempdir().unwrap();
     let bad_target = rota(home.path(), &["deploy", "2.0.0", "--to", "everyone"]);
     assert_eq!(bad_target.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&bad_target.stderr).contains("all, group:NAME or robot:ID"));
+    assert!(
+        String::from_utf8_lossy(&bad_target.stderr).contains("all, group:NAME, env:NAME, robot:ID")
+    );
     let no_login = rota(home.path(), &["robots"]);
     assert_eq!(no_login.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&no_login.stderr).contains("rota login"));

@@ -142,23 +142,46 @@ fn retry<T>(
     }
 }
 
-fn slots(booted: Slot, a: &str, b: Option<&str>) -> SlotsReport {
-    SlotsReport {
-        booted,
-        slots: vec![
-            SlotContent {
-                slot: Slot::A,
-                version: Some(a.into()),
-                manifest_hash: None,
-                state: "good".into(),
-            },
-            SlotContent {
-                slot: Slot::B,
-                version: b.map(str::to_string),
-                manifest_hash: None,
-                state: "good".into(),
-            },
-        ],
+/// The robot's two slots: the booted one and the other, by version.
+struct Disk {
+    booted: Slot,
+    running: String,
+    other: Option<String>,
+}
+
+impl Disk {
+    fn report(&self) -> SlotsReport {
+        let content = |slot, version: Option<&String>| SlotContent {
+            slot,
+            version: version.cloned(),
+            manifest_hash: None,
+            state: "good".into(),
+        };
+        let other_slot = match self.booted {
+            Slot::A => Slot::B,
+            Slot::B => Slot::A,
+        };
+        SlotsReport {
+            booted: self.booted,
+            slots: vec![
+                content(self.booted, Some(&self.running)),
+                content(other_slot, self.other.as_ref()),
+            ],
+        }
+    }
+
+    /// A committed install: the other slot now holds `version` and boots.
+    fn commit(&mut self, version: &str) {
+        self.booted = match self.booted {
+            Slot::A => Slot::B,
+            Slot::B => Slot::A,
+        };
+        self.other = Some(std::mem::replace(&mut self.running, version.to_string()));
+    }
+
+    /// A rolled-back install: the other slot holds `version`, the robot runs what it ran.
+    fn roll_back(&mut self, version: &str) {
+        self.other = Some(version.to_string());
     }
 }
 
@@ -170,7 +193,12 @@ fn robot_loop(
     stop: &AtomicBool,
 ) {
     let keyring = Keyring::from_keys([trusted_key().public_key()]);
-    retry(stop, || client.report_slots(&slots(Slot::A, "1.0.0", None))).expect("report slots");
+    let mut disk = Disk {
+        booted: Slot::A,
+        running: "1.0.0".into(),
+        other: None,
+    };
+    retry(stop, || client.report_slots(&disk.report())).expect("report slots");
     let mut etag: Option<String> = None;
     let mut finished: HashMap<String, RobotEvent> = HashMap::new();
     while !stop.load(Ordering::SeqCst) {
@@ -204,6 +232,12 @@ fn robot_loop(
             version: assignment.version.clone(),
         });
         let end = install(&client, &assignment, &behaviour, &keyring, stop);
+        match end {
+            RobotEvent::Committed => disk.commit(&assignment.version),
+            RobotEvent::RolledBack { .. } => disk.roll_back(&assignment.version),
+            _ => {}
+        }
+        retry(stop, || client.report_slots(&disk.report())).expect("report slots");
         finished.insert(assignment.deployment_id.clone(), end);
     }
 }
@@ -265,10 +299,5 @@ fn install(
         RobotEvent::Committed
     };
     report(end.clone());
-    let slots_now = match end {
-        RobotEvent::Committed => slots(Slot::B, "1.0.0", Some(&a.version)),
-        _ => slots(Slot::A, "1.0.0", Some(&a.version)),
-    };
-    retry(stop, || client.report_slots(&slots_now)).expect("report slots");
     end
 }

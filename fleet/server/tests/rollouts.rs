@@ -1,0 +1,602 @@
+//! Rollouts end to end: a real rota-server (and a second replica on PostgreSQL), the real
+//! `rota` CLI, 20 simulated robots. Staged and canary rollouts, halts, auto-rollback, late
+//! joiners, approval, update windows, every rollback form, and the deployment verbs.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use common::robots::{Behaviour, Gate, SimFleet};
+use common::{Server, ADMIN_KEY, COMPATIBLE, ENROLLMENT_KEY};
+use rota_protocol::client::{Poll, RobotClient};
+use serde_json::Value;
+
+const FLEET_SIZE: usize = 20;
+
+fn unhealthy_for(version: &str) -> Behaviour {
+    Behaviour {
+        unhealthy_versions: [version.to_string()].into(),
+        gate: None,
+    }
+}
+
+/// `rota --json ARGS` as `key`, with its exit code.
+fn rota_exit(server: &Server, key: &str, args: &[&str]) -> (i32, Value, String) {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = server.rota(key, &all);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let json = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out.status.code().unwrap_or(-1), json, stderr)
+}
+
+/// Stages the engine started, in log order.
+fn stage_starts(deployment: &Value) -> Vec<u64> {
+    deployment["log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|entry| entry["action"] == "stage_started")
+        .map(|entry| entry["stage"].as_u64().unwrap())
+        .collect()
+}
+
+fn log_time(deployment: &Value, action: &str, stage: u64) -> String {
+    deployment["log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|entry| entry["action"] == action && entry["stage"] == stage)
+        .unwrap_or_else(|| panic!("no {action} of stage {stage}: {deployment:#}"))["at"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Robot ids per stage.
+fn robots_by_stage(deployment: &Value) -> BTreeMap<u64, Vec<String>> {
+    let mut stages: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    for robot in deployment["robots"].as_array().unwrap() {
+        stages
+            .entry(robot["stage"].as_u64().unwrap())
+            .or_default()
+            .push(robot["robot_id"].as_str().unwrap().to_string());
+    }
+    stages
+}
+
+fn robot_state<'a>(deployment: &'a Value, robot: &str) -> &'a str {
+    deployment["robots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["robot_id"] == robot)
+        .unwrap_or_else(|| panic!("{robot} not in {deployment:#}"))["state"]
+        .as_str()
+        .unwrap()
+}
+
+fn deploy_all(server: &Server, version: &str) -> Value {
+    server.publish(version);
+    server.rota_json(&[
+        "deploy",
+        version,
+        "--to",
+        "all",
+        "--wait",
+        "--timeout",
+        "300",
+    ])
+}
+
+#[test]
+fn staged_rollout_offers_each_stage_after_the_one_before_committed() {
+    let server = Server::start();
+    let fleet = SimFleet::start(&server.url, "robot", FLEET_SIZE, |_| Behaviour::default());
+    server.publish("2.0.0");
+    let done = server.rota_json(&[
+        "deploy",
+        "2.0.0",
+        "--to",
+        "all",
+        "--staged",
+        "10,50,100",
+        "--max-failures",
+        "10%",
+        "--wait",
+        "--timeout",
+        "300",
+    ]);
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    assert_eq!(done["counts"]["committed"], FLEET_SIZE as u64);
+    assert_eq!(done["strategy"]["kind"], "staged");
+    let stages = robots_by_stage(&done);
+    let sizes: Vec<usize> = stages.values().map(Vec::len).collect();
+    assert_eq!(sizes, [2, 8, 10], "{stages:?}");
+    assert_eq!(stage_starts(&done), [0, 1, 2], "each stage starts once");
+
+    // No robot of a stage got the release before every robot of the stage before committed.
+    for stage in 1..=2u64 {
+        let started = log_time(&done, "stage_started", stage);
+        for robot in done["robots"].as_array().unwrap() {
+            if robot["stage"] == stage - 1 {
+                let committed = robot["updated_at"].as_str().unwrap();
+                assert!(committed <= started.as_str(), "{robot} after {started}");
+            }
+        }
+    }
+    for id in fleet.ids() {
+        assert_eq!(fleet.offers(&id).len(), 1, "{id} offered once");
+    }
+}
+
+#[test]
+fn a_release_failing_its_health_check_on_the_first_stage_halts_before_the_second() {
+    let server = Server::start();
+    let fleet = SimFleet::start(&server.url, "robot", FLEET_SIZE, |_| unhealthy_for("2.0.0"));
+    server.publish("2.0.0");
+    let (code, halted, stderr) = rota_exit(
+        &server,
+        ADMIN_KEY,
+        &[
+            "deploy",
+            "2.0.0",
+            "--to",
+            "all",
+            "--staged",
+            "10,50,100",
+            "--wait",
+        ],
+    );
+    assert_eq!(code, 3, "halted rollouts exit 3: {stderr}");
+    assert!(stderr.contains("halted:"), "{stderr}");
+    assert_eq!(halted["state"], "halted", "{halted:#}");
+    assert!(
+        halted["halt_reason"]
+            .as_str()
+            .unwrap()
+            .contains("more than the 0 allowed"),
+        "{halted:#}"
+    );
+    assert_eq!(stage_starts(&halted), [0]);
+    let stages = robots_by_stage(&halted);
+    for later in stages[&1].iter().chain(&stages[&2]) {
+        assert_eq!(robot_state(&halted, later), "cancelled");
+        assert!(fleet.offers(later).is_empty(), "{later} was offered 2.0.0");
+    }
+    // The halt holds: the engine's ticks start nothing later.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let id = halted["id"].as_str().unwrap();
+    let later = server.get(&format!("/deployments/{id}"));
+    assert_eq!(stage_starts(&later), [0]);
+    assert_eq!(later["state"], "halted");
+}
+
+#[test]
+fn a_failing_canary_halts_the_rollout_and_auto_rollback_returns_the_other_canaries() {
+    let server = Server::start();
+    let fleet = SimFleet::start(&server.url, "robot", FLEET_SIZE, |n| match n {
+        1 => unhealthy_for("2.0.0"),
+        _ => Behaviour::default(),
+    });
+    let first = deploy_all(&server, "1.1.0");
+    assert_eq!(first["state"], "succeeded");
+    server.rota_ok(&["groups", "create", "canary"]);
+    server.rota_ok(&["groups", "add", "canary", "robot-001", "robot-002"]);
+
+    server.publish("2.0.0");
+    let (code, halted, stderr) = rota_exit(
+        &server,
+        ADMIN_KEY,
+        &[
+            "deploy",
+            "2.0.0",
+            "--to",
+            "all",
+            "--canary",
+            "canary",
+            "--stage-wait",
+            "0",
+            "--auto-rollback",
+            "--wait",
+        ],
+    );
+    assert_eq!(code, 3, "{stderr}");
+    assert_eq!(halted["state"], "halted", "{halted:#}");
+    assert_eq!(robots_by_stage(&halted)[&0], ["robot-001", "robot-002"]);
+    let id = halted["id"].as_str().unwrap();
+
+    // robot-001 rolled back on its own; robot-002 took 2.0.0 and is sent back to 1.1.0.
+    let fleet_back = server.wait_for("/robots", "every robot on 1.1.0", |robots| {
+        robots
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["version"] == "1.1.0")
+    });
+    assert_eq!(fleet_back.as_array().unwrap().len(), FLEET_SIZE);
+    let deployments = server.rota_json(&["deployments"]);
+    let rollback = deployments
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["kind"] == "rollback")
+        .unwrap_or_else(|| panic!("no rollback deployment: {deployments:#}"));
+    assert_eq!(rollback["parent_id"], id);
+    assert_eq!(rollback["version"], "1.1.0");
+    assert_eq!(rollback["target"], "robots:robot-002");
+    let rollback = server.wait_for(
+        &format!("/deployments/{}", rollback["id"].as_str().unwrap()),
+        "the rollback to succeed",
+        |d| d["state"] == "succeeded",
+    );
+    assert_eq!(rollback["counts"]["committed"], 1);
+    let offered: Vec<String> = fleet
+        .offers("robot-002")
+        .iter()
+        .map(|o| o.version.clone())
+        .collect();
+    assert_eq!(offered, ["1.1.0", "2.0.0", "1.1.0"]);
+    for n in 3..=FLEET_SIZE {
+        let robot = format!("robot-{n:03}");
+        assert_eq!(fleet.offers(&robot).len(), 1, "{robot} saw only 1.1.0");
+    }
+    let halted = server.get(&format!("/deployments/{id}"));
+    let actions: Vec<&str> = halted["log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        ["created", "stage_started", "halted", "rollback_created"]
+    );
+}
+
+#[test]
+fn a_robot_enrolling_mid_rollout_joins_its_stage_and_approve_starts_the_next() {
+    let server = Server::start();
+    let _fleet = SimFleet::start(&server.url, "robot", FLEET_SIZE, |_| Behaviour::default());
+    server.publish("2.0.0");
+    let created = server.rota_json(&["deploy", "2.0.0", "--to", "all", "--canary", "2"]);
+    let id = created["id"].as_str().unwrap().to_string();
+    let path = format!("/deployments/{id}");
+    let canaries_done = server.wait_for(&path, "both canaries committed", |d| {
+        d["counts"]["committed"] == 2
+    });
+    assert_eq!(canaries_done["state"], "running");
+    assert_eq!(canaries_done["counts"]["waiting"], (FLEET_SIZE - 2) as u64);
+
+    // A manual canary waits: the engine's ticks do not start stage 1 on their own.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(stage_starts(&server.get(&path)), [0]);
+
+    let late = SimFleet::start(&server.url, "late", 1, |_| Behaviour::default());
+    let joined = server.get(&path);
+    assert_eq!(robot_state(&joined, "late-001"), "waiting");
+    let entry = joined["robots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["robot_id"] == "late-001")
+        .unwrap();
+    assert_eq!(
+        entry["stage"], 1,
+        "counted canaries were chosen at the start"
+    );
+
+    let approved = server.rota_json(&["approve", &id]);
+    assert_eq!(approved["current_stage"], 1);
+    let done = server.wait_for(&path, "the rollout to finish", |d| d["state"] != "running");
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    assert_eq!(done["counts"]["committed"], (FLEET_SIZE + 1) as u64);
+    assert_eq!(late.offers("late-001").len(), 1);
+    assert!(done["log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["action"] == "robot_joined" && e["detail"] == "late-001 joined stage 1"));
+}
+
+fn create_key(server: &Server, name: &str, role: &str) -> String {
+    let created = server.rota_json(&["keys", "create", name, "--role", role]);
+    created["key"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn production_waits_for_an_approver_who_is_not_the_creator() {
+    let server = Server::start();
+    let fleet = SimFleet::start(&server.url, "robot", 4, |_| Behaviour::default());
+    let env = server.rota_json(&[
+        "env",
+        "set",
+        "production",
+        "--groups",
+        "prod",
+        "--approval-required",
+    ]);
+    assert_eq!(env["approval_required"], true);
+    server.rota_ok(&[
+        "groups",
+        "add",
+        "prod",
+        "robot-001",
+        "robot-002",
+        "robot-003",
+    ]);
+    let alice = create_key(&server, "alice", "deployer");
+    let bob = create_key(&server, "bob", "deployer");
+    let viewer = create_key(&server, "vic", "viewer");
+    server.publish("2.0.0");
+
+    let (code, created, stderr) = rota_exit(
+        &server,
+        &alice,
+        &["deploy", "2.0.0", "--to", "env:production"],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(created["state"], "awaiting_approval");
+    assert_eq!(created["environment"], "production");
+    assert_eq!(created["counts"]["waiting"], 3);
+    let id = created["id"].as_str().unwrap();
+
+    let (code, _, stderr) = rota_exit(&server, &alice, &["approve", id]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("cannot also approve"), "{stderr}");
+    let (code, _, stderr) = rota_exit(&server, &viewer, &["approve", id]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("deployer"), "{stderr}");
+    let waiting = server.get(&format!("/deployments/{id}"));
+    assert_eq!(waiting["state"], "awaiting_approval");
+    assert!(fleet.offers("robot-001").is_empty());
+
+    let (code, approved, stderr) = rota_exit(&server, &bob, &["approve", id]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        approved["approved_by"].as_str().unwrap().contains("bob"),
+        true
+    );
+    let done = server.wait_for(&format!("/deployments/{id}"), "production done", |d| {
+        d["state"] == "succeeded"
+    });
+    assert_eq!(done["counts"]["committed"], 3);
+    assert!(fleet.offers("robot-004").is_empty(), "not in production");
+    assert!(server
+        .audit_actions()
+        .contains(&"deployment.approve".to_string()));
+}
+
+#[test]
+fn assignments_carry_the_update_window_and_rollbacks_allow_downgrades() {
+    let server = Server::start();
+    server.rota_ok(&[
+        "env",
+        "set",
+        "field",
+        "--groups",
+        "field",
+        "--window",
+        "mon,tue 22:00-04:00",
+    ]);
+    let mut robot = RobotClient::new(&server.url).unwrap();
+    robot
+        .enroll(ENROLLMENT_KEY, "field-1", COMPATIBLE, None)
+        .unwrap();
+    server.rota_ok(&["groups", "add", "field", "field-1"]);
+    server.publish("2.0.0");
+    server.rota_ok(&["deploy", "2.0.0", "--to", "env:field"]);
+    let Poll::Assignment { assignment, .. } = robot.poll(None, None).unwrap() else {
+        panic!("no assignment")
+    };
+    let window = assignment.update_window.expect("the environment's window");
+    assert_eq!(window.to_string(), "mon,tue 22:00-04:00");
+    assert!(!assignment.allow_downgrade);
+
+    let bad = server.rota(ADMIN_KEY, &["env", "set", "x", "--window", "25:00-01:00"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("HH:MM"));
+}
+
+#[test]
+fn every_rollback_form_resolves_to_the_release_that_ran_then() {
+    let server = Server::start();
+    let _fleet = SimFleet::start(&server.url, "robot", 4, |_| Behaviour::default());
+    // The test bundles' manifests name commits c0ffee110, c0ffee120, c0ffee130.
+    let v11 = deploy_all(&server, "1.1.0");
+    let between = v11["robots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["updated_at"].as_str().unwrap())
+        .max()
+        .unwrap()
+        .to_string();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let v12 = deploy_all(&server, "1.2.0");
+    deploy_all(&server, "1.3.0");
+
+    let v12_id = v12["id"].as_str().unwrap();
+    let table: [(Option<&str>, Result<&str, &str>); 9] = [
+        (None, Ok("1.2.0")),
+        (Some("v1.1.0"), Ok("1.1.0")),
+        (Some("1.2.0"), Ok("1.2.0")),
+        (Some("commit:c0ffee110"), Ok("1.1.0")),
+        (Some("commit:C0FFEE120"), Ok("1.2.0")),
+        (Some(v12_id), Ok("1.2.0")),
+        (Some(&between), Ok("1.1.0")),
+        (Some("1.3.0"), Err("already run that release")),
+        (Some("v9.9.9"), Err("no release 9.9.9")),
+    ];
+    for (to, expected) in table {
+        let mut args = vec!["rollback", "--dry-run"];
+        if let Some(to) = to {
+            args.extend(["--to", to]);
+        }
+        let (code, outcome, stderr) = rota_exit(&server, ADMIN_KEY, &args);
+        match expected {
+            Ok(version) => {
+                assert_eq!(code, 0, "{to:?}: {stderr}");
+                let plan = outcome["plan"].as_array().unwrap();
+                assert_eq!(plan.len(), 1, "{to:?}: {outcome:#}");
+                assert_eq!(plan[0]["version"], version, "{to:?}");
+                assert_eq!(plan[0]["robots"].as_array().unwrap().len(), 4, "{to:?}");
+                assert!(outcome["deployments"].as_array().unwrap().is_empty());
+            }
+            Err(reason) => {
+                assert_eq!(code, 1, "{to:?}: {outcome:#}");
+                assert!(stderr.contains(reason), "{to:?}: {stderr}");
+            }
+        }
+    }
+    let (code, _, stderr) = rota_exit(&server, ADMIN_KEY, &["rollback", "--to", "last tuesday"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("is not a version"), "{stderr}");
+
+    // A real one: the whole fleet back to 1.1.0, then "previous" means 1.3.0 again.
+    let (code, outcome, stderr) = rota_exit(
+        &server,
+        ADMIN_KEY,
+        &["rollback", "--to", "v1.1.0", "--wait"],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let deployment = &outcome["deployments"][0];
+    assert_eq!(deployment["kind"], "rollback");
+    assert_eq!(deployment["state"], "succeeded");
+    assert_eq!(deployment["counts"]["committed"], 4);
+    let (_, again, _) = rota_exit(&server, ADMIN_KEY, &["rollback", "--dry-run"]);
+    assert_eq!(again["plan"][0]["version"], "1.3.0");
+    assert!(server
+        .audit_actions()
+        .contains(&"rollback.create".to_string()));
+}
+
+#[test]
+fn pause_holds_the_next_stage_resume_releases_it_abort_and_retry() {
+    let server = Server::start();
+    let gate = Arc::new(Gate::default());
+    let _fleet = SimFleet::start(&server.url, "robot", 10, |n| Behaviour {
+        unhealthy_versions: if n == 1 {
+            ["3.0.0".to_string()].into()
+        } else {
+            Default::default()
+        },
+        gate: Some(gate.clone()),
+    });
+    server.publish("2.0.0");
+    let created = server.rota_json(&["deploy", "2.0.0", "--to", "all", "--staged", "50,100"]);
+    let id = created["id"].as_str().unwrap().to_string();
+    let path = format!("/deployments/{id}");
+    server.wait_for(&path, "stage 0 in trial", |d| d["counts"]["trial"] == 5);
+    let paused = server.rota_json(&["pause", &id]);
+    assert_eq!(paused["state"], "paused");
+    gate.open();
+    let held = server.wait_for(&path, "stage 0 committed", |d| {
+        d["counts"]["committed"] == 5
+    });
+    assert_eq!(held["state"], "paused");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(
+        stage_starts(&server.get(&path)),
+        [0],
+        "paused: no new stage"
+    );
+    let (code, _, stderr) = rota_exit(&server, ADMIN_KEY, &["pause", &id]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("cannot pause"), "{stderr}");
+
+    server.rota_ok(&["resume", &id]);
+    let done = server.wait_for(&path, "finished", |d| d["state"] != "running");
+    assert_eq!(done["state"], "succeeded");
+    assert_eq!(stage_starts(&done), [0, 1]);
+
+    // Abort: the canaries finish, the rest never start.
+    server.publish("2.1.0");
+    let canary = server.rota_json(&["deploy", "2.1.0", "--to", "all", "--canary", "2"]);
+    let canary_id = canary["id"].as_str().unwrap().to_string();
+    server.wait_for(&format!("/deployments/{canary_id}"), "canaries", |d| {
+        d["counts"]["committed"] == 2
+    });
+    let aborted = server.rota_json(&["abort", &canary_id]);
+    assert_eq!(aborted["state"], "aborted");
+    assert_eq!(aborted["counts"]["cancelled"], 8);
+
+    // Retry: robot-001 rolled back from 3.0.0; retrying offers it again.
+    server.publish("3.0.0");
+    let (code, failed, _) = rota_exit(
+        &server,
+        ADMIN_KEY,
+        &["deploy", "3.0.0", "--to", "robot:robot-001", "--wait"],
+    );
+    assert_eq!((code, &failed["state"]), (3, &Value::from("failed")));
+    let retried = server.rota_json(&["retry", failed["id"].as_str().unwrap()]);
+    assert_eq!(retried["force"], true);
+    let again = server.wait_for(
+        &format!("/deployments/{}", failed["id"].as_str().unwrap()),
+        "the retry to end",
+        |d| d["state"] == "failed",
+    );
+    assert!(again["log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["action"] == "retried"));
+    let failed_id = failed["id"].as_str().unwrap();
+    let history = server.get(&format!("/history?robot=robot-001&deployment={failed_id}"));
+    let rollbacks = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event"] == "rolled_back")
+        .count();
+    assert_eq!(rollbacks, 2, "offered again after the retry: {history:#}");
+    for action in [
+        "deployment.pause",
+        "deployment.resume",
+        "deployment.abort",
+        "deployment.retry",
+    ] {
+        assert!(
+            server.audit_actions().contains(&action.to_string()),
+            "{action}"
+        );
+    }
+}
+
+#[test]
+fn two_replicas_on_one_postgres_never_start_a_stage_twice() {
+    if std::env::var("ROTA_TEST_DATABASE_URL").map_or(true, |url| url.is_empty()) {
+        eprintln!("needs PostgreSQL: runs in scripts/system-tests/fleet-postgres");
+        return;
+    }
+    // Both replicas look at running deployments every 5 ms: they race for every decision.
+    let server = Server::start_with(&[("ROTA_ROLLOUT_TICK_MS", "5")]);
+    let replica = server.replica();
+    let _on_first = SimFleet::start(&server.url, "one", FLEET_SIZE / 2, |_| Behaviour::default());
+    let _on_second = SimFleet::start(&replica.url, "two", FLEET_SIZE / 2, |_| {
+        Behaviour::default()
+    });
+    server.publish("2.0.0");
+    let done = server.rota_json(&[
+        "deploy",
+        "2.0.0",
+        "--to",
+        "all",
+        "--staged",
+        "10,30,60,100",
+        "--wait",
+        "--timeout",
+        "300",
+    ]);
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    assert_eq!(done["counts"]["committed"], FLEET_SIZE as u64);
+    assert_eq!(stage_starts(&done), [0, 1, 2, 3], "{:#}", done["log"]);
+    let finished = done["log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "finished")
+        .count();
+    assert_eq!(finished, 1);
+}
