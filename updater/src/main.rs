@@ -273,9 +273,10 @@ fn install_from(
     let keyring = Keyring::load_dir(&loaded.config.keyring_dir).context("loading the keyring")?;
     if !keep_deployment {
         // An install by hand belongs to no fleet deployment: its outcome must not be reported
-        // under the deployment of an earlier one.
+        // under the deployment of an earlier one, nor its reboot wait for that one's window.
         let mut state = loaded.store.load().context("reading the state file")?;
-        if state.deployment_id.take().is_some() {
+        let had_window = state.update_window.take().is_some();
+        if state.deployment_id.take().is_some() || had_window {
             loaded
                 .store
                 .save(&state)
