@@ -85,8 +85,10 @@ enum Command {
     /// When the install came from the fleet, the outcome is queued for the daemon to report
     /// (trial, then committed or rolled back with the reason).
     Commit,
-    /// Talk to the fleet server ([server] in the config): enroll, poll, install assignments,
-    /// reboot by the reboot policy, report every step. Runs until stopped (rota-updater.service).
+    /// Talk to the fleet server ([server] in the config): enroll, poll, install assignments
+    /// (or switch to the inactive slot when it holds the assigned release), reboot by the reboot
+    /// policy and inside the assignment's update window (local time), report every step. Runs
+    /// until stopped (rota-updater.service).
     ///
     /// First finishes an install by hand that a reboot interrupted (what `resume` does). An
     /// unreachable server is retried with backoff; unsent reports wait in the outbox on the data
