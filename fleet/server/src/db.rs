@@ -53,6 +53,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0002_enrollment_nonce.sql"),
         postgres: include_str!("../migrations/postgres/0002_enrollment_nonce.sql"),
     },
+    Migration {
+        version: 3,
+        name: "rollouts",
+        sqlite: include_str!("../migrations/sqlite/0003_rollouts.sql"),
+        postgres: include_str!("../migrations/postgres/0003_rollouts.sql"),
+    },
 ];
 
 pub struct Db {
