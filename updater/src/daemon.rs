@@ -17,7 +17,8 @@
 //! polling as usual and looks at the clock again after every poll. An install that is still
 //! running when the window closes finishes (stopping it would only waste the download), and
 //! its reboot waits, "reboot pending", until the window opens again; the window is kept in the
-//! state file so a restarted daemon respects it too. The reboot policy of the config
+//! state file so a restarted daemon respects it too. An install interrupted by a restart
+//! resumes only inside the window, like one that has not started. The reboot policy of the config
 //! (`server.reboot`) applies on top: both must allow the reboot.
 //!
 //! The server is not trusted for integrity: the bundle's signature is checked against this
