@@ -8,6 +8,18 @@
 //! 3. send the queued reports ([`crate::outbox`]), then what each slot holds when it changed;
 //! 4. poll (long-poll or interval with jitter) and work on the assignment: record its
 //!    deployment id in the state file, download, install through [`crate::install`], report.
+//!    When the inactive slot still holds the assigned bundle (a rollback to the release the
+//!    robot ran before), it switches to that slot instead: no download, `switched`, reboot.
+//!
+//! An assignment with an update window is started, and its reboot made, only while the
+//! window is open in the robot's local time ([`crate::local_time`]). Outside it the daemon
+//! reports `waiting_for_window` with the next opening (once per opening, not per poll), keeps
+//! polling as usual and looks at the clock again after every poll. An install that is still
+//! running when the window closes finishes (stopping it would only waste the download), and
+//! its reboot waits, "reboot pending", until the window opens again; the window is kept in the
+//! state file so a restarted daemon respects it too. An install interrupted by a restart
+//! resumes only inside the window, like one that has not started. The reboot policy of the config
+//! (`server.reboot`) applies on top: both must allow the reboot.
 //!
 //! The server is not trusted for integrity: the bundle's signature is checked against this
 //! robot's keyring by the install path, whatever the server says. Every report is queued
@@ -25,13 +37,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rota_bootctl::{BootCtl, SlotState};
 use rota_bundle::Keyring;
 use rota_protocol::client::{ClientError, Poll, RobotClient};
-use rota_protocol::robot::{self, Assignment, EventReport, RobotEvent, SlotsReport};
+use rota_protocol::robot::{self, Assignment, EventReport, RobotEvent, SlotsReport, UpdateWindow};
 
 use crate::atomic_file;
 use crate::commit::{self, CommitError, CommitOutcome};
 use crate::config::{Config, RebootPolicy, ServerConfig};
 use crate::failpoint;
 use crate::install::{self, Context, InstallError, InstallOptions};
+use crate::local_time;
 use crate::outbox::{Outbox, OutboxError};
 use crate::progress::Progress;
 use crate::source::{BundleSource, SourceError};
@@ -323,6 +336,11 @@ pub struct Daemon<'a> {
     /// The deployment this process already asked to reboot for (the reboot is on its way).
     reboot_requested_for: Option<String>,
     window_logged: bool,
+    /// An assignment outside its update window: looked at again after every poll, since an
+    /// unchanged assignment is not sent again.
+    waiting: Option<Assignment>,
+    /// The deployment and opening last reported as `waiting_for_window`.
+    window_reported: Option<(String, String)>,
 }
 
 impl<'a> Daemon<'a> {
@@ -340,6 +358,8 @@ impl<'a> Daemon<'a> {
             slots_sent: None,
             reboot_requested_for: None,
             window_logged: false,
+            waiting: None,
+            window_reported: None,
         })
     }
 
@@ -388,18 +408,26 @@ impl<'a> Daemon<'a> {
             }
             other => other?,
         };
-        match poll {
-            Poll::Nothing => self.etag = None,
-            Poll::NotModified => {}
+        let assignment = match poll {
+            Poll::Nothing => {
+                self.etag = None;
+                self.waiting = None;
+                return Ok(());
+            }
+            Poll::NotModified => match self.waiting.take() {
+                Some(waiting) => waiting,
+                None => return Ok(()),
+            },
             Poll::Assignment { assignment, etag } => {
                 self.etag = etag;
-                if let Worked::Retry(error) = self.work_on(&assignment)? {
-                    return Err(error);
-                }
-                self.flush()?;
-                self.send_slots()?;
+                assignment
             }
+        };
+        if let Worked::Retry(error) = self.work_on(&assignment)? {
+            return Err(error);
         }
+        self.flush()?;
+        self.send_slots()?;
         Ok(())
     }
 
@@ -500,6 +528,15 @@ impl<'a> Daemon<'a> {
         if self.reboot_requested_for.as_ref() == Some(deployment_id) {
             return Ok(());
         }
+        if let Some(opens_at) = window_closed_until(state.update_window.as_deref()) {
+            if !self.window_logged {
+                log::info!(
+                    "update installed; rebooting when the update window opens at {opens_at}"
+                );
+                self.window_logged = true;
+            }
+            return Ok(());
+        }
         if !self.server.reboot.allows(utc_minute_of_day()) {
             if !self.window_logged {
                 log::info!(
@@ -528,8 +565,9 @@ impl<'a> Daemon<'a> {
         let deployment_id = assignment.deployment_id.as_str();
         let mut state = self.ctx.store.load()?;
         let digest = Sha256Digest::from_hex(&assignment.manifest_hash);
+        let new_deployment = state.deployment_id.as_deref() != Some(deployment_id);
 
-        if state.deployment_id.as_deref() == Some(deployment_id) {
+        if !new_deployment {
             match &state.lifecycle {
                 // Interrupted (or failed for want of network): continue, resuming.
                 Lifecycle::Installing { .. } | Lifecycle::Idle => {}
@@ -580,11 +618,101 @@ impl<'a> Daemon<'a> {
                     return Ok(Worked::Done);
                 }
             }
+        }
+        if let Some(window) = &assignment.update_window {
+            match local_time::next_opening(window, local_time::now()) {
+                Ok(None) => {}
+                Ok(Some(opens_at)) => {
+                    self.wait_for_window(assignment, local_time::format_minute(opens_at))?;
+                    return Ok(Worked::Done);
+                }
+                Err(error) => {
+                    self.queue(deployment_id, RobotEvent::Failed { error })?;
+                    return Ok(Worked::Done);
+                }
+            }
+        }
+        if new_deployment {
             // Remembered before anything else, so every later report names this deployment.
             state.deployment_id = Some(deployment_id.to_owned());
+            state.update_window = assignment.update_window.as_ref().map(ToString::to_string);
             self.ctx.store.save(&state)?;
         }
+        if let Some(digest) = digest {
+            if let Some(worked) = self.switch_if_held(assignment, &digest)? {
+                return Ok(worked);
+            }
+        }
         self.install(assignment)
+    }
+
+    /// Reports `waiting_for_window` when the opening is news, and keeps the assignment to
+    /// look at again after the next poll.
+    fn wait_for_window(
+        &mut self,
+        assignment: &Assignment,
+        opens_at: String,
+    ) -> Result<(), DaemonError> {
+        let reported = (assignment.deployment_id.clone(), opens_at);
+        if self.window_reported.as_ref() != Some(&reported) {
+            self.queue(
+                &assignment.deployment_id,
+                RobotEvent::WaitingForWindow {
+                    opens_at: reported.1.clone(),
+                },
+            )?;
+            self.window_reported = Some(reported);
+        }
+        self.waiting = Some(assignment.clone());
+        Ok(())
+    }
+
+    /// The inactive slot still holds the bundle: boot it on trial instead of downloading it.
+    /// `None` when it does not (or cannot be trusted to): install as usual.
+    fn switch_if_held(
+        &mut self,
+        assignment: &Assignment,
+        digest: &Sha256Digest,
+    ) -> Result<Option<Worked>, DaemonError> {
+        let deployment_id = assignment.deployment_id.as_str();
+        let context = Context {
+            config: self.ctx.config,
+            bootctl: self.ctx.bootctl,
+            keyring: self.ctx.keyring,
+            store: self.ctx.store,
+        };
+        match install::switch_to_inactive_slot(&context, digest, &install_options(assignment)) {
+            Ok(None) => Ok(None),
+            Ok(Some(report)) => {
+                log::info!(
+                    "deployment {deployment_id}: slot {} already held {}: switching, no download",
+                    report.slot,
+                    report.bundle.version
+                );
+                self.queue(
+                    deployment_id,
+                    RobotEvent::Switched {
+                        slot: to_protocol_slot(report.slot),
+                    },
+                )?;
+                if let Err(error) = self.flush() {
+                    log::info!("reports queued: {error}");
+                }
+                self.reboot_if_due()?;
+                Ok(Some(Worked::Done))
+            }
+            Err(error) if error.is_bad_bundle() => {
+                log::error!("deployment {deployment_id}: switch refused: {error}");
+                self.queue(
+                    deployment_id,
+                    RobotEvent::Failed {
+                        error: error.to_string(),
+                    },
+                )?;
+                Ok(Some(Worked::Done))
+            }
+            Err(error) => Err(error.into()),
+        }
     }
 
     fn install(&mut self, assignment: &Assignment) -> Result<Worked, DaemonError> {
@@ -615,10 +743,7 @@ impl<'a> Daemon<'a> {
         if !streaming {
             self.queue(deployment_id, RobotEvent::Installing)?;
         }
-        let options = InstallOptions {
-            allow_denied: assignment.force,
-            ..InstallOptions::default()
-        };
+        let options = install_options(assignment);
         let context = Context {
             config: self.ctx.config,
             bootctl: self.ctx.bootctl,
@@ -799,6 +924,35 @@ impl<'a> Daemon<'a> {
         // says complete but whose tail is zeros.
         file.sync_all().map_err(io_error("fsync", &path))?;
         Ok(path)
+    }
+}
+
+/// A rollback assignment may install a lower version (never below the security floor); a
+/// forced one may install a bundle this robot rolled back from.
+fn install_options(assignment: &Assignment) -> InstallOptions {
+    InstallOptions {
+        allow_downgrade: assignment.allow_downgrade,
+        allow_denied: assignment.force,
+        ..InstallOptions::default()
+    }
+}
+
+/// When the stored update window of the deployment in flight opens next, while it is closed.
+/// A window this daemon stored but cannot read again does not hold the reboot up forever.
+fn window_closed_until(stored: Option<&str>) -> Option<String> {
+    let window = match UpdateWindow::parse(stored?) {
+        Ok(window) => window,
+        Err(error) => {
+            log::warn!("stored update window ignored: {error}");
+            return None;
+        }
+    };
+    match local_time::next_opening(&window, local_time::now()) {
+        Ok(opens_at) => opens_at.map(local_time::format_minute),
+        Err(error) => {
+            log::warn!("stored update window ignored: {error}");
+            None
+        }
     }
 }
 

@@ -9,11 +9,12 @@
 //!    verified chunk (HTTP Range) after a transport error;
 //! 5. fsync, and only then set the one-shot trial and record "reboot pending".
 //!
-//! A bundle refused in 1–2 never touches the slot or the boot environment.
+//! A bundle refused in 1–2 never touches the slot or the boot environment. When the inactive
+//! slot still holds the bundle, [`switch_to_inactive_slot`] takes steps 2, 3 and 5 alone.
 
 use std::fs;
 
-use rota_bootctl::{BootCtl, Slot};
+use rota_bootctl::{BootCtl, Slot, SlotState};
 use rota_bundle::{
     BundleReader, ImageEntry, Keyring, Manifest, Part, ReadOptions, SlotClass, VerifiedManifest,
 };
@@ -482,12 +483,8 @@ pub fn install(
 
     // 5. Durable, then bootable.
     writer.sync()?;
-    failpoint::hit("before-begin-trial");
-    ctx.bootctl.begin_trial(target, ctx.config.trial_attempts)?;
-    failpoint::hit("after-begin-trial");
     let mut state = checkpoint.state;
-    state.finish_install()?;
-    ctx.store.save(&state)?;
+    arm_trial(ctx, &mut state, target)?;
     progress.finish();
     log::info!(
         "installed {} into slot {target}; it boots next, {} attempt(s)",
@@ -500,6 +497,82 @@ pub fn install(
         resumed_at_chunk: first_chunk,
         reconnects,
     })
+}
+
+/// The last step of every install: `target` holds the bundle `state` is installing, complete
+/// and durable. Sets the one-shot trial, then records "reboot pending"; a power cut between the
+/// two is completed by the next boot's `commit` (the trial is set only after every hash
+/// matched).
+fn arm_trial(ctx: &Context, state: &mut State, target: Slot) -> Result<(), InstallError> {
+    failpoint::hit("before-begin-trial");
+    ctx.bootctl.begin_trial(target, ctx.config.trial_attempts)?;
+    failpoint::hit("after-begin-trial");
+    state.finish_install()?;
+    ctx.store.save(state)?;
+    Ok(())
+}
+
+/// Boots the inactive slot on trial without writing a byte when it still holds the bundle
+/// `digest` (a rollback to the release the robot ran before): recorded exactly as an install
+/// that finished, so the next boot's `commit` health-checks it and commits or rolls back as
+/// usual. Refused for the reasons an install of that bundle would be (downgrade without
+/// `allow_downgrade`, below the security floor, on the denylist).
+///
+/// `Ok(None)` when the slot is no usable copy, and the bundle must be installed instead: it
+/// holds something else or nothing the state file knows of (a slot the robot rolled back from
+/// is forgotten), its security version was not recorded (state format before 3), or the boot
+/// environment marks it bad and `allow_denied` (force) is not set.
+pub fn switch_to_inactive_slot(
+    ctx: &Context,
+    digest: &Sha256Digest,
+    options: &InstallOptions,
+) -> Result<Option<InstallReport>, InstallError> {
+    let mut state = ctx.store.load()?;
+    if let Lifecycle::Trial { .. } | Lifecycle::TrialFailed { .. } = state.lifecycle {
+        return Err(Refusal::TrialInProgress(state.lifecycle.name()).into());
+    }
+    let booted = ctx.bootctl.booted_slot()?;
+    let target = booted.other();
+    let Some(content) = state
+        .slot(target)
+        .filter(|content| content.bundle_digest == *digest)
+    else {
+        return Ok(None);
+    };
+    let Some(security_version) = content.security_version else {
+        log::info!("slot {target} holds bundle {digest}, but its security version was not recorded: installing it again");
+        return Ok(None);
+    };
+    if ctx.bootctl.status()?.state(target) == SlotState::Bad && !options.allow_denied {
+        log::info!("slot {target} holds bundle {digest}, but the boot environment marks it bad: installing it again");
+        return Ok(None);
+    }
+    let info = BundleInfo {
+        digest: *digest,
+        version: content.version.clone(),
+        // This updater wrote the slot, and refuses bundles for any other compatible string.
+        compatible: ctx.config.compatible.clone(),
+        security_version,
+    };
+    check_bundle(ctx.config, &state, booted, &info, options)?;
+    state.begin_install(
+        target,
+        info.clone(),
+        format!("slot {target} (held the bundle)"),
+    )?;
+    ctx.store.save(&state)?;
+    arm_trial(ctx, &mut state, target)?;
+    log::info!(
+        "slot {target} already held {}: it boots next, {} attempt(s), nothing downloaded",
+        info.version,
+        ctx.config.trial_attempts
+    );
+    Ok(Some(InstallReport {
+        slot: target,
+        bundle: info,
+        resumed_at_chunk: 0,
+        reconnects: 0,
+    }))
 }
 
 /// Moves verified chunks into the slot until the image ends or an error.

@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod failpoint;
 pub mod health;
 pub mod install;
+pub mod local_time;
 pub mod logging;
 pub mod notify;
 pub mod outbox;

@@ -85,8 +85,10 @@ enum Command {
     /// When the install came from the fleet, the outcome is queued for the daemon to report
     /// (trial, then committed or rolled back with the reason).
     Commit,
-    /// Talk to the fleet server ([server] in the config): enroll, poll, install assignments,
-    /// reboot by the reboot policy, report every step. Runs until stopped (rota-updater.service).
+    /// Talk to the fleet server ([server] in the config): enroll, poll, install assignments
+    /// (or switch to the inactive slot when it holds the assigned release), reboot by the reboot
+    /// policy and inside the assignment's update window (local time), report every step. Runs
+    /// until stopped (rota-updater.service).
     ///
     /// First finishes an install by hand that a reboot interrupted (what `resume` does). An
     /// unreachable server is retried with backoff; unsent reports wait in the outbox on the data
@@ -273,9 +275,10 @@ fn install_from(
     let keyring = Keyring::load_dir(&loaded.config.keyring_dir).context("loading the keyring")?;
     if !keep_deployment {
         // An install by hand belongs to no fleet deployment: its outcome must not be reported
-        // under the deployment of an earlier one.
+        // under the deployment of an earlier one, nor its reboot wait for that one's window.
         let mut state = loaded.store.load().context("reading the state file")?;
-        if state.deployment_id.take().is_some() {
+        let had_window = state.update_window.take().is_some();
+        if state.deployment_id.take().is_some() || had_window {
             loaded
                 .store
                 .save(&state)

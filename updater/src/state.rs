@@ -27,8 +27,12 @@ pub struct BundleInfo {
 pub struct SlotContent {
     pub version: String,
     pub bundle_digest: Sha256Digest,
-    /// Unix seconds when the last byte was written and verified.
+    /// Unix seconds when the last byte was written and verified (or the slot was switched to).
     pub installed_at: u64,
+    /// The bundle's security version. `None` when recorded by an updater before state format 3:
+    /// such a slot is never booted by a switch, since nothing proves it is above the
+    /// anti-rollback floor; a rollback to it downloads the bundle again.
+    pub security_version: Option<u32>,
 }
 
 /// How far an interrupted install got: every chunk before `next_chunk` of image `image` is in the
@@ -155,6 +159,10 @@ pub struct State {
     /// after the trial boot name the same deployment. `None` for installs from the command line.
     /// Set by the daemon before it installs; the lifecycle transitions leave it alone.
     pub deployment_id: Option<String>,
+    /// The update window of that deployment (`[days ]HH:MM-HH:MM`, the robot's local time),
+    /// kept so that a restarted daemon reboots into the installed update only inside it, even
+    /// before the server answers. Set with `deployment_id`.
+    pub update_window: Option<String>,
 }
 
 /// A transition was asked for from a state it does not start from.
@@ -252,6 +260,7 @@ impl State {
             version: bundle.version.clone(),
             bundle_digest: bundle.digest,
             installed_at: now_unix(),
+            security_version: Some(bundle.security_version),
         });
         self.lifecycle = Lifecycle::RebootPending { slot, bundle };
         Ok(())

@@ -2,12 +2,14 @@
 //! instruction leaves either the old or the new file, never a mix.
 //!
 //! Layout: `b"ROTAST"`, a little-endian `u16` format version, then the postcard body of that
-//! version. Version 2 is [`crate::state::State`] as it is now; when its shape changes, the old
-//! shape is frozen in a module (see [`v1`]), the version bumps, and [`decode`] upgrades old
-//! bodies.
+//! version. Version 3 is [`crate::state::State`] as it is now; when its shape changes, the old
+//! shape is frozen in a module (see [`v1`], [`v2`]), the version bumps, and [`decode`]
+//! upgrades old bodies.
 //!
 //! - 1: the first release.
 //! - 2: adds `deployment_id` (the fleet deployment an install belongs to) at the end.
+//! - 3: adds each slot's `security_version` (so a rollback may switch to the other slot only
+//!   when it is above the anti-rollback floor) and the deployment's `update_window` at the end.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -18,7 +20,7 @@ use crate::state::State;
 
 const MAGIC: &[u8; 6] = b"ROTAST";
 /// The version [`encode`] writes.
-pub const CURRENT_VERSION: u16 = 2;
+pub const CURRENT_VERSION: u16 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -78,9 +80,12 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<State, StoreError> {
     };
     match version {
         1 => postcard::from_bytes::<v1::State>(body)
+            .map(|old| State::from(v2::State::from(old)))
+            .map_err(decode_error),
+        2 => postcard::from_bytes::<v2::State>(body)
             .map(State::from)
             .map_err(decode_error),
-        2 => postcard::from_bytes(body).map_err(decode_error),
+        3 => postcard::from_bytes(body).map_err(decode_error),
         newer => Err(StoreError::TooNew {
             path: path.to_owned(),
             version: newer,
@@ -90,11 +95,12 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<State, StoreError> {
 
 /// Version 1 of the state file, frozen: postcard is not self-describing, so an old body decodes
 /// only with the old shape. Only the top-level struct changed in version 2; the types inside
-/// it are shared until one of them changes too.
+/// it are shared with version 2.
 pub mod v1 {
     use serde::Deserialize;
 
-    use crate::state::{DeniedBundle, Lifecycle, SlotContent};
+    use super::v2::SlotContent;
+    use crate::state::{DeniedBundle, Lifecycle};
 
     #[derive(Deserialize)]
     pub struct State {
@@ -105,15 +111,66 @@ pub mod v1 {
         pub security_floor: u32,
     }
 
-    impl From<State> for crate::state::State {
+    impl From<State> for super::v2::State {
         fn from(old: State) -> Self {
-            crate::state::State {
+            super::v2::State {
                 lifecycle: old.lifecycle,
                 slot_a: old.slot_a,
                 slot_b: old.slot_b,
                 denylist: old.denylist,
                 security_floor: old.security_floor,
                 deployment_id: None,
+            }
+        }
+    }
+}
+
+/// Version 2 of the state file, frozen. Version 3 added `SlotContent::security_version` and
+/// `State::update_window`; the lifecycle and the denylist are shared with version 3.
+pub mod v2 {
+    use serde::Deserialize;
+
+    use crate::state::{DeniedBundle, Lifecycle, Sha256Digest};
+
+    #[derive(Deserialize)]
+    pub struct SlotContent {
+        pub version: String,
+        pub bundle_digest: Sha256Digest,
+        pub installed_at: u64,
+    }
+
+    #[derive(Deserialize)]
+    pub struct State {
+        pub lifecycle: Lifecycle,
+        pub slot_a: Option<SlotContent>,
+        pub slot_b: Option<SlotContent>,
+        pub denylist: Vec<DeniedBundle>,
+        pub security_floor: u32,
+        pub deployment_id: Option<String>,
+    }
+
+    impl From<SlotContent> for crate::state::SlotContent {
+        fn from(old: SlotContent) -> Self {
+            crate::state::SlotContent {
+                version: old.version,
+                bundle_digest: old.bundle_digest,
+                installed_at: old.installed_at,
+                // Not recorded then: such a slot is reinstalled, never switched to.
+                security_version: None,
+            }
+        }
+    }
+
+    impl From<State> for crate::state::State {
+        fn from(old: State) -> Self {
+            crate::state::State {
+                lifecycle: old.lifecycle,
+                slot_a: old.slot_a.map(Into::into),
+                slot_b: old.slot_b.map(Into::into),
+                denylist: old.denylist,
+                security_floor: old.security_floor,
+                deployment_id: old.deployment_id,
+                update_window: None,
             }
         }
     }
@@ -211,11 +268,13 @@ mod tests {
                 version: "1.0.0".into(),
                 bundle_digest: Sha256Digest([1; 32]),
                 installed_at: 1_700_000_000,
+                security_version: None,
             }),
             slot_b: None,
             denylist: Vec::new(),
             security_floor: 0,
             deployment_id: None,
+            update_window: None,
         }
     }
 
@@ -229,12 +288,9 @@ mod tests {
         assert!(!dir.path().join("sub/state.tmp").exists());
     }
 
-    /// Version 1 files written by this release must stay readable by every later one: if this
-    /// test breaks, freeze the old types in a `v1` module and upgrade instead of editing them.
-    #[test]
-    fn reads_version_1_files_byte_for_byte() {
-        let golden: &[u8] = &[
-            b'R', b'O', b'T', b'A', b'S', b'T', 1, 0, // envelope, version 1
+    /// The body of a version 1 file holding [`sample`].
+    fn version_1_body() -> Vec<u8> {
+        vec![
             1, 1, // Installing, slot B
             7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7,
             7, 7, 7, // digest
@@ -253,29 +309,56 @@ mod tests {
             0,    // slot B absent
             0,    // empty denylist
             0,    // security floor
-        ];
-        let decoded = decode(golden, Path::new("golden"));
+        ]
+    }
+
+    fn envelope(version: u16, body: &[u8]) -> Vec<u8> {
+        let mut bytes = b"ROTAST".to_vec();
+        bytes.extend_from_slice(&version.to_le_bytes());
+        bytes.extend_from_slice(body);
+        bytes
+    }
+
+    /// Files written by every earlier release must stay readable by every later one: if one
+    /// of these tests breaks, freeze the old types in a `vN` module and upgrade instead of
+    /// editing them.
+    #[test]
+    fn reads_version_1_files_byte_for_byte() {
+        let golden = envelope(1, &version_1_body());
         let expected = sample();
-        match decoded {
+        match decode(&golden, Path::new("golden")) {
             Ok(state) => assert_eq!(state, expected),
             Err(error) => panic!("{error}\nencoded now: {:?}", encode(&expected)),
         }
     }
 
-    /// Version 2 appends the deployment id; a version 1 body with one more field is a version 2
-    /// body, byte for byte.
+    /// Version 2 appended the deployment id to the version 1 body.
     #[test]
-    fn reads_version_2_files_with_the_deployment_id() {
-        let mut state = sample();
-        state.deployment_id = Some("dep_7".into());
-        let encoded = encode(&state);
-        assert_eq!(&encoded[6..8], &[2, 0]);
-        // Some, length 5, the id.
+    fn reads_version_2_files_byte_for_byte() {
+        let mut body = version_1_body();
+        body.extend_from_slice(&[1, 5, b'd', b'e', b'p', b'_', b'7']);
+        let mut expected = sample();
+        expected.deployment_id = Some("dep_7".into());
         assert_eq!(
-            &encoded[encoded.len() - 7..],
-            &[1, 5, b'd', b'e', b'p', b'_', b'7']
+            decode(&envelope(2, &body), Path::new("v2")).unwrap(),
+            expected
         );
-        assert_eq!(decode(&encoded, Path::new("v2")).unwrap(), state);
+    }
+
+    /// Version 3 records each slot's security version and the deployment's update window.
+    #[test]
+    fn version_3_records_slot_security_versions_and_the_update_window() {
+        let mut state = sample();
+        state.slot_a.as_mut().unwrap().security_version = Some(4);
+        state.deployment_id = Some("dep_7".into());
+        state.update_window = Some("02:00-04:00".into());
+        let encoded = encode(&state);
+        assert_eq!(&encoded[6..8], &[3, 0]);
+        assert_eq!(
+            &encoded[encoded.len() - 13..],
+            &[1, 11, b'0', b'2', b':', b'0', b'0', b'-', b'0', b'4', b':', b'0', b'0']
+        );
+        assert_eq!(decode(&encoded, Path::new("v3")).unwrap(), state);
     }
 
     #[test]

@@ -4,13 +4,15 @@
 //! the rota-bundle writer.
 #![allow(dead_code)]
 
+pub mod fleet;
 pub mod http;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use rota_bundle::{BundleBuilder, Compression, SigningKey, SlotClass};
+use rota_bundle::{BundleBuilder, BundleReader, Compression, Keyring, SigningKey, SlotClass};
+use rota_updater::state::BundleInfo;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_rota-updater");
 pub const COMPATIBLE: &str = "test-board";
@@ -269,6 +271,14 @@ timeout_secs = 10
         let path = self.path(name);
         fs::write(&path, bytes).unwrap();
         path
+    }
+
+    /// What the updater calls the bundle at `bundle` (digest, version, ...), read through its
+    /// signature check with this robot's keyring.
+    pub fn bundle_info(&self, bundle: &Path) -> BundleInfo {
+        let keyring = Keyring::load_dir(&self.path("keys")).unwrap();
+        let reader = BundleReader::open(fs::File::open(bundle).unwrap(), &keyring).unwrap();
+        rota_updater::install::bundle_info(reader.manifest())
     }
 
     /// The boot environment as the upstream tools print it, sorted.
