@@ -12,7 +12,7 @@ use utoipa_axum::routes;
 
 use crate::error::{no_route, wrong_method};
 use crate::metrics;
-use crate::routes::{deployments, fleet, groups, keys, releases, robot, robots};
+use crate::routes::{deployments, fleet, groups, keys, releases, robot, robots, webhooks};
 use crate::state::AppState;
 
 pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
@@ -32,6 +32,7 @@ pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
         (name = "deployments", description = "Releases sent to robots"),
         (name = "keys", description = "Operator API keys"),
         (name = "fleet", description = "Overview and audit log"),
+        (name = "git", description = "GitHub push webhook and the pushes it recorded"),
     )
 )]
 struct ApiDoc;
@@ -62,6 +63,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(robots::get, robots::remove))
         .routes(routes!(robots::approve))
         .routes(routes!(robots::history))
+        .routes(routes!(robots::release_history))
         .routes(routes!(groups::list))
         .routes(routes!(groups::create, groups::delete))
         .routes(routes!(groups::add_robot, groups::remove_robot))
@@ -72,6 +74,8 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(keys::revoke))
         .routes(routes!(fleet::status))
         .routes(routes!(fleet::audit))
+        .routes(routes!(webhooks::github))
+        .routes(routes!(webhooks::pushes))
         .split_for_parts()
 }
 
