@@ -54,6 +54,12 @@ const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../migrations/postgres/0002_enrollment_nonce.sql"),
     },
     Migration {
+        version: 3,
+        name: "rollouts",
+        sqlite: include_str!("../migrations/sqlite/0003_rollouts.sql"),
+        postgres: include_str!("../migrations/postgres/0003_rollouts.sql"),
+    },
+    Migration {
         version: 4,
         name: "git_pushes_and_version_reports",
         sqlite: include_str!("../migrations/sqlite/0004_git_pushes.sql"),
