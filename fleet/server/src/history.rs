@@ -341,6 +341,7 @@ type EventRow = (
     Option<String>,
     i64,
     String,
+    Option<String>,
 );
 
 /// Every selected robot's release history, by robot id. Robots that ran nothing in the range
@@ -354,11 +355,9 @@ pub async fn load(
     // Empty strings stand for "any", so one statement serves every filter combination.
     let selects_robot = "($1 = '' OR x.robot_id = $2)
          AND ($3 = '' OR x.robot_id IN (SELECT robot_id FROM group_members WHERE group_name = $4))";
-    // The deployment kind (deploy, rollback, promote, auto) comes with the environments
-    // migration; until then it is unknown.
     let events: Vec<EventRow> = sqlx::query_as(&format!(
         "SELECT x.robot_id, x.deployment_id, x.release_id, r.version, x.event, x.detail, x.at,
-                COALESCE(d.created_by, '')
+                COALESCE(d.created_by, ''), d.kind
          FROM robot_events x
          JOIN releases r ON r.id = x.release_id
          LEFT JOIN deployments d ON d.id = x.deployment_id
@@ -395,7 +394,7 @@ pub async fn load(
 
     // (robot, at, source order) -> happening; events sort before reports at the same instant.
     let mut happenings: BTreeMap<(String, i64, u8, usize), Happening> = BTreeMap::new();
-    for (n, (robot_id, deployment_id, release_id, version, event, detail, at, created_by)) in
+    for (n, (robot_id, deployment_id, release_id, version, event, detail, at, created_by, kind)) in
         events.into_iter().enumerate()
     {
         let Some(step) = Step::parse(&event) else {
@@ -403,7 +402,7 @@ pub async fn load(
         };
         let deployment = DeploymentInfo {
             id: deployment_id,
-            kind: None,
+            kind,
             created_by,
         };
         happenings.insert(
