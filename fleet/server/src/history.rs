@@ -173,9 +173,10 @@ pub struct Timeline {
 }
 
 impl Timeline {
-    /// Ends the current run (if any) because `version` took over at `at`, and starts that one.
+    /// Starts `run`; the current run, unless it already ended (a rollback from the first
+    /// release the server knew of), ends replaced by it.
     fn start(&mut self, run: Run) {
-        if let Some(current) = self.runs.last_mut() {
+        if let Some(current) = self.runs.last_mut().filter(|r| r.end == End::Running) {
             current.end = End::Replaced {
                 by_version: run.version.clone(),
                 at: run.started,
@@ -620,6 +621,21 @@ mod tests {
                     ),
                 ],
                 vec![("1.0.0".into(), 10, RunOrigin::LocalInstall, End::Running)],
+            ),
+            (
+                "a rollback from the first release known keeps its end when the next comes",
+                vec![
+                    (20, deployed("dep_2", "2.0.0", Step::Trial, None)),
+                    (
+                        30,
+                        deployed("dep_2", "2.0.0", Step::RolledBack, Some(HEALTH)),
+                    ),
+                    (40, deployed("dep_3", "2.1.0", Step::Trial, None)),
+                ],
+                vec![
+                    ("2.0.0".into(), 20, from("dep_2"), rolled_back(30)),
+                    ("2.1.0".into(), 40, from("dep_3"), End::Running),
+                ],
             ),
             (
                 "a failure after the boot ends the run like a rollback",
