@@ -51,13 +51,18 @@ fn run(version: &str, origin: &str, end: &str) -> (String, String, String) {
     (version.into(), origin.into(), end.into())
 }
 
-fn robot_ids(histories: &Value) -> Vec<&str> {
-    histories
+/// `field` of every entry of a JSON array.
+fn each<'a>(entries: &'a Value, field: &str) -> Vec<&'a str> {
+    entries
         .as_array()
         .unwrap()
         .iter()
-        .map(|h| h["robot_id"].as_str().unwrap())
+        .map(|entry| entry[field].as_str().unwrap())
         .collect()
+}
+
+fn robot_ids(histories: &Value) -> Vec<&str> {
+    each(histories, "robot_id")
 }
 
 #[test]
@@ -199,12 +204,7 @@ fn history_shows_every_release_each_robot_ran_how_it_got_there_and_how_it_ended(
 }
 
 fn actions(entries: &Value) -> Vec<&str> {
-    entries
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["action"].as_str().unwrap())
-        .collect()
+    each(entries, "action")
 }
 
 #[test]
