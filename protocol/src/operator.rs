@@ -143,12 +143,17 @@ pub struct Group {
     pub robots: Vec<String>,
 }
 
-/// Which robots a deployment is for, written `all`, `group:NAME` or `robot:ID`.
+/// Which robots a deployment is for, written `all`, `group:NAME`, `env:NAME`, `robot:ID` or
+/// `robots:ID,ID,...`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum DeploymentTarget {
     All,
     Group(String),
     Robot(String),
+    /// The robots in the environment's groups.
+    Env(String),
+    /// An explicit list, as rollbacks use.
+    Robots(Vec<String>),
 }
 
 impl FromStr for DeploymentTarget {
@@ -158,7 +163,13 @@ impl FromStr for DeploymentTarget {
             None if s == "all" => Ok(DeploymentTarget::All),
             Some(("group", name)) if !name.is_empty() => Ok(DeploymentTarget::Group(name.into())),
             Some(("robot", id)) if !id.is_empty() => Ok(DeploymentTarget::Robot(id.into())),
-            _ => Err(format!("target {s:?} must be all, group:NAME or robot:ID")),
+            Some(("env", name)) if !name.is_empty() => Ok(DeploymentTarget::Env(name.into())),
+            Some(("robots", ids)) if !ids.is_empty() && !ids.split(',').any(str::is_empty) => Ok(
+                DeploymentTarget::Robots(ids.split(',').map(Into::into).collect()),
+            ),
+            _ => Err(format!(
+                "target {s:?} must be all, group:NAME, env:NAME, robot:ID or robots:ID,ID,..."
+            )),
         }
     }
 }
@@ -169,6 +180,8 @@ impl fmt::Display for DeploymentTarget {
             DeploymentTarget::All => f.write_str("all"),
             DeploymentTarget::Group(name) => write!(f, "group:{name}"),
             DeploymentTarget::Robot(id) => write!(f, "robot:{id}"),
+            DeploymentTarget::Env(name) => write!(f, "env:{name}"),
+            DeploymentTarget::Robots(ids) => write!(f, "robots:{}", ids.join(",")),
         }
     }
 }
@@ -191,8 +204,10 @@ impl utoipa::PartialSchema for DeploymentTarget {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
         utoipa::openapi::ObjectBuilder::new()
             .schema_type(utoipa::openapi::schema::Type::String)
-            .pattern(Some("^(all|group:.+|robot:.+)$"))
-            .description(Some("`all`, `group:NAME` or `robot:ID`"))
+            .pattern(Some("^(all|group:.+|robot:.+|env:.+|robots:.+)$"))
+            .description(Some(
+                "`all`, `group:NAME`, `env:NAME`, `robot:ID` or `robots:ID,ID,...`",
+            ))
             .into()
     }
 }
@@ -200,8 +215,7 @@ impl utoipa::PartialSchema for DeploymentTarget {
 #[cfg(feature = "openapi")]
 impl utoipa::ToSchema for DeploymentTarget {}
 
-/// How a deployment reaches its robots. Only `immediate` exists now; staged and canary rollouts
-/// add variants here and decide per-robot `stage` numbers when assignments are created.
+/// How a deployment reaches its robots.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -209,7 +223,190 @@ pub enum Strategy {
     /// Every target robot is offered the release at once.
     #[default]
     Immediate,
+    /// Stages of growing size, in percent of the target (for example 10, 50, 100); each starts
+    /// `wait_secs` after the one before finished.
+    Staged {
+        percents: Vec<u8>,
+        #[serde(default)]
+        wait_secs: u64,
+        #[serde(flatten)]
+        guard: Guard,
+    },
+    /// A canary stage (the target's members of `group`, or `count` robots), then the rest,
+    /// `wait_secs` after the canaries finished or, without it, when an operator approves.
+    Canary {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        group: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        count: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        wait_secs: Option<u64>,
+        #[serde(flatten)]
+        guard: Guard,
+    },
 }
+
+/// When a staged or canary rollout stops itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Guard {
+    /// More failures than this halt the deployment: no later stage starts.
+    #[serde(default)]
+    pub max_failures: FailureThreshold,
+    /// A robot that neither reports nor polls for this long counts as failed.
+    #[serde(default = "default_silence_timeout_secs")]
+    pub silence_timeout_secs: u64,
+    /// On halt, send the robots that took the release back to what they ran before.
+    #[serde(default)]
+    pub auto_rollback: bool,
+}
+
+fn default_silence_timeout_secs() -> u64 {
+    30 * 60
+}
+
+impl Default for Guard {
+    fn default() -> Self {
+        Guard {
+            max_failures: FailureThreshold::default(),
+            silence_timeout_secs: default_silence_timeout_secs(),
+            auto_rollback: false,
+        }
+    }
+}
+
+impl Strategy {
+    /// How many stages the rollout has.
+    pub fn stage_count(&self) -> u32 {
+        match self {
+            Strategy::Immediate => 1,
+            Strategy::Staged { percents, .. } => percents.len().max(1) as u32,
+            Strategy::Canary { .. } => 2,
+        }
+    }
+
+    pub fn guard(&self) -> Option<&Guard> {
+        match self {
+            Strategy::Immediate => None,
+            Strategy::Staged { guard, .. } | Strategy::Canary { guard, .. } => Some(guard),
+        }
+    }
+
+    /// Seconds between one stage finishing and the next starting; `None`: on approval.
+    pub fn wait_after_stage(&self) -> Option<u64> {
+        match self {
+            Strategy::Immediate => Some(0),
+            Strategy::Staged { wait_secs, .. } => Some(*wait_secs),
+            Strategy::Canary { wait_secs, .. } => *wait_secs,
+        }
+    }
+
+    /// Rejects strategies that cannot run, with the reason.
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            Strategy::Immediate => Ok(()),
+            Strategy::Staged { percents, .. } => {
+                let rising = percents.windows(2).all(|pair| pair[0] < pair[1]);
+                if percents.is_empty() || !rising || percents.last() != Some(&100) {
+                    return Err(format!(
+                        "stages {percents:?} must rise strictly and end at 100, like 10,50,100"
+                    ));
+                }
+                if percents[0] == 0 {
+                    return Err("the first stage must reach at least 1 percent".into());
+                }
+                Ok(())
+            }
+            Strategy::Canary { group, count, .. } => match (group, count) {
+                (Some(_), None) | (None, Some(1..)) => Ok(()),
+                _ => Err("a canary names either a group or a count of robots (at least 1)".into()),
+            },
+        }
+    }
+}
+
+/// A failure budget: a count (`2`) or a percentage of the robots offered so far (`10%`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureThreshold {
+    Count(u32),
+    Percent(u8),
+}
+
+impl Default for FailureThreshold {
+    /// No failure is tolerated.
+    fn default() -> Self {
+        FailureThreshold::Count(0)
+    }
+}
+
+impl FailureThreshold {
+    /// Whether `failures` among `offered` robots is past the threshold.
+    pub fn exceeded(self, failures: u64, offered: u64) -> bool {
+        match self {
+            FailureThreshold::Count(allowed) => failures > u64::from(allowed),
+            FailureThreshold::Percent(percent) => failures * 100 > u64::from(percent) * offered,
+        }
+    }
+}
+
+impl FromStr for FailureThreshold {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad =
+            || format!("failure threshold {s:?} must be a count like 2 or a percentage like 10%");
+        match s.strip_suffix('%') {
+            Some(percent) => match percent.parse::<u8>() {
+                Ok(p) if p <= 100 => Ok(FailureThreshold::Percent(p)),
+                _ => Err(bad()),
+            },
+            None => s.parse().map(FailureThreshold::Count).map_err(|_| bad()),
+        }
+    }
+}
+
+impl fmt::Display for FailureThreshold {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FailureThreshold::Count(n) => write!(f, "{n}"),
+            FailureThreshold::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+impl Serialize for FailureThreshold {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for FailureThreshold {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Count(u32),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Count(n) => Ok(FailureThreshold::Count(n)),
+            Raw::Text(text) => text.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for FailureThreshold {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some("^[0-9]+%?$"))
+            .description(Some("a count (`2`) or a percentage (`10%`)"))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for FailureThreshold {}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -217,8 +414,9 @@ pub struct CreateDeploymentRequest {
     /// Release id, or a version when exactly one release has it.
     pub release: String,
     pub target: DeploymentTarget,
-    #[serde(default)]
-    pub strategy: Strategy,
+    /// Defaults to the target environment's strategy, or `immediate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<Strategy>,
     /// Offer the release even to robots that rolled back from it before.
     #[serde(default)]
     pub force: bool,
@@ -228,8 +426,16 @@ pub struct CreateDeploymentRequest {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum DeploymentState {
+    /// Waiting for an operator other than its creator to approve it.
+    AwaitingApproval,
     /// Some robots have not finished.
     Running,
+    /// An operator paused it: robots that started finish, nobody new starts.
+    Paused,
+    /// Too many robots failed: no later stage starts. `retry` reopens it.
+    Halted,
+    /// An operator ended it; robots that had not started never will.
+    Aborted,
     /// Every robot finished and none rolled back or failed.
     Succeeded,
     /// Every robot finished and at least one rolled back or failed.
@@ -239,9 +445,24 @@ pub enum DeploymentState {
 }
 
 impl DeploymentState {
+    pub const ALL: [DeploymentState; 8] = [
+        Self::AwaitingApproval,
+        Self::Running,
+        Self::Paused,
+        Self::Halted,
+        Self::Aborted,
+        Self::Succeeded,
+        Self::Failed,
+        Self::Superseded,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
+            DeploymentState::AwaitingApproval => "awaiting_approval",
             DeploymentState::Running => "running",
+            DeploymentState::Paused => "paused",
+            DeploymentState::Halted => "halted",
+            DeploymentState::Aborted => "aborted",
             DeploymentState::Succeeded => "succeeded",
             DeploymentState::Failed => "failed",
             DeploymentState::Superseded => "superseded",
@@ -249,19 +470,163 @@ impl DeploymentState {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [
-            Self::Running,
-            Self::Succeeded,
-            Self::Failed,
-            Self::Superseded,
-        ]
-        .into_iter()
-        .find(|state| state.as_str() == s)
+        Self::ALL.into_iter().find(|state| state.as_str() == s)
     }
 
+    /// Nothing more happens on its own (an operator may still retry a halted one).
     pub fn is_final(self) -> bool {
-        self != DeploymentState::Running
+        !matches!(
+            self,
+            DeploymentState::AwaitingApproval | DeploymentState::Running | DeploymentState::Paused
+        )
     }
+}
+
+/// An operator's verb on a deployment: `POST /api/v1/deployments/{id}/{verb}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum DeploymentVerb {
+    Pause,
+    Resume,
+    Abort,
+    /// Starts a deployment awaiting approval, or the next stage of one waiting for it.
+    Approve,
+    /// Offers the release again to the robots that failed or rolled back, and reopens a halted
+    /// deployment.
+    Retry,
+}
+
+impl DeploymentVerb {
+    pub const ALL: [DeploymentVerb; 5] = [
+        Self::Pause,
+        Self::Resume,
+        Self::Abort,
+        Self::Approve,
+        Self::Retry,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeploymentVerb::Pause => "pause",
+            DeploymentVerb::Resume => "resume",
+            DeploymentVerb::Abort => "abort",
+            DeploymentVerb::Approve => "approve",
+            DeploymentVerb::Retry => "retry",
+        }
+    }
+}
+
+impl FromStr for DeploymentVerb {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|verb| verb.as_str() == s)
+            .ok_or_else(|| {
+                format!("unknown verb {s:?}: expected pause, resume, abort, approve or retry")
+            })
+    }
+}
+
+/// How a deployment came to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum DeploymentKind {
+    #[default]
+    Deploy,
+    Rollback,
+    Promote,
+    /// Created on publish for the environment the release's branch maps to.
+    Auto,
+}
+
+impl DeploymentKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeploymentKind::Deploy => "deploy",
+            DeploymentKind::Rollback => "rollback",
+            DeploymentKind::Promote => "promote",
+            DeploymentKind::Auto => "auto",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Deploy, Self::Rollback, Self::Promote, Self::Auto]
+            .into_iter()
+            .find(|kind| kind.as_str() == s)
+    }
+}
+
+/// One decision in a deployment's life: a stage started, a halt, an operator's verb.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeploymentLogEntry {
+    pub at: String,
+    /// `rollout` for the engine's own decisions, else the operator.
+    pub actor: String,
+    /// `created`, `stage_started`, `halted`, `paused`, `resumed`, `aborted`, `approved`, `retried`,
+    /// `rollback_created`, `finished`.
+    pub action: String,
+    pub stage: Option<u32>,
+    pub detail: Option<String>,
+}
+
+/// An environment: groups of robots and the rules their deployments follow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Environment {
+    pub name: String,
+    /// Releases published from a branch mapped to this environment deploy themselves.
+    pub auto_deploy: bool,
+    /// Deployments wait for an approver who is not their creator.
+    pub approval_required: bool,
+    /// Robots install and reboot only inside this window of their local time.
+    pub update_window: Option<crate::robot::UpdateWindow>,
+    /// Used when a deployment names no strategy.
+    pub strategy: Strategy,
+    pub groups: Vec<String>,
+}
+
+/// `PUT /api/v1/environments/{name}`: creates or replaces an environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct EnvironmentSpec {
+    #[serde(default)]
+    pub auto_deploy: bool,
+    #[serde(default)]
+    pub approval_required: bool,
+    #[serde(default)]
+    pub update_window: Option<crate::robot::UpdateWindow>,
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// Groups in this environment (created when missing; moved from another environment).
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+/// `POST /api/v1/environments/{from}/promote`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PromoteRequest {
+    /// The environment that gets what `from` runs now, under its own rules.
+    pub to: String,
+}
+
+/// `POST /api/v1/rollbacks`: new deployments of what the target ran at a point.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RollbackRequest {
+    /// `2.1.0` or `v2.1.0`, `commit:abc123`, a time (`2026-11-24T10:00:00Z`, `2-hours-ago`,
+    /// `90m`), or a deployment id (`dep_...`). Absent: the release each robot ran before
+    /// its current one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    pub target: DeploymentTarget,
+    /// Offer at once instead of with the environment's strategy.
+    #[serde(default)]
+    pub immediate: bool,
 }
 
 /// One robot's part in a deployment.
@@ -289,6 +654,17 @@ pub struct Deployment {
     pub strategy: Strategy,
     pub force: bool,
     pub state: DeploymentState,
+    pub kind: DeploymentKind,
+    pub environment: Option<String>,
+    pub update_window: Option<crate::robot::UpdateWindow>,
+    /// Stages offered so far are `0..=current_stage`, of `stage_count`.
+    pub current_stage: u32,
+    pub stage_count: u32,
+    /// Why the deployment halted.
+    pub halt_reason: Option<String>,
+    pub approved_by: Option<String>,
+    /// The deployment a rollback undoes.
+    pub parent_id: Option<String>,
     pub created_by: String,
     pub created_at: String,
     /// Robots per assignment state.
@@ -296,6 +672,28 @@ pub struct Deployment {
     /// Per-robot status; present on single-deployment reads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub robots: Option<Vec<RobotAssignment>>,
+    /// The rollout's decisions, oldest first; present on single-deployment reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<Vec<DeploymentLogEntry>>,
+}
+
+/// What `POST /api/v1/rollbacks` and promote did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RollbackOutcome {
+    /// One deployment per release robots go back to.
+    pub deployments: Vec<Deployment>,
+    /// Robots that already run the release they would go back to.
+    pub unchanged: Vec<String>,
+    /// Robots left alone, with the reason (no earlier release on record, ...).
+    pub unresolved: Vec<UnresolvedRobot>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct UnresolvedRobot {
+    pub robot_id: String,
+    pub reason: String,
 }
 
 /// One line of a robot's history: an event it reported or an operator decision about it.
@@ -460,11 +858,24 @@ mod tests {
             ("all", DeploymentTarget::All),
             ("group:lab", DeploymentTarget::Group("lab".into())),
             ("robot:r-1", DeploymentTarget::Robot("r-1".into())),
+            ("env:production", DeploymentTarget::Env("production".into())),
+            (
+                "robots:a,b",
+                DeploymentTarget::Robots(vec!["a".into(), "b".into()]),
+            ),
         ] {
             assert_eq!(text.parse::<DeploymentTarget>().unwrap(), target);
             assert_eq!(target.to_string(), text);
         }
-        for bad in ["", "everything", "group:", "robot:", "fleet:x"] {
+        for bad in [
+            "",
+            "everything",
+            "group:",
+            "robot:",
+            "fleet:x",
+            "env:",
+            "robots:a,,b",
+        ] {
             assert!(bad.parse::<DeploymentTarget>().is_err(), "{bad}");
         }
     }
@@ -480,11 +891,59 @@ mod tests {
     fn deployment_request_defaults_to_immediate_unforced() {
         let req: CreateDeploymentRequest =
             serde_json::from_str(r#"{"release":"2.1.0","target":"group:lab"}"#).unwrap();
-        assert_eq!(req.strategy, Strategy::Immediate);
+        assert_eq!(req.strategy, None);
         assert!(!req.force);
         assert_eq!(
-            serde_json::to_value(&req.strategy).unwrap(),
+            serde_json::to_value(Strategy::Immediate).unwrap(),
             serde_json::json!({"kind": "immediate"})
         );
+    }
+
+    #[test]
+    fn strategies_read_their_guard_inline_and_validate() {
+        let staged: Strategy = serde_json::from_value(serde_json::json!({
+            "kind": "staged", "percents": [10, 50, 100], "wait_secs": 300,
+            "max_failures": "10%", "auto_rollback": true
+        }))
+        .unwrap();
+        let Strategy::Staged { guard, .. } = &staged else {
+            panic!("{staged:?}")
+        };
+        assert_eq!(guard.max_failures, FailureThreshold::Percent(10));
+        assert_eq!(guard.silence_timeout_secs, 1800);
+        assert!(guard.auto_rollback);
+        assert_eq!(staged.stage_count(), 3);
+        staged.validate().unwrap();
+        let round: Strategy =
+            serde_json::from_value(serde_json::to_value(&staged).unwrap()).unwrap();
+        assert_eq!(round, staged);
+        let canary: Strategy =
+            serde_json::from_str(r#"{"kind":"canary","count":2,"max_failures":1}"#).unwrap();
+        assert_eq!(canary.wait_after_stage(), None);
+        assert_eq!(
+            canary.guard().unwrap().max_failures,
+            FailureThreshold::Count(1)
+        );
+        for bad in [
+            r#"{"kind":"staged","percents":[50,10,100]}"#,
+            r#"{"kind":"staged","percents":[10,50]}"#,
+            r#"{"kind":"staged","percents":[0,100]}"#,
+            r#"{"kind":"canary"}"#,
+            r#"{"kind":"canary","group":"lab","count":2}"#,
+        ] {
+            let strategy: Strategy = serde_json::from_str(bad).unwrap();
+            assert!(strategy.validate().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn failure_thresholds_count_or_percent() {
+        assert!(!FailureThreshold::Count(0).exceeded(0, 10));
+        assert!(FailureThreshold::Count(0).exceeded(1, 10));
+        assert!(!FailureThreshold::Percent(10).exceeded(1, 10));
+        assert!(FailureThreshold::Percent(10).exceeded(2, 10));
+        assert!("10%".parse::<FailureThreshold>().is_ok());
+        assert!("101%".parse::<FailureThreshold>().is_err());
+        assert!("x".parse::<FailureThreshold>().is_err());
     }
 }

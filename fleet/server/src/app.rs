@@ -12,7 +12,9 @@ use utoipa_axum::routes;
 
 use crate::error::{no_route, wrong_method};
 use crate::metrics;
-use crate::routes::{deployments, fleet, groups, keys, releases, robot, robots, webhooks};
+use crate::routes::{
+    deployments, environments, fleet, groups, keys, releases, robot, robots, rollbacks, webhooks,
+};
 use crate::state::AppState;
 
 pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
@@ -29,7 +31,8 @@ pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
         (name = "releases", description = "Signed bundles"),
         (name = "robots", description = "Enrolled robots and their history"),
         (name = "groups", description = "Groups of robots"),
-        (name = "deployments", description = "Releases sent to robots"),
+        (name = "deployments", description = "Releases sent to robots, rollouts and rollbacks"),
+        (name = "environments", description = "Groups of robots with deployment rules"),
         (name = "keys", description = "Operator API keys"),
         (name = "fleet", description = "Overview and audit log"),
         (name = "git", description = "GitHub push webhook and the pushes it recorded"),
@@ -69,6 +72,11 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(groups::add_robot, groups::remove_robot))
         .routes(routes!(deployments::create, deployments::list))
         .routes(routes!(deployments::get))
+        .routes(routes!(deployments::act))
+        .routes(routes!(rollbacks::create))
+        .routes(routes!(environments::list))
+        .routes(routes!(environments::put))
+        .routes(routes!(environments::promote))
         .routes(routes!(keys::whoami))
         .routes(routes!(keys::list, keys::create))
         .routes(routes!(keys::revoke))

@@ -89,6 +89,15 @@ pub struct Args {
     /// environment or the file: flags show in `ps`. [default: none, the webhook answers 404]
     #[arg(long, env = "ROTA_GITHUB_WEBHOOK_SECRET", hide_env_values = true)]
     pub github_webhook_secret: Option<String>,
+    /// Milliseconds between the rollout engine's looks at running deployments (stage waits,
+    /// silent robots). [default: 1000]
+    #[arg(long, env = "ROTA_ROLLOUT_TICK_MS")]
+    pub rollout_tick_ms: Option<u64>,
+    /// Where releases published from a branch deploy themselves (when the environment has
+    /// auto_deploy): `main=production,staging=staging,preview/*=preview`; a trailing `*`
+    /// matches any rest. In the TOML file: a `[branch_environments]` table. [default: none]
+    #[arg(long, env = "ROTA_BRANCH_ENVIRONMENTS")]
+    pub branch_environments: Option<String>,
 }
 
 /// The TOML file: the same keys as the flags. No Debug: it holds secrets.
@@ -108,6 +117,8 @@ pub struct FileConfig {
     pub trust_forwarded_for: Option<bool>,
     pub last_seen_flush_secs: Option<u64>,
     pub github_webhook_secret: Option<String>,
+    pub rollout_tick_ms: Option<u64>,
+    pub branch_environments: Option<std::collections::BTreeMap<String, String>>,
 }
 
 impl FileConfig {
@@ -143,6 +154,37 @@ pub struct Settings {
     pub trust_forwarded_for: bool,
     pub last_seen_flush: Duration,
     pub github_webhook_secret: Option<String>,
+    pub rollout_tick: Duration,
+    /// Branch patterns and the environment each maps to, first match wins.
+    pub branch_environments: Vec<(String, String)>,
+}
+
+/// The environment a release from `branch` goes to: an exact pattern wins over a `*` one,
+/// a longer prefix over a shorter.
+pub fn environment_for_branch<'a>(map: &'a [(String, String)], branch: &str) -> Option<&'a str> {
+    map.iter()
+        .filter_map(|(pattern, env)| match pattern.strip_suffix('*') {
+            Some(prefix) if branch.starts_with(prefix) => Some((prefix.len(), env)),
+            None if pattern == branch => Some((usize::MAX, env)),
+            _ => None,
+        })
+        .max_by_key(|(specificity, _)| *specificity)
+        .map(|(_, env)| env.as_str())
+}
+
+fn parse_branch_environments(text: &str) -> Result<Vec<(String, String)>, ConfigError> {
+    text.split(',')
+        .filter(|pair| !pair.trim().is_empty())
+        .map(|pair| match pair.split_once('=') {
+            Some((branch, env)) if !branch.trim().is_empty() && !env.trim().is_empty() => {
+                Ok((branch.trim().to_string(), env.trim().to_string()))
+            }
+            _ => Err(ConfigError::Invalid {
+                key: "branch_environments",
+                message: format!("{pair:?} must be BRANCH=ENVIRONMENT"),
+            }),
+        })
+        .collect()
 }
 
 impl Settings {
@@ -228,6 +270,17 @@ impl Settings {
                 args.github_webhook_secret.or(file.github_webhook_secret),
                 "github_webhook_secret",
             )?,
+            rollout_tick: Duration::from_millis(
+                args.rollout_tick_ms
+                    .or(file.rollout_tick_ms)
+                    .unwrap_or(1000)
+                    .max(10),
+            ),
+            branch_environments: match (args.branch_environments, file.branch_environments) {
+                (Some(text), _) => parse_branch_environments(&text)?,
+                (None, Some(table)) => table.into_iter().collect(),
+                (None, None) => Vec::new(),
+            },
             data_dir,
         })
     }
@@ -253,6 +306,19 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn branches_map_to_environments_most_specific_first() {
+        let map = parse_branch_environments(
+            "main=production, staging=staging,preview/*=preview,preview/big-*=big",
+        )
+        .unwrap();
+        assert_eq!(environment_for_branch(&map, "main"), Some("production"));
+        assert_eq!(environment_for_branch(&map, "preview/x"), Some("preview"));
+        assert_eq!(environment_for_branch(&map, "preview/big-1"), Some("big"));
+        assert_eq!(environment_for_branch(&map, "mainline"), None);
+        assert!(parse_branch_environments("main").is_err());
+    }
 
     #[test]
     fn flags_win_over_file_and_defaults_fill_the_rest() {

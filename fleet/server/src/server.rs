@@ -13,7 +13,7 @@ use crate::db::Db;
 use crate::routes::keys::insert_key;
 use crate::secrets::{self, ENROLLMENT_KEY_PREFIX, OPERATOR_KEY_PREFIX};
 use crate::state::{AppState, Shared};
-use crate::{app, audit};
+use crate::{app, audit, rollout};
 
 /// Creates the admin key and the enrollment key on first start. Generated secrets go to
 /// stderr, once; configured ones are never printed.
@@ -102,6 +102,35 @@ async fn shutdown_signal() {
     }
 }
 
+/// The rollout engine's clock: waits between stages and silent robots need decisions no
+/// report triggers. Every replica ticks; the engine's locks make that safe.
+async fn rollout_ticks(state: AppState) {
+    let mut tick = tokio::time::interval(state.settings.rollout_tick);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(err) = rollout_tick(&state).await {
+            tracing::warn!("rollout engine: {err}");
+        }
+    }
+}
+
+async fn rollout_tick(state: &AppState) -> anyhow::Result<()> {
+    let running = {
+        let mut conn = state.db.pool().acquire().await?;
+        rollout::engine::running(&mut conn).await?
+    };
+    for id in running {
+        let mut write = state.db.begin_write().await?;
+        let evaluation = rollout::engine::evaluate(&mut write.tx, state.db.backend(), &id).await?;
+        write.commit().await?;
+        state
+            .hub
+            .wake_many(evaluation.offered.iter().map(String::as_str));
+    }
+    Ok(())
+}
+
 /// Runs the server until SIGINT or SIGTERM.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     for dir in [
@@ -150,6 +179,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         })
     };
 
+    let engine = tokio::spawn(rollout_ticks(state.clone()));
+
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
@@ -171,6 +202,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     .await
     .context("serving HTTP")?;
     flusher.abort();
+    engine.abort();
     state
         .last_seen
         .flush(&state.db)

@@ -47,3 +47,38 @@ mod tests {
         assert_eq!(rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
     }
 }
+
+/// A point in time as operators write it: RFC 3339 (`2026-11-24T10:00:00Z`) or an age
+/// (`2-hours-ago`, `90m`, `1day`), relative to `now_ms`.
+pub fn parse_point(text: &str, now_ms: i64) -> Result<i64, String> {
+    if let Ok(time) = humantime::parse_rfc3339_weak(text) {
+        let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+        return Ok(i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX));
+    }
+    let age = text
+        .strip_suffix("-ago")
+        .unwrap_or(text)
+        .replace(['-', ' '], "");
+    let age = humantime::parse_duration(&age).map_err(|_| {
+        format!("{text:?} is neither an RFC 3339 time nor an age like 2-hours-ago or 90m")
+    })?;
+    Ok(now_ms.saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX)))
+}
+
+#[cfg(test)]
+mod point_tests {
+    use super::*;
+
+    #[test]
+    fn points_are_times_or_ages() {
+        let now = 1_700_000_000_000;
+        assert_eq!(parse_point("2-hours-ago", now).unwrap(), now - 7_200_000);
+        assert_eq!(parse_point("90m", now).unwrap(), now - 5_400_000);
+        assert_eq!(parse_point("1day", now).unwrap(), now - 86_400_000);
+        assert_eq!(
+            parse_point("2023-11-14T22:13:20Z", now).unwrap(),
+            1_700_000_000_000
+        );
+        assert!(parse_point("yesterday-ish", now).is_err());
+    }
+}

@@ -632,7 +632,8 @@ fn openapi_document_describes_exactly_the_served_routes() {
         let concrete = path
             .replace("{id}", "x")
             .replace("{name}", "x")
-            .replace("{robot_id}", "x");
+            .replace("{robot_id}", "x")
+            .replace("{verb}", "pause");
         let url = format!("{}{concrete}", server.url);
         let (status, body) = call(http.request(method.parse().unwrap(), &url));
         assert!(
@@ -656,6 +657,10 @@ fn openapi_document_describes_exactly_the_served_routes() {
         ("POST", "/api/v1/webhooks/github"),
         ("GET", "/api/v1/git/pushes"),
         ("GET", "/api/v1/history/releases"),
+        ("POST", "/api/v1/deployments/{id}/{verb}"),
+        ("POST", "/api/v1/rollbacks"),
+        ("PUT", "/api/v1/environments/{name}"),
+        ("POST", "/api/v1/environments/{name}/promote"),
     ] {
         assert!(
             operations
@@ -666,7 +671,7 @@ fn openapi_document_describes_exactly_the_served_routes() {
     }
     assert_eq!(
         operations.len(),
-        30,
+        35,
         "routes added or removed: update this test's count"
     );
     let schemas = document["components"]["schemas"].as_object().unwrap();

@@ -3,7 +3,8 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use rota_protocol::operator::{
-    CreateDeploymentRequest, Deployment, DeploymentState, ErrorBody, RobotAssignment, Role,
+    CreateDeploymentRequest, Deployment, DeploymentKind, DeploymentLogEntry, DeploymentState,
+    DeploymentVerb, ErrorBody, RobotAssignment, Role,
 };
 use rota_protocol::robot::AssignmentState;
 use serde::Deserialize;
@@ -15,18 +16,30 @@ use crate::rollout::{self, NewDeployment, ReleaseRef};
 use crate::state::AppState;
 use crate::time::rfc3339;
 
-type DeploymentRow = (
-    String,
-    String,
-    String,
-    String,
-    String,
-    i64,
-    String,
-    String,
-    i64,
-);
-const DEPLOYMENT_SELECT: &str = "SELECT d.id, d.release_id, r.version, d.target, d.strategy, d.forced, d.state, d.created_by, d.created_at
+#[derive(sqlx::FromRow)]
+struct DeploymentRow {
+    id: String,
+    release_id: String,
+    version: String,
+    target: String,
+    strategy: String,
+    forced: i64,
+    state: String,
+    created_by: String,
+    created_at: i64,
+    kind: String,
+    environment: Option<String>,
+    update_window: Option<String>,
+    current_stage: i64,
+    stage_count: i64,
+    halt_reason: Option<String>,
+    approved_by: Option<String>,
+    parent_id: Option<String>,
+}
+const DEPLOYMENT_SELECT: &str =
+    "SELECT d.id, d.release_id, r.version, d.target, d.strategy, d.forced,
+            d.state, d.created_by, d.created_at, d.kind, d.environment, d.update_window,
+            d.current_stage, d.stage_count, d.halt_reason, d.approved_by, d.parent_id
      FROM deployments d JOIN releases r ON r.id = d.release_id";
 
 async fn deployment_from_row(
@@ -34,17 +47,25 @@ async fn deployment_from_row(
     row: DeploymentRow,
     with_robots: bool,
 ) -> ApiResult<Deployment> {
-    let (
+    let DeploymentRow {
         id,
         release_id,
         version,
         target,
         strategy,
         forced,
-        deployment_state,
+        state: deployment_state,
         created_by,
         created_at,
-    ) = row;
+        kind,
+        environment,
+        update_window,
+        current_stage,
+        stage_count,
+        halt_reason,
+        approved_by,
+        parent_id,
+    } = row;
     let mut conn = state.db.pool().acquire().await?;
     let counts = rollout::assignment_counts(&mut conn, &id).await?;
     let robots = if with_robots {
@@ -78,6 +99,29 @@ async fn deployment_from_row(
     } else {
         None
     };
+    let log = if with_robots {
+        type Row = (i64, String, String, Option<i64>, Option<String>);
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT at, actor, action, stage, detail FROM deployment_log
+             WHERE deployment_id = $1 ORDER BY id",
+        )
+        .bind(&id)
+        .fetch_all(&mut *conn)
+        .await?;
+        Some(
+            rows.into_iter()
+                .map(|(at, actor, action, stage, detail)| DeploymentLogEntry {
+                    at: rfc3339(at),
+                    actor,
+                    action,
+                    stage: stage.and_then(|s| u32::try_from(s).ok()),
+                    detail,
+                })
+                .collect(),
+        )
+    } else {
+        None
+    };
     Ok(Deployment {
         release_id,
         version,
@@ -87,10 +131,22 @@ async fn deployment_from_row(
         state: DeploymentState::parse(&deployment_state).ok_or_else(|| {
             ApiError::internal(format!("unknown deployment state {deployment_state:?}"))
         })?,
+        kind: DeploymentKind::parse(&kind).unwrap_or_default(),
+        environment,
+        update_window: update_window
+            .map(|json| serde_json::from_str(&json))
+            .transpose()
+            .map_err(ApiError::internal)?,
+        current_stage: u32::try_from(current_stage).unwrap_or(0),
+        stage_count: u32::try_from(stage_count).unwrap_or(1),
+        halt_reason,
+        approved_by,
+        parent_id,
         created_by,
         created_at: rfc3339(created_at),
         counts,
         robots,
+        log,
         id,
     })
 }
@@ -106,7 +162,7 @@ pub async fn find(state: &AppState, id: &str) -> ApiResult<Deployment> {
 }
 
 /// Finds a release by id, or by version when exactly one release has it.
-async fn resolve_release(state: &AppState, release: &str) -> ApiResult<ReleaseRef> {
+pub async fn resolve_release(state: &AppState, release: &str) -> ApiResult<ReleaseRef> {
     let rows: Vec<(String, String, String)> = sqlx::query_as(
         "SELECT id, version, compatible FROM releases WHERE id = $1 OR version = $2",
     )
@@ -166,6 +222,8 @@ pub async fn create(
             strategy: request.strategy.clone(),
             force: request.force,
             created_by: operator.actor(),
+            kind: DeploymentKind::Deploy,
+            parent_id: None,
         },
     )
     .await?;
@@ -196,7 +254,8 @@ pub async fn create(
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct DeploymentsQuery {
-    /// Only deployments in this state (`running`, `succeeded`, `failed`, `superseded`).
+    /// Only deployments in this state (`awaiting_approval`, `running`, `paused`, `halted`,
+    /// `aborted`, `succeeded`, `failed`, `superseded`).
     pub state: Option<String>,
     /// At most this many, newest first. [default: 50, at most 1000]
     pub limit: Option<i64>,
@@ -255,5 +314,48 @@ pub async fn get(
     _operator: Operator,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<ApiJson<Deployment>> {
+    Ok(ApiJson(find(&state, &id).await?))
+}
+
+/// Pause, resume, abort, approve or retry a deployment (deployer).
+///
+/// `approve` starts a deployment awaiting approval (not by its creator) or the next stage of
+/// a canary waiting for it; `retry` offers the release again to the robots that failed or
+/// rolled back and reopens a halted deployment.
+#[utoipa::path(post, path = "/api/v1/deployments/{id}/{verb}", tag = "deployments",
+    params(
+        ("id" = String, Path, description = "deployment id"),
+        ("verb" = DeploymentVerb, Path, description = "pause, resume, abort, approve or retry"),
+    ),
+    responses(
+        (status = 200, body = Deployment),
+        (status = 403, description = "needs the deployer role; creators cannot approve", body = ErrorBody),
+        (status = 404, description = "unknown deployment or verb", body = ErrorBody),
+        (status = 409, description = "the verb does not apply in the deployment's state", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn act(
+    State(state): State<AppState>,
+    operator: Operator,
+    ApiPath((id, verb)): ApiPath<(String, String)>,
+) -> ApiResult<ApiJson<Deployment>> {
+    let verb: DeploymentVerb = verb.parse().map_err(ApiError::not_found)?;
+    operator.require(Role::Deployer)?;
+    let mut write = state.db.begin_write().await?;
+    let offered = rollout::verbs::apply(
+        &mut write.tx,
+        state.db.backend(),
+        &id,
+        verb,
+        &operator.actor(),
+    )
+    .await?;
+    let action = format!("deployment.{}", verb.as_str());
+    audit::Record::by(&operator, &action, format!("deployment:{id}"))
+        .write(&mut write.tx)
+        .await?;
+    write.commit().await?;
+    state.hub.wake_many(offered.iter().map(String::as_str));
+    tracing::info!(deployment = %id, verb = verb.as_str(), by = %operator.actor(), "deployment verb");
     Ok(ApiJson(find(&state, &id).await?))
 }

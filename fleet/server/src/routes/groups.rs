@@ -8,6 +8,7 @@ use rota_protocol::robot::validate_robot_id;
 use crate::audit;
 use crate::auth::Operator;
 use crate::error::{ApiError, ApiJson, ApiPath, ApiResult};
+use crate::rollout;
 use crate::state::AppState;
 use crate::time::now_ms;
 
@@ -158,13 +159,19 @@ pub async fn add_robot(
     .bind(&robot_id)
     .execute(&mut *write.tx)
     .await?;
+    let mut woken = false;
     if inserted.rows_affected() == 1 {
         audit::Record::by(&operator, "group.add_robot", format!("group:{name}"))
             .details(serde_json::json!({"robot": robot_id}))
             .write(&mut write.tx)
             .await?;
+        woken = rollout::join::join_open_deployments(&mut write.tx, state.db.backend(), &robot_id)
+            .await?;
     }
     write.commit().await?;
+    if woken {
+        state.hub.wake(&robot_id);
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -2,12 +2,14 @@
 //! the router is built from those descriptions, so the served routes and the document agree.
 
 pub mod deployments;
+pub mod environments;
 pub mod fleet;
 pub mod groups;
 pub mod keys;
 pub mod releases;
 pub mod robot;
 pub mod robots;
+pub mod rollbacks;
 pub mod webhooks;
 
 use crate::error::{ApiError, ApiResult};

@@ -18,6 +18,7 @@ use crate::audit;
 use crate::auth::{Caller, Operator};
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
 use crate::git;
+use crate::routes::environments;
 use crate::state::AppState;
 use crate::time::{now_ms, rfc3339};
 
@@ -291,7 +292,13 @@ pub async fn publish(
     }))
     .write(&mut write.tx)
     .await?;
+    let auto = environments::auto_deploy(&state, &mut write.tx, &release).await?;
     write.commit().await?;
+    if let Some(created) = auto {
+        state
+            .hub
+            .wake_many(created.offered.iter().map(String::as_str));
+    }
     tracing::info!(release = %release.id, version = %release.version, "release published");
     let mut published = Release {
         created_at: rfc3339(now),

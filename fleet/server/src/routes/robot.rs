@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::http::header::{ETAG, HOST, IF_NONE_MATCH};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use rota_protocol::operator::ErrorBody;
+use rota_protocol::operator::{DeploymentKind, ErrorBody};
 use rota_protocol::robot::{
     validate_robot_id, Assignment, EnrollRequest, EnrollResponse, EventReport, SlotsReport,
     MAX_WAIT_SECS,
@@ -86,6 +86,8 @@ pub async fn enroll(
     }
     .write(&mut write.tx)
     .await?;
+    rollout::join::join_open_deployments(&mut write.tx, state.db.backend(), &request.robot_id)
+        .await?;
     write.commit().await?;
     tracing::info!(robot = %request.robot_id, approved, "robot enrolled");
     Ok((
@@ -167,9 +169,21 @@ async fn current_assignment(
     robot: &RobotCaller,
     host: Option<&str>,
 ) -> ApiResult<Option<(Assignment, String)>> {
-    type Row = (String, i64, String, String, String, i64, String, String);
+    type Row = (
+        String,
+        i64,
+        String,
+        String,
+        String,
+        i64,
+        String,
+        String,
+        String,
+        Option<String>,
+    );
     let row: Option<Row> = sqlx::query_as(&format!(
-        "SELECT a.deployment_id, d.forced, r.id, r.version, r.compatible, r.size, r.manifest_hash, r.bundle_sha256
+        "SELECT a.deployment_id, d.forced, r.id, r.version, r.compatible, r.size, r.manifest_hash,
+                r.bundle_sha256, d.kind, d.update_window
          FROM assignments a
          JOIN deployments d ON d.id = a.deployment_id
          JOIN releases r ON r.id = a.release_id
@@ -179,8 +193,18 @@ async fn current_assignment(
     .bind(&robot.id)
     .fetch_optional(state.db.pool())
     .await?;
-    let Some((deployment_id, forced, release_id, version, compatible, size, manifest_hash, sha)) =
-        row
+    let Some((
+        deployment_id,
+        forced,
+        release_id,
+        version,
+        compatible,
+        size,
+        manifest_hash,
+        sha,
+        kind,
+        update_window,
+    )) = row
     else {
         return Ok(None);
     };
@@ -207,8 +231,11 @@ async fn current_assignment(
             bundle_size: u64::try_from(size).unwrap_or(0),
             manifest_hash,
             force: forced != 0,
-            allow_downgrade: false,
-            update_window: None,
+            allow_downgrade: kind == DeploymentKind::Rollback.as_str(),
+            update_window: update_window
+                .map(|json| serde_json::from_str(&json))
+                .transpose()
+                .map_err(ApiError::internal)?,
         },
         etag,
     )))
@@ -310,7 +337,7 @@ pub async fn report_event(
 ) -> ApiResult<StatusCode> {
     state.last_seen.touch(&robot.id, now_ms());
     let mut write = state.db.begin_write().await?;
-    rollout::apply_event(
+    let offered = rollout::apply_event(
         &mut write.tx,
         state.db.backend(),
         &robot.id,
@@ -319,6 +346,7 @@ pub async fn report_event(
     )
     .await?;
     write.commit().await?;
+    state.hub.wake_many(offered.iter().map(String::as_str));
     state.metrics.count_event(report.event.name());
     tracing::info!(robot = %robot.id, deployment = %report.deployment_id, event = report.event.name(), "robot event");
     Ok(StatusCode::NO_CONTENT)

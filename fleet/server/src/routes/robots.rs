@@ -163,7 +163,22 @@ pub async fn approve(
     audit::Record::by(&operator, "robot.approve", format!("robot:{id}"))
         .write(&mut write.tx)
         .await?;
+    // Open deployments skipped the robot only for want of approval: it joins them now.
+    sqlx::query(
+        "DELETE FROM assignments WHERE robot_id = $1 AND state = 'skipped'
+           AND detail = 'robot is waiting for approval'
+           AND deployment_id IN (SELECT id FROM deployments
+                                 WHERE state IN ('running', 'paused', 'awaiting_approval'))",
+    )
+    .bind(&id)
+    .execute(&mut *write.tx)
+    .await?;
+    let woken =
+        rollout::join::join_open_deployments(&mut write.tx, state.db.backend(), &id).await?;
     write.commit().await?;
+    if woken {
+        state.hub.wake(&id);
+    }
     Ok(ApiJson(find(&state, &id).await?))
 }
 
@@ -203,7 +218,7 @@ pub async fn remove(
     .execute(&mut *write.tx)
     .await?;
     for deployment_id in open {
-        rollout::recompute_deployment(&mut write.tx, state.db.backend(), &deployment_id).await?;
+        rollout::engine::evaluate(&mut write.tx, state.db.backend(), &deployment_id).await?;
     }
     audit::Record::by(&operator, "robot.remove", format!("robot:{id}"))
         .write(&mut write.tx)

@@ -1,0 +1,336 @@
+//! Which release a robot ran at some point: before a deployment, before its current release,
+//! at a time; and the rollback deployments that send robots back there.
+
+use std::collections::BTreeMap;
+
+use rota_protocol::operator::{DeploymentKind, DeploymentTarget, Strategy};
+use rota_protocol::robot::SlotsReport;
+use sqlx::AnyConnection;
+
+use super::engine::Rollout;
+use super::{create_deployment, Created, NewDeployment, ReleaseRef, TargetRobot};
+use crate::db::Backend;
+use crate::error::{ApiError, ApiResult};
+
+/// Where rollbacks send robots.
+#[derive(Default)]
+pub struct RollbackPlan {
+    /// Robots per release they go back to, in release id order.
+    pub by_release: Vec<(ReleaseRef, Vec<String>)>,
+    /// Robots that already run the release they would go back to.
+    pub unchanged: Vec<String>,
+    /// Robots whose release could not be found, and why.
+    pub unresolved: Vec<(String, String)>,
+}
+
+/// What `--to` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RollbackTo {
+    /// The release each robot ran before its current one.
+    Previous,
+    Version(String),
+    /// A git commit or a prefix of one.
+    Commit(String),
+    /// What the deployment deployed.
+    Deployment(String),
+    /// What each robot had committed at this time (unix ms).
+    Time(i64),
+}
+
+impl RollbackTo {
+    pub fn parse(text: Option<&str>, now_ms: i64) -> Result<Self, String> {
+        let Some(text) = text.map(str::trim) else {
+            return Ok(RollbackTo::Previous);
+        };
+        if let Some(commit) = text.strip_prefix("commit:") {
+            let hex = commit.len() >= 4 && commit.bytes().all(|b| b.is_ascii_hexdigit());
+            return match hex {
+                true => Ok(RollbackTo::Commit(commit.to_ascii_lowercase())),
+                false => Err(format!("commit {commit:?} must be at least 4 hex digits")),
+            };
+        }
+        if text.starts_with("dep_") {
+            return Ok(RollbackTo::Deployment(text.to_string()));
+        }
+        let version = text.strip_prefix('v').unwrap_or(text);
+        if semver::Version::parse(version).is_ok() {
+            return Ok(RollbackTo::Version(version.to_string()));
+        }
+        crate::time::parse_point(text, now_ms)
+            .map(RollbackTo::Time)
+            .map_err(|_| {
+                format!(
+                    "--to {text:?} is not a version (v2.1.0), commit:SHA, a deployment id (dep_...), \
+                     a time (2026-11-24T10:00:00Z) or an age (2-hours-ago)"
+                )
+            })
+    }
+}
+
+async fn release_ref(conn: &mut AnyConnection, id: &str) -> ApiResult<ReleaseRef> {
+    let row: Option<(String, String, String)> =
+        sqlx::query_as("SELECT id, version, compatible FROM releases WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let (id, version, compatible) =
+        row.ok_or_else(|| ApiError::internal(format!("release {id:?} vanished")))?;
+    Ok(ReleaseRef {
+        id,
+        version,
+        compatible,
+    })
+}
+
+/// Releases the robot committed, newest first, with when.
+async fn committed_history(
+    conn: &mut AnyConnection,
+    robot_id: &str,
+) -> ApiResult<Vec<(String, i64)>> {
+    Ok(sqlx::query_as(
+        "SELECT release_id, finished_at FROM assignments
+         WHERE robot_id = $1 AND state = 'committed' AND finished_at IS NOT NULL
+         ORDER BY finished_at DESC",
+    )
+    .bind(robot_id)
+    .fetch_all(&mut *conn)
+    .await?)
+}
+
+/// The release in the slot the robot did not boot, from its last slot report.
+async fn other_slot_release(
+    conn: &mut AnyConnection,
+    robot_id: &str,
+    compatible: &str,
+) -> ApiResult<Option<String>> {
+    let report: Option<Option<String>> =
+        sqlx::query_scalar("SELECT slots_json FROM robots WHERE id = $1")
+            .bind(robot_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let Some(report) = report
+        .flatten()
+        .and_then(|json| serde_json::from_str::<SlotsReport>(&json).ok())
+    else {
+        return Ok(None);
+    };
+    let Some(hash) = report
+        .slots
+        .iter()
+        .find(|slot| slot.slot != report.booted && slot.state == "good")
+        .and_then(|slot| slot.manifest_hash.clone())
+    else {
+        return Ok(None);
+    };
+    Ok(
+        sqlx::query_scalar("SELECT id FROM releases WHERE manifest_hash = $1 AND compatible = $2")
+            .bind(hash)
+            .bind(compatible)
+            .fetch_optional(&mut *conn)
+            .await?,
+    )
+}
+
+/// The release the robot runs now, as far as the server knows.
+async fn current_release(conn: &mut AnyConnection, robot_id: &str) -> ApiResult<Option<String>> {
+    Ok(committed_history(conn, robot_id)
+        .await?
+        .into_iter()
+        .next()
+        .map(|(release, _)| release))
+}
+
+/// The release of the deployment `id`.
+async fn deployment_release(conn: &mut AnyConnection, id: &str) -> ApiResult<String> {
+    let release: Option<String> =
+        sqlx::query_scalar("SELECT release_id FROM deployments WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    release.ok_or_else(|| ApiError::not_found(format!("no deployment with id {id:?}")))
+}
+
+/// Where `robot` goes back to for `to`; `Err` says why nowhere.
+async fn resolve_one(
+    conn: &mut AnyConnection,
+    robot: &TargetRobot,
+    to: &RollbackTo,
+) -> ApiResult<Result<String, String>> {
+    let history = committed_history(conn, &robot.id).await?;
+    let found = match to {
+        RollbackTo::Previous => {
+            let current = history.first().map(|(release, _)| release.clone());
+            let earlier = history
+                .iter()
+                .map(|(release, _)| release)
+                .find(|release| Some(*release) != current.as_ref())
+                .cloned();
+            match earlier {
+                Some(release) => Some(release),
+                None => other_slot_release(conn, &robot.id, &robot.compatible)
+                    .await?
+                    .filter(|release| Some(release) != current.as_ref()),
+            }
+        }
+        RollbackTo::Time(at) => history
+            .iter()
+            .find(|(_, finished)| finished <= at)
+            .map(|(release, _)| release.clone()),
+        RollbackTo::Version(version) => {
+            sqlx::query_scalar("SELECT id FROM releases WHERE version = $1 AND compatible = $2")
+                .bind(version)
+                .bind(&robot.compatible)
+                .fetch_optional(&mut *conn)
+                .await?
+        }
+        RollbackTo::Commit(prefix) => {
+            sqlx::query_scalar(
+                "SELECT id FROM releases WHERE LOWER(git_commit) LIKE $1 AND compatible = $2
+                 ORDER BY created_at DESC LIMIT 1",
+            )
+            .bind(format!("{prefix}%"))
+            .bind(&robot.compatible)
+            .fetch_optional(&mut *conn)
+            .await?
+        }
+        RollbackTo::Deployment(id) => {
+            let release = deployment_release(conn, id).await?;
+            let compatible: Option<String> =
+                sqlx::query_scalar("SELECT compatible FROM releases WHERE id = $1")
+                    .bind(&release)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+            (compatible.as_deref() == Some(robot.compatible.as_str())).then_some(release)
+        }
+    };
+    Ok(found.ok_or_else(|| match to {
+        RollbackTo::Previous => "no earlier release on record".to_string(),
+        RollbackTo::Time(_) => "had committed nothing through Rota by then".to_string(),
+        RollbackTo::Version(v) => format!("no release {v} for {}", robot.compatible),
+        RollbackTo::Commit(c) => {
+            format!("no release built from commit {c} for {}", robot.compatible)
+        }
+        RollbackTo::Deployment(d) => format!("{d} deployed a release for another board"),
+    }))
+}
+
+/// Where each robot goes for `to`, grouped by release.
+pub async fn resolve(
+    conn: &mut AnyConnection,
+    robots: &[TargetRobot],
+    to: &RollbackTo,
+) -> ApiResult<RollbackPlan> {
+    let mut plan = RollbackPlan::default();
+    let mut by_release: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for robot in robots {
+        match resolve_one(conn, robot, to).await? {
+            Ok(release) if current_release(conn, &robot.id).await? == Some(release.clone()) => {
+                plan.unchanged.push(robot.id.clone());
+            }
+            Ok(release) => by_release
+                .entry(release)
+                .or_default()
+                .push(robot.id.clone()),
+            Err(why) => plan.unresolved.push((robot.id.clone(), why)),
+        }
+    }
+    for (release, robots) in by_release {
+        plan.by_release
+            .push((release_ref(conn, &release).await?, robots));
+    }
+    Ok(plan)
+}
+
+/// Where robots that took `rollout`'s release go back to: what each committed before it.
+pub(crate) async fn before_deployment(
+    conn: &mut AnyConnection,
+    robot_ids: &[String],
+    rollout: &Rollout,
+) -> ApiResult<RollbackPlan> {
+    let mut plan = RollbackPlan::default();
+    let mut by_release: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for robot in robot_ids {
+        let earlier = committed_history(conn, robot)
+            .await?
+            .into_iter()
+            .find(|(release, finished)| {
+                *finished < rollout.created_at && *release != rollout.release_id
+            })
+            .map(|(release, _)| release);
+        let earlier = match earlier {
+            Some(release) => Some(release),
+            None => {
+                let compatible: String =
+                    sqlx::query_scalar("SELECT compatible FROM robots WHERE id = $1")
+                        .bind(robot)
+                        .fetch_one(&mut *conn)
+                        .await?;
+                other_slot_release(conn, robot, &compatible)
+                    .await?
+                    .filter(|release| *release != rollout.release_id)
+            }
+        };
+        match earlier {
+            Some(release) => by_release.entry(release).or_default().push(robot.clone()),
+            None => plan
+                .unresolved
+                .push((robot.clone(), "no earlier release on record".into())),
+        }
+    }
+    for (release, robots) in by_release {
+        plan.by_release
+            .push((release_ref(conn, &release).await?, robots));
+    }
+    Ok(plan)
+}
+
+/// A deployment sending `robots` back to `release`: downgrades allowed, no approval gate.
+pub async fn create_rollback(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    release: &ReleaseRef,
+    robots: Vec<String>,
+    strategy: Option<Strategy>,
+    parent_id: Option<String>,
+    actor: &str,
+) -> ApiResult<Created> {
+    create_deployment(
+        conn,
+        backend,
+        NewDeployment {
+            release: release.clone(),
+            target: DeploymentTarget::Robots(robots),
+            strategy: Some(strategy.unwrap_or(Strategy::Immediate)),
+            // What a robot ran before is not on its denylist; force covers a release it once
+            // rolled back from and later committed after all.
+            force: true,
+            created_by: actor.to_string(),
+            kind: DeploymentKind::Rollback,
+            parent_id,
+        },
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rollback_targets_parse() {
+        let now = 10_000_000;
+        let parse = |text| RollbackTo::parse(Some(text), now).unwrap();
+        assert_eq!(RollbackTo::parse(None, now).unwrap(), RollbackTo::Previous);
+        assert_eq!(parse("v2.1.0"), RollbackTo::Version("2.1.0".into()));
+        assert_eq!(
+            parse("2.1.0-rc.1"),
+            RollbackTo::Version("2.1.0-rc.1".into())
+        );
+        assert_eq!(parse("commit:ABC123"), RollbackTo::Commit("abc123".into()));
+        assert_eq!(parse("dep_0011"), RollbackTo::Deployment("dep_0011".into()));
+        assert_eq!(parse("2-hours-ago"), RollbackTo::Time(now - 7_200_000));
+        for bad in ["commit:xyz", "commit:ab", "last tuesday"] {
+            assert!(RollbackTo::parse(Some(bad), now).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! `rota rollback`: new deployments of what the target ran at a point (a version, a commit, a
+//! deployment, a time, or by default the release before the current one).
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use rota_protocol::operator::{ErrorBody, Role, RollbackOutcome, RollbackRequest, UnresolvedRobot};
+
+use crate::audit;
+use crate::auth::Operator;
+use crate::error::{ApiError, ApiJson, ApiResult};
+use crate::rollout::previous::{self, RollbackTo};
+use crate::rollout::{self};
+use crate::routes::deployments;
+use crate::state::AppState;
+use crate::time::now_ms;
+
+/// Roll robots back (deployer).
+///
+/// Each robot of the target goes back to the release `to` names for it: one deployment per
+/// release, downgrades allowed, with the target environment's strategy unless `immediate`
+/// (never its approval gate: a rollback is the way out of trouble). Robots whose other slot
+/// still holds that release switch to it without downloading.
+#[utoipa::path(post, path = "/api/v1/rollbacks", tag = "deployments",
+    request_body = RollbackRequest,
+    responses(
+        (status = 201, body = RollbackOutcome),
+        (status = 403, body = ErrorBody),
+        (status = 404, description = "unknown group, robot, environment or deployment", body = ErrorBody),
+        (status = 422, description = "unreadable `to`, or nothing to roll back", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn create(
+    State(state): State<AppState>,
+    operator: Operator,
+    ApiJson(request): ApiJson<RollbackRequest>,
+) -> ApiResult<(StatusCode, ApiJson<RollbackOutcome>)> {
+    operator.require(Role::Deployer)?;
+    let to = RollbackTo::parse(request.to.as_deref(), now_ms()).map_err(ApiError::unprocessable)?;
+    let mut write = state.db.begin_write().await?;
+    let robots = rollout::target_robots(&mut write.tx, &request.target).await?;
+    let plan = previous::resolve(&mut write.tx, &robots, &to).await?;
+    if plan.by_release.is_empty() {
+        let why = match (plan.unchanged.len(), plan.unresolved.first()) {
+            (0, Some((robot, reason))) => format!("{robot}: {reason}"),
+            (n, _) => format!("{n} robots already run that release"),
+        };
+        return Err(ApiError::unprocessable(format!(
+            "nothing to roll back for {}: {why}",
+            request.target
+        )));
+    }
+    let strategy = match request.immediate {
+        true => None,
+        false => rollout::environment_of(&mut write.tx, &request.target)
+            .await?
+            .map(|env| env.strategy),
+    };
+    let mut created = Vec::new();
+    let mut offered = Vec::new();
+    for (release, robots) in &plan.by_release {
+        let deployment = previous::create_rollback(
+            &mut write.tx,
+            state.db.backend(),
+            release,
+            robots.clone(),
+            strategy.clone(),
+            None,
+            &operator.actor(),
+        )
+        .await?;
+        offered.extend(deployment.offered);
+        created.push((
+            deployment.deployment_id,
+            release.version.clone(),
+            robots.len(),
+        ));
+    }
+    audit::Record::by(&operator, "rollback.create", request.target.to_string())
+        .details(serde_json::json!({
+            "to": request.to, "immediate": request.immediate,
+            "deployments": created.iter().map(|(id, version, robots)| serde_json::json!({
+                "deployment": id, "version": version, "robots": robots,
+            })).collect::<Vec<_>>(),
+            "unchanged": plan.unchanged.len(), "unresolved": plan.unresolved.len(),
+        }))
+        .write(&mut write.tx)
+        .await?;
+    write.commit().await?;
+    state.hub.wake_many(offered.iter().map(String::as_str));
+    let mut deployments = Vec::with_capacity(created.len());
+    for (id, _, _) in &created {
+        deployments.push(deployments::find(&state, id).await?);
+    }
+    Ok((
+        StatusCode::CREATED,
+        ApiJson(RollbackOutcome {
+            deployments,
+            unchanged: plan.unchanged,
+            unresolved: plan
+                .unresolved
+                .into_iter()
+                .map(|(robot_id, reason)| UnresolvedRobot { robot_id, reason })
+                .collect(),
+        }),
+    ))
+}
