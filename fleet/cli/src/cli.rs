@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
-use rota_protocol::operator::{DeploymentTarget, Role};
+use clap::{Args, Parser, Subcommand};
+use rota_protocol::operator::{DeploymentTarget, FailureThreshold, Role};
 
 use crate::when::When;
 
@@ -16,8 +16,8 @@ use crate::when::When;
 /// ~/.config/rota/credentials.toml (mode 0600). ROTA_SERVER and ROTA_API_KEY override it.
 ///
 /// Exit codes: 0 success; 1 error (unreachable server, refused call, bad input);
-/// 2 command-line error; 3 `deploy --wait` ended with robots rolled back or failed;
-/// 4 `deploy --wait` timed out.
+/// 2 command-line error; 3 `--wait` ended with robots rolled back or failed, or the rollout
+/// halted; 4 `--wait` timed out.
 #[derive(Debug, Parser)]
 #[command(name = "rota", version)]
 pub struct Cli {
@@ -44,23 +44,75 @@ pub enum Command {
     /// Publish and list releases.
     #[command(subcommand)]
     Release(ReleaseCommand),
-    /// Send a release to robots (immediately).
+    /// Send a release to robots: at once, in stages, or canaries first.
+    ///
+    /// Without a strategy flag the target environment's strategy applies (immediate when the
+    /// target is in no environment). Examples:
+    ///   rota deploy 2.1.0 --to env:production
+    ///   rota deploy 2.1.0 --to all --staged 10,50,100 --stage-wait 5m --max-failures 10% --auto-rollback
+    ///   rota deploy 2.1.0 --to group:lab --canary 2 --manual
     Deploy {
         /// Release id, or its version when only one board has that version.
         release: String,
-        /// Which robots: `all`, `group:NAME` or `robot:ID`.
+        /// Which robots: `all`, `group:NAME`, `env:NAME`, `robot:ID` or `robots:ID,ID`.
         #[arg(long)]
         to: DeploymentTarget,
+        #[command(flatten)]
+        strategy: StrategyArgs,
         /// Offer it even to robots that rolled back from it before. [default: off]
         #[arg(long)]
         force: bool,
-        /// Wait until every robot has committed, rolled back or failed, printing each as it
-        /// ends. [default: off]
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Pause a deployment: robots that started finish, nobody new starts.
+    Pause { deployment: String },
+    /// Resume a paused deployment.
+    Resume { deployment: String },
+    /// Abort a deployment: robots that had not started never will.
+    Abort { deployment: String },
+    /// Approve a deployment awaiting approval (not your own), or start the next stage of a
+    /// canary waiting for it.
+    Approve { deployment: String },
+    /// Offer the release again to the robots that failed or rolled back; reopens a halted
+    /// deployment.
+    Retry { deployment: String },
+    /// Roll robots back: a new deployment of what they ran at a point.
+    ///
+    /// --to takes a version (v2.1.0), commit:SHA, a deployment id (dep_...), a time
+    /// (2026-11-24T10:00:00Z) or an age (2-hours-ago: what each robot had committed then).
+    /// Without --to, each robot goes back to the release before its current one. Robots whose
+    /// other slot still holds that release switch to it and reboot, without a download.
+    Rollback {
+        /// Where to go back to. [default: the previous release]
         #[arg(long)]
-        wait: bool,
-        /// With --wait, give up after this many seconds (exit code 4). [default: 1800]
-        #[arg(long, default_value_t = 1800)]
-        timeout: u64,
+        to: Option<String>,
+        /// Only this group.
+        #[arg(long, conflicts_with_all = ["robot", "env"])]
+        group: Option<String>,
+        /// Only this robot.
+        #[arg(long, conflicts_with = "env")]
+        robot: Option<String>,
+        /// Only this environment.
+        #[arg(long)]
+        env: Option<String>,
+        /// Offer at once instead of with the environment's strategy. [default: off]
+        #[arg(long)]
+        immediate: bool,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Deploy what one environment runs now to another, with the other's rules.
+    Promote {
+        from: String,
+        to: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// List environments, or create or change one (admin).
+    Env {
+        #[command(subcommand)]
+        action: Option<EnvCommand>,
     },
     /// The fleet at a glance: robots by state and version, running deployments.
     Status,
@@ -140,6 +192,87 @@ pub enum Command {
     /// Manage operator API keys (admin).
     #[command(subcommand)]
     Keys(KeysCommand),
+}
+
+/// How a deployment reaches its robots.
+#[derive(Debug, Clone, Default, Args)]
+pub struct StrategyArgs {
+    /// Every robot at once, even where the environment says otherwise.
+    #[arg(long, conflicts_with_all = ["staged", "canary"])]
+    pub immediate: bool,
+    /// Stages in percent of the target, rising to 100, like 10,50,100.
+    #[arg(long, value_delimiter = ',', conflicts_with = "canary")]
+    pub staged: Option<Vec<u8>>,
+    /// Canaries first: a group name, or a number of robots.
+    #[arg(long)]
+    pub canary: Option<String>,
+    /// Wait between one stage finishing and the next starting, like 5m. [default: 0 for
+    /// --staged; --canary without it waits for `rota approve`]
+    #[arg(long, value_parser = parse_duration_secs)]
+    pub stage_wait: Option<u64>,
+    /// Halt past this many failed robots: a count (2) or a share of those offered (10%).
+    /// [default: 0]
+    #[arg(long)]
+    pub max_failures: Option<FailureThreshold>,
+    /// A robot silent this long counts as failed, like 30m. [default: 30m]
+    #[arg(long, value_parser = parse_duration_secs)]
+    pub silence_timeout: Option<u64>,
+    /// On halt, send robots that took the release back to what they ran before.
+    #[arg(long)]
+    pub auto_rollback: bool,
+}
+
+/// `--wait` and its timeout, shared by the commands that create deployments.
+#[derive(Debug, Clone, Args)]
+pub struct WaitArgs {
+    /// Wait until every robot has committed, rolled back or failed (or the rollout halts),
+    /// printing each robot as it ends. [default: off]
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait, give up after this many seconds (exit code 4). [default: 1800]
+    #[arg(long, default_value_t = 1800)]
+    pub timeout: u64,
+}
+
+/// `300`, `90s`, `5m`, `1h`: seconds.
+pub fn parse_duration_secs(text: &str) -> Result<u64, String> {
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(secs);
+    }
+    humantime::parse_duration(text)
+        .map(|duration| duration.as_secs())
+        .map_err(|_| format!("{text:?} is not a duration like 300, 90s, 5m or 1h"))
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EnvCommand {
+    /// Create or replace an environment (admin).
+    ///
+    /// Example: rota env set production --groups prod-eu,prod-us --approval-required
+    ///   --window "mon,tue,wed,thu 22:00-04:00" --staged 10,50,100 --stage-wait 5m
+    ///   --max-failures 10% --auto-rollback
+    Set {
+        name: String,
+        /// Groups in this environment (created when missing).
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+        /// Releases published from a branch mapped here (server config branch_environments)
+        /// deploy themselves.
+        #[arg(long)]
+        auto_deploy: bool,
+        /// Deployments wait for an approver who is not their creator.
+        #[arg(long)]
+        approval_required: bool,
+        /// Robots install and reboot only inside this window of their local time, like
+        /// 22:00-04:00 or "sat,sun 00:00-00:00". [default: any time]
+        #[arg(long)]
+        window: Option<String>,
+        /// The environment's default strategy (immediate when none is given).
+        #[command(flatten)]
+        strategy: StrategyArgs,
+    },
+    /// List environments.
+    List,
 }
 
 #[derive(Debug, Subcommand)]

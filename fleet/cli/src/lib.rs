@@ -7,21 +7,25 @@ pub mod credentials;
 pub mod output;
 pub mod when;
 
-use std::time::Duration;
-
 use cli::{Cli, Command, ReleaseCommand};
 use commands::deploy::{DeployArgs, Outcome};
-use commands::{access, audit, deploy, history, inventory, release};
+use commands::{access, audit, deploy, history, inventory, release, rollout};
+use rota_protocol::operator::{DeploymentVerb, RollbackRequest};
 
-/// Exit code for a `deploy --wait` in which robots rolled back or failed.
+/// Exit code for a `--wait` in which robots rolled back or failed, or the rollout halted.
 pub const EXIT_ROBOTS_FAILED: u8 = 3;
-/// Exit code for a `deploy --wait` that timed out.
+/// Exit code for a `--wait` that timed out.
 pub const EXIT_TIMED_OUT: u8 = 4;
 
 /// Runs one command; returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
     let json = cli.json;
     let server = cli.server.as_deref();
+    let exit_code = |outcome| match outcome {
+        Outcome::Done => 0,
+        Outcome::RobotsFailed => EXIT_ROBOTS_FAILED,
+        Outcome::TimedOut => EXIT_TIMED_OUT,
+    };
     match cli.command {
         Command::Login { key } => access::login(server, key, json)?,
         Command::Whoami => access::whoami(&commands::api(server)?, json)?,
@@ -40,23 +44,83 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Deploy {
             release,
             to,
+            strategy,
             force,
             wait,
-            timeout,
         } => {
             let args = DeployArgs {
                 release,
                 target: to,
+                strategy: rollout::strategy_from(&strategy)?,
                 force,
                 wait,
-                timeout: Duration::from_secs(timeout),
             };
-            return Ok(match deploy::deploy(&commands::api(server)?, args, json)? {
-                Outcome::Done => 0,
-                Outcome::RobotsFailed => EXIT_ROBOTS_FAILED,
-                Outcome::TimedOut => EXIT_TIMED_OUT,
-            });
+            return Ok(exit_code(deploy::deploy(
+                &commands::api(server)?,
+                args,
+                json,
+            )?));
         }
+        Command::Rollback {
+            to,
+            group,
+            robot,
+            env,
+            immediate,
+            wait,
+        } => {
+            let request = RollbackRequest {
+                to,
+                target: rollout::rollback_target(group, robot, env),
+                immediate,
+            };
+            return Ok(exit_code(rollout::rollback(
+                &commands::api(server)?,
+                request,
+                &wait,
+                json,
+            )?));
+        }
+        Command::Promote { from, to, wait } => {
+            return Ok(exit_code(rollout::promote(
+                &commands::api(server)?,
+                &from,
+                &to,
+                &wait,
+                json,
+            )?));
+        }
+        Command::Env { action } => rollout::environments(&commands::api(server)?, action, json)?,
+        Command::Pause { deployment } => rollout::verb(
+            &commands::api(server)?,
+            DeploymentVerb::Pause,
+            &deployment,
+            json,
+        )?,
+        Command::Resume { deployment } => rollout::verb(
+            &commands::api(server)?,
+            DeploymentVerb::Resume,
+            &deployment,
+            json,
+        )?,
+        Command::Abort { deployment } => rollout::verb(
+            &commands::api(server)?,
+            DeploymentVerb::Abort,
+            &deployment,
+            json,
+        )?,
+        Command::Approve { deployment } => rollout::verb(
+            &commands::api(server)?,
+            DeploymentVerb::Approve,
+            &deployment,
+            json,
+        )?,
+        Command::Retry { deployment } => rollout::verb(
+            &commands::api(server)?,
+            DeploymentVerb::Retry,
+            &deployment,
+            json,
+        )?,
         Command::Status => inventory::status(&commands::api(server)?, json)?,
         Command::Deployments { id } => {
             inventory::deployments(&commands::api(server)?, id.as_deref(), json)?

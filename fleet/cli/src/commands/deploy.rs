@@ -4,11 +4,13 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
-use rota_protocol::operator::{CreateDeploymentRequest, Deployment, DeploymentTarget, Strategy};
+use rota_protocol::operator::{
+    CreateDeploymentRequest, Deployment, DeploymentState, DeploymentTarget, Strategy,
+};
 use rota_protocol::robot::AssignmentState;
 
+use crate::cli::WaitArgs;
 use crate::client::Api;
-use crate::output;
 
 /// How `deploy` ended, for the exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,39 +25,22 @@ const POLL_INTERVAL: Duration = Duration::from_millis(300);
 pub struct DeployArgs {
     pub release: String,
     pub target: DeploymentTarget,
+    pub strategy: Option<Strategy>,
     pub force: bool,
-    pub wait: bool,
-    pub timeout: Duration,
+    pub wait: WaitArgs,
 }
 
 pub fn deploy(api: &Api, args: DeployArgs, json: bool) -> anyhow::Result<Outcome> {
     let request = CreateDeploymentRequest {
         release: args.release,
         target: args.target,
-        strategy: Strategy::Immediate,
+        strategy: args.strategy,
         force: args.force,
     };
     let created: Deployment = api.send_json(Method::POST, "/deployments", Some(&request))?;
     let robots = created.robots.as_ref().map_or(0, Vec::len);
-    eprintln!(
-        "deployment {}: v{} to {} ({robots} robots)",
-        created.id, created.version, created.target
-    );
-    if !args.wait {
-        if json {
-            output::json(&created)?;
-        } else {
-            println!("{}", created.id);
-        }
-        return Ok(Outcome::Done);
-    }
-    let (last, outcome) = watch(api, &created, args.timeout)?;
-    if json {
-        output::json(&last)?;
-    } else {
-        println!("{}", last.id);
-    }
-    Ok(outcome)
+    eprintln!("{robots} robots");
+    crate::commands::rollout::finish(api, &created, &args.wait, json)
 }
 
 /// One stderr line for a robot that finished.
@@ -76,7 +61,8 @@ pub fn finished_line(
     }
 }
 
-fn watch(
+/// Follows a deployment until it ends (or halts), printing robots as they finish.
+pub fn watch(
     api: &Api,
     created: &Deployment,
     timeout: Duration,
@@ -126,7 +112,10 @@ fn watch(
                 deployment.id,
                 deployment.state.as_str()
             );
-            let outcome = if failed > 0 {
+            if let Some(reason) = &deployment.halt_reason {
+                eprintln!("halted: {reason}");
+            }
+            let outcome = if failed > 0 || deployment.state == DeploymentState::Halted {
                 Outcome::RobotsFailed
             } else {
                 Outcome::Done

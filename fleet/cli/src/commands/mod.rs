@@ -6,6 +6,7 @@ pub mod deploy;
 pub mod history;
 pub mod inventory;
 pub mod release;
+pub mod rollout;
 
 use anyhow::Context as _;
 

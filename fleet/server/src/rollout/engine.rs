@@ -32,7 +32,17 @@ pub(crate) struct Rollout {
 }
 
 pub(crate) async fn load(conn: &mut AnyConnection, id: &str) -> ApiResult<Rollout> {
-    type Row = (String, String, String, String, i64, i64, Option<i64>, i64, String);
+    type Row = (
+        String,
+        String,
+        String,
+        String,
+        i64,
+        i64,
+        Option<i64>,
+        i64,
+        String,
+    );
     let row: Option<Row> = sqlx::query_as(
         "SELECT release_id, strategy, state, kind, current_stage, stage_count, stage_done_at,
                 created_at, created_by
@@ -160,7 +170,15 @@ pub async fn start_stage(
     }
     let offered = offer_waiting(conn, backend, deployment_id, stage).await?;
     let detail = format!("{} robots offered", offered.len());
-    log(conn, deployment_id, actor, "stage_started", Some(stage), Some(&detail)).await?;
+    log(
+        conn,
+        deployment_id,
+        actor,
+        "stage_started",
+        Some(stage),
+        Some(&detail),
+    )
+    .await?;
     tracing::info!(deployment = %deployment_id, stage, robots = offered.len(), "stage started");
     Ok(offered)
 }
@@ -277,7 +295,15 @@ async fn halt(
     .execute(&mut *conn)
     .await?;
     cancel_unstarted(conn, &rollout.id, &format!("deployment halted: {reason}")).await?;
-    log(conn, &rollout.id, ENGINE, "halted", Some(rollout.current_stage), Some(reason)).await?;
+    log(
+        conn,
+        &rollout.id,
+        ENGINE,
+        "halted",
+        Some(rollout.current_stage),
+        Some(reason),
+    )
+    .await?;
     tracing::warn!(deployment = %rollout.id, reason, "rollout halted");
     if !auto_rollback || rollout.kind == DeploymentKind::Rollback {
         return Ok(Vec::new());
@@ -304,12 +330,28 @@ async fn halt(
         ))
         .await?;
         let detail = format!("{} to {}", created.deployment_id, release.version);
-        log(conn, &rollout.id, ENGINE, "rollback_created", None, Some(&detail)).await?;
+        log(
+            conn,
+            &rollout.id,
+            ENGINE,
+            "rollback_created",
+            None,
+            Some(&detail),
+        )
+        .await?;
         offered.extend(created.offered);
     }
     for (robot, why) in plan.unresolved {
         let detail = format!("{robot}: {why}");
-        log(conn, &rollout.id, ENGINE, "rollback_impossible", None, Some(&detail)).await?;
+        log(
+            conn,
+            &rollout.id,
+            ENGINE,
+            "rollback_impossible",
+            None,
+            Some(&detail),
+        )
+        .await?;
     }
     Ok(offered)
 }
@@ -362,7 +404,15 @@ async fn finish_if_done(conn: &mut AnyConnection, rollout: &Rollout) -> ApiResul
     .execute(&mut *conn)
     .await?;
     if changed.rows_affected() > 0 {
-        log(conn, &rollout.id, ENGINE, "finished", None, Some(state.as_str())).await?;
+        log(
+            conn,
+            &rollout.id,
+            ENGINE,
+            "finished",
+            None,
+            Some(state.as_str()),
+        )
+        .await?;
     }
     Ok(state)
 }
@@ -370,8 +420,10 @@ async fn finish_if_done(conn: &mut AnyConnection, rollout: &Rollout) -> ApiResul
 /// Deployments the tick must look at: running ones (waits and silence need the clock).
 pub async fn running(conn: &mut AnyConnection) -> ApiResult<Vec<String>> {
     Ok(
-        sqlx::query_scalar("SELECT id FROM deployments WHERE state = 'running' ORDER BY created_at")
-            .fetch_all(&mut *conn)
-            .await?,
+        sqlx::query_scalar(
+            "SELECT id FROM deployments WHERE state = 'running' ORDER BY created_at",
+        )
+        .fetch_all(&mut *conn)
+        .await?,
     )
 }

@@ -20,7 +20,17 @@ pub async fn join_open_deployments(
     backend: Backend,
     robot_id: &str,
 ) -> ApiResult<bool> {
-    type Row = (String, String, String, String, String, i64, i64, String, String);
+    type Row = (
+        String,
+        String,
+        String,
+        String,
+        String,
+        i64,
+        i64,
+        String,
+        String,
+    );
     let open: Vec<Row> = sqlx::query_as(
         "SELECT d.id, d.target, d.strategy, d.state, d.release_id, d.current_stage, d.forced,
                 r.version, r.compatible
@@ -60,8 +70,16 @@ pub async fn join_open_deployments(
             compatible: release_compat,
         };
         if let Some(reason) = skip_reason(conn, &robot, &release, forced != 0).await? {
-            insert_assignment(conn, &id, robot_id, &release_id, 0, AssignmentState::Skipped, Some(&reason))
-                .await?;
+            insert_assignment(
+                conn,
+                &id,
+                robot_id,
+                &release_id,
+                0,
+                AssignmentState::Skipped,
+                Some(&reason),
+            )
+            .await?;
             continue;
         }
         let member = stages::Member {
@@ -69,8 +87,16 @@ pub async fn join_open_deployments(
             in_canary_group: in_canary_group(conn, &strategy, robot_id).await?,
         };
         let stage = stages::late_joiner_stage(&strategy, &id, &member);
-        insert_assignment(conn, &id, robot_id, &release_id, stage, AssignmentState::Waiting, None)
-            .await?;
+        insert_assignment(
+            conn,
+            &id,
+            robot_id,
+            &release_id,
+            stage,
+            AssignmentState::Waiting,
+            None,
+        )
+        .await?;
         let started = state == DeploymentState::Running.as_str() && i64::from(stage) <= current;
         if started {
             for other in offer(conn, &id, robot_id).await? {
@@ -79,7 +105,15 @@ pub async fn join_open_deployments(
             offered = true;
         }
         let detail = format!("{robot_id} joined stage {stage}");
-        super::log(conn, &id, engine::ENGINE, "robot_joined", Some(stage), Some(&detail)).await?;
+        super::log(
+            conn,
+            &id,
+            engine::ENGINE,
+            "robot_joined",
+            Some(stage),
+            Some(&detail),
+        )
+        .await?;
     }
     Ok(offered)
 }
@@ -102,16 +136,14 @@ async fn targets(
             .fetch_optional(&mut *conn)
             .await?
         }
-        DeploymentTarget::Env(name) => {
-            sqlx::query_scalar(
-                "SELECT m.robot_id FROM group_members m JOIN robot_groups g ON g.name = m.group_name
+        DeploymentTarget::Env(name) => sqlx::query_scalar(
+            "SELECT m.robot_id FROM group_members m JOIN robot_groups g ON g.name = m.group_name
                  WHERE g.environment = $1 AND m.robot_id = $2",
-            )
-            .bind(name)
-            .bind(robot_id)
-            .fetch_optional(&mut *conn)
-            .await?
-        }
+        )
+        .bind(name)
+        .bind(robot_id)
+        .fetch_optional(&mut *conn)
+        .await?,
     };
     Ok(found.is_some())
 }

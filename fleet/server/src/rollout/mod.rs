@@ -22,9 +22,7 @@ pub mod verbs;
 
 use std::collections::BTreeMap;
 
-use rota_protocol::operator::{
-    DeploymentKind, DeploymentState, DeploymentTarget, Strategy,
-};
+use rota_protocol::operator::{DeploymentKind, DeploymentState, DeploymentTarget, Strategy};
 use rota_protocol::robot::{AssignmentState, RobotEvent, UpdateWindow};
 use sqlx::AnyConnection;
 
@@ -284,7 +282,9 @@ pub async fn create_deployment(
         .unwrap_or_default();
     strategy.validate().map_err(ApiError::unprocessable)?;
     // Rollbacks are the way out of trouble: they follow the strategy, not the approval gate.
-    let needs_approval = environment.as_ref().is_some_and(|env| env.approval_required)
+    let needs_approval = environment
+        .as_ref()
+        .is_some_and(|env| env.approval_required)
         && new.kind != DeploymentKind::Rollback;
     let state = if needs_approval {
         DeploymentState::AwaitingApproval
@@ -643,5 +643,7 @@ pub async fn apply_event(
             .execute(&mut *conn)
             .await?;
     }
-    Ok(engine::evaluate(conn, backend, deployment_id).await?.offered)
+    Ok(engine::evaluate(conn, backend, deployment_id)
+        .await?
+        .offered)
 }

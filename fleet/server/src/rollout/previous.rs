@@ -122,13 +122,13 @@ async fn other_slot_release(
     else {
         return Ok(None);
     };
-    Ok(sqlx::query_scalar(
-        "SELECT id FROM releases WHERE manifest_hash = $1 AND compatible = $2",
+    Ok(
+        sqlx::query_scalar("SELECT id FROM releases WHERE manifest_hash = $1 AND compatible = $2")
+            .bind(hash)
+            .bind(compatible)
+            .fetch_optional(&mut *conn)
+            .await?,
     )
-    .bind(hash)
-    .bind(compatible)
-    .fetch_optional(&mut *conn)
-    .await?)
 }
 
 /// The release the robot runs now, as far as the server knows.
@@ -207,7 +207,9 @@ async fn resolve_one(
         RollbackTo::Previous => "no earlier release on record".to_string(),
         RollbackTo::Time(_) => "had committed nothing through Rota by then".to_string(),
         RollbackTo::Version(v) => format!("no release {v} for {}", robot.compatible),
-        RollbackTo::Commit(c) => format!("no release built from commit {c} for {}", robot.compatible),
+        RollbackTo::Commit(c) => {
+            format!("no release built from commit {c} for {}", robot.compatible)
+        }
         RollbackTo::Deployment(d) => format!("{d} deployed a release for another board"),
     }))
 }
@@ -225,12 +227,16 @@ pub async fn resolve(
             Ok(release) if current_release(conn, &robot.id).await? == Some(release.clone()) => {
                 plan.unchanged.push(robot.id.clone());
             }
-            Ok(release) => by_release.entry(release).or_default().push(robot.id.clone()),
+            Ok(release) => by_release
+                .entry(release)
+                .or_default()
+                .push(robot.id.clone()),
             Err(why) => plan.unresolved.push((robot.id.clone(), why)),
         }
     }
     for (release, robots) in by_release {
-        plan.by_release.push((release_ref(conn, &release).await?, robots));
+        plan.by_release
+            .push((release_ref(conn, &release).await?, robots));
     }
     Ok(plan)
 }
@@ -272,7 +278,8 @@ pub(crate) async fn before_deployment(
         }
     }
     for (release, robots) in by_release {
-        plan.by_release.push((release_ref(conn, &release).await?, robots));
+        plan.by_release
+            .push((release_ref(conn, &release).await?, robots));
     }
     Ok(plan)
 }
@@ -315,7 +322,10 @@ mod tests {
         let parse = |text| RollbackTo::parse(Some(text), now).unwrap();
         assert_eq!(RollbackTo::parse(None, now).unwrap(), RollbackTo::Previous);
         assert_eq!(parse("v2.1.0"), RollbackTo::Version("2.1.0".into()));
-        assert_eq!(parse("2.1.0-rc.1"), RollbackTo::Version("2.1.0-rc.1".into()));
+        assert_eq!(
+            parse("2.1.0-rc.1"),
+            RollbackTo::Version("2.1.0-rc.1".into())
+        );
         assert_eq!(parse("commit:ABC123"), RollbackTo::Commit("abc123".into()));
         assert_eq!(parse("dep_0011"), RollbackTo::Deployment("dep_0011".into()));
         assert_eq!(parse("2-hours-ago"), RollbackTo::Time(now - 7_200_000));

@@ -43,13 +43,10 @@ pub fn plan(strategy: &Strategy, deployment_id: &str, members: &[Member]) -> Vec
             Strategy::Staged { percents, .. } => percents
                 .iter()
                 .position(|&percent| rank < (total * usize::from(percent)).div_ceil(100))
-                .unwrap_or(percents.len().saturating_sub(1)) as u32,
-            Strategy::Canary {
-                group: Some(_), ..
-            } => u32::from(!member.in_canary_group),
-            Strategy::Canary { count, .. } => {
-                u32::from(rank >= count.unwrap_or(1) as usize)
-            }
+                .unwrap_or(percents.len().saturating_sub(1))
+                as u32,
+            Strategy::Canary { group: Some(_), .. } => u32::from(!member.in_canary_group),
+            Strategy::Canary { count, .. } => u32::from(rank >= count.unwrap_or(1) as usize),
         })
         .collect()
 }
@@ -66,9 +63,7 @@ pub fn late_joiner_stage(strategy: &Strategy, deployment_id: &str, member: &Memb
                 .position(|&percent| fraction * 100.0 < f64::from(percent))
                 .unwrap_or(percents.len().saturating_sub(1)) as u32
         }
-        Strategy::Canary {
-            group: Some(_), ..
-        } => u32::from(!member.in_canary_group),
+        Strategy::Canary { group: Some(_), .. } => u32::from(!member.in_canary_group),
         Strategy::Canary { .. } => 1,
     }
 }
@@ -100,7 +95,10 @@ mod tests {
         let ids: Vec<String> = (1..=20).map(|n| format!("robot-{n:03}")).collect();
         let plan_of = |ids: &[String]| {
             let stages = plan(&staged(&[10, 50, 100]), "dep_1", &members(ids));
-            ids.iter().cloned().zip(stages).collect::<std::collections::BTreeMap<_, _>>()
+            ids.iter()
+                .cloned()
+                .zip(stages)
+                .collect::<std::collections::BTreeMap<_, _>>()
         };
         let forward = plan_of(&ids);
         let mut reversed = ids.clone();
@@ -148,6 +146,9 @@ mod tests {
             })
             .collect();
         let first = joined.iter().filter(|&&s| s == 0).count();
-        assert!((50..=150).contains(&first), "{first} of 1000 in the 10% stage");
+        assert!(
+            (50..=150).contains(&first),
+            "{first} of 1000 in the 10% stage"
+        );
     }
 }

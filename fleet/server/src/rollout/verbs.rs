@@ -62,13 +62,11 @@ pub async fn apply(
                      another deployer must"
                 )));
             }
-            sqlx::query(
-                "UPDATE deployments SET state = 'running', approved_by = $1 WHERE id = $2",
-            )
-            .bind(actor)
-            .bind(deployment_id)
-            .execute(&mut *conn)
-            .await?;
+            sqlx::query("UPDATE deployments SET state = 'running', approved_by = $1 WHERE id = $2")
+                .bind(actor)
+                .bind(deployment_id)
+                .execute(&mut *conn)
+                .await?;
             log(conn, deployment_id, actor, "approved", None, None).await?;
             offered = start_stage(conn, backend, deployment_id, 0, actor).await?;
         }
@@ -105,7 +103,11 @@ pub async fn apply(
     if verb != DeploymentVerb::Approve {
         log(conn, deployment_id, actor, past_tense(verb), None, None).await?;
     }
-    offered.extend(engine::evaluate(conn, backend, deployment_id).await?.offered);
+    offered.extend(
+        engine::evaluate(conn, backend, deployment_id)
+            .await?
+            .offered,
+    );
     Ok(offered)
 }
 

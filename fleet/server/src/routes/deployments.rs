@@ -36,7 +36,8 @@ struct DeploymentRow {
     approved_by: Option<String>,
     parent_id: Option<String>,
 }
-const DEPLOYMENT_SELECT: &str = "SELECT d.id, d.release_id, r.version, d.target, d.strategy, d.forced,
+const DEPLOYMENT_SELECT: &str =
+    "SELECT d.id, d.release_id, r.version, d.target, d.strategy, d.forced,
             d.state, d.created_by, d.created_at, d.kind, d.environment, d.update_window,
             d.current_stage, d.stage_count, d.halt_reason, d.approved_by, d.parent_id
      FROM deployments d JOIN releases r ON r.id = d.release_id";
@@ -341,9 +342,14 @@ pub async fn act(
     let verb: DeploymentVerb = verb.parse().map_err(ApiError::not_found)?;
     operator.require(Role::Deployer)?;
     let mut write = state.db.begin_write().await?;
-    let offered =
-        rollout::verbs::apply(&mut write.tx, state.db.backend(), &id, verb, &operator.actor())
-            .await?;
+    let offered = rollout::verbs::apply(
+        &mut write.tx,
+        state.db.backend(),
+        &id,
+        verb,
+        &operator.actor(),
+    )
+    .await?;
     let action = format!("deployment.{}", verb.as_str());
     audit::Record::by(&operator, &action, format!("deployment:{id}"))
         .write(&mut write.tx)

@@ -226,15 +226,21 @@ pub async fn promote(
         },
     )
     .await?;
-    audit::Record::by(&operator, "environment.promote", format!("env:{}", request.to))
-        .details(serde_json::json!({
-            "from": from, "release": release.id, "version": release.version,
-            "deployment": created.deployment_id,
-        }))
-        .write(&mut write.tx)
-        .await?;
+    audit::Record::by(
+        &operator,
+        "environment.promote",
+        format!("env:{}", request.to),
+    )
+    .details(serde_json::json!({
+        "from": from, "release": release.id, "version": release.version,
+        "deployment": created.deployment_id,
+    }))
+    .write(&mut write.tx)
+    .await?;
     write.commit().await?;
-    state.hub.wake_many(created.offered.iter().map(String::as_str));
+    state
+        .hub
+        .wake_many(created.offered.iter().map(String::as_str));
     Ok((
         StatusCode::CREATED,
         ApiJson(deployments::find(&state, &created.deployment_id).await?),
@@ -267,7 +273,11 @@ pub async fn auto_deploy(
     }
     let target = DeploymentTarget::Env(environment.to_string());
     if rollout::target_robots(conn, &target).await?.is_empty() {
-        tracing::info!(branch, environment, "auto-deploy skipped: the environment has no robots");
+        tracing::info!(
+            branch,
+            environment,
+            "auto-deploy skipped: the environment has no robots"
+        );
         return Ok(None);
     }
     let actor = format!("auto-deploy:{branch}");

@@ -165,9 +165,8 @@ pub async fn add_robot(
             .details(serde_json::json!({"robot": robot_id}))
             .write(&mut write.tx)
             .await?;
-        woken =
-            rollout::join::join_open_deployments(&mut write.tx, state.db.backend(), &robot_id)
-                .await?;
+        woken = rollout::join::join_open_deployments(&mut write.tx, state.db.backend(), &robot_id)
+            .await?;
     }
     write.commit().await?;
     if woken {

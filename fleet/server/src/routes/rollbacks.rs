@@ -3,7 +3,7 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use rota_protocol::operator::{ErrorBody, RollbackOutcome, RollbackRequest, Role, UnresolvedRobot};
+use rota_protocol::operator::{ErrorBody, Role, RollbackOutcome, RollbackRequest, UnresolvedRobot};
 
 use crate::audit;
 use crate::auth::Operator;
@@ -69,7 +69,11 @@ pub async fn create(
         )
         .await?;
         offered.extend(deployment.offered);
-        created.push((deployment.deployment_id, release.version.clone(), robots.len()));
+        created.push((
+            deployment.deployment_id,
+            release.version.clone(),
+            robots.len(),
+        ));
     }
     audit::Record::by(&operator, "rollback.create", request.target.to_string())
         .details(serde_json::json!({

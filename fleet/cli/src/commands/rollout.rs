@@ -1,0 +1,292 @@
+//! Rollouts: deployment verbs, rollback, promote, environments.
+
+use std::time::Duration;
+
+use anyhow::bail;
+use reqwest::Method;
+use rota_protocol::operator::{
+    Deployment, DeploymentTarget, DeploymentVerb, Environment, EnvironmentSpec, Guard,
+    PromoteRequest, RollbackOutcome, RollbackRequest, Strategy,
+};
+use rota_protocol::robot::UpdateWindow;
+
+use crate::cli::{EnvCommand, StrategyArgs, WaitArgs};
+use crate::client::Api;
+use crate::commands::deploy::{self, Outcome};
+use crate::output;
+
+/// The strategy the flags describe; `None` when they name none (the environment decides).
+pub fn strategy_from(args: &StrategyArgs) -> anyhow::Result<Option<Strategy>> {
+    let guard = Guard {
+        max_failures: args.max_failures.unwrap_or_default(),
+        silence_timeout_secs: args
+            .silence_timeout
+            .unwrap_or(Guard::default().silence_timeout_secs),
+        auto_rollback: args.auto_rollback,
+    };
+    let strategy = match (&args.staged, &args.canary) {
+        (Some(percents), _) => Strategy::Staged {
+            percents: percents.clone(),
+            wait_secs: args.stage_wait.unwrap_or(0),
+            guard,
+        },
+        (None, Some(canary)) => {
+            let (group, count) = match canary.parse::<u32>() {
+                Ok(count) => (None, Some(count)),
+                Err(_) => (Some(canary.clone()), None),
+            };
+            Strategy::Canary {
+                group,
+                count,
+                wait_secs: args.stage_wait,
+                guard,
+            }
+        }
+        (None, None) if args.immediate => Strategy::Immediate,
+        (None, None) => {
+            let guarded = args.max_failures.is_some()
+                || args.silence_timeout.is_some()
+                || args.auto_rollback
+                || args.stage_wait.is_some();
+            if guarded {
+                bail!("--stage-wait, --max-failures, --silence-timeout and --auto-rollback need --staged or --canary");
+            }
+            return Ok(None);
+        }
+    };
+    strategy.validate().map_err(anyhow::Error::msg)?;
+    Ok(Some(strategy))
+}
+
+fn describe(d: &Deployment) -> String {
+    let stages = if d.stage_count > 1 {
+        format!(", stage {} of {}", d.current_stage + 1, d.stage_count)
+    } else {
+        String::new()
+    };
+    format!(
+        "deployment {} ({}): v{} to {}, {}{stages}",
+        d.id,
+        d.kind.as_str(),
+        d.version,
+        d.target,
+        d.state.as_str()
+    )
+}
+
+/// Prints a created deployment and, with --wait, watches it end.
+pub fn finish(
+    api: &Api,
+    created: &Deployment,
+    wait: &WaitArgs,
+    json: bool,
+) -> anyhow::Result<Outcome> {
+    eprintln!("{}", describe(created));
+    let (last, outcome) = if wait.wait {
+        deploy::watch(api, created, Duration::from_secs(wait.timeout))?
+    } else {
+        (created.clone(), Outcome::Done)
+    };
+    if json {
+        output::json(&last)?;
+    } else {
+        println!("{}", last.id);
+    }
+    Ok(outcome)
+}
+
+pub fn verb(api: &Api, verb: DeploymentVerb, id: &str, json: bool) -> anyhow::Result<()> {
+    let path = format!("/deployments/{id}/{}", verb.as_str());
+    let deployment: Deployment = api.send_json::<(), _>(Method::POST, &path, None)?;
+    if json {
+        return output::json(&deployment);
+    }
+    eprintln!("{}", describe(&deployment));
+    println!("{}", deployment.state.as_str());
+    Ok(())
+}
+
+pub fn rollback(
+    api: &Api,
+    request: RollbackRequest,
+    wait: &WaitArgs,
+    json: bool,
+) -> anyhow::Result<Outcome> {
+    let outcome: RollbackOutcome = api.send_json(Method::POST, "/rollbacks", Some(&request))?;
+    for robot in &outcome.unresolved {
+        eprintln!("- {} left alone: {}", robot.robot_id, robot.reason);
+    }
+    if !outcome.unchanged.is_empty() {
+        eprintln!("- already there: {}", outcome.unchanged.join(", "));
+    }
+    let mut worst = Outcome::Done;
+    let mut finished = Vec::new();
+    for deployment in &outcome.deployments {
+        eprintln!("{}", describe(deployment));
+        let (last, result) = if wait.wait {
+            deploy::watch(api, deployment, Duration::from_secs(wait.timeout))?
+        } else {
+            (deployment.clone(), Outcome::Done)
+        };
+        if result != Outcome::Done {
+            worst = result;
+        }
+        finished.push(last);
+    }
+    if json {
+        output::json(&RollbackOutcome {
+            deployments: finished,
+            ..outcome
+        })?;
+    } else {
+        for deployment in &finished {
+            println!("{}", deployment.id);
+        }
+    }
+    Ok(worst)
+}
+
+pub fn rollback_target(
+    group: Option<String>,
+    robot: Option<String>,
+    env: Option<String>,
+) -> DeploymentTarget {
+    match (group, robot, env) {
+        (Some(group), _, _) => DeploymentTarget::Group(group),
+        (_, Some(robot), _) => DeploymentTarget::Robot(robot),
+        (_, _, Some(env)) => DeploymentTarget::Env(env),
+        _ => DeploymentTarget::All,
+    }
+}
+
+pub fn promote(
+    api: &Api,
+    from: &str,
+    to: &str,
+    wait: &WaitArgs,
+    json: bool,
+) -> anyhow::Result<Outcome> {
+    let request = PromoteRequest { to: to.to_string() };
+    let created: Deployment = api.send_json(
+        Method::POST,
+        &format!("/environments/{from}/promote"),
+        Some(&request),
+    )?;
+    finish(api, &created, wait, json)
+}
+
+pub fn environments(api: &Api, action: Option<EnvCommand>, json: bool) -> anyhow::Result<()> {
+    let environment: Environment = match action {
+        None | Some(EnvCommand::List) => {
+            let headers = [
+                "NAME",
+                "GROUPS",
+                "STRATEGY",
+                "APPROVAL",
+                "WINDOW",
+                "AUTO-DEPLOY",
+            ];
+            return crate::commands::show_list(
+                api,
+                "/environments",
+                json,
+                &headers,
+                |e: &Environment| {
+                    vec![
+                        e.name.clone(),
+                        e.groups.join(","),
+                        strategy_text(&e.strategy),
+                        if e.approval_required { "required" } else { "-" }.into(),
+                        e.update_window
+                            .as_ref()
+                            .map_or("-".into(), UpdateWindow::to_string),
+                        if e.auto_deploy { "yes" } else { "no" }.into(),
+                    ]
+                },
+            );
+        }
+        Some(EnvCommand::Set {
+            name,
+            groups,
+            auto_deploy,
+            approval_required,
+            window,
+            strategy,
+        }) => {
+            let spec = EnvironmentSpec {
+                auto_deploy,
+                approval_required,
+                update_window: window
+                    .as_deref()
+                    .map(UpdateWindow::parse)
+                    .transpose()
+                    .map_err(anyhow::Error::msg)?,
+                strategy: strategy_from(&strategy)?.unwrap_or_default(),
+                groups,
+            };
+            api.send_json(Method::PUT, &format!("/environments/{name}"), Some(&spec))?
+        }
+    };
+    if json {
+        return output::json(&environment);
+    }
+    println!(
+        "{}: groups {}, {}, approval {}, window {}",
+        environment.name,
+        environment.groups.join(","),
+        strategy_text(&environment.strategy),
+        if environment.approval_required {
+            "required"
+        } else {
+            "not required"
+        },
+        environment
+            .update_window
+            .as_ref()
+            .map_or("any time".into(), UpdateWindow::to_string)
+    );
+    Ok(())
+}
+
+pub fn strategy_text(strategy: &Strategy) -> String {
+    let guard = |guard: &Guard| {
+        format!(
+            ", halt past {} failures{}",
+            guard.max_failures,
+            if guard.auto_rollback {
+                ", auto-rollback"
+            } else {
+                ""
+            }
+        )
+    };
+    match strategy {
+        Strategy::Immediate => "immediate".into(),
+        Strategy::Staged {
+            percents,
+            wait_secs,
+            guard: g,
+        } => format!(
+            "staged {} every {wait_secs}s{}",
+            percents
+                .iter()
+                .map(|p| format!("{p}%"))
+                .collect::<Vec<_>>()
+                .join("→"),
+            guard(g)
+        ),
+        Strategy::Canary {
+            group,
+            count,
+            wait_secs,
+            guard: g,
+        } => format!(
+            "canary {} then {}{}",
+            group
+                .clone()
+                .unwrap_or_else(|| format!("{} robots", count.unwrap_or(1))),
+            wait_secs.map_or("on approval".into(), |w| format!("after {w}s")),
+            guard(g)
+        ),
+    }
+}
