@@ -627,6 +627,9 @@ pub struct RollbackRequest {
     /// Offer at once instead of with the environment's strategy.
     #[serde(default)]
     pub immediate: bool,
+    /// Only say where each robot would go; create nothing.
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 /// One robot's part in a deployment.
@@ -681,12 +684,22 @@ pub struct Deployment {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RollbackOutcome {
-    /// One deployment per release robots go back to.
+    /// Where the robots go: one entry per release.
+    pub plan: Vec<RollbackGroup>,
+    /// One deployment per entry of `plan`; empty on a dry run.
     pub deployments: Vec<Deployment>,
     /// Robots that already run the release they would go back to.
     pub unchanged: Vec<String>,
     /// Robots left alone, with the reason (no earlier release on record, ...).
     pub unresolved: Vec<UnresolvedRobot>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RollbackGroup {
+    pub release_id: String,
+    pub version: String,
+    pub robots: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -99,6 +99,9 @@ pub enum Command {
         /// Offer at once instead of with the environment's strategy. [default: off]
         #[arg(long)]
         immediate: bool,
+        /// Only print where each robot would go.
+        #[arg(long, conflicts_with = "wait")]
+        dry_run: bool,
         #[command(flatten)]
         wait: WaitArgs,
     },

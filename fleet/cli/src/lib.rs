@@ -67,12 +67,14 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             robot,
             env,
             immediate,
+            dry_run,
             wait,
         } => {
             let request = RollbackRequest {
                 to,
                 target: rollout::rollback_target(group, robot, env),
                 immediate,
+                dry_run,
             };
             return Ok(exit_code(rollout::rollback(
                 &commands::api(server)?,

@@ -112,12 +112,22 @@ pub fn rollback(
     wait: &WaitArgs,
     json: bool,
 ) -> anyhow::Result<Outcome> {
+    let dry_run = request.dry_run;
     let outcome: RollbackOutcome = api.send_json(Method::POST, "/rollbacks", Some(&request))?;
     for robot in &outcome.unresolved {
         eprintln!("- {} left alone: {}", robot.robot_id, robot.reason);
     }
     if !outcome.unchanged.is_empty() {
         eprintln!("- already there: {}", outcome.unchanged.join(", "));
+    }
+    for group in &outcome.plan {
+        eprintln!("→ v{}: {}", group.version, group.robots.join(", "));
+    }
+    if dry_run {
+        if json {
+            output::json(&outcome)?;
+        }
+        return Ok(Outcome::Done);
     }
     let mut worst = Outcome::Done;
     let mut finished = Vec::new();

@@ -3,7 +3,9 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use rota_protocol::operator::{ErrorBody, Role, RollbackOutcome, RollbackRequest, UnresolvedRobot};
+use rota_protocol::operator::{
+    ErrorBody, Role, RollbackGroup, RollbackOutcome, RollbackRequest, UnresolvedRobot,
+};
 
 use crate::audit;
 use crate::auth::Operator;
@@ -24,6 +26,7 @@ use crate::time::now_ms;
     request_body = RollbackRequest,
     responses(
         (status = 201, body = RollbackOutcome),
+        (status = 200, description = "dry run: the plan only", body = RollbackOutcome),
         (status = 403, body = ErrorBody),
         (status = 404, description = "unknown group, robot, environment or deployment", body = ErrorBody),
         (status = 422, description = "unreadable `to`, or nothing to roll back", body = ErrorBody),
@@ -48,6 +51,34 @@ pub async fn create(
             "nothing to roll back for {}: {why}",
             request.target
         )));
+    }
+    let plan_groups: Vec<RollbackGroup> = plan
+        .by_release
+        .iter()
+        .map(|(release, robots)| RollbackGroup {
+            release_id: release.id.clone(),
+            version: release.version.clone(),
+            robots: robots.clone(),
+        })
+        .collect();
+    let unresolved = plan
+        .unresolved
+        .iter()
+        .map(|(robot_id, reason)| UnresolvedRobot {
+            robot_id: robot_id.clone(),
+            reason: reason.clone(),
+        })
+        .collect();
+    if request.dry_run {
+        return Ok((
+            StatusCode::OK,
+            ApiJson(RollbackOutcome {
+                plan: plan_groups,
+                deployments: Vec::new(),
+                unchanged: plan.unchanged,
+                unresolved,
+            }),
+        ));
     }
     let strategy = match request.immediate {
         true => None,
@@ -94,13 +125,10 @@ pub async fn create(
     Ok((
         StatusCode::CREATED,
         ApiJson(RollbackOutcome {
+            plan: plan_groups,
             deployments,
             unchanged: plan.unchanged,
-            unresolved: plan
-                .unresolved
-                .into_iter()
-                .map(|(robot_id, reason)| UnresolvedRobot { robot_id, reason })
-                .collect(),
+            unresolved,
         }),
     ))
 }
