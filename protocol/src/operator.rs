@@ -112,6 +112,9 @@ pub struct Release {
     pub bundle_sha256: String,
     pub created_at: String,
     pub created_by: String,
+    /// The `git push` of this release's commit, when the GitHub webhook recorded one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push: Option<GitPush>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -742,6 +745,120 @@ pub struct FleetStatus {
     pub robots_by_version: BTreeMap<String, u64>,
     pub releases: u64,
     pub running_deployments: Vec<Deployment>,
+}
+
+/// A `git push` that GitHub reported through the push webhook.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct GitPush {
+    pub id: i64,
+    /// GitHub's `X-GitHub-Delivery` id: a redelivery of the same push is recorded once.
+    pub delivery_id: Option<String>,
+    /// `owner/name`.
+    pub repository: String,
+    /// The full ref pushed, `refs/heads/main` or `refs/tags/v1.2.0`.
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    /// The branch, for pushes to `refs/heads/...`.
+    pub branch: Option<String>,
+    /// Commit the ref pointed at before the push (all zeros for a new ref).
+    pub before: String,
+    /// Commit the ref points at after the push (all zeros for a deleted ref).
+    pub after: String,
+    /// GitHub login of who pushed.
+    pub pusher: Option<String>,
+    /// First line of the head commit's message.
+    pub head_commit_message: Option<String>,
+    /// Commits in the push, as GitHub counted them.
+    pub commit_count: u64,
+    pub received_at: String,
+}
+
+/// What the server did with one webhook delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WebhookReceipt {
+    /// The `X-GitHub-Event` header: `push`, `ping`, ...
+    pub event: String,
+    /// `recorded`, `already_recorded` (a redelivery), `pong` or `ignored`.
+    pub outcome: String,
+    /// The push, for `push` deliveries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push: Option<GitPush>,
+}
+
+/// How a robot came to run a release.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RunOrigin {
+    /// A deployment offered it and the robot booted it.
+    Deployment {
+        deployment_id: String,
+        /// `deploy`, `rollback`, `promote` or `auto`; absent when the server does not know.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        deployment_kind: Option<String>,
+        created_by: String,
+    },
+    /// The robot went back to it by itself: the release `deployment_id` gave it rolled back or
+    /// failed in its trial boot.
+    RobotRollback {
+        deployment_id: String,
+        from_version: String,
+    },
+    /// The robot reported it in its slots and no deployment gave it (a factory image, a
+    /// manual install).
+    LocalInstall,
+}
+
+/// How a robot's run of a release ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RunEnd {
+    /// The robot still runs it.
+    Running,
+    /// Another release took over.
+    Replaced { by_version: String, at: String },
+    /// Its trial boot failed the health check and the robot went back.
+    RolledBack { reason: String, at: String },
+    /// The robot reported a failure after booting it.
+    Failed { error: String, at: String },
+}
+
+impl RunEnd {
+    /// When it ended; `None` while running.
+    pub fn at(&self) -> Option<&str> {
+        match self {
+            RunEnd::Running => None,
+            RunEnd::Replaced { at, .. }
+            | RunEnd::RolledBack { at, .. }
+            | RunEnd::Failed { at, .. } => Some(at),
+        }
+    }
+}
+
+/// One stretch of time during which a robot ran one release.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ReleaseRun {
+    pub version: String,
+    /// The release with that version, when the server has it (a local install may not).
+    pub release_id: Option<String>,
+    /// When the robot booted it (its trial boot, or when it reported it).
+    pub started_at: String,
+    /// When the robot committed it, for deployed releases that passed their trial.
+    pub committed_at: Option<String>,
+    pub origin: RunOrigin,
+    pub end: RunEnd,
+}
+
+/// Every release one robot ran, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RobotReleaseHistory {
+    pub robot_id: String,
+    pub runs: Vec<ReleaseRun>,
 }
 
 #[cfg(test)]

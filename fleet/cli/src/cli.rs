@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use rota_protocol::operator::{DeploymentTarget, FailureThreshold, Role};
 
+use crate::when::When;
+
 /// Operate a Rota fleet: publish releases, deploy them, watch robots commit, audit.
 ///
 /// stdout carries only results (an id, a table, or JSON with --json); progress and human
@@ -135,20 +137,57 @@ pub enum Command {
         #[command(subcommand)]
         action: Option<GroupsCommand>,
     },
-    /// What robots reported, newest first.
+    /// Every release each robot ran: since when, how it got there (a deployment and its kind,
+    /// the robot's own rollback, or a local install no deployment gave it) and how it ended.
+    ///
+    /// --since and --until take RFC 3339 (2024-05-01T10:00:00Z, or with an offset like
+    /// +02:00), a date (2024-05-01, midnight UTC), or a time ago (2-hours-ago, 30m, 1d12h).
     History {
-        /// Only this robot.
-        #[arg(long)]
+        /// Only this robot. [default: every robot]
+        #[arg(long, conflicts_with = "group")]
         robot: Option<String>,
-        /// Only this deployment.
+        /// Only robots now in this group. [default: every robot]
         #[arg(long)]
+        group: Option<String>,
+        /// Only releases still running at this time or later (with --events: events from
+        /// then on). [default: no bound]
+        #[arg(long)]
+        since: Option<When>,
+        /// Only releases that started by this time (with --events: events until then).
+        /// [default: no bound]
+        #[arg(long)]
+        until: Option<When>,
+        /// Show the events robots reported, newest first, instead of the releases they ran.
+        /// [default: off]
+        #[arg(long)]
+        events: bool,
+        /// With --events, only this deployment's events. [default: all]
+        #[arg(long, requires = "events")]
         deployment: Option<String>,
-        /// At most this many entries. [default: 50]
+        /// With --events, at most this many entries. [default: 50]
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
-    /// The audit log of operator actions, newest first.
+    /// The audit log of operator actions (and enrollments and webhook deliveries), newest
+    /// first.
+    ///
+    /// --since and --until take RFC 3339 (2024-05-01T10:00:00Z, or with an offset like
+    /// +02:00), a date (2024-05-01, midnight UTC), or a time ago (2-hours-ago, 30m, 1d12h).
     Audit {
+        /// Only entries at or after this time. [default: no bound]
+        #[arg(long)]
+        since: Option<When>,
+        /// Only entries at or before this time. [default: no bound]
+        #[arg(long)]
+        until: Option<When>,
+        /// Only entries whose actor contains this text, ignoring case: `github`, a key id, a
+        /// key's name. [default: any]
+        #[arg(long)]
+        actor: Option<String>,
+        /// Only this action, or every action under it: `release` matches `release.publish`.
+        /// [default: any]
+        #[arg(long)]
+        action: Option<String>,
         /// At most this many entries. [default: 50]
         #[arg(long, default_value_t = 50)]
         limit: u32,
@@ -242,12 +281,18 @@ pub enum EnvCommand {
 #[derive(Debug, Subcommand)]
 pub enum ReleaseCommand {
     /// Upload a signed bundle; prints the release id.
+    ///
+    /// In CI the branch and commit come from the environment when the flags are absent, as
+    /// GitHub Actions (and Gitea/Forgejo Actions) set it. When the bundle's signed manifest
+    /// names a branch or commit, what is given here must agree with it (else the server
+    /// refuses the upload, 422).
     Publish {
         bundle: PathBuf,
-        /// Git branch, when the bundle's manifest does not name one.
+        /// Git branch the bundle was built from. [default: $GITHUB_HEAD_REF in a pull request
+        /// build, else $GITHUB_REF_NAME when $GITHUB_REF_TYPE is branch; none outside CI]
         #[arg(long)]
         branch: Option<String>,
-        /// Git commit, when the bundle's manifest does not name one.
+        /// Git commit the bundle was built from. [default: $GITHUB_SHA; none outside CI]
         #[arg(long)]
         commit: Option<String>,
     },

@@ -84,8 +84,17 @@ impl Api {
     }
 
     pub fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.get_with_query(path, &[])
+    }
+
+    /// GET with query parameters, encoded here.
+    pub fn get_with_query<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> anyhow::Result<T> {
         let url = self.url(path);
-        let response = self.send(&format!("GET {url}"), self.http.get(&url))?;
+        let response = self.send(&format!("GET {url}"), self.http.get(&url).query(query))?;
         response
             .json()
             .with_context(|| format!("decoding the answer of GET {url}"))

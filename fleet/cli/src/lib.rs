@@ -5,10 +5,11 @@ pub mod client;
 pub mod commands;
 pub mod credentials;
 pub mod output;
+pub mod when;
 
 use cli::{Cli, Command, ReleaseCommand};
 use commands::deploy::{DeployArgs, Outcome};
-use commands::{access, deploy, inventory, release, rollout};
+use commands::{access, audit, deploy, history, inventory, release, rollout};
 use rota_protocol::operator::{DeploymentVerb, RollbackRequest};
 
 /// Exit code for a `--wait` in which robots rolled back or failed, or the rollout halted.
@@ -132,16 +133,41 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Groups { action } => inventory::groups(&commands::api(server)?, action, json)?,
         Command::History {
             robot,
+            group,
+            since,
+            until,
+            events,
             deployment,
             limit,
-        } => inventory::history(
-            &commands::api(server)?,
-            robot.as_deref(),
-            deployment.as_deref(),
+        } => {
+            let filter = history::Filter {
+                robot,
+                group,
+                since,
+                until,
+            };
+            let api = commands::api(server)?;
+            if events {
+                history::events(&api, &filter, deployment.as_deref(), limit, json)?
+            } else {
+                history::releases(&api, &filter, json)?
+            }
+        }
+        Command::Audit {
+            since,
+            until,
+            actor,
+            action,
             limit,
-            json,
-        )?,
-        Command::Audit { limit } => inventory::audit(&commands::api(server)?, limit, json)?,
+        } => {
+            let filter = audit::Filter {
+                since,
+                until,
+                actor,
+                action,
+            };
+            audit::audit(&commands::api(server)?, &filter, limit, json)?
+        }
         Command::Keys(command) => access::keys(&commands::api(server)?, command, json)?,
     }
     Ok(0)

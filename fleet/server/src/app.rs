@@ -13,7 +13,7 @@ use utoipa_axum::routes;
 use crate::error::{no_route, wrong_method};
 use crate::metrics;
 use crate::routes::{
-    deployments, environments, fleet, groups, keys, releases, robot, robots, rollbacks,
+    deployments, environments, fleet, groups, keys, releases, robot, robots, rollbacks, webhooks,
 };
 use crate::state::AppState;
 
@@ -35,6 +35,7 @@ pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
         (name = "environments", description = "Groups of robots with deployment rules"),
         (name = "keys", description = "Operator API keys"),
         (name = "fleet", description = "Overview and audit log"),
+        (name = "git", description = "GitHub push webhook and the pushes it recorded"),
     )
 )]
 struct ApiDoc;
@@ -65,6 +66,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(robots::get, robots::remove))
         .routes(routes!(robots::approve))
         .routes(routes!(robots::history))
+        .routes(routes!(robots::release_history))
         .routes(routes!(groups::list))
         .routes(routes!(groups::create, groups::delete))
         .routes(routes!(groups::add_robot, groups::remove_robot))
@@ -80,6 +82,8 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(keys::revoke))
         .routes(routes!(fleet::status))
         .routes(routes!(fleet::audit))
+        .routes(routes!(webhooks::github))
+        .routes(routes!(webhooks::pushes))
         .split_for_parts()
 }
 

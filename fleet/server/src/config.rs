@@ -84,6 +84,11 @@ pub struct Args {
     /// Seconds between flushes of robots' last-seen times to the database. [default: 5]
     #[arg(long, env = "ROTA_LAST_SEEN_FLUSH_SECS")]
     pub last_seen_flush_secs: Option<u64>,
+    /// Secret of the GitHub push webhook (POST /api/v1/webhooks/github), at least 16
+    /// characters; deliveries must carry its HMAC-SHA256 in X-Hub-Signature-256. Prefer the
+    /// environment or the file: flags show in `ps`. [default: none, the webhook answers 404]
+    #[arg(long, env = "ROTA_GITHUB_WEBHOOK_SECRET", hide_env_values = true)]
+    pub github_webhook_secret: Option<String>,
     /// Milliseconds between the rollout engine's looks at running deployments (stage waits,
     /// silent robots). [default: 1000]
     #[arg(long, env = "ROTA_ROLLOUT_TICK_MS")]
@@ -111,6 +116,7 @@ pub struct FileConfig {
     pub max_bundle_size: Option<u64>,
     pub trust_forwarded_for: Option<bool>,
     pub last_seen_flush_secs: Option<u64>,
+    pub github_webhook_secret: Option<String>,
     pub rollout_tick_ms: Option<u64>,
     pub branch_environments: Option<std::collections::BTreeMap<String, String>>,
 }
@@ -147,6 +153,7 @@ pub struct Settings {
     pub max_bundle_size: u64,
     pub trust_forwarded_for: bool,
     pub last_seen_flush: Duration,
+    pub github_webhook_secret: Option<String>,
     pub rollout_tick: Duration,
     /// Branch patterns and the environment each maps to, first match wins.
     pub branch_environments: Vec<(String, String)>,
@@ -259,6 +266,10 @@ impl Settings {
                     .unwrap_or(5)
                     .max(1),
             ),
+            github_webhook_secret: non_empty(
+                args.github_webhook_secret.or(file.github_webhook_secret),
+                "github_webhook_secret",
+            )?,
             rollout_tick: Duration::from_millis(
                 args.rollout_tick_ms
                     .or(file.rollout_tick_ms)
@@ -326,6 +337,31 @@ mod tests {
         assert_eq!(settings.keyring_dir, PathBuf::from("/srv/rota/keyring"));
         assert_eq!(settings.database_url, "sqlite:///srv/rota/rota.db?mode=rwc");
         assert!(!settings.is_postgres());
+    }
+
+    #[test]
+    fn webhook_secret_comes_from_the_file_and_must_be_long_enough() {
+        let file = FileConfig::parse(
+            "github_webhook_secret = \"0123456789abcdef-from-file\"\n",
+            "test.toml",
+        )
+        .unwrap();
+        let settings = Settings::resolve(Args::default(), file).unwrap();
+        assert_eq!(
+            settings.github_webhook_secret.as_deref(),
+            Some("0123456789abcdef-from-file")
+        );
+        assert!(Settings::resolve(Args::default(), FileConfig::default())
+            .unwrap()
+            .github_webhook_secret
+            .is_none());
+        let args = Args {
+            github_webhook_secret: Some("short".into()),
+            ..Args::default()
+        };
+        let err = expect_err(Settings::resolve(args, FileConfig::default()));
+        assert!(err.starts_with("github_webhook_secret:"), "{err}");
+        assert!(!err.contains("short"), "the secret leaked into {err}");
     }
 
     fn expect_err<T>(result: Result<T, ConfigError>) -> String {

@@ -59,6 +59,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0003_rollouts.sql"),
         postgres: include_str!("../migrations/postgres/0003_rollouts.sql"),
     },
+    Migration {
+        version: 4,
+        name: "git_pushes_and_version_reports",
+        sqlite: include_str!("../migrations/sqlite/0004_git_pushes.sql"),
+        postgres: include_str!("../migrations/postgres/0004_git_pushes.sql"),
+    },
 ];
 
 pub struct Db {
@@ -227,7 +233,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
         let db = Db::connect(&url).await.unwrap();
-        let every_version: Vec<i64> = (1..=MIGRATIONS.len() as i64).collect();
+        let every_version: Vec<i64> = MIGRATIONS.iter().map(|m| m.version).collect();
+        assert!(
+            every_version.windows(2).all(|pair| pair[0] < pair[1]),
+            "migrations must be listed in increasing version order: {every_version:?}"
+        );
         assert_eq!(db.migrate().await.unwrap(), every_version);
         assert_eq!(db.migrate().await.unwrap(), Vec::<i64>::new());
         sqlx::query("INSERT INTO audit_log (at, actor, action) VALUES ($1, $2, $3)")

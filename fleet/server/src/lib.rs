@@ -9,6 +9,8 @@ pub mod auth;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod git;
+pub mod history;
 pub mod hub;
 pub mod metrics;
 pub mod rollout;

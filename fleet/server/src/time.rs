@@ -14,9 +14,32 @@ pub fn rfc3339(ms: i64) -> String {
     humantime::format_rfc3339_millis(time).to_string()
 }
 
+/// Unix milliseconds of an RFC 3339 UTC time (`2024-05-01T10:00:00Z`, fractions allowed).
+pub fn parse_rfc3339_ms(text: &str) -> Result<i64, String> {
+    let time = humantime::parse_rfc3339_weak(text.trim()).map_err(|err| {
+        format!("{text:?} is not an RFC 3339 UTC time like 2024-05-01T10:00:00Z: {err}")
+    })?;
+    let since_epoch = time
+        .duration_since(UNIX_EPOCH)
+        .map_err(|_| format!("{text:?} is before 1970"))?;
+    Ok(i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_what_it_formats() {
+        assert_eq!(
+            parse_rfc3339_ms("2023-11-14T22:13:20.123Z"),
+            Ok(1_700_000_000_123)
+        );
+        assert_eq!(parse_rfc3339_ms(&rfc3339(42)), Ok(42));
+        assert!(parse_rfc3339_ms("2 hours ago")
+            .unwrap_err()
+            .contains("RFC 3339"));
+    }
 
     #[test]
     fn formats_utc_with_millis() {

@@ -602,6 +602,25 @@ fn twenty_updater_daemons_enroll_install_reboot_and_commit_and_a_failed_check_ro
         let tail = &events[events.len() - 6..];
         assert_eq!(tail, HEALTHY_SEQUENCE, "{}: {events:?}", robot.id);
     }
+    // The release history keeps 2.0.0's rollback on the unhealthy robot, whatever order the
+    // real updater's slot reports and events arrived in.
+    let history = server.rota_json(&["history", "--robot", UNHEALTHY]);
+    let runs: Vec<(&str, &str)> = history[0]["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|run| {
+            (
+                run["version"].as_str().unwrap(),
+                run["end"]["kind"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        runs,
+        [("2.0.0", "rolled_back"), ("2.1.0", "running")],
+        "{history:#}"
+    );
 }
 
 /// A CDN in front of the bundle store: a plain static file server (Python's) on the server's

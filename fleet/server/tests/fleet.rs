@@ -241,7 +241,7 @@ fn a_robot_that_rolled_back_is_not_offered_that_release_again_unless_forced() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(fleet.offers("robot-007").len(), 2);
-    let history = server.rota_json(&["history", "--robot", "robot-007"]);
+    let history = server.rota_json(&["history", "--events", "--robot", "robot-007"]);
     assert_eq!(
         history
             .as_array()

@@ -1,7 +1,7 @@
-//! Read-mostly views: status, deployments, robots, groups, history, audit.
+//! Read-mostly views: status, deployments, robots, groups.
 
 use reqwest::Method;
-use rota_protocol::operator::{AuditEntry, Deployment, FleetStatus, Group, HistoryEntry, Robot};
+use rota_protocol::operator::{Deployment, FleetStatus, Group, Robot};
 
 use crate::cli::{GroupsCommand, RobotsCommand};
 use crate::client::Api;
@@ -222,50 +222,4 @@ pub fn groups(api: &Api, action: Option<GroupsCommand>, json: bool) -> anyhow::R
         }
     }
     Ok(())
-}
-
-pub fn history(
-    api: &Api,
-    robot: Option<&str>,
-    deployment: Option<&str>,
-    limit: u32,
-    json: bool,
-) -> anyhow::Result<()> {
-    let mut path = format!("/history?limit={limit}");
-    if let Some(robot) = robot {
-        path.push_str(&format!("&robot={robot}"));
-    }
-    if let Some(deployment) = deployment {
-        path.push_str(&format!("&deployment={deployment}"));
-    }
-    let headers = ["AT", "ROBOT", "VERSION", "EVENT", "DETAIL", "DEPLOYMENT"];
-    show_list(api, &path, json, &headers, |e: &HistoryEntry| {
-        vec![
-            e.at.clone(),
-            e.robot_id.clone(),
-            e.version.as_deref().map_or("-".into(), |v| format!("v{v}")),
-            e.event.clone(),
-            or_dash(e.detail.as_deref()),
-            or_dash(e.deployment_id.as_deref()),
-        ]
-    })
-}
-
-pub fn audit(api: &Api, limit: u32, json: bool) -> anyhow::Result<()> {
-    let headers = ["AT", "ACTOR", "ACTION", "TARGET", "FROM"];
-    show_list(
-        api,
-        &format!("/audit?limit={limit}"),
-        json,
-        &headers,
-        |e: &AuditEntry| {
-            vec![
-                e.at.clone(),
-                e.actor.clone(),
-                e.action.clone(),
-                or_dash(e.target.as_deref()),
-                or_dash(e.source_ip.as_deref()),
-            ]
-        },
-    )
 }

@@ -1,7 +1,9 @@
 //! One function per subcommand.
 
 pub mod access;
+pub mod audit;
 pub mod deploy;
+pub mod history;
 pub mod inventory;
 pub mod release;
 pub mod rollout;

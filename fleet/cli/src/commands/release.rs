@@ -38,6 +38,17 @@ impl<R: Read> Read for Progress<R> {
     }
 }
 
+/// The branch and commit a CI job builds, from the variables GitHub Actions (and Gitea and
+/// Forgejo Actions) set: a pull request's head branch, else the pushed branch (not a tag).
+pub fn ci_source(var: impl Fn(&str) -> Option<String>) -> (Option<String>, Option<String>) {
+    let set = |name: &str| var(name).filter(|value| !value.is_empty());
+    let branch = set("GITHUB_HEAD_REF").or_else(|| {
+        let pushed_a_branch = set("GITHUB_REF_TYPE").is_none_or(|kind| kind == "branch");
+        set("GITHUB_REF_NAME").filter(|_| pushed_a_branch)
+    });
+    (branch, set("GITHUB_SHA"))
+}
+
 pub fn publish(
     api: &Api,
     bundle: &Path,
@@ -45,6 +56,13 @@ pub fn publish(
     commit: Option<&str>,
     json: bool,
 ) -> anyhow::Result<()> {
+    let (ci_branch, ci_commit) = ci_source(|name| std::env::var(name).ok());
+    let branch = branch
+        .map(str::to_string)
+        .or_else(|| ci_branch.inspect(|b| eprintln!("branch {b} (from the CI environment)")));
+    let commit = commit
+        .map(str::to_string)
+        .or_else(|| ci_commit.inspect(|c| eprintln!("commit {c} (from the CI environment)")));
     let file = File::open(bundle).with_context(|| format!("opening {}", bundle.display()))?;
     let total = file
         .metadata()
@@ -57,11 +75,11 @@ pub fn publish(
         next_report: 1,
     };
     let mut query = Vec::new();
-    if let Some(branch) = branch {
-        query.push(("branch", branch));
+    if let Some(branch) = &branch {
+        query.push(("branch", branch.as_str()));
     }
-    if let Some(commit) = commit {
-        query.push(("commit", commit));
+    if let Some(commit) = &commit {
+        query.push(("commit", commit.as_str()));
     }
     let body = reqwest::blocking::Body::sized(reader, total);
     let release: Release = api
@@ -106,4 +124,73 @@ pub fn list(api: &Api, json: bool) -> anyhow::Result<()> {
             r.created_at.clone(),
         ]
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(vars: &[(&str, &str)]) -> Source {
+        ci_source(|name| {
+            vars.iter()
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| value.to_string())
+        })
+    }
+
+    type Source = (Option<String>, Option<String>);
+    type Case = (
+        &'static str,
+        &'static [(&'static str, &'static str)],
+        Source,
+    );
+
+    fn some(branch: &str, commit: &str) -> Source {
+        (Some(branch.into()), Some(commit.into()))
+    }
+
+    #[test]
+    fn ci_variables_give_the_built_branch_and_commit() {
+        const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
+        let cases: [Case; 5] = [
+            ("outside CI", &[], (None, None)),
+            (
+                "branch push",
+                &[
+                    ("GITHUB_REF_NAME", "main"),
+                    ("GITHUB_REF_TYPE", "branch"),
+                    ("GITHUB_SHA", SHA),
+                ],
+                some("main", SHA),
+            ),
+            (
+                "pull request: the head branch, not 12/merge",
+                &[
+                    ("GITHUB_HEAD_REF", "feature/arm"),
+                    ("GITHUB_REF_NAME", "12/merge"),
+                    ("GITHUB_REF_TYPE", "branch"),
+                    ("GITHUB_SHA", SHA),
+                ],
+                some("feature/arm", SHA),
+            ),
+            (
+                "tag push: no branch",
+                &[
+                    ("GITHUB_HEAD_REF", ""),
+                    ("GITHUB_REF_NAME", "v1.2.0"),
+                    ("GITHUB_REF_TYPE", "tag"),
+                    ("GITHUB_SHA", SHA),
+                ],
+                (None, Some(SHA.into())),
+            ),
+            (
+                "a CI without GITHUB_REF_TYPE",
+                &[("GITHUB_REF_NAME", "staging"), ("GITHUB_SHA", SHA)],
+                some("staging", SHA),
+            ),
+        ];
+        for (name, vars, expected) in cases {
+            assert_eq!(source(vars), expected, "{name}");
+        }
+    }
 }

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use crate::auth::Operator;
 use crate::error::{ApiJson, ApiQuery, ApiResult};
 use crate::routes::deployments;
+use crate::routes::time_param;
 use crate::state::AppState;
 use crate::time::rfc3339;
 
@@ -59,12 +60,36 @@ pub struct AuditQuery {
     pub before: Option<i64>,
     /// At most this many, newest first. [default: 100, at most 10000]
     pub limit: Option<i64>,
+    /// Only entries at or after this RFC 3339 UTC time.
+    pub since: Option<String>,
+    /// Only entries at or before this RFC 3339 UTC time.
+    pub until: Option<String>,
+    /// Only entries whose actor contains this text, ignoring case (`github`, a key id, a name).
+    pub actor: Option<String>,
+    /// Only this action, or every action under it: `release` matches `release.publish`.
+    pub action: Option<String>,
+}
+
+/// `text` as a LIKE pattern that matches it literally (escape character `\`).
+fn like_literal(text: &str) -> String {
+    let mut pattern = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern
 }
 
 /// The append-only audit log of operator actions and enrollments, newest first.
 #[utoipa::path(get, path = "/api/v1/audit", tag = "fleet",
     params(AuditQuery),
-    responses((status = 200, body = Vec<AuditEntry>), (status = 401, body = ErrorBody)),
+    responses(
+        (status = 200, body = Vec<AuditEntry>),
+        (status = 400, description = "unreadable since or until", body = ErrorBody),
+        (status = 401, body = ErrorBody),
+    ),
     security(("bearer" = [])))]
 pub async fn audit(
     State(state): State<AppState>,
@@ -72,6 +97,10 @@ pub async fn audit(
     ApiQuery(query): ApiQuery<AuditQuery>,
 ) -> ApiResult<ApiJson<Vec<AuditEntry>>> {
     let limit = query.limit.unwrap_or(100).clamp(1, 10_000);
+    let since = time_param("since", query.since.as_deref())?.unwrap_or(i64::MIN);
+    let until = time_param("until", query.until.as_deref())?.unwrap_or(i64::MAX);
+    let actor = query.actor.as_deref().unwrap_or_default().to_lowercase();
+    let action = query.action.unwrap_or_default();
     type Row = (
         i64,
         i64,
@@ -81,11 +110,22 @@ pub async fn audit(
         Option<String>,
         Option<String>,
     );
+    // Empty strings stand for "any", so one statement serves every filter combination.
     let rows: Vec<Row> = sqlx::query_as(
-        "SELECT id, at, actor, action, target, details, source_ip FROM audit_log
-         WHERE id < $1 ORDER BY id DESC LIMIT $2",
+        r"SELECT id, at, actor, action, target, details, source_ip FROM audit_log
+         WHERE id < $1 AND at >= $2 AND at <= $3
+           AND ($4 = '' OR LOWER(actor) LIKE $5 ESCAPE '\')
+           AND ($6 = '' OR action = $7 OR action LIKE $8 ESCAPE '\')
+         ORDER BY id DESC LIMIT $9",
     )
     .bind(query.before.unwrap_or(i64::MAX))
+    .bind(since)
+    .bind(until)
+    .bind(&actor)
+    .bind(format!("%{}%", like_literal(&actor)))
+    .bind(&action)
+    .bind(&action)
+    .bind(format!("{}.%", like_literal(&action)))
     .bind(limit)
     .fetch_all(state.db.pool())
     .await?;

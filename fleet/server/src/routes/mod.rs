@@ -10,3 +10,17 @@ pub mod releases;
 pub mod robot;
 pub mod robots;
 pub mod rollbacks;
+pub mod webhooks;
+
+use crate::error::{ApiError, ApiResult};
+
+/// A `since`/`until` query parameter (RFC 3339 UTC) in unix milliseconds; 400 naming the
+/// parameter when unreadable.
+pub fn time_param(name: &str, value: Option<&str>) -> ApiResult<Option<i64>> {
+    value
+        .map(|text| {
+            crate::time::parse_rfc3339_ms(text)
+                .map_err(|reason| ApiError::bad_request(format!("{name}: {reason}")))
+        })
+        .transpose()
+}

@@ -17,6 +17,7 @@ use tower::ServiceExt;
 use crate::audit;
 use crate::auth::{Caller, Operator};
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
+use crate::git;
 use crate::routes::environments;
 use crate::state::AppState;
 use crate::time::{now_ms, rfc3339};
@@ -60,6 +61,7 @@ pub fn release_from_row(row: ReleaseRow) -> Release {
         bundle_sha256,
         created_at: rfc3339(created_at),
         created_by,
+        push: None,
     }
 }
 
@@ -252,6 +254,7 @@ pub async fn publish(
         bundle_sha256,
         created_at: String::new(),
         created_by: operator.actor(),
+        push: None,
     };
     let now = now_ms();
     let mut write = state.db.begin_write().await?;
@@ -297,13 +300,12 @@ pub async fn publish(
             .wake_many(created.offered.iter().map(String::as_str));
     }
     tracing::info!(release = %release.id, version = %release.version, "release published");
-    Ok((
-        StatusCode::CREATED,
-        ApiJson(Release {
-            created_at: rfc3339(now),
-            ..release
-        }),
-    ))
+    let mut published = Release {
+        created_at: rfc3339(now),
+        ..release
+    };
+    git::attach_push(&mut *state.db.pool().acquire().await?, &mut published).await?;
+    Ok((StatusCode::CREATED, ApiJson(published)))
 }
 
 /// List releases, newest first.
@@ -319,7 +321,12 @@ pub async fn list(
     ))
     .fetch_all(state.db.pool())
     .await?;
-    Ok(ApiJson(rows.into_iter().map(release_from_row).collect()))
+    let mut releases: Vec<Release> = rows.into_iter().map(release_from_row).collect();
+    let mut conn = state.db.pool().acquire().await?;
+    for release in &mut releases {
+        git::attach_push(&mut conn, release).await?;
+    }
+    Ok(ApiJson(releases))
 }
 
 pub async fn find(state: &AppState, id: &str) -> ApiResult<Release> {
@@ -343,7 +350,9 @@ pub async fn get(
     _operator: Operator,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<ApiJson<Release>> {
-    Ok(ApiJson(find(&state, &id).await?))
+    let mut release = find(&state, &id).await?;
+    git::attach_push(&mut *state.db.pool().acquire().await?, &mut release).await?;
+    Ok(ApiJson(release))
 }
 
 /// Download a release's bundle; honours `Range` so robots resume.

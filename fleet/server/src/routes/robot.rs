@@ -364,6 +364,14 @@ pub async fn report_slots(
 ) -> ApiResult<StatusCode> {
     let json = serde_json::to_string(&report).map_err(ApiError::internal)?;
     let mut write = state.db.begin_write().await?;
+    // Before the update below: it compares with the version stored so far.
+    crate::history::note_reported_version(
+        &mut write.tx,
+        &robot.id,
+        report.running_version(),
+        now_ms(),
+    )
+    .await?;
     sqlx::query("UPDATE robots SET slots_json = $1, version = COALESCE($2, version), last_seen = $3 WHERE id = $4")
         .bind(json)
         .bind(report.running_version().map(str::to_string))

@@ -4,13 +4,15 @@ use std::collections::HashMap;
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use rota_protocol::operator::{ErrorBody, HistoryEntry, Robot, Role};
+use rota_protocol::operator::{ErrorBody, HistoryEntry, Robot, RobotReleaseHistory, Role};
 use serde::Deserialize;
 
 use crate::audit;
 use crate::auth::Operator;
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
+use crate::history;
 use crate::rollout::{self, OFFERED_STATES_SQL};
+use crate::routes::time_param;
 use crate::state::AppState;
 use crate::time::{now_ms, rfc3339};
 
@@ -229,8 +231,14 @@ pub async fn remove(
 pub struct HistoryQuery {
     /// Only this robot's history.
     pub robot: Option<String>,
+    /// Only robots now in this group.
+    pub group: Option<String>,
     /// Only this deployment's events.
     pub deployment: Option<String>,
+    /// Only events at or after this RFC 3339 UTC time.
+    pub since: Option<String>,
+    /// Only events at or before this RFC 3339 UTC time.
+    pub until: Option<String>,
     /// At most this many entries, newest first. [default: 100, at most 10000]
     pub limit: Option<i64>,
 }
@@ -246,6 +254,8 @@ pub async fn history(
     ApiQuery(query): ApiQuery<HistoryQuery>,
 ) -> ApiResult<ApiJson<Vec<HistoryEntry>>> {
     let limit = query.limit.unwrap_or(100).clamp(1, 10_000);
+    let since = time_param("since", query.since.as_deref())?;
+    let until = time_param("until", query.until.as_deref())?;
     type Row = (
         i64,
         String,
@@ -260,12 +270,18 @@ pub async fn history(
         "SELECT e.id, e.robot_id, e.deployment_id, r.version, e.event, e.detail, e.at
          FROM robot_events e LEFT JOIN releases r ON r.id = e.release_id
          WHERE ($1 = '' OR e.robot_id = $2) AND ($3 = '' OR e.deployment_id = $4)
-         ORDER BY e.id DESC LIMIT $5",
+           AND ($5 = '' OR e.robot_id IN (SELECT robot_id FROM group_members WHERE group_name = $6))
+           AND e.at >= $7 AND e.at <= $8
+         ORDER BY e.id DESC LIMIT $9",
     )
     .bind(query.robot.clone().unwrap_or_default())
     .bind(query.robot.unwrap_or_default())
     .bind(query.deployment.clone().unwrap_or_default())
     .bind(query.deployment.unwrap_or_default())
+    .bind(query.group.clone().unwrap_or_default())
+    .bind(query.group.unwrap_or_default())
+    .bind(since.unwrap_or(i64::MIN))
+    .bind(until.unwrap_or(i64::MAX))
     .bind(limit)
     .fetch_all(state.db.pool())
     .await?;
@@ -284,4 +300,60 @@ pub async fn history(
             )
             .collect(),
     ))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct ReleaseHistoryQuery {
+    /// Only this robot.
+    pub robot: Option<String>,
+    /// Only robots now in this group.
+    pub group: Option<String>,
+    /// Only runs that lasted until this RFC 3339 UTC time or later.
+    pub since: Option<String>,
+    /// Only runs that started at or before this RFC 3339 UTC time.
+    pub until: Option<String>,
+}
+
+/// Every release each robot ran, oldest first: since when, how it got there (a deployment, the
+/// robot's own rollback, or a local install no deployment explains) and how it ended.
+#[utoipa::path(get, path = "/api/v1/history/releases", tag = "robots",
+    params(ReleaseHistoryQuery),
+    responses(
+        (status = 200, body = Vec<RobotReleaseHistory>),
+        (status = 400, description = "unreadable since or until", body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 404, description = "no such robot or group", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn release_history(
+    State(state): State<AppState>,
+    _operator: Operator,
+    ApiQuery(query): ApiQuery<ReleaseHistoryQuery>,
+) -> ApiResult<ApiJson<Vec<RobotReleaseHistory>>> {
+    let filter = history::Filter {
+        since_ms: time_param("since", query.since.as_deref())?,
+        until_ms: time_param("until", query.until.as_deref())?,
+        robot: query.robot,
+        group: query.group,
+    };
+    let mut conn = state.db.pool().acquire().await?;
+    if let Some(group) = &filter.group {
+        let exists: Option<String> =
+            sqlx::query_scalar("SELECT name FROM robot_groups WHERE name = $1")
+                .bind(group)
+                .fetch_optional(&mut *conn)
+                .await?;
+        if exists.is_none() {
+            return Err(ApiError::not_found(format!("no group named {group:?}")));
+        }
+    }
+    let histories = history::load(&mut conn, &filter).await?;
+    if let Some(robot) = &filter.robot {
+        if histories.is_empty() {
+            return Err(ApiError::not_found(format!(
+                "no robot with id {robot:?}, enrolled now or in the history"
+            )));
+        }
+    }
+    Ok(ApiJson(histories))
 }

@@ -219,6 +219,12 @@ impl Server {
             .env_remove("XDG_CONFIG_HOME")
             .env("ROTA_SERVER", &self.url)
             .env("ROTA_API_KEY", key)
+            // Run inside GitHub Actions, `rota release publish` would take these for the
+            // bundle's branch and commit.
+            .env_remove("GITHUB_HEAD_REF")
+            .env_remove("GITHUB_REF_NAME")
+            .env_remove("GITHUB_REF_TYPE")
+            .env_remove("GITHUB_SHA")
             .output()
             .expect("run rota")
     }

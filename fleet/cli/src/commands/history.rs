@@ -1,0 +1,137 @@
+//! history: the releases each robot ran, or (--events) what robots reported.
+
+use rota_protocol::operator::{HistoryEntry, ReleaseRun, RobotReleaseHistory, RunEnd, RunOrigin};
+
+use crate::client::Api;
+use crate::output::{self, or_dash};
+use crate::when::When;
+
+/// Which robots and which time range.
+#[derive(Debug, Default)]
+pub struct Filter {
+    pub robot: Option<String>,
+    pub group: Option<String>,
+    pub since: Option<When>,
+    pub until: Option<When>,
+}
+
+impl Filter {
+    fn query(&self) -> Vec<(&'static str, String)> {
+        let mut query = Vec::new();
+        if let Some(robot) = &self.robot {
+            query.push(("robot", robot.clone()));
+        }
+        if let Some(group) = &self.group {
+            query.push(("group", group.clone()));
+        }
+        if let Some(since) = self.since {
+            query.push(("since", since.rfc3339()));
+        }
+        if let Some(until) = self.until {
+            query.push(("until", until.rfc3339()));
+        }
+        query
+    }
+}
+
+/// How the robot came to run it, in a few words.
+pub fn origin_text(origin: &RunOrigin) -> String {
+    match origin {
+        RunOrigin::Deployment {
+            deployment_id,
+            deployment_kind,
+            ..
+        } => format!(
+            "{} {deployment_id}",
+            deployment_kind.as_deref().unwrap_or("deployment")
+        ),
+        RunOrigin::RobotRollback { from_version, .. } => {
+            format!("robot rolled back from v{from_version}")
+        }
+        RunOrigin::LocalInstall => "local install".into(),
+    }
+}
+
+/// How the run ended, in a few words.
+pub fn end_text(end: &RunEnd) -> String {
+    match end {
+        RunEnd::Running => "running".into(),
+        RunEnd::Replaced { by_version, at } => format!("replaced by v{by_version} at {at}"),
+        RunEnd::RolledBack { reason, at } => format!("rolled back at {at}: {reason}"),
+        RunEnd::Failed { error, at } => format!("failed at {at}: {error}"),
+    }
+}
+
+fn run_row(robot_id: &str, run: &ReleaseRun) -> Vec<String> {
+    vec![
+        robot_id.to_string(),
+        format!("v{}", run.version),
+        run.started_at.clone(),
+        origin_text(&run.origin),
+        end_text(&run.end),
+    ]
+}
+
+pub fn releases(api: &Api, filter: &Filter, json: bool) -> anyhow::Result<()> {
+    let histories: Vec<RobotReleaseHistory> =
+        api.get_with_query("/history/releases", &filter.query())?;
+    if json {
+        return output::json(&histories);
+    }
+    let mut rows = Vec::new();
+    for history in &histories {
+        if history.runs.is_empty() {
+            rows.push(vec![
+                history.robot_id.clone(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "no release in this range".into(),
+            ]);
+        }
+        rows.extend(
+            history
+                .runs
+                .iter()
+                .map(|run| run_row(&history.robot_id, run)),
+        );
+    }
+    output::table(&["ROBOT", "VERSION", "SINCE", "HOW", "ENDED"], &rows);
+    Ok(())
+}
+
+pub fn events(
+    api: &Api,
+    filter: &Filter,
+    deployment: Option<&str>,
+    limit: u32,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut query = filter.query();
+    query.push(("limit", limit.to_string()));
+    if let Some(deployment) = deployment {
+        query.push(("deployment", deployment.to_string()));
+    }
+    let entries: Vec<HistoryEntry> = api.get_with_query("/history", &query)?;
+    if json {
+        return output::json(&entries);
+    }
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            vec![
+                e.at.clone(),
+                e.robot_id.clone(),
+                e.version.as_deref().map_or("-".into(), |v| format!("v{v}")),
+                e.event.clone(),
+                or_dash(e.detail.as_deref()),
+                or_dash(e.deployment_id.as_deref()),
+            ]
+        })
+        .collect();
+    output::table(
+        &["AT", "ROBOT", "VERSION", "EVENT", "DETAIL", "DEPLOYMENT"],
+        &rows,
+    );
+    Ok(())
+}

@@ -1,0 +1,291 @@
+//! `rota history` and `rota audit` against a real server and simulated robots: which releases
+//! each robot ran and how each run ended, and the audit log filtered by time, actor and action.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime};
+
+use common::robots::{Behaviour, SimFleet};
+use common::{Server, ADMIN_KEY};
+use serde_json::Value;
+
+/// Now as RFC 3339, with a pause on each side so that no server timestamp taken before or
+/// after can fall in the same millisecond.
+fn instant_between() -> String {
+    std::thread::sleep(Duration::from_millis(20));
+    let now = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+    std::thread::sleep(Duration::from_millis(20));
+    now
+}
+
+fn deploy(server: &Server, version: &str, target: &str) -> (Option<i32>, String) {
+    let out = server.rota(ADMIN_KEY, &["deploy", version, "--to", target, "--wait"]);
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    (out.status.code(), id)
+}
+
+/// (version, origin kind, end kind) of each run of `robot` in a history answer.
+fn runs_of(histories: &Value, robot: &str) -> Vec<(String, String, String)> {
+    let history = histories
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["robot_id"] == robot)
+        .unwrap_or_else(|| panic!("{robot} missing from {histories:#}"));
+    history["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|run| {
+            (
+                run["version"].as_str().unwrap().to_string(),
+                run["origin"]["kind"].as_str().unwrap().to_string(),
+                run["end"]["kind"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn run(version: &str, origin: &str, end: &str) -> (String, String, String) {
+    (version.into(), origin.into(), end.into())
+}
+
+/// `field` of every entry of a JSON array.
+fn each<'a>(entries: &'a Value, field: &str) -> Vec<&'a str> {
+    entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| entry[field].as_str().unwrap())
+        .collect()
+}
+
+fn robot_ids(histories: &Value) -> Vec<&str> {
+    each(histories, "robot_id")
+}
+
+#[test]
+fn history_shows_every_release_each_robot_ran_how_it_got_there_and_how_it_ended() {
+    let server = Server::start();
+    // Every robot starts on 1.0.0, which no deployment gave it; robot-002 fails 2.0.0's check.
+    let fleet = SimFleet::start(&server.url, "robot", 3, |n| Behaviour {
+        unhealthy_versions: if n == 2 {
+            HashSet::from(["2.0.0".to_string()])
+        } else {
+            HashSet::new()
+        },
+        ..Behaviour::default()
+    });
+    server.rota_ok(&["groups", "create", "lab"]);
+    server.rota_ok(&["groups", "add", "lab", "robot-001", "robot-002"]);
+    server.publish("2.0.0");
+    server.publish("3.0.0");
+
+    let (code, first) = deploy(&server, "2.0.0", "all");
+    assert_eq!(code, Some(3), "robot-002 rolls back, so --wait exits 3");
+    let between = instant_between();
+    let (code, second) = deploy(&server, "3.0.0", "robot:robot-001");
+    assert_eq!(code, Some(0));
+    assert_eq!(fleet.offers("robot-001").len(), 2);
+
+    let all = server.rota_json(&["history"]);
+    assert_eq!(robot_ids(&all), ["robot-001", "robot-002", "robot-003"]);
+    assert_eq!(
+        runs_of(&all, "robot-001"),
+        [
+            run("1.0.0", "local_install", "replaced"),
+            run("2.0.0", "deployment", "replaced"),
+            run("3.0.0", "deployment", "running"),
+        ]
+    );
+    assert_eq!(
+        runs_of(&all, "robot-002"),
+        [
+            run("1.0.0", "local_install", "replaced"),
+            run("2.0.0", "deployment", "rolled_back"),
+            run("1.0.0", "robot_rollback", "running"),
+        ]
+    );
+    assert_eq!(
+        runs_of(&all, "robot-003"),
+        [
+            run("1.0.0", "local_install", "replaced"),
+            run("2.0.0", "deployment", "running"),
+        ]
+    );
+
+    // The details: which deployment and kind, when it was replaced and by what, why it rolled
+    // back.
+    let robot_2 = server.rota_json(&["history", "--robot", "robot-002"]);
+    assert_eq!(robot_ids(&robot_2), ["robot-002"]);
+    let runs = &robot_2[0]["runs"];
+    assert_eq!(runs[0]["end"]["by_version"], "2.0.0");
+    assert_eq!(runs[0]["end"]["at"], runs[1]["started_at"]);
+    assert_eq!(runs[1]["origin"]["deployment_id"], first.as_str());
+    assert_eq!(runs[1]["origin"]["deployment_kind"], "deploy");
+    assert!(runs[1]["origin"]["created_by"]
+        .as_str()
+        .unwrap()
+        .starts_with("key:"));
+    assert!(runs[1]["committed_at"].is_null());
+    assert!(runs[1]["end"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("health check failed"));
+    assert_eq!(runs[2]["origin"]["from_version"], "2.0.0");
+    assert_eq!(runs[2]["origin"]["deployment_id"], first.as_str());
+    let robot_1 = server.rota_json(&["history", "--robot", "robot-001"]);
+    let runs = &robot_1[0]["runs"];
+    assert!(runs[2]["committed_at"].is_string());
+    assert_eq!(runs[2]["origin"]["deployment_id"], second.as_str());
+    assert_eq!(runs[1]["end"]["by_version"], "3.0.0");
+
+    // A group selects its robots.
+    let lab = server.rota_json(&["history", "--group", "lab"]);
+    assert_eq!(robot_ids(&lab), ["robot-001", "robot-002"]);
+
+    // Time ranges keep the runs that overlap them.
+    let since = server.rota_json(&["history", "--robot", "robot-001", "--since", &between]);
+    assert_eq!(
+        runs_of(&since, "robot-001"),
+        [
+            run("2.0.0", "deployment", "replaced"),
+            run("3.0.0", "deployment", "running"),
+        ]
+    );
+    let until = server.rota_json(&["history", "--robot", "robot-001", "--until", &between]);
+    assert_eq!(
+        runs_of(&until, "robot-001"),
+        [
+            run("1.0.0", "local_install", "replaced"),
+            run("2.0.0", "deployment", "replaced"),
+        ]
+    );
+    let recent = server.rota_json(&["history", "--since", "1-hour-ago"]);
+    assert_eq!(recent, all);
+    let future = server.rota_json(&["history", "--robot", "robot-003", "--until", "2000-01-01"]);
+    assert_eq!(runs_of(&future, "robot-003"), []);
+
+    // The table says the same for people.
+    let table = server.rota_ok(&["history", "--robot", "robot-002"]);
+    assert!(table.starts_with("ROBOT"), "{table}");
+    for expected in [
+        "local install",
+        &format!("deploy {first}"),
+        "rolled back at",
+        "health check failed",
+        "robot rolled back from v2.0.0",
+        "running",
+    ] {
+        assert!(
+            table.contains(expected),
+            "{expected:?} missing from:\n{table}"
+        );
+    }
+
+    // The event list is still there.
+    let events = server.rota_json(&["history", "--events", "--robot", "robot-002"]);
+    assert!(events
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["event"] == "rolled_back"));
+
+    // Unknown robots and groups are errors naming them.
+    for (args, named) in [
+        (["history", "--robot", "robot-404"], "robot-404"),
+        (["history", "--group", "nowhere"], "nowhere"),
+    ] {
+        let out = server.rota(ADMIN_KEY, &args);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&out.stderr).contains(named));
+    }
+}
+
+fn actions(entries: &Value) -> Vec<&str> {
+    each(entries, "action")
+}
+
+#[test]
+fn audit_filters_by_time_actor_and_action() {
+    let server = Server::start();
+    let created = server.rota_json(&["keys", "create", "ci-robot-builds", "--role", "deployer"]);
+    let ci_key = created["key"].as_str().unwrap().to_string();
+    server.publish("1.0.0");
+    let between = instant_between();
+    let path = server.write_bundle(
+        "2.0.0",
+        &common::bundle("2.0.0", common::COMPATIBLE, &common::trusted_key(), 4096),
+    );
+    let out = server.rota(&ci_key, &["release", "publish", path.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let everything = server.rota_json(&["audit"]);
+    assert_eq!(
+        actions(&everything),
+        [
+            "release.publish",
+            "release.publish",
+            "api_key.create",
+            "api_key.bootstrap"
+        ]
+    );
+    let cases: [(&[&str], &[&str]); 8] = [
+        (
+            &["--until", &between],
+            &["release.publish", "api_key.create", "api_key.bootstrap"],
+        ),
+        (&["--since", &between], &["release.publish"]),
+        (&["--actor", "CI-ROBOT"], &["release.publish"]),
+        (
+            &["--actor", "bootstrap admin"],
+            &["release.publish", "api_key.create"],
+        ),
+        (
+            &["--action", "release"],
+            &["release.publish", "release.publish"],
+        ),
+        (
+            &["--action", "api_key.create", "--since", "1-hour-ago"],
+            &["api_key.create"],
+        ),
+        (&["--action", "api_key.cr"], &[]),
+        (&["--until", "1-hour-ago"], &[]),
+    ];
+    for (filters, expected) in cases {
+        let mut args = vec!["audit"];
+        args.extend_from_slice(filters);
+        assert_eq!(actions(&server.rota_json(&args)), expected, "{filters:?}");
+    }
+    let by_ci = server.rota_json(&["audit", "--actor", "ci-robot"]);
+    assert!(by_ci[0]["actor"]
+        .as_str()
+        .unwrap()
+        .ends_with("(ci-robot-builds)"));
+
+    // The table for people, and refusals of times nobody can read.
+    let table = server.rota_ok(&["audit", "--action", "release"]);
+    assert!(
+        table.starts_with("AT") && table.contains("release.publish"),
+        "{table}"
+    );
+    let out = server.rota(ADMIN_KEY, &["audit", "--since", "yesterday"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("2-hours-ago"));
+    let answer = common::http()
+        .get(server.api("/audit?since=yesterday"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 400);
+    let body: Value = answer.json().unwrap();
+    assert!(
+        body["reason"].as_str().unwrap().starts_with("since:"),
+        "{body}"
+    );
+}
