@@ -2,8 +2,8 @@
 //!
 //! One `Notify` per robot that ever long-polled. A poll registers interest *before* it reads
 //! the database, so a deployment created between the read and the wait still wakes it.
-//! With several server replicas on PostgreSQL, a replica only wakes its own pollers; the
-//! others' robots see the change at their next poll (bounded by `?wait=`).
+//! With several server replicas on PostgreSQL, [`crate::replica_wake`] carries wake-ups to the
+//! other replicas' hubs.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

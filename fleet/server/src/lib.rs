@@ -13,6 +13,7 @@ pub mod git;
 pub mod history;
 pub mod hub;
 pub mod metrics;
+pub mod replica_wake;
 pub mod rollout;
 pub mod routes;
 pub mod secrets;

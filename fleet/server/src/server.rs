@@ -124,9 +124,7 @@ async fn rollout_tick(state: &AppState) -> anyhow::Result<()> {
         let mut write = state.db.begin_write().await?;
         let evaluation = rollout::engine::evaluate(&mut write.tx, state.db.backend(), &id).await?;
         write.commit().await?;
-        state
-            .hub
-            .wake_many(evaluation.offered.iter().map(String::as_str));
+        state.wake(&evaluation.offered).await;
     }
     Ok(())
 }
@@ -180,6 +178,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     };
 
     let engine = tokio::spawn(rollout_ticks(state.clone()));
+    let wake_listener = (state.db.backend() == crate::db::Backend::Postgres)
+        .then(|| tokio::spawn(crate::replica_wake::listen(state.clone())));
 
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -203,6 +203,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     .context("serving HTTP")?;
     flusher.abort();
     engine.abort();
+    if let Some(listener) = wake_listener {
+        listener.abort();
+    }
     state
         .last_seen
         .flush(&state.db)

@@ -28,6 +28,12 @@ impl AppState {
     pub fn new(shared: Shared) -> Self {
         AppState(Arc::new(shared))
     }
+
+    /// Wakes the long-polls of robots offered something new, on this replica and the others.
+    pub async fn wake(&self, robots: &[String]) {
+        self.hub.wake_many(robots.iter().map(String::as_str));
+        crate::replica_wake::publish(&self.db, robots).await;
+    }
 }
 
 impl Deref for AppState {

@@ -712,3 +712,34 @@ fn a_release_from_a_mapped_branch_deploys_itself_and_promote_carries_it_on() {
     assert_eq!(code, 1);
     assert!(stderr.contains("no environment named"), "{stderr}");
 }
+
+#[test]
+fn a_deployment_made_on_one_replica_wakes_a_robot_long_polling_the_other() {
+    if std::env::var("ROTA_TEST_DATABASE_URL").map_or(true, |url| url.is_empty()) {
+        eprintln!("needs PostgreSQL: runs in scripts/system-tests/fleet-postgres");
+        return;
+    }
+    let server = Server::start();
+    let replica = server.replica();
+    let mut robot = RobotClient::new(&replica.url).unwrap();
+    let token = robot
+        .enroll(ENROLLMENT_KEY, "far-1", COMPATIBLE, None)
+        .unwrap()
+        .token;
+    server.publish("2.0.0");
+    // Held by the replica for up to 60 s; the client gives up after 30 s, so only a wake-up
+    // from the other replica's deployment can answer it in time.
+    let poll = std::thread::spawn(move || {
+        common::http()
+            .get(format!("{}/api/v1/robot/assignment?wait=60", replica.url))
+            .bearer_auth(token)
+            .timeout(std::time::Duration::from_secs(30))
+            .send()
+            .map(|answer| answer.status().as_u16())
+    });
+    // The replica must hold the poll before the deployment: wait until it registered.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    server.rota_ok(&["deploy", "2.0.0", "--to", "robot:far-1"]);
+    let status = poll.join().unwrap().expect("the long-poll was answered");
+    assert_eq!(status, 200, "the replica offered the new assignment");
+}

@@ -241,9 +241,7 @@ pub async fn create(
     .await?;
     write.commit().await?;
     state.metrics.count_deployment();
-    state
-        .hub
-        .wake_many(created.offered.iter().map(String::as_str));
+    state.wake(&created.offered).await;
     tracing::info!(deployment = %created.deployment_id, release = %release.id, target = %request.target,
         offered = created.offered.len(), skipped = created.skipped, "deployment created");
     Ok((
@@ -355,7 +353,7 @@ pub async fn act(
         .write(&mut write.tx)
         .await?;
     write.commit().await?;
-    state.hub.wake_many(offered.iter().map(String::as_str));
+    state.wake(&offered).await;
     tracing::info!(deployment = %id, verb = verb.as_str(), by = %operator.actor(), "deployment verb");
     Ok(ApiJson(find(&state, &id).await?))
 }

@@ -238,9 +238,7 @@ pub async fn promote(
     .write(&mut write.tx)
     .await?;
     write.commit().await?;
-    state
-        .hub
-        .wake_many(created.offered.iter().map(String::as_str));
+    state.wake(&created.offered).await;
     Ok((
         StatusCode::CREATED,
         ApiJson(deployments::find(&state, &created.deployment_id).await?),

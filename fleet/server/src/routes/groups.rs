@@ -170,7 +170,7 @@ pub async fn add_robot(
     }
     write.commit().await?;
     if woken {
-        state.hub.wake(&robot_id);
+        state.wake(std::slice::from_ref(&robot_id)).await;
     }
     Ok(StatusCode::NO_CONTENT)
 }

@@ -295,9 +295,7 @@ pub async fn publish(
     let auto = environments::auto_deploy(&state, &mut write.tx, &release).await?;
     write.commit().await?;
     if let Some(created) = auto {
-        state
-            .hub
-            .wake_many(created.offered.iter().map(String::as_str));
+        state.wake(&created.offered).await;
     }
     tracing::info!(release = %release.id, version = %release.version, "release published");
     let mut published = Release {

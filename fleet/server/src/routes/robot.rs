@@ -346,7 +346,7 @@ pub async fn report_event(
     )
     .await?;
     write.commit().await?;
-    state.hub.wake_many(offered.iter().map(String::as_str));
+    state.wake(&offered).await;
     state.metrics.count_event(report.event.name());
     tracing::info!(robot = %robot.id, deployment = %report.deployment_id, event = report.event.name(), "robot event");
     Ok(StatusCode::NO_CONTENT)

@@ -177,7 +177,7 @@ pub async fn approve(
         rollout::join::join_open_deployments(&mut write.tx, state.db.backend(), &id).await?;
     write.commit().await?;
     if woken {
-        state.hub.wake(&id);
+        state.wake(std::slice::from_ref(&id)).await;
     }
     Ok(ApiJson(find(&state, &id).await?))
 }

@@ -117,7 +117,7 @@ pub async fn create(
         .write(&mut write.tx)
         .await?;
     write.commit().await?;
-    state.hub.wake_many(offered.iter().map(String::as_str));
+    state.wake(&offered).await;
     let mut deployments = Vec::with_capacity(created.len());
     for (id, _, _) in &created {
         deployments.push(deployments::find(&state, id).await?);
