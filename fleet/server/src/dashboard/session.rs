@@ -78,21 +78,24 @@ fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 /// Refuses requests a browser marks as coming from another site. Browsers send `Origin` on
 /// every cross-origin request and on same-origin POSTs; tools like curl send none.
 fn refuse_foreign_origin(headers: &HeaderMap) -> ApiResult<()> {
-    let Some(origin) = headers.get(ORIGIN) else {
-        return Ok(());
-    };
     let host = headers.get(HOST).and_then(|h| h.to_str().ok());
-    let origin_host = origin
-        .to_str()
-        .ok()
-        .and_then(|o| o.split_once("://"))
-        .map(|(_, host)| host);
-    match (origin_host, host) {
-        (Some(origin_host), Some(host)) if origin_host.eq_ignore_ascii_case(host) => Ok(()),
-        _ => Err(ApiError::forbidden(format!(
-            "the request comes from {origin:?}, not from this server's dashboard"
-        ))),
+    // Every Origin header counts: a request is not made same-origin by adding a second one.
+    for origin in headers.get_all(ORIGIN) {
+        let origin_host = origin
+            .to_str()
+            .ok()
+            .and_then(|o| o.split_once("://"))
+            .map(|(_, host)| host);
+        match (origin_host, host) {
+            (Some(origin_host), Some(host)) if origin_host.eq_ignore_ascii_case(host) => {}
+            _ => {
+                return Err(ApiError::forbidden(format!(
+                    "the request comes from {origin:?}, not from this server's dashboard"
+                )))
+            }
+        }
     }
+    Ok(())
 }
 
 /// The operator a live session stands for, and the session's CSRF token.
@@ -302,6 +305,12 @@ mod tests {
         assert!(
             refuse_foreign_origin(&headers(&[host, ("origin", "http://127.0.0.1:8080")])).is_ok()
         );
+        let twice = [
+            host,
+            ("origin", "http://127.0.0.1:8080"),
+            ("origin", "http://evil.example"),
+        ];
+        assert!(refuse_foreign_origin(&headers(&twice)).is_err());
         for foreign in [
             "http://evil.example",
             "http://127.0.0.1:9090",
