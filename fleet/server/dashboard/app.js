@@ -226,17 +226,22 @@ function connectEvents() {
   });
 }
 
-/// Reloads the shown view's data; changes arriving meanwhile cause one more reload after.
+// Reloads the shown view's data. A change or a page switch arriving meanwhile makes the loop
+// run once more, for whatever view is shown by then.
 async function refresh() {
   if (!current) return;
-  if (refreshing) { refreshAgain = true; return; }
-  const view = current;
-  refreshing = view.refresh().catch((err) => {
-    if (err.status !== 401) flash("Could not load: " + err.message, "bad");
-  });
-  await refreshing;
-  refreshing = null;
-  if (refreshAgain && view === current) { refreshAgain = false; await refresh(); }
+  if (refreshing) { refreshAgain = true; return refreshing; }
+  refreshing = (async () => {
+    do {
+      refreshAgain = false;
+      try {
+        await current.refresh();
+      } catch (err) {
+        if (err.status !== 401) flash("Could not load: " + err.message, "bad");
+      }
+    } while (refreshAgain && current);
+  })();
+  try { await refreshing; } finally { refreshing = null; }
 }
 
 setInterval(() => {
@@ -269,7 +274,6 @@ async function route() {
   const main = $("#main");
   main.replaceChildren();
   current = make(main, parts[1]);
-  refreshAgain = false;
   await refresh();
 }
 
@@ -514,6 +518,7 @@ function endText(end) {
 function robotView(main, id) {
   const body = el("div");
   const result = el("p", { id: "robot-rollback-result", role: "status" });
+  let chosen = "";
   main.append(el("p", {}, el("a", { href: "#/fleet" }, "← Fleet")), body);
   return {
     async refresh() {
@@ -524,12 +529,20 @@ function robotView(main, id) {
         api("/environments"),
       ]);
       const runs = histories.length ? histories[0].runs : [];
-      const rollback = can("deployer") ? el("div", { class: "actions" }, el("button", {
+      const earlier = [...new Set(runs.map((run) => run.version))].filter((v) => v !== robot.version).reverse();
+      const to = el("select", { id: "robot-rollback-to", "aria-label": "Roll back to" },
+        el("option", { value: "" }, "the release before this one"),
+        earlier.map((version) => el("option", { value: version }, version)));
+      // Live updates redraw the page: keep what the person picked.
+      to.value = earlier.includes(chosen) ? chosen : "";
+      to.addEventListener("change", () => { chosen = to.value; });
+      const rollback = can("deployer") ? el("div", { class: "actions" }, to, el("button", {
         type: "button", class: "danger", "data-action": "rollback-robot",
         onclick: async () => {
-          if (!confirm("Roll " + id + " back to the release it ran before?")) return;
+          const target = to.value || "the release it ran before";
+          if (!confirm("Roll " + id + " back to " + target + "?")) return;
           try {
-            const outcome = await act("/rollbacks", { target: "robot:" + id, immediate: true });
+            const outcome = await act("/rollbacks", { target: "robot:" + id, immediate: true, ...(to.value ? { to: to.value } : {}) });
             const plan = outcome.plan.map((p) => p.version).join(", ");
             result.textContent = "Rolling back to " + plan + " (" + outcome.deployments.map((d) => d.id).join(", ") + ")";
           } catch (err) {

@@ -31,17 +31,25 @@ struct Browser {
     role: String,
 }
 
+/// Sends `request`; panics unless it succeeds. Returns the JSON answer.
+fn json_ok(request: RequestBuilder) -> Value {
+    let response = request.send().unwrap();
+    let status = response.status();
+    let body: Value = response.json().unwrap_or(Value::Null);
+    assert!(status.is_success(), "{status}: {body}");
+    body
+}
+
+fn as_admin(request: RequestBuilder) -> Value {
+    json_ok(request.bearer_auth(ADMIN_KEY))
+}
+
 fn new_key(server: &Server, name: &str, role: &str) -> (String, String) {
-    let created: Value = http()
-        .post(server.api("/api-keys"))
-        .bearer_auth(ADMIN_KEY)
-        .json(&json!({"name": name, "role": role}))
-        .send()
-        .unwrap()
-        .error_for_status()
-        .unwrap()
-        .json()
-        .unwrap();
+    let created = as_admin(
+        http()
+            .post(server.api("/api-keys"))
+            .json(&json!({"name": name, "role": role})),
+    );
     (
         created["id"].as_str().unwrap().to_string(),
         created["key"].as_str().unwrap().to_string(),
@@ -96,16 +104,7 @@ fn page_post(server: &Server, browser: &Browser, path: &str, csrf: &str) -> Requ
 
 fn publish_over_http(server: &Server, version: &str) -> String {
     let bundle = common::bundle(version, COMPATIBLE, &common::trusted_key(), 8 * 1024);
-    let release: Value = http()
-        .post(server.api("/releases"))
-        .bearer_auth(ADMIN_KEY)
-        .body(bundle)
-        .send()
-        .unwrap()
-        .error_for_status()
-        .unwrap()
-        .json()
-        .unwrap();
+    let release = as_admin(http().post(server.api("/releases")).body(bundle));
     release["id"].as_str().unwrap().to_string()
 }
 
@@ -151,15 +150,11 @@ fn login_gives_a_strict_http_only_cookie_that_reads_like_the_key() {
         .unwrap();
     assert_eq!(again["csrf_token"], csrf);
 
-    let through_page: Value = http()
-        .get(ui(&server, "/api/status"))
-        .header(COOKIE, cookie)
-        .send()
-        .unwrap()
-        .error_for_status()
-        .unwrap()
-        .json()
-        .unwrap();
+    let through_page = json_ok(
+        http()
+            .get(ui(&server, "/api/status"))
+            .header(COOKIE, cookie),
+    );
     assert_eq!(through_page, server.get("/status"));
 
     // No cookie, or one the server never issued: not logged in.
@@ -221,16 +216,11 @@ fn forged_or_under_privileged_actions_are_refused_and_change_nothing() {
     // when an assertion fails, and the fleet's threads can end.
     let _release_on_exit = OpenOnDrop(gate.clone());
     let release = publish_over_http(&server, "2.0.0");
-    let created: Value = http()
-        .post(server.api("/deployments"))
-        .bearer_auth(ADMIN_KEY)
-        .json(&json!({"release": release, "target": "all"}))
-        .send()
-        .unwrap()
-        .error_for_status()
-        .unwrap()
-        .json()
-        .unwrap();
+    let created = as_admin(
+        http()
+            .post(server.api("/deployments"))
+            .json(&json!({"release": release, "target": "all"})),
+    );
     let id = created["id"].as_str().unwrap().to_string();
     let pause = format!("/api/deployments/{id}/pause");
 
@@ -463,4 +453,60 @@ fn the_page_is_served_whole_from_the_binary_under_a_strict_policy() {
         assert_eq!(response.status(), 200, "{asset}");
         assert!(!response.bytes().unwrap().is_empty());
     }
+}
+
+/// The person's view, in a real headless Chromium driven by playwright-core
+/// (fleet/dashboard-tests/dashboard.test.mjs): 20 simulated robots, releases 1.0.0 (what the
+/// robots run), 2.0.0 and 3.0.0 (whose health check fails on robot-001, a canary), groups
+/// `canary` (robot-001..003, environment staging) and `fleet` (the rest, production), and a
+/// deployer and a viewer key. The browser does the rest: log in, deploy, watch, roll back.
+#[test]
+#[ignore = "needs Chromium, node and npm packages: scripts/system-tests/dashboard runs it"]
+fn in_a_real_browser() {
+    let tests_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../dashboard-tests");
+    assert!(
+        tests_dir.join("node_modules/playwright-core").is_dir(),
+        "{} has no node_modules: run scripts/system-tests/dashboard",
+        tests_dir.display()
+    );
+    let server = Server::start();
+    // 1.0.0 first: the robots report running it when they start, and the server links that
+    // report to the release, so rolling a robot back to 1.0.0 is possible.
+    for version in ["1.0.0", "2.0.0", "3.0.0"] {
+        publish_over_http(&server, version);
+    }
+    let _fleet = SimFleet::start(&server.url, "robot", 20, |n| Behaviour {
+        unhealthy_versions: match n {
+            1 => ["3.0.0".to_string()].into(),
+            _ => Default::default(),
+        },
+        gate: None,
+    });
+    for (group, environment, robots) in [
+        ("canary", "staging", 1..=3),
+        ("fleet", "production", 4..=20),
+    ] {
+        as_admin(http().put(server.api(&format!("/groups/{group}"))));
+        for n in robots {
+            as_admin(http().put(server.api(&format!("/groups/{group}/robots/robot-{n:03}"))));
+        }
+        as_admin(
+            http()
+                .put(server.api(&format!("/environments/{environment}")))
+                .json(&json!({"groups": [group]})),
+        );
+    }
+    let (_, deployer_key) = new_key(&server, "alice", "deployer");
+    let (_, viewer_key) = new_key(&server, "victor", "viewer");
+
+    let status = std::process::Command::new("node")
+        .args(["--test", "--test-concurrency=1", "dashboard.test.mjs"])
+        .current_dir(&tests_dir)
+        .env("ROTA_URL", &server.url)
+        .env("ROTA_ADMIN_KEY", ADMIN_KEY)
+        .env("ROTA_DEPLOYER_KEY", &deployer_key)
+        .env("ROTA_VIEWER_KEY", &viewer_key)
+        .status()
+        .expect("run node");
+    assert!(status.success(), "the browser tests failed: {status}");
 }
