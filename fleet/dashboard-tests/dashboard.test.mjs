@@ -31,8 +31,8 @@ function need(name) {
 let browser, context, page;
 const remembered = {};
 
-async function shot(name) {
-  await page.screenshot({ path: join(ARTIFACTS, name + ".png"), fullPage: true });
+async function shot(name, fullPage = true) {
+  await page.screenshot({ path: join(ARTIFACTS, name + ".png"), fullPage });
 }
 
 /// The server's own view, read with the admin key: what really happened, whatever the page says.
@@ -58,7 +58,8 @@ async function fillDeployForm(version, fields) {
   await go("#/releases");
   await page.click(`button[data-action=deploy][data-version='${version}']`);
   const form = "form.deploy-form";
-  for (const [name, value] of Object.entries({ target: "all", max_failures: "0", ...fields })) {
+  // The strategy first: it decides which other fields the form shows.
+  for (const [name, value] of Object.entries({ target: "all", ...fields, max_failures: "0" })) {
     const selector = `${form} [name=${name}]`;
     if (await page.locator(selector).evaluate((node) => node.tagName === "SELECT")) {
       await page.selectOption(selector, value);
@@ -238,7 +239,7 @@ test("the pages fit a phone and work from the keyboard", async () => {
     await page.waitForTimeout(300);
     const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
     assert.ok(overflow <= 1, `${hash} scrolls sideways by ${overflow}px on a phone`);
-    await shot(name);
+    await shot(name, false); // what fits on the phone's screen
   }
   await page.setViewportSize({ width: 1280, height: 900 });
   // A fresh load: the session cookie brings the page straight back, and Tab starts at the top.

@@ -596,6 +596,17 @@ function deployForm(release, groups, environments, close) {
     field("Failures allowed (count or %)", maxFailures), el("label", { class: "check" }, autoRollback, " roll the stage back when it halts"),
     el("div", { class: "actions" }, el("button", { type: "submit", class: "primary" }, "Deploy"),
       el("button", { type: "button", onclick: close }, "Cancel")), error);
+  // Only the fields the chosen strategy uses are shown.
+  const showFor = (input, kinds) => { input.closest("label").hidden = !kinds.includes(kind.value); };
+  const onKind = () => {
+    showFor(percents, ["staged"]);
+    showFor(wait, ["staged", "canary"]);
+    showFor(canary, ["canary"]);
+    showFor(maxFailures, ["staged", "canary"]);
+    showFor(autoRollback, ["staged", "canary"]);
+  };
+  kind.addEventListener("change", onKind);
+  onKind();
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     const guard = { max_failures: maxFailures.value.trim() || "0", auto_rollback: autoRollback.checked };
@@ -701,6 +712,11 @@ function chartFrame(title, description, width, height, drawInside) {
   return el("figure", { class: "card" }, el("h2", {}, title), box, el("figcaption", { class: "muted" }, description));
 }
 
+/// A y-axis top that puts every one of the 4 grid lines on a whole number.
+function niceMax(value) {
+  return Math.max(4, Math.ceil(value / 4) * 4);
+}
+
 function axes(box, x0, y0, x1, y1, yMax, xLabel, yLabel) {
   box.append(svg("line", { x1: x0, y1: y0, x2: x1, y2: y0, class: "axis" }), svg("line", { x1: x0, y1: y0, x2: x0, y2: y1, class: "axis" }));
   for (let i = 0; i <= 4; i++) {
@@ -718,9 +734,9 @@ function progressChart(details) {
     total: d.robots.length,
     times: d.robots.filter((r) => r.state === "committed" && r.finished_after_secs != null).map((r) => r.finished_after_secs).sort((a, b) => a - b),
   })).filter((s) => s.total);
-  const W = 640, H = 300, x0 = 56, y0 = 250, x1 = 620, y1 = 20;
+  const W = 640, H = 300 + 18 * series.length, x0 = 56, y0 = 250, x1 = 620, y1 = 20;
   const tMax = Math.max(1, ...series.flatMap((s) => s.times));
-  const yMax = Math.max(1, ...series.map((s) => s.total));
+  const yMax = niceMax(Math.max(...series.map((s) => s.total), 1));
   return chartFrame("Rollout progress over time", "robots committed against seconds since each deployment started, for the latest deployments", W, H, (box) => {
     axes(box, x0, y0, x1, y1, yMax, "seconds since the deployment started (max " + Math.round(tMax) + ")", "robots committed");
     series.forEach((s, i) => {
@@ -730,7 +746,8 @@ function progressChart(details) {
         path += ` H ${x.toFixed(1)} V ${(y0 - ((y0 - y1) * (n + 1)) / yMax).toFixed(1)}`;
       });
       box.append(svg("path", { d: path, class: "series", stroke: PALETTE[i % PALETTE.length] }),
-        svg("text", { x: x1 - 4, y: y1 + 14 + i * 16, "text-anchor": "end", class: "legend", fill: PALETTE[i % PALETTE.length] }, s.name + ": " + s.times.length + "/" + s.total));
+        svg("rect", { x: x0, y: y0 + 44 + i * 18, width: 14, height: 4, fill: PALETTE[i % PALETTE.length] }),
+        svg("text", { x: x0 + 20, y: y0 + 50 + i * 18, class: "legend" }, s.name + ": " + s.times.length + " of " + s.total + " committed"));
     });
   });
 }
@@ -745,7 +762,7 @@ function commitsChart(deployments) {
   }
   const versions = [...byVersion.keys()].sort();
   const W = 640, H = 300, x0 = 56, y0 = 250, x1 = 620, y1 = 20;
-  const yMax = Math.max(1, ...[...byVersion.values()].flatMap((e) => [e.commits, e.rollbacks]));
+  const yMax = niceMax(Math.max(1, ...[...byVersion.values()].flatMap((e) => [e.commits, e.rollbacks])));
   return chartFrame("Commits and rollbacks per release", "robots that committed each release, and robots that rolled back or failed", W, H, (box) => {
     axes(box, x0, y0, x1, y1, yMax, "release", "robots");
     const slot = (x1 - x0) / Math.max(1, versions.length);
@@ -761,8 +778,8 @@ function commitsChart(deployments) {
       });
       box.append(svg("text", { x: cx, y: y0 + 16, "text-anchor": "middle", class: "tick" }, version));
     });
-    box.append(svg("rect", { x: x1 - 150, y: y1, width: 10, height: 10, class: "bar-good" }), svg("text", { x: x1 - 136, y: y1 + 9, class: "legend" }, "committed"),
-      svg("rect", { x: x1 - 70, y: y1, width: 10, height: 10, class: "bar-bad" }), svg("text", { x: x1 - 56, y: y1 + 9, class: "legend" }, "rolled back"));
+    box.append(svg("rect", { x: x1 - 190, y: 2, width: 10, height: 10, class: "bar-good" }), svg("text", { x: x1 - 176, y: 11, class: "legend" }, "committed"),
+      svg("rect", { x: x1 - 90, y: 2, width: 10, height: 10, class: "bar-bad" }), svg("text", { x: x1 - 76, y: 11, class: "legend" }, "rolled back"));
   });
 }
 
@@ -775,14 +792,15 @@ function timeToCommitChart(details) {
   for (const t of times) counts[Math.min(bins - 1, Math.floor((t / tMax) * bins))]++;
   const sorted = times.slice().sort((a, b) => a - b);
   const median = sorted.length ? sorted[Math.floor(sorted.length / 2)] : 0;
-  const yMax = Math.max(1, ...counts);
+  const yMax = niceMax(Math.max(1, ...counts));
   return chartFrame("Time to commit", "how many robots committed within each span of seconds after their deployment started; median " + median.toFixed(1) + " s over " + times.length + " commits", W, H, (box) => {
     axes(box, x0, y0, x1, y1, yMax, "seconds from deployment start to commit", "robots");
     const w = (x1 - x0) / bins;
     counts.forEach((c, i) => {
       const h = ((y0 - y1) * c) / yMax;
       box.append(svg("rect", { x: x0 + i * w + 1, y: y0 - h, width: w - 2, height: h, class: "bar-good" }, svg("title", {}, c + " robots")));
-      box.append(svg("text", { x: x0 + i * w + w / 2, y: y0 + 16, "text-anchor": "middle", class: "tick" }, Math.round((tMax * (i + 1)) / bins)));
+      const upTo = (tMax * (i + 1)) / bins;
+      box.append(svg("text", { x: x0 + i * w + w / 2, y: y0 + 16, "text-anchor": "middle", class: "tick" }, "≤" + upTo.toFixed(tMax < 20 ? 1 : 0)));
     });
     if (times.length) {
       const mx = x0 + ((x1 - x0) * median) / tMax;
