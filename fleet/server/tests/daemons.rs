@@ -621,6 +621,35 @@ fn twenty_updater_daemons_enroll_install_reboot_and_commit_and_a_failed_check_ro
         [("2.0.0", "rolled_back"), ("2.1.0", "running")],
         "{history:#}"
     );
+
+    // One command back to 2.0.0: the robots whose other slot still holds it switch and reboot
+    // without a download; the one that never kept 2.0.0 downloads it (it is healthy now).
+    let rollback = server.rota_json(&["rollback", "--to", "v2.0.0"]);
+    let deployment_id = rollback["deployments"][0]["id"].as_str().unwrap();
+    let back = simulate_until(
+        &server,
+        &mut robots,
+        &format!("/deployments/{deployment_id}"),
+        "everyone back on 2.0.0",
+        |d| d["state"] != "running",
+    );
+    assert_eq!(back["state"], "succeeded", "{back:#}");
+    assert_eq!(back["kind"], "rollback");
+    assert_eq!(back["counts"]["committed"], FLEET_SIZE as u64);
+    for robot in &robots {
+        let events = events_of(&server, &robot.id);
+        let how = if robot.id == UNHEALTHY {
+            &HEALTHY_SEQUENCE[..]
+        } else {
+            &["switched", "rebooting", "trial", "committed"][..]
+        };
+        let tail: Vec<&str> = events[events.len() - how.len()..]
+            .iter()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(tail, how, "{}: {events:?}", robot.id);
+        assert_eq!(robot.status()["state"], "committed", "{}", robot.id);
+    }
 }
 
 /// A CDN in front of the bundle store: a plain static file server (Python's) on the server's

@@ -597,3 +597,118 @@ fn two_replicas_on_one_postgres_never_start_a_stage_twice() {
         .count();
     assert_eq!(finished, 1);
 }
+
+#[test]
+fn a_robot_that_goes_silent_counts_as_failed_and_halts_the_rollout() {
+    let server = Server::start();
+    let mut quiet = RobotClient::new(&server.url).unwrap();
+    quiet
+        .enroll(ENROLLMENT_KEY, "quiet-1", COMPATIBLE, None)
+        .unwrap();
+    server.publish("2.0.0");
+    let created = server.rota_json(&[
+        "deploy",
+        "2.0.0",
+        "--to",
+        "all",
+        "--staged",
+        "100",
+        "--silence-timeout",
+        "1",
+    ]);
+    let id = created["id"].as_str().unwrap();
+    // The robot never polls or reports: the engine's tick finds it silent.
+    let halted = server.wait_for(&format!("/deployments/{id}"), "the halt", |d| {
+        d["state"] == "halted"
+    });
+    assert_eq!(robot_state(&halted, "quiet-1"), "failed");
+    let detail = halted["robots"][0]["detail"].as_str().unwrap();
+    assert!(detail.contains("silent for more than 1 s"), "{detail}");
+}
+
+#[test]
+fn a_release_from_a_mapped_branch_deploys_itself_and_promote_carries_it_on() {
+    // The test bundles are built from branch main.
+    let server = Server::start_with(&[(
+        "ROTA_BRANCH_ENVIRONMENTS",
+        "main=staging,release/*=production",
+    )]);
+    let fleet = SimFleet::start(&server.url, "robot", 6, |_| Behaviour::default());
+    server.rota_ok(&[
+        "env",
+        "set",
+        "staging",
+        "--groups",
+        "lab",
+        "--auto-deploy",
+        "--canary",
+        "1",
+        "--stage-wait",
+        "0",
+    ]);
+    server.rota_ok(&[
+        "env",
+        "set",
+        "production",
+        "--groups",
+        "prod",
+        "--approval-required",
+    ]);
+    server.rota_ok(&[
+        "groups",
+        "add",
+        "lab",
+        "robot-001",
+        "robot-002",
+        "robot-003",
+    ]);
+    server.rota_ok(&[
+        "groups",
+        "add",
+        "prod",
+        "robot-004",
+        "robot-005",
+        "robot-006",
+    ]);
+
+    server.publish("2.0.0");
+    let deployments = server.wait_for("/deployments", "staging's auto-deploy", |list| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["state"] == "succeeded")
+    });
+    let auto = &deployments[0];
+    assert_eq!(auto["kind"], "auto", "{auto:#}");
+    assert_eq!(auto["environment"], "staging");
+    assert_eq!(auto["created_by"], "auto-deploy:main");
+    assert_eq!(
+        auto["strategy"]["kind"], "canary",
+        "the environment's strategy"
+    );
+    assert_eq!(auto["counts"]["committed"], 3);
+    assert!(fleet.offers("robot-004").is_empty(), "production untouched");
+
+    let promoted = server.rota_json(&["promote", "staging", "production"]);
+    assert_eq!(promoted["kind"], "promote");
+    assert_eq!(promoted["version"], "2.0.0");
+    assert_eq!(promoted["state"], "awaiting_approval", "production's rules");
+    let bob = create_key(&server, "bob", "deployer");
+    let (code, _, stderr) = rota_exit(
+        &server,
+        &bob,
+        &["approve", promoted["id"].as_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let done = server.wait_for(
+        &format!("/deployments/{}", promoted["id"].as_str().unwrap()),
+        "production done",
+        |d| d["state"] == "succeeded",
+    );
+    assert_eq!(done["counts"]["committed"], 3);
+    assert_eq!(fleet.offers("robot-005").len(), 1);
+
+    let (code, _, stderr) = rota_exit(&server, ADMIN_KEY, &["promote", "nowhere", "production"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("no environment named"), "{stderr}");
+}

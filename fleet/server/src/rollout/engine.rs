@@ -386,9 +386,10 @@ async fn finish_if_done(conn: &mut AnyConnection, rollout: &Rollout) -> ApiResul
         .filter(|s| !s.is_final())
         .map(|s| of(*s))
         .sum();
-    let state = if unfinished > 0 {
+    if unfinished > 0 {
         return Ok(DeploymentState::Running);
-    } else if of(AssignmentState::RolledBack) + of(AssignmentState::Failed) > 0 {
+    }
+    let state = if of(AssignmentState::RolledBack) + of(AssignmentState::Failed) > 0 {
         DeploymentState::Failed
     } else if total > 0 && of(AssignmentState::Superseded) == total {
         DeploymentState::Superseded

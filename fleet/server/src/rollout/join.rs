@@ -13,8 +13,8 @@ use super::{
 use crate::db::Backend;
 use crate::error::{ApiError, ApiResult};
 
-/// Adds `robot_id` to every open deployment that targets it and does not have it yet; returns
-/// the deployments joined when the robot was offered something at once.
+/// Adds `robot_id` to every open deployment that targets it and does not have it yet; true
+/// when the robot was offered something at once (wake it).
 pub async fn join_open_deployments(
     conn: &mut AnyConnection,
     backend: Backend,
