@@ -96,6 +96,7 @@ pub fn router(state: AppState) -> Router {
     )
     .route("/metrics", get(metrics::render))
     .route("/healthz", get(|| async { "ok\n" }))
+    .merge(crate::dashboard::router())
     .fallback(no_route)
     .method_not_allowed_fallback(wrong_method)
     .layer(middleware::from_fn_with_state(

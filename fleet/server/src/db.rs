@@ -65,6 +65,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0004_git_pushes.sql"),
         postgres: include_str!("../migrations/postgres/0004_git_pushes.sql"),
     },
+    Migration {
+        version: 5,
+        name: "dashboard_sessions",
+        sqlite: include_str!("../migrations/sqlite/0005_dashboard_sessions.sql"),
+        postgres: include_str!("../migrations/postgres/0005_dashboard_sessions.sql"),
+    },
 ];
 
 pub struct Db {

@@ -1,0 +1,318 @@
+// Rota's dashboard in a real headless Chromium: the person's view of a fleet of 20 simulated
+// robots. Started by fleet/server/tests/dashboard_browser.rs (through
+// scripts/system-tests/dashboard), which runs rota-server, the robots and the releases, and
+// passes:
+//   ROTA_URL            the server
+//   ROTA_DEPLOYER_KEY   an operator key with the deployer role ("alice")
+//   ROTA_VIEWER_KEY     a viewer key ("victor")
+//   ROTA_ADMIN_KEY      the admin key, used only to check from outside what the page did
+//   ROTA_ARTIFACTS      where screenshots go
+//   CHROMIUM            the browser (default /usr/bin/chromium); nothing is downloaded
+// The steps run in order and share one browser: each starts where the one before left off.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+
+const URL_ = need("ROTA_URL");
+const DEPLOYER_KEY = need("ROTA_DEPLOYER_KEY");
+const VIEWER_KEY = need("ROTA_VIEWER_KEY");
+const ADMIN_KEY = need("ROTA_ADMIN_KEY");
+const ARTIFACTS = process.env.ROTA_ARTIFACTS || new URL("./artifacts", import.meta.url).pathname;
+const LONG = 180_000; // a hang guard for rollouts, not a performance bound
+
+function need(name) {
+  const value = process.env[name];
+  if (!value) throw new Error(`${name} is not set: run scripts/system-tests/dashboard`);
+  return value;
+}
+
+let browser, context, page;
+const remembered = {};
+
+async function shot(name, fullPage = true) {
+  await page.screenshot({ path: join(ARTIFACTS, name + ".png"), fullPage });
+}
+
+/// The server's own view, read with the admin key: what really happened, whatever the page says.
+async function server(path) {
+  const response = await fetch(URL_ + "/api/v1" + path, { headers: { Authorization: "Bearer " + ADMIN_KEY } });
+  assert.equal(response.status, 200, path);
+  return response.json();
+}
+
+async function go(hash) {
+  await page.evaluate((h) => { location.hash = h; }, hash);
+}
+
+async function logIn(key) {
+  await page.fill("#api-key", key);
+  await page.click("#login-form button[type=submit]");
+  await page.waitForSelector("#app:not([hidden])");
+}
+
+/// Opens the releases page's deploy form for `version`, targeting the whole fleet with at most
+/// 0 failures; `fields` names the form's other fields (selects and inputs) and their values.
+async function fillDeployForm(version, fields) {
+  await go("#/releases");
+  await page.click(`button[data-action=deploy][data-version='${version}']`);
+  const form = "form.deploy-form";
+  // The strategy first: it decides which other fields the form shows.
+  for (const [name, value] of Object.entries({ target: "all", ...fields, max_failures: "0" })) {
+    const selector = `${form} [name=${name}]`;
+    if (await page.locator(selector).evaluate((node) => node.tagName === "SELECT")) {
+      await page.selectOption(selector, value);
+    } else {
+      await page.fill(selector, value);
+    }
+  }
+}
+
+before(async () => {
+  mkdirSync(ARTIFACTS, { recursive: true });
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    args: ["--no-sandbox", "--disable-dev-shm-usage"],
+  });
+  context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  page = await context.newPage();
+  page.setDefaultTimeout(30_000);
+  page.on("pageerror", (err) => { throw err; });
+});
+
+after(async () => {
+  await browser?.close();
+});
+
+test("a wrong key is refused; the deployer's key logs in", async () => {
+  await page.goto(URL_ + "/");
+  await page.waitForSelector("#login:not([hidden])");
+  await shot("01-login");
+  await page.fill("#api-key", "rota_op_not_a_real_key");
+  await page.click("#login-form button[type=submit]");
+  await page.waitForSelector("#login-error:has-text('Login refused')");
+  await logIn(DEPLOYER_KEY);
+  assert.match(await page.textContent("#who"), /alice \(deployer\)/);
+  const cookies = await context.cookies();
+  const session = cookies.find((c) => c.name === "rota_session");
+  assert.ok(session, "a session cookie");
+  assert.equal(session.httpOnly, true);
+  assert.equal(session.sameSite, "Strict");
+  assert.equal(await page.evaluate(() => document.cookie), "", "the page's script cannot read the cookie");
+  // Marks this page load: a reload would lose it.
+  await page.evaluate(() => { window.__sameLoad = true; });
+});
+
+test("the fleet page lists the 20 robots, counts them, and filters", async () => {
+  await go("#/fleet");
+  await page.waitForSelector("[data-stat=robots] strong:text-is('20')");
+  await page.waitForSelector("#live.on");
+  assert.equal(await page.locator("#main tbody tr").count(), 20);
+  assert.equal(await page.textContent("[data-stat=healthy] strong"), "20");
+  await page.fill("#fleet-search", "staging");
+  await page.waitForSelector("#fleet-shown:text-is('3 of 20 robots shown')");
+  await page.fill("#fleet-search", "");
+  await page.waitForSelector("#fleet-shown:text-is('20 of 20 robots shown')");
+  await shot("02-fleet");
+});
+
+test("a staged rollout started from the releases page advances live, stage by stage", async () => {
+  await fillDeployForm("2.0.0", { strategy: "staged", percents: "10,50,100", wait_secs: "3" });
+  // Records every stage the deployment page shows, as the page changes by itself.
+  await page.evaluate(() => {
+    window.__stagesSeen = [];
+    new MutationObserver(() => {
+      const card = document.querySelector("#deployment");
+      const stage = card && Number(card.dataset.currentStage);
+      if (card && window.__stagesSeen.at(-1) !== stage) window.__stagesSeen.push(stage);
+    }).observe(document.body, { subtree: true, childList: true, attributes: true });
+  });
+  await shot("03-deploy-form");
+  await page.click("form.deploy-form button[type=submit]");
+  await page.waitForURL(/#\/deployments\/dep_/);
+  remembered.staged = decodeURIComponent(page.url().split("#/deployments/")[1]);
+  await page.waitForSelector("#deployment[data-current-stage='1']", { timeout: LONG });
+  await shot("04-deployment-stage-2");
+  await page.waitForSelector("#deployment[data-state=succeeded]", { timeout: LONG });
+  await shot("05-deployment-succeeded");
+  const seen = await page.evaluate(() => window.__stagesSeen);
+  assert.deepEqual(seen, [0, 1, 2], "the page showed each stage in turn");
+  assert.equal(await page.evaluate(() => window.__sameLoad), true, "no reload");
+  const done = await server("/deployments/" + remembered.staged);
+  assert.equal(done.state, "succeeded");
+  assert.equal(done.counts.committed, 20);
+  assert.equal(await page.locator(".stage").count(), 3);
+});
+
+test("the fleet page shows every robot on 2.0.0", async () => {
+  await go("#/fleet");
+  await page.fill("#fleet-search", "2.0.0");
+  await page.waitForSelector("#fleet-shown:text-is('20 of 20 robots shown')", { timeout: LONG });
+  await page.fill("#fleet-search", "");
+});
+
+test("a canary whose health check fails halts the rollout", async () => {
+  // No wait: the rest of the fleet would follow the canaries only on approval.
+  await fillDeployForm("3.0.0", { strategy: "canary", canary_group: "canary", wait_secs: "" });
+  await page.click("form.deploy-form button[type=submit]");
+  await page.waitForURL(/#\/deployments\/dep_/);
+  remembered.canary = decodeURIComponent(page.url().split("#/deployments/")[1]);
+  await page.waitForSelector("#deployment[data-state=halted]", { timeout: LONG });
+  await page.waitForSelector(".halt:has-text('Halted:')");
+  await page.waitForSelector("[data-assignment=robot-001]:text-is('rolled back')", { timeout: LONG });
+  for (const id of ["robot-002", "robot-003"]) {
+    await page.waitForSelector(`[data-assignment=${id}]:text-is('committed')`, { timeout: LONG });
+  }
+  await page.waitForSelector("[data-assignment=robot-020]:text-is('cancelled')");
+  assert.match(await page.textContent("#deployment"), /1 failed \(halts past 0\)/);
+  await page.waitForSelector("[data-action=rollback]");
+  await shot("06-canary-halted");
+  const halted = await server("/deployments/" + remembered.canary);
+  assert.equal(halted.state, "halted");
+});
+
+test("rollback from the halted deployment brings the canaries back", async () => {
+  page.once("dialog", (dialog) => dialog.accept());
+  await page.click("[data-action=rollback]");
+  await page.waitForURL((url) => !url.href.endsWith(remembered.canary));
+  remembered.rollback = decodeURIComponent(page.url().split("#/deployments/")[1]);
+  await page.waitForSelector("#deployment[data-state=succeeded]", { timeout: LONG });
+  await shot("07-rollback-succeeded");
+  const rollback = await server("/deployments/" + remembered.rollback);
+  assert.equal(rollback.kind, "rollback");
+  assert.equal(rollback.version, "2.0.0");
+  assert.deepEqual(rollback.robots.map((r) => r.robot_id).sort(), ["robot-002", "robot-003"]);
+  await go("#/fleet");
+  await page.fill("#fleet-search", "3.0.0");
+  await page.waitForSelector("#fleet-shown:text-is('0 of 20 robots shown')", { timeout: LONG });
+  await page.fill("#fleet-search", "2.0.0");
+  await page.waitForSelector("#fleet-shown:text-is('20 of 20 robots shown')");
+  await page.fill("#fleet-search", "");
+  const robots = await server("/robots");
+  assert.ok(robots.every((r) => r.version === "2.0.0"), JSON.stringify(robots.map((r) => [r.id, r.version])));
+});
+
+test("a robot's page shows its history, slots and events, and rolls it back", async () => {
+  await go("#/robots/robot-001");
+  await page.waitForSelector("#main :text('rolled back: health check failed')");
+  assert.equal(await page.locator("section:has(h2:text-is('Slots')) tbody tr").count(), 2);
+  await shot("08-robot-001");
+  await go("#/robots/robot-010");
+  await page.waitForSelector("#robot[data-version='2.0.0']");
+  await page.selectOption("#robot-rollback-to", "1.0.0");
+  page.once("dialog", (dialog) => dialog.accept());
+  await page.click("[data-action=rollback-robot]");
+  await page.waitForSelector("#robot-rollback-result:not(:empty)");
+  assert.match(await page.textContent("#robot-rollback-result"), /^Rolling back to 1\.0\.0/);
+  await page.waitForSelector("#robot[data-version='1.0.0']", { timeout: LONG });
+  await shot("09-robot-010-rolled-back");
+});
+
+test("the deployments timeline, audit log and charts render", async () => {
+  await go("#/deployments");
+  await page.waitForSelector(`[data-deployment='${remembered.rollback}']`);
+  assert.ok(await page.locator(".timeline-list > li").count() >= 4);
+  await shot("10-deployments");
+  await go("#/audit");
+  await page.fill("#audit-action", "rollback");
+  await page.click("#main form button[type=submit]");
+  await page.waitForSelector("#main td:has-text('rollback.create')");
+  assert.equal(await page.locator("#main td:has-text('deployment.create')").count(), 0, "filtered by action");
+  await page.fill("#audit-action", "");
+  await page.fill("#audit-actor", "alice");
+  await page.click("#main form button[type=submit]");
+  await page.waitForSelector("#main td:has-text('deployment.create')");
+  await shot("11-audit");
+  await go("#/charts");
+  await page.waitForSelector("svg.chart path.series");
+  assert.equal(await page.locator("svg.chart").count(), 3);
+  assert.ok(await page.locator("svg.chart rect.bar-bad").count() > 0, "rollbacks are charted");
+  await shot("12-charts");
+});
+
+test("the pages fit a phone and work from the keyboard", async () => {
+  await page.setViewportSize({ width: 390, height: 844 });
+  for (const [hash, name] of [["#/fleet", "13-phone-fleet"], ["#/deployments/" + remembered.canary, "14-phone-deployment"]]) {
+    await go(hash);
+    await page.waitForSelector("#main h1");
+    await page.waitForTimeout(300);
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    assert.ok(overflow <= 1, `${hash} scrolls sideways by ${overflow}px on a phone`);
+    await shot(name, false); // what fits on the phone's screen
+  }
+  await page.setViewportSize({ width: 1280, height: 900 });
+  // A fresh load: the session cookie brings the page straight back, and Tab starts at the top.
+  await page.goto(URL_ + "/#/fleet");
+  await page.reload();
+  await page.waitForSelector("#main h1");
+  await page.keyboard.press("Tab");
+  const first = await page.evaluate(() => document.activeElement.outerHTML.slice(0, 120));
+  assert.match(first, /class="skip"/, "the first Tab stop is the skip link");
+  // Brand, then Fleet, then Deployments.
+  for (let i = 0; i < 3; i++) await page.keyboard.press("Tab");
+  assert.equal(await page.evaluate(() => document.activeElement.textContent), "Deployments");
+  await page.keyboard.press("Enter");
+  await page.waitForURL(/#\/deployments$/);
+  await page.waitForSelector(".timeline-list");
+});
+
+test("a viewer sees no action buttons", async () => {
+  await page.click("#logout");
+  await page.waitForSelector("#login:not([hidden])");
+  await logIn(VIEWER_KEY);
+  assert.match(await page.textContent("#who"), /victor \(viewer\)/);
+  for (const hash of ["#/deployments", "#/deployments/" + remembered.canary, "#/releases", "#/robots/robot-002"]) {
+    await go(hash);
+    await page.waitForSelector("#main h1");
+    await page.waitForSelector("#main table, #main .timeline-list");
+    assert.equal(await page.locator("[data-action]").count(), 0, `${hash} shows actions to a viewer`);
+  }
+  await go("#/deployments/" + remembered.canary);
+  await page.waitForSelector("#deployment[data-state=halted]");
+  await shot("15-viewer-deployment");
+});
+
+test("the server refuses forged action requests and nothing changes", async () => {
+  const retry = `/ui/api/deployments/${encodeURIComponent(remembered.canary)}/retry`;
+
+  // The viewer's own page, with its own valid CSRF token: the role is not enough.
+  const asViewer = await page.evaluate(async (path) => {
+    const session = await (await fetch("/ui/session")).json();
+    const response = await fetch(path, { method: "POST", headers: { "X-CSRF-Token": session.csrf_token } });
+    return response.status;
+  }, retry);
+  assert.equal(asViewer, 403);
+
+  // A deployer's browser, logged in, but the request carries no or a wrong CSRF token.
+  const deployerContext = await browser.newContext();
+  const deployerPage = await deployerContext.newPage();
+  await deployerPage.goto(URL_ + "/");
+  await deployerPage.fill("#api-key", DEPLOYER_KEY);
+  await deployerPage.click("#login-form button[type=submit]");
+  await deployerPage.waitForSelector("#app:not([hidden])");
+  const forged = await deployerPage.evaluate(async (path) => {
+    const none = await fetch(path, { method: "POST" });
+    const wrong = await fetch(path, { method: "POST", headers: { "X-CSRF-Token": "0".repeat(64) } });
+    return [none.status, wrong.status];
+  }, retry);
+  assert.deepEqual(forged, [403, 403]);
+
+  // Another site's page posting a form at the server in the deployer's browser: refused for
+  // its Origin (and the SameSite=Strict cookie does not even go along).
+  await deployerContext.route("http://evil.test/**", (route) => route.fulfill({
+    contentType: "text/html",
+    body: `<form id="f" method="POST" action="${URL_}${retry}"></form><script>document.getElementById("f").submit()</script>`,
+  }));
+  const evil = await deployerContext.newPage();
+  const answered = evil.waitForResponse((response) => response.url().endsWith("/retry"));
+  await evil.goto("http://evil.test/attack");
+  assert.equal((await answered).status(), 403);
+  await deployerContext.close();
+
+  const after = await server("/deployments/" + remembered.canary);
+  assert.equal(after.state, "halted", "the forged retries changed nothing");
+  const retries = (await server("/audit?action=deployment.retry")).length;
+  assert.equal(retries, 0, "no retry was audited");
+  await shot("16-after-forgeries");
+});

@@ -1,0 +1,86 @@
+//! Live updates: `GET /ui/events`, a Server-Sent Events stream that says "something changed"
+//! whenever the fleet's state in the database moves; the page then reloads what it shows.
+//!
+//! The server polls a fingerprint of the database (the newest robot event, audit entry,
+//! rollout decision, version report and assignment change) every second instead of listening
+//! to its own writes: with several replicas on PostgreSQL, a change made through another
+//! replica must reach this replica's browsers too. The query reads five indexed maxima.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::stream::{self, Stream};
+
+use super::session::Session;
+use crate::state::AppState;
+
+const POLL_EVERY: Duration = Duration::from_secs(1);
+
+/// Changes whenever anything the dashboard shows changes.
+async fn fingerprint(state: &AppState) -> Result<String, sqlx::Error> {
+    let row: (i64, i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT COALESCE(MAX(id), 0) FROM robot_events),
+                (SELECT COALESCE(MAX(id), 0) FROM audit_log),
+                (SELECT COALESCE(MAX(id), 0) FROM deployment_log),
+                (SELECT COALESCE(MAX(id), 0) FROM robot_version_reports),
+                (SELECT COALESCE(MAX(updated_at), 0) FROM assignments)",
+    )
+    .fetch_one(state.db.pool())
+    .await?;
+    Ok(format!("{}.{}.{}.{}.{}", row.0, row.1, row.2, row.3, row.4))
+}
+
+struct Watch {
+    state: AppState,
+    session: Session,
+    last: Option<String>,
+    sent: u64,
+}
+
+/// The next `change` event, or the end of the stream when the server shuts down or the
+/// session ends (logout, expiry, key revoked).
+async fn next_change(mut watch: Watch) -> Option<(Result<Event, Infallible>, Watch)> {
+    let mut shutdown = watch.state.shutdown.clone();
+    loop {
+        if *shutdown.borrow() {
+            return None;
+        }
+        match watch.session.still_valid(&watch.state).await {
+            Ok(false) => return None,
+            Ok(true) => match fingerprint(&watch.state).await {
+                Ok(now) if watch.last.as_ref() != Some(&now) => {
+                    watch.sent += 1;
+                    let event = Event::default()
+                        .event("change")
+                        .id(watch.sent.to_string())
+                        .data(&now);
+                    watch.last = Some(now);
+                    return Some((Ok(event), watch));
+                }
+                Ok(_) => {}
+                Err(err) => tracing::warn!("dashboard events: {err}"),
+            },
+            Err(err) => tracing::warn!("dashboard events: {err}"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(POLL_EVERY) => {}
+            _ = shutdown.changed() => return None,
+        }
+    }
+}
+
+/// `GET /ui/events`: the first event comes at once, then one per change.
+pub async fn stream(
+    State(state): State<AppState>,
+    session: Session,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let watch = Watch {
+        state,
+        session,
+        last: None,
+        sent: 0,
+    };
+    Sse::new(stream::unfold(watch, next_change)).keep_alive(KeepAlive::default())
+}
