@@ -25,6 +25,22 @@ pub fn parse_rfc3339_ms(text: &str) -> Result<i64, String> {
     Ok(i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX))
 }
 
+/// A point in time as operators write it: RFC 3339 (`2026-11-24T10:00:00Z`) or an age
+/// (`2-hours-ago`, `90m`, `1day`), relative to `now_ms`.
+pub fn parse_point(text: &str, now_ms: i64) -> Result<i64, String> {
+    if let Ok(ms) = parse_rfc3339_ms(text) {
+        return Ok(ms);
+    }
+    let age = text
+        .strip_suffix("-ago")
+        .unwrap_or(text)
+        .replace(['-', ' '], "");
+    let age = humantime::parse_duration(&age).map_err(|_| {
+        format!("{text:?} is neither an RFC 3339 time nor an age like 2-hours-ago or 90m")
+    })?;
+    Ok(now_ms.saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -46,28 +62,6 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
     }
-}
-
-/// A point in time as operators write it: RFC 3339 (`2026-11-24T10:00:00Z`) or an age
-/// (`2-hours-ago`, `90m`, `1day`), relative to `now_ms`.
-pub fn parse_point(text: &str, now_ms: i64) -> Result<i64, String> {
-    if let Ok(time) = humantime::parse_rfc3339_weak(text) {
-        let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-        return Ok(i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX));
-    }
-    let age = text
-        .strip_suffix("-ago")
-        .unwrap_or(text)
-        .replace(['-', ' '], "");
-    let age = humantime::parse_duration(&age).map_err(|_| {
-        format!("{text:?} is neither an RFC 3339 time nor an age like 2-hours-ago or 90m")
-    })?;
-    Ok(now_ms.saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX)))
-}
-
-#[cfg(test)]
-mod point_tests {
-    use super::*;
 
     #[test]
     fn points_are_times_or_ages() {

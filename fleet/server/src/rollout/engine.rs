@@ -202,12 +202,24 @@ pub(crate) async fn offer_waiting(
     for robot in &robots {
         touched.extend(offer(conn, deployment_id, robot).await?);
     }
+    settle(conn, backend, touched).await?;
+    Ok(robots)
+}
+
+/// Re-evaluates, once each, the deployments an offer took robots from: one may have just lost
+/// its last unfinished robot.
+pub(crate) async fn settle(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    mut touched: Vec<String>,
+) -> ApiResult<()> {
     touched.sort();
     touched.dedup();
     for other in touched {
+        // Boxed: evaluating may start a stage, which offers robots and settles again.
         Box::pin(evaluate(conn, backend, &other)).await?;
     }
-    Ok(robots)
+    Ok(())
 }
 
 async fn count(conn: &mut AnyConnection, sql: &str, rollout: &Rollout) -> ApiResult<u64> {

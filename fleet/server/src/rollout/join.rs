@@ -99,9 +99,8 @@ pub async fn join_open_deployments(
         .await?;
         let started = state == DeploymentState::Running.as_str() && i64::from(stage) <= current;
         if started {
-            for other in offer(conn, &id, robot_id).await? {
-                engine::evaluate(conn, backend, &other).await?;
-            }
+            let touched = offer(conn, &id, robot_id).await?;
+            engine::settle(conn, backend, touched).await?;
             offered = true;
         }
         let detail = format!("{robot_id} joined stage {stage}");
