@@ -3,7 +3,8 @@
 use rota_protocol::operator::AuditEntry;
 
 use crate::client::Api;
-use crate::output::{self, or_dash};
+use crate::commands::show_filtered_list;
+use crate::output::or_dash;
 use crate::when::When;
 
 #[derive(Debug, Default)]
@@ -28,22 +29,14 @@ pub fn audit(api: &Api, filter: &Filter, limit: u32, json: bool) -> anyhow::Resu
     if let Some(action) = &filter.action {
         query.push(("action", action.clone()));
     }
-    let entries: Vec<AuditEntry> = api.get_with_query("/audit", &query)?;
-    if json {
-        return output::json(&entries);
-    }
-    let rows: Vec<Vec<String>> = entries
-        .iter()
-        .map(|e| {
-            vec![
-                e.at.clone(),
-                e.actor.clone(),
-                e.action.clone(),
-                or_dash(e.target.as_deref()),
-                or_dash(e.source_ip.as_deref()),
-            ]
-        })
-        .collect();
-    output::table(&["AT", "ACTOR", "ACTION", "TARGET", "FROM"], &rows);
-    Ok(())
+    let headers = ["AT", "ACTOR", "ACTION", "TARGET", "FROM"];
+    show_filtered_list(api, "/audit", &query, json, &headers, |e: &AuditEntry| {
+        vec![
+            e.at.clone(),
+            e.actor.clone(),
+            e.action.clone(),
+            or_dash(e.target.as_deref()),
+            or_dash(e.source_ip.as_deref()),
+        ]
+    })
 }

@@ -3,6 +3,7 @@
 use rota_protocol::operator::{HistoryEntry, ReleaseRun, RobotReleaseHistory, RunEnd, RunOrigin};
 
 use crate::client::Api;
+use crate::commands::show_filtered_list;
 use crate::output::{self, or_dash};
 use crate::when::When;
 
@@ -112,13 +113,14 @@ pub fn events(
     if let Some(deployment) = deployment {
         query.push(("deployment", deployment.to_string()));
     }
-    let entries: Vec<HistoryEntry> = api.get_with_query("/history", &query)?;
-    if json {
-        return output::json(&entries);
-    }
-    let rows: Vec<Vec<String>> = entries
-        .iter()
-        .map(|e| {
+    let headers = ["AT", "ROBOT", "VERSION", "EVENT", "DETAIL", "DEPLOYMENT"];
+    show_filtered_list(
+        api,
+        "/history",
+        &query,
+        json,
+        &headers,
+        |e: &HistoryEntry| {
             vec![
                 e.at.clone(),
                 e.robot_id.clone(),
@@ -127,11 +129,6 @@ pub fn events(
                 or_dash(e.detail.as_deref()),
                 or_dash(e.deployment_id.as_deref()),
             ]
-        })
-        .collect();
-    output::table(
-        &["AT", "ROBOT", "VERSION", "EVENT", "DETAIL", "DEPLOYMENT"],
-        &rows,
-    );
-    Ok(())
+        },
+    )
 }

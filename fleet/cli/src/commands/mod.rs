@@ -35,7 +35,19 @@ pub fn show_list<T: serde::de::DeserializeOwned + serde::Serialize>(
     headers: &[&str],
     row: impl Fn(&T) -> Vec<String>,
 ) -> anyhow::Result<()> {
-    let items: Vec<T> = api.get(path)?;
+    show_filtered_list(api, path, &[], json, headers, row)
+}
+
+/// [`show_list`] with query parameters (filters, limits).
+pub fn show_filtered_list<T: serde::de::DeserializeOwned + serde::Serialize>(
+    api: &Api,
+    path: &str,
+    query: &[(&str, String)],
+    json: bool,
+    headers: &[&str],
+    row: impl Fn(&T) -> Vec<String>,
+) -> anyhow::Result<()> {
+    let items: Vec<T> = api.get_with_query(path, query)?;
     if json {
         return crate::output::json(&items);
     }
