@@ -267,19 +267,23 @@ class _RangeHandler(http.server.SimpleHTTPRequestHandler):
             self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
         self.end_headers()
         srv = self.server
+        length = end - start + 1
+        cut_at = srv.cut_point(length)
         with open(path, "rb") as f:
             f.seek(start)
-            left = end - start + 1
-            while left > 0:
-                chunk = f.read(min(left, 64 * 1024))
+            sent = 0
+            while sent < length:
+                chunk = f.read(min(length - sent, 64 * 1024))
                 if not chunk:
                     break
                 try:
                     self.wfile.write(chunk)
                 except (BrokenPipeError, ConnectionResetError):
                     return
-                left -= len(chunk)
-                srv.count(len(chunk))
+                sent += len(chunk)
+                if cut_at is not None and sent >= cut_at:
+                    srv.fire_cut()
+                    cut_at = None
                 if srv.rate:
                     time.sleep(len(chunk) / srv.rate)
 
@@ -292,9 +296,8 @@ class BundleServer(http.server.ThreadingHTTPServer):
     def __init__(self, directory):
         self.directory = str(directory)
         self.requests = []
-        self.served = 0
         self.rate = 0  # bytes per second, 0 = unthrottled
-        self._hooks = []
+        self._cut = None
         self._lock = threading.Lock()
         handler = lambda *a, **kw: _RangeHandler(*a, directory=self.directory, **kw)  # noqa: E731
         super().__init__(("127.0.0.1", 0), handler)
@@ -308,18 +311,35 @@ class BundleServer(http.server.ThreadingHTTPServer):
     def url(self, name):
         return f"http://{GUEST_HOST_IP}:{self.port}/{name}"
 
-    def count(self, n):
-        with self._lock:
-            self.served += n
-            due = [h for h in self._hooks if self.served >= h[0]]
-            self._hooks = [h for h in self._hooks if self.served < h[0]]
-        for _, fn in due:
-            fn()
+    def during_next_response(self, amount, fn):
+        """Calls fn once, from the serving thread, part way through a coming response.
 
-    def after_bytes(self, n, fn):
-        """Calls fn once, from the serving thread, when n more bytes have been sent."""
+        `amount` is a byte count or a fraction of a response's length, measured from that
+        response's own start: a download that resumes with a Range request from its last
+        checkpoint is cut inside what it still fetches, never after it completed. The cut stays
+        armed across responses the client drops early (a resume reads the signed header from
+        byte 0, then asks for the rest with a Range).
+        """
         with self._lock:
-            self._hooks.append((self.served + n, fn))
+            self._cut = (amount, fn)
+
+    def cut_point(self, length):
+        """Bytes into a response of `length` at which the armed cut fires, or None."""
+        with self._lock:
+            armed = self._cut
+        if armed is None:
+            return None
+        amount = armed[0]
+        at = int(length * amount) if isinstance(amount, float) else amount
+        # Before the last block, so the response can never complete first.
+        return max(1, min(at, length - 64 * 1024))
+
+    def fire_cut(self):
+        """Runs the armed cut unless another response fired it already."""
+        with self._lock:
+            armed, self._cut = self._cut, None
+        if armed is not None:
+            armed[1]()
 
     def close(self):
         self.shutdown()

@@ -247,8 +247,6 @@ INSTALL_CUTS = [
 
 
 def s4_install_cut(robot, res):
-    bundle = robot.art.bundles["5.0.0"]
-    size = bundle.stat().st_size
     for what, how in INSTALL_CUTS:
         robot.log(f"power cut: {what}")
         if how.startswith("fp:"):
@@ -259,11 +257,14 @@ def s4_install_cut(robot, res):
             robot.m.power_cut()
         else:
             n = how[5:]
-            count = 2 << 20 if n == "2MiB" else int(size * float(n))
-            robot.server.after_bytes(count, robot.m.power_cut)
+            robot.server.during_next_response(2 << 20 if n == "2MiB" else float(n), robot.m.power_cut)
             url = robot.server.url("rota-5.0.0.rota")
-            robot.m.send_nowait(f"rota-updater install --checkpoint-bytes 16777216 {url}")
-            robot.m.wait_stopped(INSTALL_TIMEOUT)
+            robot.m.send_nowait(f"rota-updater install --checkpoint-bytes 16777216 {url};"
+                                " echo INSTALL''-ENDED $?")
+            ended = robot.m.expect(r"^INSTALL-ENDED \d+", INSTALL_TIMEOUT, stop_ok=True)
+            check(ended is None, f"the install ended ({ended and ended.group(0)}) before the"
+                                 f" power cut at {what}")
+            robot.m.wait_stopped(10)
         slot = robot.boot()
         check(slot == "B", f"after a power cut ({what}) the robot booted {slot}, expected B")
         robot.wait_commit()
