@@ -4,6 +4,7 @@
 
 use std::cell::RefCell;
 use std::io;
+use std::ops::Range;
 
 use crate::digest::Sha256Digest;
 use crate::error::{Error, Result};
@@ -77,87 +78,136 @@ pub(crate) fn verify_stored_chunk(
     index: usize,
     stored: Vec<u8>,
 ) -> Result<Vec<u8>> {
-    verify_stored_chunk_into(image, index, stored, Vec::new()).map(|(data, _)| data)
-}
-
-/// As [`verify_stored_chunk`], decompressing into `scratch`'s allocation; returns the image
-/// bytes and the buffer left over, so that callers can reuse buffers instead of allocating
-/// (and page-faulting) two per chunk.
-///
-/// Order matters: the stored bytes are hashed first, so a decompressor only ever parses
-/// bytes the signer wrote; decompression then writes into a buffer of exactly the declared
-/// length, so a lying (but signed) manifest cannot make it allocate more; last, the
-/// decompressed bytes are hashed against the chunk's own digest.
-pub(crate) fn verify_stored_chunk_into(
-    image: &ImageEntry,
-    index: usize,
-    stored: Vec<u8>,
-    scratch: Vec<u8>,
-) -> Result<(Vec<u8>, Vec<u8>)> {
-    let chunk = &image.chunks[index];
-    let name = || image.name.clone();
-    if stored.len() != chunk.stored_length as usize {
-        return Err(Error::ChunkSizeMismatch {
-            image: name(),
-            index,
-            expected: chunk.stored_length.into(),
-            found: stored.len() as u64,
-        });
-    }
-    if Sha256Digest::of(&stored) != chunk.stored_sha256 {
-        return Err(Error::ChunkHashMismatch {
-            image: name(),
-            index,
-        });
-    }
-    let data = match image.compression {
-        // Validation made `sha256 == stored_sha256` for uncompressed images: one hash suffices.
-        Compression::None => return Ok((stored, scratch)),
-        Compression::Zstd => decompress_bounded(&stored, chunk.length, scratch, image, index)?,
+    let checks = ChunkChecks {
+        decompressed_sha256: true,
     };
-    if data.len() != chunk.length as usize {
-        return Err(Error::ChunkSizeMismatch {
-            image: name(),
-            index,
-            expected: chunk.length.into(),
-            found: data.len() as u64,
-        });
-    }
-    if Sha256Digest::of(&data) != chunk.sha256 {
-        return Err(Error::ChunkHashMismatch {
-            image: name(),
-            index,
-        });
-    }
-    Ok((data, stored))
+    let mut data = Vec::new();
+    verify_run(image, index..index + 1, &stored, &mut data, checks).map_err(|e| e.error)?;
+    Ok(match image.compression {
+        Compression::None => stored,
+        Compression::Zstd => data,
+    })
 }
 
-fn decompress_bounded(
+/// What is checked beyond each chunk's stored bytes, which always are.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ChunkChecks {
+    /// Also hash decompressed bytes against the chunk's image digest. The stored digest already
+    /// pins them (decompression is a function of the signed stored bytes); this cross-checks
+    /// the decompressor and the builder, at a full SHA-256 pass over the image.
+    pub decompressed_sha256: bool,
+}
+
+/// A run of chunks that failed part way: the first `verified` chunks passed.
+#[derive(Debug)]
+pub(crate) struct RunError {
+    pub verified: usize,
+    pub error: Error,
+}
+
+/// Stored bytes of the consecutive chunks `chunks`, concatenated as in the payload.
+pub(crate) fn stored_run_length(image: &ImageEntry, chunks: Range<usize>) -> usize {
+    image.chunks[chunks]
+        .iter()
+        .map(|chunk| chunk.stored_length as usize)
+        .sum()
+}
+
+/// Image bytes of the consecutive chunks `chunks`.
+pub(crate) fn run_length(image: &ImageEntry, chunks: Range<usize>) -> usize {
+    image.chunks[chunks]
+        .iter()
+        .map(|chunk| chunk.length as usize)
+        .sum()
+}
+
+/// Checks the consecutive chunks `chunks`, whose stored bytes are `stored` concatenated, one
+/// after the other. Uncompressed, the image bytes are `stored` itself; compressed, they are
+/// decompressed into `data` (resized, reusing its allocation).
+///
+/// Order matters: a chunk's stored bytes are hashed before it is decompressed, so a
+/// decompressor only ever parses bytes the signer wrote; it then writes into a slice of exactly
+/// the declared length, so a lying (but signed) manifest cannot make it allocate more. A
+/// failure says how many chunks passed before it: their bytes are valid and in place.
+pub(crate) fn verify_run(
+    image: &ImageEntry,
+    chunks: Range<usize>,
     stored: &[u8],
-    length: u32,
-    mut data: Vec<u8>,
+    data: &mut Vec<u8>,
+    checks: ChunkChecks,
+) -> std::result::Result<(), RunError> {
+    let expected = stored_run_length(image, chunks.clone());
+    if stored.len() != expected {
+        return Err(RunError {
+            verified: 0,
+            error: Error::ChunkSizeMismatch {
+                image: image.name.clone(),
+                index: chunks.start,
+                expected: expected as u64,
+                found: stored.len() as u64,
+            },
+        });
+    }
+    if image.compression == Compression::Zstd {
+        fit_length(data, run_length(image, chunks.clone()));
+    }
+    let (mut stored_at, mut data_at) = (0, 0);
+    for (verified, index) in chunks.enumerate() {
+        let failed = |error| RunError { verified, error };
+        let chunk = &image.chunks[index];
+        let (stored_length, length) = (chunk.stored_length as usize, chunk.length as usize);
+        let stored_bytes = &stored[stored_at..stored_at + stored_length];
+        check_digest(image, index, stored_bytes, &chunk.stored_sha256).map_err(failed)?;
+        // Validation made `sha256 == stored_sha256` for uncompressed images: one hash suffices.
+        if image.compression == Compression::Zstd {
+            let out = &mut data[data_at..data_at + length];
+            decompress_exact(stored_bytes, out, image, index).map_err(failed)?;
+            if checks.decompressed_sha256 {
+                check_digest(image, index, out, &chunk.sha256).map_err(failed)?;
+            }
+        }
+        stored_at += stored_length;
+        data_at += length;
+    }
+    Ok(())
+}
+
+fn check_digest(
     image: &ImageEntry,
     index: usize,
-) -> Result<Vec<u8>> {
+    bytes: &[u8],
+    expected: &Sha256Digest,
+) -> Result<()> {
+    if Sha256Digest::of(bytes) != *expected {
+        return Err(Error::ChunkHashMismatch {
+            image: image.name.clone(),
+            index,
+        });
+    }
+    Ok(())
+}
+
+/// Decompresses one chunk's zstd frame into `out`, which must come out exactly full.
+fn decompress_exact(stored: &[u8], out: &mut [u8], image: &ImageEntry, index: usize) -> Result<()> {
     let failed = |reason: String| Error::ChunkDecompress {
         image: image.name.clone(),
         index,
         reason,
     };
-    // The frame header states the content size; compare before allocating anything.
+    let expected = out.len() as u64;
+    let size_mismatch = |found: u64| Error::ChunkSizeMismatch {
+        image: image.name.clone(),
+        index,
+        expected,
+        found,
+    };
+    // The frame header states the content size: a clearer error than a short output.
     if let Ok(Some(size)) = zstd::zstd_safe::get_frame_content_size(stored) {
-        if size != u64::from(length) {
-            return Err(Error::ChunkSizeMismatch {
-                image: image.name.clone(),
-                index,
-                expected: length.into(),
-                found: size,
-            });
+        if size != out.len() as u64 {
+            return Err(size_mismatch(size));
         }
     }
-    // Decompress into a slice of exactly the declared length: writing more is an error, not
-    // a reallocation. A reused buffer is only shortened, so its bytes need no zeroing.
-    fit_length(&mut data, length as usize);
+    // Writing past `out` is an error, not a reallocation.
     let written = DECOMPRESSOR.with(|cell| {
         let mut cell = cell.borrow_mut();
         if cell.is_none() {
@@ -165,11 +215,13 @@ fn decompress_bounded(
         }
         let decompressor = cell.as_mut().expect("set above");
         decompressor
-            .decompress_to_buffer(stored, &mut data[..])
+            .decompress_to_buffer(stored, &mut *out)
             .map_err(|e| failed(e.to_string()))
     })?;
-    data.truncate(written);
-    Ok(data)
+    if written != out.len() {
+        return Err(size_mismatch(written as u64));
+    }
+    Ok(())
 }
 
 /// Makes `buffer` exactly `length` bytes long, zeroing only bytes it never held, so a reused

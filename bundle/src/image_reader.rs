@@ -1,42 +1,122 @@
 //! Streaming one image: stored chunks are read on the calling thread, verified and
-//! decompressed on worker threads, and handed out in order, each only after its checks.
+//! decompressed on worker threads in runs of consecutive chunks (a hand-off per 64 KiB chunk
+//! costs more in wake-ups than the hashing it spreads), and handed out in order, each only
+//! after its checks.
 
 use std::io::{self, Read};
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use crate::chunk::{fit_length, verify_stored_chunk_into};
+use crate::chunk::{fit_length, run_length, stored_run_length, verify_run, ChunkChecks, RunError};
 use crate::digest::Sha256Digest;
 use crate::error::{Error, Part, Result};
-use crate::manifest::ImageEntry;
+use crate::manifest::{Compression, ImageEntry};
 use crate::pool::OrderedPool;
 use crate::reader::{ReadOptions, VerifiedManifest};
 
-/// One chunk of image bytes that passed its checks.
+/// Consecutive chunks of image bytes that passed their checks.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VerifiedChunk {
-    pub index: usize,
+pub struct VerifiedRun {
+    /// Indexes of the chunks in the image's chunk table.
+    pub chunks: Range<usize>,
     /// Offset of `data` in the image.
     pub offset: u64,
     pub data: Vec<u8>,
 }
 
-struct ChunkJob {
+/// Where workers write verified image bytes themselves, at their image offsets: positioned
+/// writes need no order, so each worker writes the run it verified without waiting for the
+/// runs before it, and no thread only copies bytes.
+pub trait PositionedSink: Send + Sync {
+    fn write_all_at(&self, data: &[u8], offset: u64) -> io::Result<()>;
+}
+
+impl PositionedSink for std::fs::File {
+    fn write_all_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
+        FileExt::write_all_at(self, data, offset)
+    }
+}
+
+/// A run the workers verified and wrote to the [`PositionedSink`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrittenRun {
+    /// Indexes of the chunks in the image's chunk table.
+    pub chunks: Range<usize>,
+    /// Image offset just past the run's bytes.
+    pub end: u64,
+}
+
+struct RunJob {
+    sink: Option<Arc<dyn PositionedSink>>,
     verified: VerifiedManifest,
     image: usize,
-    index: usize,
+    chunks: Range<usize>,
     stored: Vec<u8>,
     /// A buffer to decompress into.
     scratch: Vec<u8>,
+    checks: ChunkChecks,
 }
 
-/// Verified image bytes, and a buffer the job no longer needs.
-type ChunkResult = Result<(Vec<u8>, Vec<u8>)>;
+/// Verified image bytes of a run's first chunks (all of them, unless `error` says why not),
+/// and a buffer the job no longer needs.
+struct RunResult {
+    chunks: Range<usize>,
+    data: Vec<u8>,
+    spare: Vec<u8>,
+    error: Option<Error>,
+}
 
-/// Yields an image's bytes, verified. Use [`Self::next_chunk`] for whole verified chunks
-/// (no copy) or the `Read` impl; after an error every later call fails too.
+fn verify_job(job: RunJob) -> RunResult {
+    let RunJob {
+        sink,
+        verified,
+        image,
+        chunks,
+        stored,
+        mut scratch,
+        checks,
+    } = job;
+    let entry = &verified.manifest().images[image];
+    let outcome = verify_run(entry, chunks.clone(), &stored, &mut scratch, checks);
+    let (mut data, spare) = match entry.compression {
+        Compression::None => (stored, scratch),
+        Compression::Zstd => (scratch, stored),
+    };
+    let (good, error) = match outcome {
+        Ok(()) => (chunks, None),
+        Err(RunError { verified, error }) => {
+            let good = chunks.start..chunks.start + verified;
+            data.truncate(run_length(entry, good.clone()));
+            (good, Some(error))
+        }
+    };
+    if let (Some(sink), false) = (&sink, good.is_empty()) {
+        if let Err(write_error) = sink.write_all_at(&data, entry.chunks[good.start].offset) {
+            // Nothing of this run counts as written.
+            return RunResult {
+                chunks: good.start..good.start,
+                data,
+                spare,
+                error: Some(Error::Write(write_error)),
+            };
+        }
+    }
+    RunResult {
+        chunks: good,
+        data,
+        spare,
+        error,
+    }
+}
+
+/// Yields an image's bytes, verified. Use [`Self::next_run`] for whole verified runs of
+/// chunks (no copy) or the `Read` impl; after an error every later call fails too. A chunk
+/// that fails its checks ends the image right before it: every chunk before it is handed out.
 ///
-/// With [`ReadOptions::check_image_sha256`] the last chunk is held back until the
+/// With [`ReadOptions::check_image_sha256`] the last run is held back until the
 /// whole-image digest matched, so a caller that sees end-of-image has every byte checked.
 pub struct ImageReader<'a> {
     source: &'a mut dyn Read,
@@ -45,11 +125,16 @@ pub struct ImageReader<'a> {
     next_to_read: usize,
     next_to_deliver: usize,
     read_ahead: usize,
-    pool: OrderedPool<ChunkJob, ChunkResult>,
-    /// Buffers to reuse: allocating two fresh ones per chunk costs page faults that show
+    run_bytes: usize,
+    checks: ChunkChecks,
+    sink: Option<Arc<dyn PositionedSink>>,
+    pool: OrderedPool<RunJob, RunResult>,
+    /// Buffers to reuse: allocating two fresh ones per run costs page faults that show
     /// up next to SHA-256 in a profile.
     spare_buffers: Vec<Vec<u8>>,
     image_hasher: Option<Sha256>,
+    /// A verification failure to report once the chunks before it were handed out.
+    pending_error: Option<Error>,
     current: Vec<u8>,
     current_position: usize,
     failed: bool,
@@ -69,13 +154,16 @@ impl<'a> ImageReader<'a> {
             next_to_read: first_chunk,
             next_to_deliver: first_chunk,
             read_ahead: options.read_ahead.max(1),
-            pool: OrderedPool::new(options.workers, |job: ChunkJob| {
-                let entry = &job.verified.manifest().images[job.image];
-                verify_stored_chunk_into(entry, job.index, job.stored, job.scratch)
-            }),
+            run_bytes: options.run_bytes,
+            checks: ChunkChecks {
+                decompressed_sha256: options.check_decompressed_sha256,
+            },
+            sink: None,
+            pool: OrderedPool::new(options.workers, verify_job),
             spare_buffers: Vec::new(),
             image_hasher: (options.check_image_sha256 && first_chunk == 0).then(Sha256::new),
             verified,
+            pending_error: None,
             current: Vec::new(),
             current_position: 0,
             failed: false,
@@ -92,21 +180,51 @@ impl<'a> ImageReader<'a> {
         self.image
     }
 
-    /// The next verified chunk, or `None` once the whole image was handed out.
-    pub fn next_chunk(&mut self) -> Result<Option<VerifiedChunk>> {
+    /// The next verified run of chunks, or `None` once the whole image was handed out.
+    pub fn next_run(&mut self) -> Result<Option<VerifiedRun>> {
+        let run = self.next_result()?;
+        Ok(run.map(|(chunks, data)| VerifiedRun {
+            offset: self.entry().chunks[chunks.start].offset,
+            chunks,
+            data,
+        }))
+    }
+
+    /// From now on the workers write each run they verified to `sink` at its image offset
+    /// (call it before reading anything); [`Self::next_written_run`] then reports, in order,
+    /// the runs that are verified and written.
+    pub fn write_to(&mut self, sink: Arc<dyn PositionedSink>) {
+        self.sink = Some(sink);
+    }
+
+    /// The next run that was verified and written to the sink of [`Self::write_to`] (in image
+    /// order: every run before it was too), or `None` once the whole image was.
+    pub fn next_written_run(&mut self) -> Result<Option<WrittenRun>> {
+        let run = self.next_result()?;
+        Ok(run.map(|(chunks, data)| {
+            let end = self.entry().chunks[chunks.start].offset + data.len() as u64;
+            self.recycle(data);
+            WrittenRun { chunks, end }
+        }))
+    }
+
+    fn next_result(&mut self) -> Result<Option<(Range<usize>, Vec<u8>)>> {
         if self.failed {
             return Err(Error::ImageReaderFailed {
                 image: self.entry().name.clone(),
             });
         }
-        let result = self.next_chunk_inner();
+        let result = self.next_result_inner();
         if result.is_err() {
             self.failed = true;
         }
         result
     }
 
-    fn next_chunk_inner(&mut self) -> Result<Option<VerifiedChunk>> {
+    fn next_result_inner(&mut self) -> Result<Option<(Range<usize>, Vec<u8>)>> {
+        if let Some(error) = self.pending_error.take() {
+            return Err(error);
+        }
         let chunk_count = self.entry().chunks.len();
         if self.next_to_deliver >= chunk_count {
             // Only an empty image gets here with the digest unchecked.
@@ -116,52 +234,74 @@ impl<'a> ImageReader<'a> {
             return Ok(None);
         }
         self.fill_read_ahead()?;
-        let (data, spare) = match self.pool.next() {
-            Some(Ok(result)) => result?,
-            Some(Err(())) | None => return Err(Error::WorkerLost),
-        };
-        self.recycle(spare);
-        let index = self.next_to_deliver;
-        self.next_to_deliver += 1;
+        let result = self
+            .pool
+            .next()
+            .ok_or(Error::WorkerLost)?
+            .map_err(|()| Error::WorkerLost)?;
+        self.recycle(result.spare);
+        if let Some(error) = result.error {
+            if result.chunks.is_empty() {
+                return Err(error);
+            }
+            self.pending_error = Some(error);
+        }
+        let chunks = result.chunks;
+        self.next_to_deliver = chunks.end;
         if let Some(hasher) = &mut self.image_hasher {
-            hasher.update(&data);
+            hasher.update(&result.data);
             if self.next_to_deliver == chunk_count {
                 self.check_image_digest()?;
             }
         }
-        let offset = self.entry().chunks[index].offset;
-        Ok(Some(VerifiedChunk {
-            index,
-            offset,
-            data,
-        }))
+        Ok(Some((chunks, result.data)))
     }
 
-    /// Reads stored chunks from the source and queues them until the window is full.
+    /// The chunks from `first` on that make one job: at least one, then as many as fit in
+    /// `run_bytes` (stored or decompressed, whichever is larger).
+    fn run_from(&self, first: usize) -> Range<usize> {
+        let chunks = &self.entry().chunks;
+        let size = |index: usize| chunks[index].length.max(chunks[index].stored_length) as usize;
+        let mut end = first + 1;
+        let mut bytes = size(first);
+        while end < chunks.len() && bytes + size(end) <= self.run_bytes {
+            bytes += size(end);
+            end += 1;
+        }
+        first..end
+    }
+
+    /// Reads runs of stored chunks from the source and queues them until the window is full.
     fn fill_read_ahead(&mut self) -> Result<()> {
         let chunk_count = self.entry().chunks.len();
         while self.pool.in_flight() < self.read_ahead && self.next_to_read < chunk_count {
-            let index = self.next_to_read;
-            let length = self.entry().chunks[index].stored_length as usize;
+            let run = self.run_from(self.next_to_read);
             let mut stored = self.spare_buffers.pop().unwrap_or_default();
-            fit_length(&mut stored, length);
-            if let Err(e) = self.source.read_exact(&mut stored) {
-                // Chunks already queued are valid on their own, but handing them out first
-                // would only delay the verdict: the image cannot be completed.
-                let part = Part::Chunk {
-                    image: self.entry().name.clone(),
-                    index,
-                };
-                return Err(Error::read(part, e));
+            fit_length(&mut stored, stored_run_length(self.entry(), run.clone()));
+            let mut at = 0;
+            for index in run.clone() {
+                let length = self.entry().chunks[index].stored_length as usize;
+                if let Err(e) = self.source.read_exact(&mut stored[at..at + length]) {
+                    // Chunks already queued are valid on their own, but handing them out first
+                    // would only delay the verdict: the image cannot be completed.
+                    let part = Part::Chunk {
+                        image: self.entry().name.clone(),
+                        index,
+                    };
+                    return Err(Error::read(part, e));
+                }
+                at += length;
             }
-            self.pool.submit(ChunkJob {
+            self.pool.submit(RunJob {
+                sink: self.sink.clone(),
                 verified: self.verified.clone(),
                 image: self.image,
-                index,
+                chunks: run.clone(),
                 stored,
                 scratch: self.spare_buffers.pop().unwrap_or_default(),
+                checks: self.checks,
             });
-            self.next_to_read += 1;
+            self.next_to_read = run.end;
         }
         Ok(())
     }
@@ -176,9 +316,9 @@ impl<'a> ImageReader<'a> {
         Ok(())
     }
 
-    /// Gives a buffer (such as a [`VerifiedChunk`]'s data, once used) back for reuse.
+    /// Gives a buffer (such as a [`VerifiedRun`]'s data, once used) back for reuse.
     pub fn recycle(&mut self, buffer: Vec<u8>) {
-        // Enough for every chunk in flight, its scratch buffer, and the one being read.
+        // Enough for every run in flight, its scratch buffer, and the one being read.
         if self.spare_buffers.len() < 2 * self.read_ahead + 2 && buffer.capacity() > 0 {
             self.spare_buffers.push(buffer);
         }
@@ -193,10 +333,10 @@ impl<'a> ImageReader<'a> {
             written += (self.current.len() - self.current_position) as u64;
             self.current_position = self.current.len();
         }
-        while let Some(chunk) = self.next_chunk()? {
-            out.write_all(&chunk.data).map_err(Error::Write)?;
-            written += chunk.data.len() as u64;
-            self.recycle(chunk.data);
+        while let Some(run) = self.next_run()? {
+            out.write_all(&run.data).map_err(Error::Write)?;
+            written += run.data.len() as u64;
+            self.recycle(run.data);
         }
         Ok(written)
     }
@@ -205,9 +345,9 @@ impl<'a> ImageReader<'a> {
 impl Read for ImageReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.current_position == self.current.len() {
-            match self.next_chunk().map_err(io::Error::other)? {
-                Some(chunk) => {
-                    let used = std::mem::replace(&mut self.current, chunk.data);
+            match self.next_run().map_err(io::Error::other)? {
+                Some(run) => {
+                    let used = std::mem::replace(&mut self.current, run.data);
                     self.recycle(used);
                     self.current_position = 0;
                 }

@@ -69,11 +69,14 @@ fn serial_and_parallel_readers_and_writers_agree() {
         bundles.push(bundle);
     }
     assert!(bundles.windows(2).all(|pair| pair[0] == pair[1]));
-    for workers in [0, 1, 3] {
+    // One chunk per hand-off, a few, and many: the bytes come out the same.
+    for (workers, run_bytes) in [(0, 1), (1, 300_000), (3, 1 << 20)] {
         let options = ReadOptions {
             workers,
             read_ahead: 2,
+            run_bytes,
             check_image_sha256: workers != 1,
+            check_decompressed_sha256: workers != 3,
         };
         let mut verified =
             BundleReader::open_with(&bundles[0][..], &keyring(&[&key]), options).unwrap();
@@ -368,4 +371,59 @@ fn images_from_files_and_from_readers_give_the_same_bundle() {
     let error = builder.write_to(&mut Vec::new()).unwrap_err();
     assert!(matches!(&error, Error::ImageInput { image, path: Some(_), .. } if image == "rootfs"));
     assert!(error.to_string().contains("missing.img"), "{error}");
+}
+
+#[test]
+fn workers_write_verified_runs_to_a_positioned_sink_and_report_them_in_order() {
+    let key = key(1);
+    let data = image_data(10, 1_200_000);
+    for compression in [Compression::None, Compression::Zstd] {
+        let bundle = build(&[("rootfs", &data)], compression, &[&key]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("slot");
+        std::fs::write(&path, vec![0xeeu8; data.len() + 4096]).unwrap();
+        let slot = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        let options = ReadOptions {
+            workers: 3,
+            read_ahead: 4,
+            run_bytes: 150_000,
+            ..ReadOptions::default()
+        };
+        let mut verified =
+            BundleReader::open_with(&bundle[..], &keyring(&[&key]), options).unwrap();
+        let mut image = verified.next_image().unwrap().unwrap();
+        let chunk_count = image.entry().chunks.len();
+        image.write_to(std::sync::Arc::new(slot));
+        let (mut next_chunk, mut end) = (0, 0);
+        while let Some(run) = image.next_written_run().unwrap() {
+            assert_eq!(
+                run.chunks.start, next_chunk,
+                "{compression:?}: runs come in order"
+            );
+            assert!(run.end > end);
+            (next_chunk, end) = (run.chunks.end, run.end);
+        }
+        assert!(next_chunk == chunk_count && end == data.len() as u64);
+        let written = std::fs::read(&path).unwrap();
+        assert_eq!(written[..data.len()], data[..], "{compression:?}");
+        assert!(written[data.len()..].iter().all(|&b| b == 0xee));
+    }
+}
+
+#[test]
+fn a_sink_that_cannot_be_written_ends_the_image_with_a_write_error() {
+    let key = key(1);
+    let data = image_data(11, 400_000);
+    let bundle = build(&[("rootfs", &data)], Compression::None, &[&key]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("slot");
+    std::fs::write(&path, vec![0u8; data.len()]).unwrap();
+    // Opened read-only: every positioned write fails with EBADF.
+    let read_only = std::fs::File::open(&path).unwrap();
+    let mut verified = BundleReader::open(&bundle[..], &keyring(&[&key])).unwrap();
+    let mut image = verified.next_image().unwrap().unwrap();
+    image.write_to(std::sync::Arc::new(read_only));
+    let error = image.next_written_run().unwrap_err();
+    assert!(matches!(error, Error::Write(_)), "{error:?}");
+    assert!(image.next_written_run().is_err(), "the reader stays failed");
 }

@@ -17,7 +17,7 @@ pub const ALL: &[&str] = &[
     "after-fsync-temp",
     "after-rename",
     "after-mark-bad",
-    "after-chunk-written",
+    "after-run-written",
     "after-progress-saved",
     "before-begin-trial",
     "after-begin-trial",

@@ -1,17 +1,13 @@
 //! The target slot: a block device on a robot, a regular file in tests.
 //!
-//! Opening refuses the booted slot and anything mounted; writes are coalesced into large
-//! positioned writes (chunks are 16–256 KiB; a syscall per chunk costs throughput on slow
-//! storage) and `sync` makes them durable before the slot is ever made bootable.
+//! Opening refuses the booted slot and anything mounted. The verifying workers write the slot
+//! through a second handle (positioned writes, see `rota_bundle::PositionedSink`), and the
+//! install makes it durable before the slot is ever made bootable.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-
-/// Bytes gathered before one positioned write: a few average chunks per syscall, small enough
-/// to keep the updater's peak memory low (it is held once, not per worker).
-pub const WRITE_BUFFER: usize = 256 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -178,9 +174,6 @@ pub struct SlotWriter {
     file: File,
     path: PathBuf,
     capacity: u64,
-    buffer: Vec<u8>,
-    /// Image offset of `buffer[0]`.
-    buffer_offset: u64,
 }
 
 impl SlotWriter {
@@ -210,8 +203,6 @@ impl SlotWriter {
             file,
             path: path.to_owned(),
             capacity,
-            buffer: Vec::with_capacity(WRITE_BUFFER),
-            buffer_offset: 0,
         })
     }
 
@@ -242,50 +233,11 @@ impl SlotWriter {
         }
     }
 
-    /// Queues `data` for image offset `offset`; contiguous data is gathered into one write.
-    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), SinkError> {
-        let end = offset + data.len() as u64;
-        if end > self.capacity {
-            return Err(SinkError::TooSmall {
-                path: self.path.clone(),
-                needed: end,
-                capacity: self.capacity,
-            });
-        }
-        if offset != self.buffer_offset + self.buffer.len() as u64
-            || self.buffer.len() + data.len() > WRITE_BUFFER
-        {
-            self.flush()?;
-            self.buffer_offset = offset;
-        }
-        if data.len() >= WRITE_BUFFER {
-            return self
-                .file
-                .write_all_at(data, offset)
-                .map_err(self.io_error("write"));
-        }
-        self.buffer.extend_from_slice(data);
-        Ok(())
-    }
-
-    /// Writes out what is gathered (not yet durable: see [`Self::sync`]).
-    pub fn flush(&mut self) -> Result<(), SinkError> {
-        if !self.buffer.is_empty() {
-            let (buffer, offset) = (std::mem::take(&mut self.buffer), self.buffer_offset);
-            let result = self.file.write_all_at(&buffer, offset);
-            self.buffer = buffer;
-            result.map_err(self.io_error("write"))?;
-            self.buffer_offset += self.buffer.len() as u64;
-            self.buffer.clear();
-        }
-        Ok(())
-    }
-
-    /// Flushes and waits until the medium has the bytes: the slot is made bootable, and progress
-    /// is recorded, only after this, so neither can get ahead of the data after a power cut.
-    pub fn sync(&mut self) -> Result<(), SinkError> {
-        self.flush()?;
-        self.file.sync_data().map_err(self.io_error("fsync"))
+    /// A second handle on the slot, for the threads that write and fsync it.
+    pub fn try_clone_file(&self) -> Result<File, SinkError> {
+        self.file
+            .try_clone()
+            .map_err(self.io_error("clone handle of"))
     }
 
     /// Reads back `length` bytes at `offset`, to re-check chunks written before a restart.
@@ -350,32 +302,5 @@ mod tests {
             matches!(&mounted, SinkError::Mounted { mount_point, .. } if mount_point == "/mnt/b"),
             "{mounted}"
         );
-    }
-
-    #[test]
-    fn writes_land_at_their_offsets_and_overflow_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("slot-b");
-        fs::write(&path, vec![0xffu8; 3 * WRITE_BUFFER]).unwrap();
-        let mut writer = SlotWriter::open(&path, &guard(dir.path())).unwrap();
-        writer.write_at(0, &[1; 1000]).unwrap();
-        writer.write_at(1000, &[2; 1000]).unwrap();
-        writer
-            .write_at(WRITE_BUFFER as u64, &vec![3; WRITE_BUFFER + 5])
-            .unwrap();
-        writer.write_at(5000, &[4; 10]).unwrap();
-        writer.sync().unwrap();
-        let bytes = fs::read(&path).unwrap();
-        assert_eq!(&bytes[..1000], &[1; 1000]);
-        assert_eq!(&bytes[1000..2000], &[2; 1000]);
-        assert_eq!(&bytes[2000..5000], &[0xff; 3000]);
-        assert_eq!(&bytes[5000..5010], &[4; 10]);
-        assert!(bytes[WRITE_BUFFER..2 * WRITE_BUFFER + 5]
-            .iter()
-            .all(|&b| b == 3));
-        let too_big = writer
-            .write_at(3 * WRITE_BUFFER as u64 - 1, &[0; 2])
-            .unwrap_err();
-        assert!(matches!(too_big, SinkError::TooSmall { .. }));
     }
 }

@@ -278,7 +278,7 @@ timeout_secs = 10
     pub fn bundle_info(&self, bundle: &Path) -> BundleInfo {
         let keyring = Keyring::load_dir(&self.path("keys")).unwrap();
         let reader = BundleReader::open(fs::File::open(bundle).unwrap(), &keyring).unwrap();
-        rota_updater::install::bundle_info(reader.manifest())
+        rota_updater::install::bundle_info(reader.verified_manifest())
     }
 
     /// The boot environment as the upstream tools print it, sorted.

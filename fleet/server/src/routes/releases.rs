@@ -102,8 +102,8 @@ fn check_bundle(path: &Path, keyring_dir: &Path) -> ApiResult<Checked> {
     let bundle = BundleReader::open(std::io::BufReader::with_capacity(1 << 20, file), &keyring)
         .map_err(reject)?;
     let manifest = bundle.manifest().clone();
+    let manifest_hash = bundle.verified_manifest().digest().to_string();
     bundle.verify_all().map_err(reject)?;
-    let manifest_hash = hex::encode(Sha256::digest(manifest.to_bytes()));
     let source = manifest.source.as_ref();
     Ok(Checked {
         version: manifest.version.to_string(),
