@@ -33,7 +33,8 @@ use crate::store::{Store, StoreError};
 
 /// Default bytes between durable progress checkpoints (each costs an fsync of the slot).
 /// A resume also finds chunks written after the last checkpoint, so checkpoints only bound the
-/// re-download after a power cut, and each fsync stalls the pipeline: 128 MiB.
+/// re-download after a power cut; each costs the medium a flush (it runs beside the
+/// verification, not in its way): 128 MiB.
 pub const DEFAULT_CHECKPOINT_BYTES: u64 = 128 << 20;
 
 /// Bytes of chunks verified and written per worker hand-off: a few average chunks, so wake-ups
@@ -351,35 +352,42 @@ impl Checkpointer<'_> {
     /// Waits for the fsync in flight, then records its progress: durable data first, then the
     /// record that points at it.
     fn record_sync(&mut self) -> Result<(), InstallError> {
-        let Some((sync, progress)) = self.syncing.take() else {
-            return Ok(());
-        };
-        let synced = sync
-            .join()
-            .unwrap_or_else(|_| Err(io::Error::other("the fsync thread panicked")));
-        synced.map_err(|source| SinkError::Io {
-            op: "fsync",
-            path: self.slot_path.clone(),
-            source,
-        })?;
-        self.state.record_progress(progress)?;
-        self.store.save(&self.state)?;
-        failpoint::hit("after-progress-saved");
+        if let Some(progress) = self.wait_for_sync()? {
+            self.state.record_progress(progress)?;
+            self.store.save(&self.state)?;
+            failpoint::hit("after-progress-saved");
+        }
         Ok(())
+    }
+
+    /// The fsync in flight, finished. Its error counts: Linux reports a failed writeback to
+    /// one fsync only, so a later one may succeed over lost data.
+    fn wait_for_sync(&mut self) -> Result<Option<InstallProgress>, SinkError> {
+        let Some((sync, progress)) = self.syncing.take() else {
+            return Ok(None);
+        };
+        sync.join()
+            .unwrap_or_else(|_| Err(io::Error::other("the fsync thread panicked")))
+            .map_err(|source| self.fsync_error(source))?;
+        Ok(Some(progress))
     }
 
     /// Every byte written so far is durable.
     fn sync_all(&mut self) -> Result<(), InstallError> {
-        // Not recorded: the state after this final fsync supersedes it at once.
-        if let Some((sync, _)) = self.syncing.take() {
-            let _ = sync.join();
-        }
-        self.slot.sync_data().map_err(|source| SinkError::Io {
+        // Its progress is not recorded: the state saved after this supersedes it at once.
+        self.wait_for_sync()?;
+        self.slot
+            .sync_data()
+            .map_err(|source| self.fsync_error(source))?;
+        Ok(())
+    }
+
+    fn fsync_error(&self, source: io::Error) -> SinkError {
+        SinkError::Io {
             op: "fsync",
             path: self.slot_path.clone(),
             source,
-        })?;
-        Ok(())
+        }
     }
 }
 
