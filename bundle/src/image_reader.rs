@@ -192,7 +192,9 @@ impl<'a> ImageReader<'a> {
 
     /// From now on the workers write each run they verified to `sink` at its image offset
     /// (call it before reading anything); [`Self::next_written_run`] then reports, in order,
-    /// the runs that are verified and written.
+    /// the runs that are verified and written. Each byte reaches the sink only after its chunk
+    /// passed; the whole-image digest, when enabled, is known only at the end, so a sink such
+    /// as a slot must count as unusable until the image ended without an error.
     pub fn write_to(&mut self, sink: Arc<dyn PositionedSink>) {
         self.sink = Some(sink);
     }
