@@ -300,7 +300,12 @@ impl<'a> ImageReader<'a> {
                 image: self.image,
                 chunks: run.clone(),
                 stored,
-                scratch: self.spare_buffers.pop().unwrap_or_default(),
+                // Uncompressed chunks are handed out in their stored buffer: a second buffer
+                // per run in flight would only add to peak memory.
+                scratch: match self.entry().compression {
+                    Compression::None => Vec::new(),
+                    Compression::Zstd => self.spare_buffers.pop().unwrap_or_default(),
+                },
                 checks: self.checks,
             });
             self.next_to_read = run.end;
