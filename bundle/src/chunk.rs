@@ -83,10 +83,19 @@ pub(crate) fn verify_stored_chunk(
     };
     let mut data = Vec::new();
     verify_run(image, index..index + 1, &stored, &mut data, checks).map_err(|e| e.error)?;
-    Ok(match image.compression {
-        Compression::None => stored,
-        Compression::Zstd => data,
-    })
+    Ok(image_bytes(image.compression, stored, data).0)
+}
+
+/// After [`verify_run`]: the buffer holding the image bytes, and the one left over.
+pub(crate) fn image_bytes(
+    compression: Compression,
+    stored: Vec<u8>,
+    data: Vec<u8>,
+) -> (Vec<u8>, Vec<u8>) {
+    match compression {
+        Compression::None => (stored, data),
+        Compression::Zstd => (data, stored),
+    }
 }
 
 /// What is checked beyond each chunk's stored bytes, which always are.
@@ -203,7 +212,7 @@ fn decompress_exact(stored: &[u8], out: &mut [u8], image: &ImageEntry, index: us
     };
     // The frame header states the content size: a clearer error than a short output.
     if let Ok(Some(size)) = zstd::zstd_safe::get_frame_content_size(stored) {
-        if size != out.len() as u64 {
+        if size != expected {
             return Err(size_mismatch(size));
         }
     }

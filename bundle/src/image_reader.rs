@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use crate::chunk::{fit_length, run_length, stored_run_length, verify_run, ChunkChecks, RunError};
+use crate::chunk::{
+    fit_length, image_bytes, run_length, stored_run_length, verify_run, ChunkChecks, RunError,
+};
 use crate::digest::Sha256Digest;
 use crate::error::{Error, Part, Result};
 use crate::manifest::{Compression, ImageEntry};
@@ -81,10 +83,7 @@ fn verify_job(job: RunJob) -> RunResult {
     } = job;
     let entry = &verified.manifest().images[image];
     let outcome = verify_run(entry, chunks.clone(), &stored, &mut scratch, checks);
-    let (mut data, spare) = match entry.compression {
-        Compression::None => (stored, scratch),
-        Compression::Zstd => (scratch, stored),
-    };
+    let (mut data, spare) = image_bytes(entry.compression, stored, scratch);
     let (good, error) = match outcome {
         Ok(()) => (chunks, None),
         Err(RunError { verified, error }) => {

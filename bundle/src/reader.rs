@@ -106,11 +106,11 @@ impl BundleReader {
     }
 }
 
-/// Reads a part of a declared length; memory grows with the bytes that actually arrive, not
-/// with what the (not yet authenticated) header claims.
+/// Reads a part of a declared length. The (not yet authenticated) header's claim is reserved
+/// up front only up to 8 MiB, which spares a real manifest (a 1 GiB image's is about 1.3 MiB)
+/// the doubling copies that count in a robot's peak memory; past that, memory grows with the
+/// bytes that actually arrive.
 fn read_part(reader: &mut dyn Read, length: u32, part: Part) -> Result<Vec<u8>> {
-    // Up front only up to a bound, but then no doubling copies for any real manifest (a 1 GiB
-    // image's is about 1.3 MiB): its peak memory counts on a robot.
     let mut bytes = Vec::with_capacity((length as usize).min(8 << 20));
     let got = reader
         .take(length.into())

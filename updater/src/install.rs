@@ -368,7 +368,7 @@ impl Checkpointer<'_> {
         };
         sync.join()
             .unwrap_or_else(|_| Err(io::Error::other("the fsync thread panicked")))
-            .map_err(|source| self.fsync_error(source))?;
+            .map_err(|source| self.slot_error("fsync", source))?;
         Ok(Some(progress))
     }
 
@@ -378,13 +378,13 @@ impl Checkpointer<'_> {
         self.wait_for_sync()?;
         self.slot
             .sync_data()
-            .map_err(|source| self.fsync_error(source))?;
+            .map_err(|source| self.slot_error("fsync", source))?;
         Ok(())
     }
 
-    fn fsync_error(&self, source: io::Error) -> SinkError {
+    fn slot_error(&self, op: &'static str, source: io::Error) -> SinkError {
         SinkError::Io {
-            op: "fsync",
+            op,
             path: self.slot_path.clone(),
             source,
         }
@@ -652,17 +652,13 @@ fn pump(
     progress: &mut dyn Progress,
 ) -> Result<(), InstallError> {
     image.write_to(checkpoint.slot.clone());
-    let slot_path = checkpoint.slot_path.clone();
-    let slot_error = |source| SinkError::Io {
-        op: "write",
-        path: slot_path.clone(),
-        source,
-    };
     loop {
         let run = match image.next_written_run() {
             Ok(Some(run)) => run,
             Ok(None) => return Ok(()),
-            Err(rota_bundle::Error::Write(source)) => return Err(slot_error(source).into()),
+            Err(rota_bundle::Error::Write(source)) => {
+                return Err(checkpoint.slot_error("write", source).into())
+            }
             Err(error) => return Err(error.into()),
         };
         checkpoint.run_written(run.chunks.end, run.end)?;
