@@ -217,12 +217,14 @@ test("the deployments timeline, audit log and charts render", async () => {
   await go("#/audit");
   await page.fill("#audit-action", "rollback");
   await page.click("#main form button[type=submit]");
-  await page.waitForSelector("#main td:has-text('rollback.create')");
+  await page.waitForSelector("#main [data-query='limit=200&action=rollback']");
+  assert.ok(await page.locator("#main td:has-text('rollback.create')").count() > 0);
   assert.equal(await page.locator("#main td:has-text('deployment.create')").count(), 0, "filtered by action");
   await page.fill("#audit-action", "");
   await page.fill("#audit-actor", "alice");
   await page.click("#main form button[type=submit]");
-  await page.waitForSelector("#main td:has-text('deployment.create')");
+  await page.waitForSelector("#main [data-query='limit=200&actor=alice']");
+  assert.ok(await page.locator("#main td:has-text('deployment.create')").count() > 0);
   await shot("11-audit");
   await go("#/charts");
   await page.waitForSelector("svg.chart path.series");

@@ -445,7 +445,7 @@ function deploymentsView(main) {
             el("span", { class: "muted small" }, " " + d.id)),
           el("p", { class: "muted small" }, "created " + when(d.created_at) + " by " + d.created_by),
           deploymentSummary(d),
-          actionButtons(d, null, view.refresh)))) : el("p", { class: "muted empty" }, "No deployments yet."));
+          actionButtons(d, null, refresh)))) : el("p", { class: "muted empty" }, "No deployments yet."));
     },
   };
   return view;
@@ -481,7 +481,7 @@ function deploymentView(main, id) {
             (d.parent_id ? " · undoes " : "")),
           d.parent_id ? el("a", { href: "#/deployments/" + encodeURIComponent(d.parent_id) }, d.parent_id) : null,
           deploymentSummary(d),
-          actionButtons(d, d.robots, view.refresh)),
+          actionButtons(d, d.robots, refresh)),
         section("Stages", stageBars(d)),
         section("Robots", table("Robots in this deployment", ["Robot", "Stage", "State", "Detail", "Updated"],
           d.robots.map((r) => [
@@ -684,7 +684,7 @@ function auditView(main) {
   const action = el("input", { type: "search", id: "audit-action", placeholder: "action (deployment, rollback.create)", "aria-label": "Action" });
   const since = el("input", { type: "datetime-local", "aria-label": "Since" });
   const body = el("div");
-  main.append(el("h1", {}, "Audit log"), el("form", { class: "toolbar", onsubmit: (e) => { e.preventDefault(); view.refresh(); } },
+  main.append(el("h1", {}, "Audit log"), el("form", { class: "toolbar", onsubmit: (e) => { e.preventDefault(); refresh(); } },
     actor, action, since, el("button", { type: "submit" }, "Filter")), body);
   const view = {
     async refresh() {
@@ -693,6 +693,9 @@ function auditView(main) {
       if (action.value.trim()) query.set("action", action.value.trim());
       if (since.value) query.set("since", new Date(since.value).toISOString().replace(/\.\d+Z$/, "Z"));
       const entries = await api("/audit?" + query);
+      // Says which filter the shown rows answer, so a reader (or a test) can tell a filtered
+      // table from the one shown before it.
+      body.dataset.query = query.toString();
       body.replaceChildren(table("Audit entries", ["When", "Actor", "Action", "Target", "Details", "From"],
         entries.map((e) => [when(e.at), e.actor, el("code", {}, e.action), e.target || "",
           e.details ? el("code", { class: "details" }, JSON.stringify(e.details)) : "", e.source_ip || ""]), "No entries match."));
