@@ -42,8 +42,11 @@ async function server(path) {
   return response.json();
 }
 
+/// Shows `hash` and waits until its view has rendered its data, so nothing that follows can
+/// see the page before.
 async function go(hash) {
   await page.evaluate((h) => { location.hash = h; }, hash);
+  await page.waitForFunction((h) => document.querySelector("#main")?.dataset.route === h, hash);
 }
 
 async function logIn(key) {

@@ -272,9 +272,14 @@ async function route() {
     if (active) link.setAttribute("aria-current", "page"); else link.removeAttribute("aria-current");
   }
   const main = $("#main");
+  const hash = location.hash;
   main.replaceChildren();
+  delete main.dataset.route;
   current = make(main, parts[1]);
   await refresh();
+  // Marks the page as showing this route's data (a test waits for it; the hash alone changes
+  // before the view does).
+  if (location.hash === hash) main.dataset.route = hash;
 }
 
 // ---------- tables ----------
