@@ -153,7 +153,10 @@ impl<'a> ImageReader<'a> {
             next_to_read: first_chunk,
             next_to_deliver: first_chunk,
             read_ahead: options.read_ahead.max(1),
-            run_bytes: options.run_bytes,
+            run_bytes: match verified.manifest().images[image].compression {
+                Compression::None => options.run_bytes,
+                Compression::Zstd => options.compressed_run_bytes.unwrap_or(options.run_bytes),
+            },
             checks: ChunkChecks {
                 decompressed_sha256: options.check_decompressed_sha256,
             },
@@ -279,19 +282,15 @@ impl<'a> ImageReader<'a> {
             let run = self.run_from(self.next_to_read);
             let mut stored = self.spare_buffers.pop().unwrap_or_default();
             fit_length(&mut stored, stored_run_length(self.entry(), run.clone()));
-            let mut at = 0;
-            for index in run.clone() {
-                let length = self.entry().chunks[index].stored_length as usize;
-                if let Err(e) = self.source.read_exact(&mut stored[at..at + length]) {
-                    // Chunks already queued are valid on their own, but handing them out first
-                    // would only delay the verdict: the image cannot be completed.
-                    let part = Part::Chunk {
-                        image: self.entry().name.clone(),
-                        index,
-                    };
-                    return Err(Error::read(part, e));
-                }
-                at += length;
+            // A run's stored chunks are contiguous in the payload: one read for all of them.
+            if let Err((arrived, e)) = read_fully(self.source, &mut stored) {
+                // Chunks already queued are valid on their own, but handing them out first
+                // would only delay the verdict: the image cannot be completed.
+                let part = Part::Chunk {
+                    image: self.entry().name.clone(),
+                    index: self.chunk_at(run.clone(), arrived),
+                };
+                return Err(Error::read(part, e));
             }
             self.pool.submit(RunJob {
                 sink: self.sink.clone(),
@@ -310,6 +309,19 @@ impl<'a> ImageReader<'a> {
             self.next_to_read = run.end;
         }
         Ok(())
+    }
+
+    /// The chunk of `run` that holds stored byte `position` of the run.
+    fn chunk_at(&self, run: Range<usize>, position: usize) -> usize {
+        let chunks = &self.entry().chunks;
+        let mut end = 0;
+        for index in run.clone() {
+            end += chunks[index].stored_length as usize;
+            if position < end {
+                return index;
+            }
+        }
+        run.end - 1
     }
 
     fn check_image_digest(&mut self) -> Result<()> {
@@ -366,4 +378,21 @@ impl Read for ImageReader<'_> {
         self.current_position += n;
         Ok(n)
     }
+}
+
+/// Fills `buffer` from `source`; on failure, also says how many bytes arrived before it.
+fn read_fully(
+    source: &mut dyn Read,
+    buffer: &mut [u8],
+) -> std::result::Result<(), (usize, io::Error)> {
+    let mut arrived = 0;
+    while arrived < buffer.len() {
+        match source.read(&mut buffer[arrived..]) {
+            Ok(0) => return Err((arrived, io::ErrorKind::UnexpectedEof.into())),
+            Ok(n) => arrived += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err((arrived, e)),
+        }
+    }
+    Ok(())
 }

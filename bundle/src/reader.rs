@@ -27,6 +27,10 @@ pub struct ReadOptions {
     /// chunk, whatever its size). Larger runs cost memory, smaller ones thread wake-ups.
     /// Default: 1 MiB.
     pub run_bytes: usize,
+    /// `run_bytes` for compressed images, when it should differ: each of their runs holds a
+    /// stored and a decompressed buffer, where an uncompressed run holds one. Default: `None`,
+    /// the same as `run_bytes`.
+    pub compressed_run_bytes: Option<usize>,
     /// Also hash each whole image and compare with the manifest's image digest. Default: on.
     ///
     /// Turning it off keeps every guarantee about the bytes handed out: each one belongs to
@@ -52,6 +56,7 @@ impl Default for ReadOptions {
             workers,
             read_ahead: 4 * workers,
             run_bytes: 1 << 20,
+            compressed_run_bytes: None,
             check_image_sha256: true,
             check_decompressed_sha256: true,
         }

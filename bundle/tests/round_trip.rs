@@ -75,6 +75,7 @@ fn serial_and_parallel_readers_and_writers_agree() {
             workers,
             read_ahead: 2,
             run_bytes,
+            compressed_run_bytes: (workers == 3).then_some(200_000),
             check_image_sha256: workers != 1,
             check_decompressed_sha256: workers != 3,
         };
@@ -383,16 +384,29 @@ fn workers_write_verified_runs_to_a_positioned_sink_and_report_them_in_order() {
         let path = dir.path().join("slot");
         std::fs::write(&path, vec![0xeeu8; data.len() + 4096]).unwrap();
         let slot = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        // Compressed runs get their own, smaller budget.
+        let budget = match compression {
+            Compression::None => 300_000,
+            Compression::Zstd => 150_000,
+        };
         let options = ReadOptions {
             workers: 3,
             read_ahead: 4,
-            run_bytes: 150_000,
+            run_bytes: 300_000,
+            compressed_run_bytes: Some(150_000),
             ..ReadOptions::default()
         };
         let mut verified =
             BundleReader::open_with(&bundle[..], &keyring(&[&key]), options).unwrap();
         let mut image = verified.next_image().unwrap().unwrap();
         let chunk_count = image.entry().chunks.len();
+        // What a chunk counts against the budget: its larger form.
+        let sizes: Vec<u64> = image
+            .entry()
+            .chunks
+            .iter()
+            .map(|c| u64::from(c.length.max(c.stored_length)))
+            .collect();
         image.write_to(std::sync::Arc::new(slot));
         let (mut next_chunk, mut end) = (0, 0);
         while let Some(run) = image.next_written_run().unwrap() {
@@ -401,6 +415,17 @@ fn workers_write_verified_runs_to_a_positioned_sink_and_report_them_in_order() {
                 "{compression:?}: runs come in order"
             );
             assert!(run.end > end);
+            let counted: u64 = sizes[run.chunks.clone()].iter().sum();
+            assert!(
+                run.chunks.len() == 1 || counted <= budget,
+                "{compression:?}: a run of {counted} bytes"
+            );
+            if let Some(next) = sizes.get(run.chunks.end) {
+                assert!(
+                    counted + next > budget,
+                    "{compression:?}: a run stopped short"
+                );
+            }
             (next_chunk, end) = (run.chunks.end, run.end);
         }
         assert!(next_chunk == chunk_count && end == data.len() as u64);

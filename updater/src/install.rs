@@ -37,9 +37,15 @@ use crate::store::{Store, StoreError};
 /// verification, not in its way): 128 MiB.
 pub const DEFAULT_CHECKPOINT_BYTES: u64 = 128 << 20;
 
-/// Bytes of chunks verified and written per worker hand-off: a few average chunks, so wake-ups
-/// cost little next to hashing, while what is in flight stays small (peak RSS goal).
-const RUN_BYTES: usize = 256 << 10;
+/// Bytes of chunks verified and written per worker hand-off: enough chunks that wake-ups and
+/// the slot file's write lock cost little next to hashing (1 MiB installed a raw 1 GiB image
+/// ~12% faster than 256 KiB here), while what is in flight stays a few MiB.
+const RUN_BYTES: usize = 1 << 20;
+
+/// A compressed run holds a stored and a decompressed buffer, and decompression, not the
+/// hand-offs, is what takes the time: smaller runs keep its peak memory down (1 MiB runs took
+/// 13 MiB peak RSS here, 256 KiB 8.6 MiB, at a 10% difference in time).
+const COMPRESSED_RUN_BYTES: usize = 256 << 10;
 
 /// What `install` needs from the outside world.
 pub struct Context<'a> {
@@ -178,11 +184,11 @@ pub fn bundle_info(verified: &VerifiedManifest) -> BundleInfo {
     }
 }
 
-/// Chunk hashing and decompression on every core; a read-ahead window of one chunk more than
-/// there are workers keeps each worker busy while the oldest result is written, and keeps
-/// memory small: every chunk in the window holds a stored and a decoded buffer of up to
-/// 256 KiB, and the reader keeps that many spare buffers besides (the slot write, not the
-/// window, is what the pipeline waits on).
+/// Chunk hashing and decompression on every core; a read-ahead window of one run more than
+/// there are workers keeps each worker busy while the oldest result is reported, and keeps
+/// memory small: every run in the window holds its buffers (one of up to 1 MiB uncompressed,
+/// a stored and a decoded one of up to 256 KiB compressed), and the reader keeps that many
+/// spare buffers besides.
 ///
 /// The whole-image SHA-256 is not recomputed: every byte written belongs to a chunk whose
 /// digest matched the signed chunk table, and the reader checked that the table tiles the
@@ -194,6 +200,7 @@ fn read_options() -> ReadOptions {
         workers,
         read_ahead: workers + 1,
         run_bytes: RUN_BYTES,
+        compressed_run_bytes: Some(COMPRESSED_RUN_BYTES),
         check_image_sha256: false,
         // The stored bytes are checked against the signed chunk table before decompression;
         // hashing the output again would cost a SHA-256 pass over the image on the robot.
