@@ -39,7 +39,7 @@ pub const DEFAULT_CHECKPOINT_BYTES: u64 = 128 << 20;
 
 /// Bytes of chunks verified and written per worker hand-off: enough chunks that wake-ups and
 /// the slot file's write lock cost little next to hashing (1 MiB installed a raw 1 GiB image
-/// ~12% faster than 256 KiB here), while what is in flight stays a few MiB.
+/// ~10% faster than 256 KiB here), while what is in flight stays a few MiB.
 const RUN_BYTES: usize = 1 << 20;
 
 /// A compressed run holds a stored and a decompressed buffer, and decompression, not the
