@@ -510,6 +510,8 @@ class Campaign:
         if pend and pend.get("stage") not in TRIAL_STAGES and pend.get("slot") != self.slot:
             version = pend["version"]
             size, _ = self.r.art.image_digest(version)
+            if pend.get("stage") != "installing":
+                return version, 0, True  # written and verified ("installed"): nothing to fetch
             return version, max(0, size - (pend.get("bytes_done") or 0)), True
         running = slot_version(st, self.slot)
         version = "5.0.0" if running == "6.0.0" else "6.0.0"
@@ -598,8 +600,9 @@ class Campaign:
         checkpoints = left // CUT_CHECKPOINT_BYTES
         if name == "after-progress-saved":
             return self.rng.randint(1, max(1, checkpoints - 1))
-        # Store saves: begin_install (not on a resume), one per checkpoint, the trial's record.
-        return self.rng.randint(1, checkpoints + (1 if resuming else 2))
+        # Store saves: begin_install (not on a resume), one per checkpoint, "installed", then
+        # "reboot pending" (after the trial was set).
+        return self.rng.randint(1, checkpoints + (2 if resuming else 3))
 
     def after_install_cut(self, kind, moment, expect, old, target, version, t0):
         slot = self.boot_after_cut(moment, expect, old, target, version)
