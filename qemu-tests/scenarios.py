@@ -278,7 +278,8 @@ def s4_install_cut(robot, res):
         check(st.get("booted") == "B", f"after cut ({what}): status says booted {st.get('booted')}")
         check(st.get("next") == "B", f"after cut ({what}): next boot would be {st.get('next')}")
         pend = st.get("pending")
-        check(pend is None or pend.get("stage") == "installing",
+        # "installed": written, verified and recorded, the trial not yet set (before-begin-trial).
+        check(pend is None or pend.get("stage") in ("installing", "installed"),
               f"after cut ({what}): pending {pend}")
     target, secs = install_and_reboot(robot, "5.0.0", "--checkpoint-bytes", "16777216")
     res.notes.append(f"retry {secs:.0f}s")
@@ -495,10 +496,12 @@ class Campaign:
 
     def describe(self, st):
         pend = st.get("pending")
-        if pend:
+        if pend and pend.get("bytes_done") is not None:
             size, _ = self.r.art.image_digest(pend["version"])
-            pct = 100 * (pend.get("bytes_done") or 0) // size
+            pct = 100 * pend["bytes_done"] // size
             return f"{pend['stage']} {pend['version']} {pct}%"
+        if pend:
+            return f"{pend['stage']} {pend['version']}"
         last = st.get("last_result") or {}
         return f"{last.get('result')} {last.get('version')}"
 
