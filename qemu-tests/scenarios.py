@@ -626,6 +626,9 @@ def s6_seeded_cuts(robot, res):
         res.notes.append("no cuts asked for")
         return
     camp = Campaign(robot, res)
+    if not robot.m.running():  # run --from 6: the fresh golden image
+        robot.boot()
+        robot.wait_commit()
     st = robot.status()
     camp.slot = st.get("booted")
     check(camp.slot in ("A", "B"), f"status names no booted slot: {st}")
