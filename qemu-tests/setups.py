@@ -231,8 +231,15 @@ def copy_range(disk, offset, length, dest):
                 left -= len(data)
         return
     assert offset % MIB == 0, f"partition offset {offset} is not MiB-aligned"
-    run(["qemu-img", "dd", "-f", "qcow2", "-O", "raw", "bs=1M", f"skip={offset // MIB}",
-         f"count={-(-length // MIB)}", f"if={disk}", f"of={dest}"], stdout=subprocess.DEVNULL)
+    # qemu-img dd's count is where it stops, counted from the start of the input (skip
+    # included); and it exits 0 when it cannot skip, so the length is checked.
+    skip = offset // MIB
+    run(["qemu-img", "dd", "-f", "qcow2", "-O", "raw", "bs=1M", f"skip={skip}",
+         f"count={skip + -(-length // MIB)}", f"if={disk}", f"of={dest}"],
+        stdout=subprocess.DEVNULL)
+    got = Path(dest).stat().st_size
+    if got < length:
+        raise RuntimeError(f"qemu-img dd copied {got} bytes of {disk} at {offset}, wanted {length}")
 
 
 def range_sha256(disk, offset, length, workdir):
