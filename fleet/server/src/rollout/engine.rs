@@ -405,6 +405,10 @@ async fn finish_if_done(conn: &mut AnyConnection, rollout: &Rollout) -> ApiResul
         DeploymentState::Failed
     } else if total > 0 && of(AssignmentState::Superseded) == total {
         DeploymentState::Superseded
+    } else if of(AssignmentState::Committed) == 0 {
+        // Every robot skipped it (it rolled back from that release before) or was cancelled:
+        // the release reached nobody, which is no success.
+        DeploymentState::NoRobotUpdated
     } else {
         DeploymentState::Succeeded
     };
