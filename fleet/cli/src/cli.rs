@@ -355,8 +355,10 @@ pub enum ReleaseCommand {
     /// GitHub Actions (and Gitea/Forgejo Actions) set it. When the bundle's signed manifest
     /// names a branch or commit, what is given here must agree with it (else the server
     /// refuses the upload, 422).
-    #[command(after_help = "Examples:\n  rota release publish build/robot-2.1.0.rota\n  \
-        rota release publish robot.rota --branch main --commit 0a1b2c3d\n")]
+    #[command(
+        after_help = "Examples:\n  rota release publish build/robot-2.1.0.rota\n  \
+        rota release publish robot.rota --branch main --commit 0a1b2c3d\n"
+    )]
     Publish {
         /// The signed bundle file (.rota), as `rota-image bundle` writes it.
         bundle: PathBuf,

@@ -101,7 +101,9 @@ pub fn keys(api: &Api, command: KeysCommand, json: bool) -> anyhow::Result<()> {
             )?;
             note!(
                 "created {} key {} ({}); the key is shown only now",
-                created.info.role, created.info.id, created.info.name
+                created.info.role,
+                created.info.id,
+                created.info.name
             );
             if json {
                 return output::json(&created);

@@ -31,13 +31,21 @@ pub fn audit(api: &Api, filter: &Filter, limit: u32, json: bool) -> anyhow::Resu
     }
     let headers = ["AT", "ACTOR", "ACTION", "TARGET", "FROM"];
     let empty = "no audit entries match (every operator action, enrollment and webhook delivery lands here)";
-    show_filtered_list(api, "/audit", &query, json, &headers, empty, |e: &AuditEntry| {
-        vec![
-            output::time(&e.at),
-            e.actor.clone(),
-            e.action.clone(),
-            or_dash(e.target.as_deref()),
-            or_dash(e.source_ip.as_deref()),
-        ]
-    })
+    show_filtered_list(
+        api,
+        "/audit",
+        &query,
+        json,
+        &headers,
+        empty,
+        |e: &AuditEntry| {
+            vec![
+                output::time(&e.at),
+                e.actor.clone(),
+                e.action.clone(),
+                or_dash(e.target.as_deref()),
+                or_dash(e.source_ip.as_deref()),
+            ]
+        },
+    )
 }

@@ -41,7 +41,10 @@ pub fn deploy(api: &Api, args: DeployArgs, json: bool) -> anyhow::Result<Outcome
     };
     let created: Deployment = api.send_json(Method::POST, "/deployments", Some(&request))?;
     let robots = created.robots.as_ref().map_or(0, Vec::len);
-    note!("{} targeted", crate::output::count(robots, "robot", "robots"));
+    note!(
+        "{} targeted",
+        crate::output::count(robots, "robot", "robots")
+    );
     crate::commands::rollout::finish(api, &created, &args.wait, json)
 }
 

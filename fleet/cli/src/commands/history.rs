@@ -57,8 +57,12 @@ pub fn origin_text(origin: &RunOrigin) -> String {
 pub fn end_text(end: &RunEnd) -> String {
     match end {
         RunEnd::Running => "running".into(),
-        RunEnd::Replaced { by_version, at } => format!("replaced by v{by_version} at {}", output::time(at)),
-        RunEnd::RolledBack { reason, at } => format!("rolled back at {}: {reason}", output::time(at)),
+        RunEnd::Replaced { by_version, at } => {
+            format!("replaced by v{by_version} at {}", output::time(at))
+        }
+        RunEnd::RolledBack { reason, at } => {
+            format!("rolled back at {}: {reason}", output::time(at))
+        }
         RunEnd::Failed { error, at } => format!("failed at {}: {error}", output::time(at)),
     }
 }

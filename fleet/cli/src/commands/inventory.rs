@@ -81,16 +81,23 @@ pub fn deployments(api: &Api, id: Option<&str>, json: bool) -> anyhow::Result<()
         None => {
             let headers = ["ID", "VERSION", "TARGET", "STATE", "ROBOTS", "CREATED"];
             let empty = "no deployments yet: send a release with `rota deploy VERSION --to all`";
-            show_list(api, "/deployments", json, &headers, empty, |d: &Deployment| {
-                vec![
-                    d.id.clone(),
-                    format!("v{}", d.version),
-                    d.target.to_string(),
-                    d.state.as_str().into(),
-                    counts_text(&d.counts),
-                    output::time(&d.created_at),
-                ]
-            })?;
+            show_list(
+                api,
+                "/deployments",
+                json,
+                &headers,
+                empty,
+                |d: &Deployment| {
+                    vec![
+                        d.id.clone(),
+                        format!("v{}", d.version),
+                        d.target.to_string(),
+                        d.state.as_str().into(),
+                        counts_text(&d.counts),
+                        output::time(&d.created_at),
+                    ]
+                },
+            )?;
         }
     }
     Ok(())
