@@ -75,7 +75,10 @@ fn json_error(what: &str, out: &Output) -> Value {
     let value: Value = serde_json::from_str(line)
         .unwrap_or_else(|_| panic!("{what}: stderr is not a JSON error: {stderr}"));
     let error = &value["error"];
-    assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}: {value}");
+    assert!(
+        error["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{what}: {value}"
+    );
     assert!(error["code"].as_str().is_some(), "{what}: {value}");
     assert!(error.get("status").is_some(), "{what}: {value}");
     value
@@ -87,9 +90,19 @@ fn json_error(what: &str, out: &Output) -> Value {
 fn a_listing_into_a_closed_pipe_ends_quietly_with_exit_0() {
     let server = Server::start();
     let _fleet = SimFleet::start(&server.url, "robot", 3, |_| Behaviour::default());
-    for args in [&["robots"][..], &["--json", "robots"], &["audit"], &["--help"]] {
+    for args in [
+        &["robots"][..],
+        &["--json", "robots"],
+        &["audit"],
+        &["--help"],
+    ] {
         let out = rota_into_closed_pipe(&server.url, args);
-        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", text(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
         assert_eq!(text(&out.stderr), "", "{args:?}");
     }
 }
@@ -100,23 +113,27 @@ fn a_listing_into_a_closed_pipe_ends_quietly_with_exit_0() {
 fn errors_under_json_are_json_with_status_and_code() {
     let server = Server::start();
     server.publish("2.1.0");
-    let out = server.rota(ADMIN_KEY, &["--json", "deploy", "2.1.0", "--to", "group:nope"]);
+    let out = server.rota(
+        ADMIN_KEY,
+        &["--json", "deploy", "2.1.0", "--to", "group:nope"],
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
     let error = json_error("deploy to a missing group", &out);
     assert_eq!(error["error"]["status"], 404);
     assert_eq!(error["error"]["code"], "not_found");
     assert!(
-        error["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("nope"),
+        error["error"]["message"].as_str().unwrap().contains("nope"),
         "{error}"
     );
     // Without --json: one plain line.
     let plain = server.rota(ADMIN_KEY, &["deploy", "2.1.0", "--to", "group:nope"]);
     assert_eq!(plain.status.code(), Some(1));
-    assert!(text(&plain.stderr).starts_with("rota: error: "), "{}", text(&plain.stderr));
+    assert!(
+        text(&plain.stderr).starts_with("rota: error: "),
+        "{}",
+        text(&plain.stderr)
+    );
 }
 
 /// Bug: a deployment whose only robot was skipped (it had rolled back from that release)
@@ -129,7 +146,15 @@ fn a_deployment_whose_robots_were_all_skipped_is_not_a_success() {
         gate: None,
     });
     server.publish("2.1.0");
-    let wait = ["deploy", "2.1.0", "--to", "all", "--wait", "--timeout", "120"];
+    let wait = [
+        "deploy",
+        "2.1.0",
+        "--to",
+        "all",
+        "--wait",
+        "--timeout",
+        "120",
+    ];
     let first = server.rota(ADMIN_KEY, &wait);
     assert_eq!(first.status.code(), Some(3), "{}", text(&first.stderr));
     let again = server.rota(ADMIN_KEY, &wait);
@@ -162,7 +187,15 @@ fn a_rollback_dry_run_says_it_is_one_and_that_nothing_changed() {
     let _fleet = SimFleet::start(&server.url, "robot", 2, |_| Behaviour::default());
     for version in ["2.0.0", "2.1.0"] {
         server.publish(version);
-        server.rota_ok(&["deploy", version, "--to", "all", "--wait", "--timeout", "120"]);
+        server.rota_ok(&[
+            "deploy",
+            version,
+            "--to",
+            "all",
+            "--wait",
+            "--timeout",
+            "120",
+        ]);
     }
     let out = server.rota(ADMIN_KEY, &["rollback", "--dry-run"]);
     let stderr = text(&out.stderr);
@@ -192,7 +225,15 @@ fn plain_rollback_never_moves_a_robot_to_a_newer_release() {
     let _fleet = SimFleet::start(&server.url, "robot", 2, |_| Behaviour::default());
     for version in ["1.9.0", "2.0.0", "2.1.0"] {
         server.publish(version);
-        server.rota_ok(&["deploy", version, "--to", "all", "--wait", "--timeout", "120"]);
+        server.rota_ok(&[
+            "deploy",
+            version,
+            "--to",
+            "all",
+            "--wait",
+            "--timeout",
+            "120",
+        ]);
     }
     server.rota_ok(&["rollback", "--to", "v2.0.0", "--wait", "--timeout", "120"]);
     let plan = server.rota_json(&["rollback", "--dry-run"]);
@@ -212,9 +253,20 @@ fn rollback_to_a_time_refuses_the_future_and_says_where_history_starts() {
     let server = Server::start();
     let _fleet = SimFleet::start(&server.url, "robot", 2, |_| Behaviour::default());
     server.publish("2.0.0");
-    server.rota_ok(&["deploy", "2.0.0", "--to", "all", "--wait", "--timeout", "120"]);
+    server.rota_ok(&[
+        "deploy",
+        "2.0.0",
+        "--to",
+        "all",
+        "--wait",
+        "--timeout",
+        "120",
+    ]);
 
-    let future = server.rota(ADMIN_KEY, &["--json", "rollback", "--to", "2999-01-01T00:00:00Z"]);
+    let future = server.rota(
+        ADMIN_KEY,
+        &["--json", "rollback", "--to", "2999-01-01T00:00:00Z"],
+    );
     assert_eq!(future.status.code(), Some(1));
     let error = json_error("future", &future);
     assert_eq!(error["error"]["status"], 422, "{error}");
@@ -232,7 +284,11 @@ fn rollback_to_a_time_refuses_the_future_and_says_where_history_starts() {
     for robot in ["robot-001", "robot-002"] {
         assert!(stderr.contains(robot), "{robot}: {stderr}");
     }
-    assert_eq!(stderr.matches("history starts later, at 20").count(), 2, "{stderr}");
+    assert_eq!(
+        stderr.matches("history starts later, at 20").count(),
+        2,
+        "{stderr}"
+    );
 }
 
 /// Bug: `[KeyId(e2656e1d39878b4f)]`, `1 robots`, sizes in bytes and Rust slot names reached
@@ -244,7 +300,11 @@ fn text_output_has_plain_words_human_sizes_and_no_colour_in_files() {
     server.publish("2.0.0");
     let deploy = server.rota(ADMIN_KEY, &["deploy", "2.0.0", "--to", "all", "--wait"]);
     assert_plain("deploy", &text(&deploy.stderr));
-    assert!(text(&deploy.stderr).contains("1 robot targeted"), "{}", text(&deploy.stderr));
+    assert!(
+        text(&deploy.stderr).contains("1 robot targeted"),
+        "{}",
+        text(&deploy.stderr)
+    );
     let releases = server.rota_ok(&["release", "list"]);
     assert!(releases.contains(" KiB"), "{releases}");
     let json = server.rota_json(&["release", "list"]);
@@ -256,10 +316,16 @@ fn text_output_has_plain_words_human_sizes_and_no_colour_in_files() {
         "stranger",
         &common::bundle("9.9.9", common::COMPATIBLE, &common::stranger_key(), 4096),
     );
-    let refused = server.rota(ADMIN_KEY, &["release", "publish", stranger.to_str().unwrap()]);
+    let refused = server.rota(
+        ADMIN_KEY,
+        &["release", "publish", stranger.to_str().unwrap()],
+    );
     let stderr = text(&refused.stderr);
     assert_eq!(refused.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("signed by no key in the fleet keyring"), "{stderr}");
+    assert!(
+        stderr.contains("no signature by a trusted key: signed by key id "),
+        "{stderr}"
+    );
     assert_plain("untrusted bundle", &stderr);
 
     // The server's own log, written to a file, has no colour codes.
@@ -288,7 +354,10 @@ fn text_output_has_plain_words_human_sizes_and_no_colour_in_files() {
     child.wait().unwrap();
     let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(!log.is_empty(), "the server logged nothing at info");
-    assert!(!log.contains('\u{1b}'), "ANSI codes in the log file: {log:?}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "ANSI codes in the log file: {log:?}"
+    );
 }
 
 /// Bug: empty `rota env` and `rota groups` printed only a header.
@@ -325,7 +394,10 @@ fn publish_progress_piped_is_one_parseable_line() {
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(!stderr.contains("uploading"), "{stderr}");
-    assert!(!stderr.contains('\r') && !stderr.contains('\u{1b}'), "{stderr:?}");
+    assert!(
+        !stderr.contains('\r') && !stderr.contains('\u{1b}'),
+        "{stderr:?}"
+    );
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.starts_with("published rel_"), "{stderr}");
     assert!(stderr.contains(" MiB"), "{stderr}");
@@ -421,8 +493,14 @@ fn every_command_with_help_json_a_closed_pipe_and_an_unreachable_server() {
         let out = rota_into_closed_pipe(&server.url, args);
         let code = out.status.code().unwrap_or(-1);
         let stderr = text(&out.stderr);
-        assert!(documented.contains(&code), "{name} | head -0: exit {code}: {stderr}");
-        assert!(!stderr.contains("Broken pipe"), "{name} | head -0: {stderr}");
+        assert!(
+            documented.contains(&code),
+            "{name} | head -0: exit {code}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("Broken pipe"),
+            "{name} | head -0: {stderr}"
+        );
         assert_plain(&format!("{name} | head -0"), &stderr);
 
         // A server that is not there: exit 1, one clear line naming it once; JSON under --json.

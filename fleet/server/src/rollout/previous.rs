@@ -231,7 +231,9 @@ async fn resolve_one(
         RollbackTo::Previous => {
             current_version = running_version(conn, &robot.id, &history).await?;
             let Some(current) = current_version.clone() else {
-                return Ok(Err("no release on record: it never reported a version".into()));
+                return Ok(Err(
+                    "no release on record: it never reported a version".into()
+                ));
             };
             match previous_release(&history, &current) {
                 Some(release) => Some(release),

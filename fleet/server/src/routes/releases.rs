@@ -96,8 +96,8 @@ fn check_bundle(path: &Path, keyring_dir: &Path) -> ApiResult<Checked> {
         let why = match &err {
             // The bundle crate's own text lists the key ids in Rust debug form.
             rota_bundle::Error::NoTrustedSignature { key_ids } => format!(
-                "it is signed by no key in the fleet keyring (signed by key id {}; the keyring \
-                 takes public keys as `rota-image keygen` writes them)",
+                "no signature by a trusted key: signed by key id {}, which is not in the fleet \
+                 keyring (it takes *.pub files as `rota-image keygen` writes them)",
                 key_ids
                     .iter()
                     .map(ToString::to_string)
