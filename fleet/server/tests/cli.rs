@@ -14,8 +14,9 @@ use serde_json::Value;
 /// `rota ARGS | head -0` leaves it.
 fn rota_into_closed_pipe(server: &str, args: &[&str]) -> Output {
     let home = tempfile::tempdir().unwrap();
-    let (reader, writer) = std::io::pipe().unwrap();
+    let (reader, writer) = rustix::pipe::pipe().unwrap();
     drop(reader);
+    let writer = std::fs::File::from(writer);
     Command::new(cli_bin())
         .args(args)
         .env("HOME", home.path())
