@@ -170,6 +170,9 @@ impl Api {
         query: &[(&str, &str)],
         body: reqwest::blocking::Body,
     ) -> anyhow::Result<T> {
+        // Ask first whether the server is there and takes the key: a streamed body that
+        // cannot be sent says only "receiver is gone", and a bad key should not cost an upload.
+        let _: serde_json::Value = self.get("/whoami")?;
         let url = self.url(path);
         let request = self
             .http

@@ -78,6 +78,30 @@ fn an_unreachable_server_is_named_once_with_a_hint() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }
 
+/// Bug: uploading a bundle of a few MiB to a server that is not there ended `request or
+/// response body error: send failed because receiver is gone`, not naming the server.
+#[test]
+fn publishing_to_an_unreachable_server_says_it_cannot_reach_it() {
+    let home = tempfile::tempdir().unwrap();
+    let bundle = home.path().join("big.rota");
+    std::fs::write(&bundle, vec![7u8; 3 << 20]).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_rota"))
+        .args(["--server", "http://127.0.0.1:9", "release", "publish"])
+        .arg(&bundle)
+        .env("HOME", home.path())
+        .env("ROTA_API_KEY", "rota_op_x")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot reach http://127.0.0.1:9"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("127.0.0.1:9").count(), 1, "{stderr}");
+    assert!(!stderr.contains("receiver is gone"), "{stderr}");
+}
+
 /// Every subcommand, however deep, with its path (`["env", "set"]`).
 fn every_command() -> Vec<(Vec<String>, clap::Command)> {
     fn walk(path: Vec<String>, cmd: &clap::Command, out: &mut Vec<(Vec<String>, clap::Command)>) {

@@ -405,6 +405,36 @@ fn publish_progress_piped_is_one_parseable_line() {
     assert!(text(&out.stdout).trim().starts_with("rel_"));
 }
 
+/// On a terminal the upload is one redrawn bar, not a line per 10%. Runs `rota` on a pseudo
+/// terminal through util-linux `script` (skipped where there is none).
+#[test]
+fn publish_progress_on_a_terminal_is_a_single_redrawn_bar() {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: no `script` to give rota a terminal");
+        return;
+    }
+    let server = Server::start();
+    let path = server.write_bundle(
+        "big",
+        &common::bundle("3.0.0", common::COMPATIBLE, &common::trusted_key(), 2 << 20),
+    );
+    let home = tempfile::tempdir().unwrap();
+    let command = format!("{} release publish {}", cli_bin().display(), path.display());
+    let out = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("HOME", home.path())
+        .env("ROTA_SERVER", &server.url)
+        .env("ROTA_API_KEY", ADMIN_KEY)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let terminal = text(&out.stdout);
+    assert!(out.status.success(), "{terminal}");
+    assert!(terminal.contains("uploading ["), "{terminal:?}");
+    assert!(!terminal.contains("10%"), "{terminal:?}");
+    assert!(terminal.contains("published rel_"), "{terminal:?}");
+}
+
 /// Every command four ways: `--help`; against the real server with `--json` (results JSON on
 /// stdout, or a JSON error on stderr); into a closed pipe; against a server that is not there.
 /// None panics, none leaks debug text, every exit code is a documented one.
