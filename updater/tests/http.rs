@@ -116,13 +116,14 @@ fn permanent_errors_are_not_retried_and_endless_5xx_gives_up() {
     let slot_b = robot.slot("B");
     let server = Server::start(bundle.clone(), vec![Action::Status(404)]);
     let output = robot.run(&["install", &server.url]);
-    assert_eq!(exit_code(&output), 1, "{}", stderr(&output));
+    // Transport: the source is unreachable.
+    assert_eq!(exit_code(&output), 4, "{}", stderr(&output));
     assert!(stderr(&output).contains("404"), "{}", stderr(&output));
     assert_eq!(server.requests().len(), 1, "404 is not retried");
 
     let server = Server::start(bundle, vec![Action::Status(500); 50]);
     let output = robot.run(&["install", &server.url]);
-    assert_eq!(exit_code(&output), 1);
+    assert_eq!(exit_code(&output), 4);
     assert!(
         stderr(&output).contains("gave up after 9 attempts"),
         "{}",
