@@ -176,11 +176,11 @@ pub enum InstallError {
         waited: Duration,
         budget: Duration,
     },
-    #[error("reading the bundle's {part} from {}: {source}", path.display())]
+    #[error("reading the bundle's {part} from {}: {cause}", path.display())]
     Read {
         path: PathBuf,
         part: Part,
-        source: io::Error,
+        cause: io::Error,
     },
     #[error(transparent)]
     Source(#[from] SourceError),
@@ -280,7 +280,7 @@ fn from_bundle_error(
             return InstallError::Read {
                 path: path.clone(),
                 part,
-                source,
+                cause: source,
             }
         }
         (BundleSource::Stdin, E::Truncated { part }) => TransportError::InputEnded { part },

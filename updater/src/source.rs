@@ -20,8 +20,8 @@ use crate::config::DownloadConfig;
 pub enum SourceError {
     // The message carries the cause, so it is not `#[source]`: an error chain would print the
     // OS error twice.
-    #[error("open {}: {source}", path.display())]
-    File { path: PathBuf, source: io::Error },
+    #[error("open {}: {cause}", path.display())]
+    File { path: PathBuf, cause: io::Error },
     #[error("{} is a directory, not a bundle file", path.display())]
     IsDirectory { path: PathBuf },
     #[error("stdin can only be read once from the start (asked for offset {offset})")]
@@ -110,9 +110,9 @@ impl BundleSource {
     ) -> Result<Opened, SourceError> {
         match self {
             BundleSource::File(path) => {
-                let file_error = |source| SourceError::File {
+                let file_error = |cause| SourceError::File {
                     path: path.clone(),
-                    source,
+                    cause,
                 };
                 let mut file = File::open(path).map_err(file_error)?;
                 let metadata = file.metadata().map_err(file_error)?;
@@ -339,19 +339,23 @@ fn retryable(status: StatusCode) -> bool {
 
 /// Whether a read error is a timeout (reqwest's per-read timeout, or the OS's).
 pub fn is_timeout(error: &io::Error) -> bool {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    if matches!(
+        error.kind(),
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+    ) {
+        return true;
+    }
+    // An io::Error's `source()` skips the error it wraps: start from that one.
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = error
+        .get_ref()
+        .map(|inner| inner as &(dyn std::error::Error + 'static));
     while let Some(error) = cause {
-        if let Some(io) = error.downcast_ref::<io::Error>() {
-            if matches!(
-                io.kind(),
-                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
-            ) {
-                return true;
-            }
-        }
         if error
             .downcast_ref::<reqwest::Error>()
             .is_some_and(reqwest::Error::is_timeout)
+            || error
+                .downcast_ref::<io::Error>()
+                .is_some_and(|io| io.kind() == io::ErrorKind::TimedOut)
         {
             return true;
         }
