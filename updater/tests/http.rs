@@ -263,3 +263,39 @@ fn a_content_length_other_than_the_signed_length_is_refused_before_the_slot_is_t
         assert_eq!(server.requests().len(), 1, "{name}: not retried");
     }
 }
+
+/// Regression (found with the fault campaign's fixes): a connection cut inside the header or
+/// manifest was "bundle rejected: bundle truncated in the manifest" (exit 3, a bad bundle)
+/// and not retried.
+#[test]
+fn a_cut_before_the_payload_is_retried_not_rejected() {
+    let (robot, image, bundle) = setup(26);
+    let server = Server::start(bundle, vec![Action::CutAfter(20), Action::CutAfter(100)]);
+    ok(robot.run(&["install", &server.url]), "install");
+    assert_eq!(&robot.slot("B")[..image.len()], &image[..]);
+    let requests = server.requests();
+    assert_eq!(requests.len(), 3, "{requests:?}");
+    assert!(requests.iter().all(|request| request.range_start.is_none()));
+}
+
+/// An answer without a Content-Length cannot be checked up front: bytes after the bundle are
+/// found after the image and refused before the trial is armed, as from stdin.
+#[test]
+fn trailing_bytes_without_a_content_length_are_refused_before_the_trial_is_armed() {
+    let (robot, _, bundle) = setup(27);
+    let padded = [&bundle[..], &[0u8; 10][..]].concat();
+    let server = Server::start(padded, vec![Action::ServeWithoutLength]);
+    let output = robot.run(&["install", &server.url]);
+    let stderr = stderr(&output);
+    assert_eq!(exit_code(&output), 3, "{stderr}");
+    assert!(
+        stderr.contains("goes on after the bundle's end"),
+        "{stderr}"
+    );
+    assert_eq!(robot.state_name(), "installing");
+    assert_eq!(robot.next_boot(), "A", "no trial of B");
+
+    let server = Server::start(bundle, vec![Action::ServeWithoutLength]);
+    ok(robot.run(&["install", &server.url]), "the bundle alone");
+    assert_eq!(robot.state_name(), "reboot-pending");
+}

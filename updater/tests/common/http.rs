@@ -19,6 +19,8 @@ pub enum Action {
     /// Send headers for the whole answer, then this many body bytes, then nothing more while
     /// keeping the connection open (for a minute).
     StallAfter(usize),
+    /// Serve without a Content-Length: the body ends when the connection closes.
+    ServeWithoutLength,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,6 +104,9 @@ fn serve(
     let mut stream = stream;
     let start = range_start.unwrap_or(0) as usize;
     let head = match (&action, range_start) {
+        (Action::ServeWithoutLength, None) => {
+            "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n".to_owned()
+        }
         (Action::Status(status), _) => {
             format!("HTTP/1.1 {status} Planned\r\nContent-Length: 0\r\nRetry-After: 0\r\nConnection: close\r\n\r\n")
         }
@@ -123,7 +128,7 @@ fn serve(
     let sent = match action {
         Action::Status(_) => &rest[..0],
         Action::CutAfter(bytes) | Action::StallAfter(bytes) => &rest[..bytes.min(rest.len())],
-        Action::Serve => rest,
+        Action::Serve | Action::ServeWithoutLength => rest,
     };
     // The client may hang up early (it saw enough or failed): not the server's problem.
     if stream.write_all(sent).is_ok() {
