@@ -20,6 +20,7 @@
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -126,6 +127,8 @@ pub enum Refusal {
     WrongLength { expected: u64, actual: u64 },
     #[error("the input goes on after the bundle's end (its signed length is {length} bytes)")]
     TrailingBytes { length: u64 },
+    #[error("the source has {length} bytes and ends inside the bundle's {part} (truncated)")]
+    ShortSource { part: Part, length: u64 },
     #[error("{0}")]
     TooBig(SinkError),
     #[error("a trial is in progress ({0}); run `rota-updater commit` (at boot) first")]
@@ -361,6 +364,20 @@ impl<'a> Reconnects<'a> {
         );
         self.backoff.wait(None);
         Ok(())
+    }
+}
+
+/// Counts the bytes read through it (for a reader handed away).
+struct Counted<R> {
+    inner: R,
+    count: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
     }
 }
 
@@ -645,8 +662,24 @@ pub fn install(
     let mut reconnects = Reconnects::new(download, source);
     let (bundle, source_length) = loop {
         let opened = source.open_at(0, http.as_ref(), None)?;
-        match BundleReader::open_with(opened.reader, ctx.keyring, read_options()) {
+        let arrived = Arc::new(AtomicU64::new(0));
+        let reader = Counted {
+            inner: opened.reader,
+            count: arrived.clone(),
+        };
+        match BundleReader::open_with(reader, ctx.keyring, read_options()) {
             Ok(bundle) => break (bundle, opened.length),
+            // All the source said it has arrived, and the bundle's header wants more: the
+            // bundle is short, not the transfer.
+            Err(rota_bundle::Error::Truncated { part })
+                if opened.length == Some(arrived.load(Ordering::Relaxed)) =>
+            {
+                return Err(Refusal::ShortSource {
+                    part,
+                    length: arrived.load(Ordering::Relaxed),
+                }
+                .into());
+            }
             Err(error) => reconnects.after(classify(error))?,
         }
     };

@@ -299,3 +299,21 @@ fn trailing_bytes_without_a_content_length_are_refused_before_the_trial_is_armed
     ok(robot.run(&["install", &server.url]), "the bundle alone");
     assert_eq!(robot.state_name(), "reboot-pending");
 }
+
+/// A server that sends all it promised (its Content-Length) and the bundle's header wants
+/// more: the file is short, and asking again cannot help (exit 3 at once, not retries for the
+/// whole retry budget).
+#[test]
+fn an_answer_that_ends_inside_the_manifest_as_promised_is_refused_not_retried() {
+    let (robot, _, bundle) = setup(28);
+    let short = bundle[..200].to_vec();
+    let server = Server::start(short, Vec::new());
+    let output = robot.run(&["install", &server.url]);
+    let stderr = stderr(&output);
+    assert_eq!(exit_code(&output), 3, "{stderr}");
+    assert!(
+        stderr.contains("the source has 200 bytes and ends inside the bundle's manifest"),
+        "{stderr}"
+    );
+    assert_eq!(server.requests().len(), 1);
+}
