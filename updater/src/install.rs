@@ -7,8 +7,10 @@
 //!    and the record claims nothing about it (a trial armed earlier that boots before the
 //!    mark is refused by `commit`, never completed);
 //! 4. stream source → verify and decompress (rota-bundle, on all cores) → slot, checkpointing
-//!    progress after an fsync every `checkpoint_bytes`, and reopening the source at the last
-//!    verified chunk (HTTP Range) after a transport error;
+//!    progress after an fsync every `checkpoint_bytes`, and reopening the source at the first
+//!    chunk that did not arrive whole (HTTP Range) after a transport error, for as long as
+//!    `download.retry_budget_secs` since the last verified chunk allows; a source that cannot
+//!    tell its length up front (stdin) is checked for bytes after the bundle's end;
 //! 5. fsync, record "installed" (every chunk verified and durable), and only then set the
 //!    one-shot trial and record "reboot pending".
 //!
@@ -661,7 +663,9 @@ pub fn install(
     let classify = |error| from_bundle_error(error, source, download.timeout);
     let mut reconnects = Reconnects::new(download, source);
     let (bundle, source_length) = loop {
-        let opened = source.open_at(0, http.as_ref(), None)?;
+        // The first request gets `download.retries` attempts; after a broken one, the budget.
+        let until = (reconnects.count > 0).then(|| reconnects.deadline());
+        let opened = source.open_at(0, http.as_ref(), until)?;
         let arrived = Arc::new(AtomicU64::new(0));
         let reader = Counted {
             inner: opened.reader,

@@ -2,8 +2,10 @@
 //!
 //! A source is opened at a byte offset: 0 for a fresh install, the start of the first chunk not
 //! yet in the slot for a resume (an HTTP Range request). Opening retries transport errors and
-//! 408/429/5xx answers with exponential backoff; errors in the middle of a body are retried by
-//! the installer, which reopens at the last verified chunk.
+//! 408/429/5xx answers with exponential backoff (`download.retries` times, or until a deadline);
+//! errors in the middle of a body are retried by the installer, which reopens at the first
+//! chunk that did not arrive whole, within `download.retry_budget_secs` of the last verified
+//! one. An opened source also tells the bundle's length when it knows it.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
