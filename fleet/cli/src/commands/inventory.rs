@@ -223,7 +223,11 @@ pub fn groups(api: &Api, action: Option<GroupsCommand>, json: bool) -> anyhow::R
         Some(GroupsCommand::Create { name }) => {
             let group: Group =
                 api.send_json::<(), _>(Method::PUT, &format!("/groups/{name}"), None)?;
-            note!("group {} has {} robots", group.name, group.robots.len());
+            note!(
+                "group {} has {}",
+                group.name,
+                output::count(group.robots.len(), "robot", "robots")
+            );
             if json {
                 return output::json(&group);
             }

@@ -316,9 +316,10 @@ pub fn strategy_text(strategy: &Strategy) -> String {
             guard: g,
         } => format!(
             "canary {} then {}{}",
-            group
-                .clone()
-                .unwrap_or_else(|| format!("{} robots", count.unwrap_or(1))),
+            group.clone().unwrap_or_else(|| {
+                let n = count.unwrap_or(1) as usize;
+                output::count(n, "robot", "robots")
+            }),
             wait_secs.map_or("on approval".into(), |w| format!("after {w}s")),
             guard(g)
         ),
