@@ -18,9 +18,9 @@ use crate::when::When;
 /// Exit codes: 0 success (also when the reader of stdout stops early, as `| head` does);
 /// 1 error (unreachable server, refused call, bad input); 2 command-line error; 3 `--wait`
 /// ended with robots rolled back or failed, or the rollout halted; 4 `--wait` timed out;
-/// 5 `--wait` ended with no robot updated (every robot skipped or cancelled).
+/// 5 the deployment ended with no robot updated (every robot skipped or cancelled).
 ///
-/// With --json, an error is one line of JSON on stderr:
+/// With --json, an error is one line of JSON, the last on stderr:
 /// {"error":{"message":"...","status":404,"code":"not_found"}} (status is null when the server
 /// did not answer; code is the server's error code, or unreachable, usage or error).
 #[derive(Debug, Parser)]

@@ -21,8 +21,9 @@ pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_ROBOTS_FAILED: u8 = 3;
 /// Exit code for a `--wait` that timed out.
 pub const EXIT_TIMED_OUT: u8 = 4;
-/// Exit code for a `--wait` whose deployment ended without updating any robot: every robot
-/// was skipped (it rolled back from that release before) or cancelled.
+/// Exit code for a deployment that ended without updating any robot (with `--wait`, or at once
+/// when it ended as it was made): every robot was skipped (it rolled back from that release
+/// before) or cancelled.
 pub const EXIT_NO_ROBOT_UPDATED: u8 = 5;
 
 /// An error as `rota` reports it: `rota: error: MESSAGE` on stderr, or under `--json` one line

@@ -165,6 +165,8 @@ fn a_deployment_whose_robots_were_all_skipped_is_not_a_success() {
     assert!(stderr.contains("no robot updated"), "{stderr}");
     assert!(!stderr.contains("succeeded"), "{stderr}");
     assert!(stderr.contains("1 robot targeted"), "{stderr}");
+    let no_wait = server.rota(ADMIN_KEY, &["deploy", "2.1.0", "--to", "all"]);
+    assert_eq!(no_wait.status.code(), Some(5), "{}", text(&no_wait.stderr));
     let id = text(&again.stdout).trim().to_string();
     let deployment = server.get(&format!("/deployments/{id}"));
     assert_eq!(deployment["state"], "no_robot_updated", "{deployment:#}");

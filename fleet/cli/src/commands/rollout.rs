@@ -82,7 +82,9 @@ pub fn finish(
     json: bool,
 ) -> anyhow::Result<Outcome> {
     note!("{}", describe(created));
-    let (last, outcome) = if wait.wait {
+    // A deployment that ended as it was made (every robot skipped) is reported as --wait
+    // would report it, exit code included.
+    let (last, outcome) = if wait.wait || created.state.is_final() {
         deploy::watch(api, created, Duration::from_secs(wait.timeout))?
     } else {
         (created.clone(), Outcome::Done)
