@@ -51,6 +51,14 @@ macro_rules! note {
     }};
 }
 
+/// Runs `print`; a closed stdout is no error here (the caller's exit code still stands).
+pub fn unless_closed(print: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
+    match print() {
+        Err(err) if err.is::<StdoutClosed>() => Ok(()),
+        other => other,
+    }
+}
+
 pub fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     outln!("{}", serde_json::to_string_pretty(value)?);
     Ok(())

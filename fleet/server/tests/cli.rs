@@ -167,6 +167,9 @@ fn a_deployment_whose_robots_were_all_skipped_is_not_a_success() {
     assert!(stderr.contains("1 robot targeted"), "{stderr}");
     let no_wait = server.rota(ADMIN_KEY, &["deploy", "2.1.0", "--to", "all"]);
     assert_eq!(no_wait.status.code(), Some(5), "{}", text(&no_wait.stderr));
+    // Nobody reading stdout any more does not turn it into a success either.
+    let piped = rota_into_closed_pipe(&server.url, &["deploy", "2.1.0", "--to", "all"]);
+    assert_eq!(piped.status.code(), Some(5), "{}", text(&piped.stderr));
     let id = text(&again.stdout).trim().to_string();
     let deployment = server.get(&format!("/deployments/{id}"));
     assert_eq!(deployment["state"], "no_robot_updated", "{deployment:#}");

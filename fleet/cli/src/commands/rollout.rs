@@ -89,11 +89,15 @@ pub fn finish(
     } else {
         (created.clone(), Outcome::Done)
     };
-    if json {
-        output::json(&last)?;
-    } else {
-        outln!("{}", last.id);
-    }
+    // The outcome decides the exit code even when nobody reads stdout any more.
+    output::unless_closed(|| {
+        if json {
+            output::json(&last)?;
+        } else {
+            outln!("{}", last.id);
+        }
+        Ok(())
+    })?;
     Ok(outcome)
 }
 
@@ -162,11 +166,14 @@ pub fn rollback(
             deployments: finished,
             ..outcome
         };
-        output::json(&with_dry_run(&outcome, false)?)?;
+        output::unless_closed(|| output::json(&with_dry_run(&outcome, false)?))?;
     } else {
-        for deployment in &finished {
-            outln!("{}", deployment.id);
-        }
+        output::unless_closed(|| {
+            for deployment in &finished {
+                outln!("{}", deployment.id);
+            }
+            Ok(())
+        })?;
     }
     Ok(worst)
 }
