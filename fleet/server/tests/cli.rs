@@ -410,6 +410,21 @@ fn publish_progress_piped_is_one_parseable_line() {
     assert!(text(&out.stdout).trim().starts_with("rel_"));
 }
 
+/// The subcommands `rota ARGS --help` lists under `Commands:` (without `help`).
+fn subcommands(server: &str, args: &[&str]) -> Vec<String> {
+    let mut help = args.to_vec();
+    help.push("--help");
+    let out = text(&rota_at(server, &help).stdout);
+    out.lines()
+        .skip_while(|line| line.trim_end() != "Commands:")
+        .skip(1)
+        .take_while(|line| !line.trim().is_empty())
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| *name != "help")
+        .map(str::to_string)
+        .collect()
+}
+
 /// On a terminal the upload is one redrawn bar, not a line per 10%. Runs `rota` on a pseudo
 /// terminal through util-linux `script` (skipped where there is none).
 #[test]
@@ -495,6 +510,25 @@ fn every_command_with_help_json_a_closed_pipe_and_an_unreachable_server() {
         vec!["keys", "create", "ci", "--role", "deployer"],
         vec!["keys", "revoke", "key_nobody"],
     ];
+    // The table covers every command `rota --help` lists, nested ones included.
+    let mut listed = Vec::new();
+    for top in subcommands(&server.url, &[]) {
+        let nested = subcommands(&server.url, &[top.as_str()]);
+        if nested.is_empty() {
+            listed.push(top);
+        } else {
+            listed.extend(nested.into_iter().map(|sub| format!("{top} {sub}")));
+        }
+    }
+    assert!(listed.len() >= 28, "only {listed:?} in rota --help");
+    for command in &listed {
+        assert!(
+            commands
+                .iter()
+                .any(|args| args.join(" ").starts_with(command.as_str())),
+            "`rota {command}` is missing from the table"
+        );
+    }
     let documented = [0, 1, 2, 3, 4, 5];
     for args in &commands {
         let name = args.join(" ");
