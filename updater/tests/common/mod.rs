@@ -4,8 +4,10 @@
 //! the rota-bundle writer.
 #![allow(dead_code)]
 
+pub mod blockdev;
 pub mod fleet;
 pub mod http;
+pub mod recorder;
 
 use std::fs;
 use std::path::{Path, PathBuf};
