@@ -7,6 +7,7 @@
 pub mod blockdev;
 pub mod fleet;
 pub mod http;
+pub mod power_cut;
 pub mod recorder;
 
 use std::fs;
