@@ -5,7 +5,10 @@
 //!   fail → record the failing check, mark bad, reboot into the previous slot;
 //! - booted the other slot although a trial was pending: the bootloader gave up (panic, hang,
 //!   watchdog reset used the attempts up) → "rolled back" with that reason;
-//! - booted the previous slot after a failed check: "rolled back" with the check's name.
+//! - booted the previous slot after a failed check: "rolled back" with the check's name;
+//! - booted on trial a slot the state says is still being written (a trial armed by an earlier
+//!   install, which a power cut let boot before the new install marked the slot bad): its
+//!   bytes are unverified, so it is marked bad and the board reboots; the install resumes.
 //!
 //! Each step saves the state before acting on the boot env, so a power cut anywhere leaves a
 //! state that the next boot's `commit` continues from.
@@ -19,7 +22,7 @@ use crate::failpoint;
 use crate::health::{self, Verdict};
 use crate::notify::Notifier;
 use crate::state::{Lifecycle, RollbackReason, TransitionError};
-use crate::store::{Store, StoreError};
+use crate::store::{StoreError, StoreLock};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CommitError {
@@ -56,12 +59,18 @@ pub enum CommitOutcome {
         reason: RollbackReason,
         failed_check: Option<String>,
     },
+    /// Booted on trial a slot whose install never finished: nothing proves what it holds. It
+    /// is marked bad and a reboot was requested; the install stays recorded, to be resumed.
+    UnverifiedTrial {
+        slot: Slot,
+    },
 }
 
 pub struct CommitContext<'a> {
     pub config: &'a Config,
     pub bootctl: &'a BootCtl,
-    pub store: &'a Store,
+    /// Held by the caller: commit writes the state and the boot env.
+    pub store: &'a StoreLock,
     pub notifier: &'a Notifier,
 }
 
@@ -94,22 +103,46 @@ fn confirm_booted_slot(bootctl: &BootCtl, booted: Slot) -> Result<(), CommitErro
     Ok(())
 }
 
+fn in_trial(ctx: &CommitContext, slot: Slot) -> Result<bool, CommitError> {
+    Ok(matches!(
+        ctx.bootctl.status()?.state(slot),
+        SlotState::Trial { .. }
+    ))
+}
+
 pub fn commit(ctx: &CommitContext) -> Result<CommitOutcome, CommitError> {
     let mut state = ctx.store.load()?;
     let booted = ctx.bootctl.booted_slot()?;
 
-    // The trial was set but the power went before "reboot pending" was saved: every hash had
-    // matched (the trial is set only after), so the install is complete.
-    if let Lifecycle::Installing { slot, .. } = &state.lifecycle {
-        let slot = *slot;
-        let in_trial = matches!(ctx.bootctl.status()?.state(slot), SlotState::Trial { .. });
-        if slot == booted && in_trial {
-            log::warn!(
-                "booted slot {slot} on trial with the install unrecorded: completing the record"
-            );
+    match state.lifecycle {
+        // The trial was set but the power went before "reboot pending" was saved. `Installed`
+        // is saved only after every chunk was verified and fsynced: the record is complete.
+        Lifecycle::Installed { slot, .. } if slot == booted && in_trial(ctx, slot)? => {
+            log::warn!("booted slot {slot} on trial before its trial was recorded: recording it");
             state.finish_install()?;
             ctx.store.save(&state)?;
         }
+        // Armed, then the attempts were used up before anything was recorded.
+        Lifecycle::Installed { slot, .. }
+            if slot != booted
+                && ctx.bootctl.status()?.state(slot) == (SlotState::Trial { attempts_left: 0 }) =>
+        {
+            log::warn!("slot {slot} used its trial attempts up before its trial was recorded");
+            state.finish_install()?;
+        }
+        // Never completed from this record: whatever the slot holds, this install did not
+        // verify it (the trial was armed by an earlier install of the same slot).
+        Lifecycle::Installing { slot, .. } if slot == booted && in_trial(ctx, slot)? => {
+            log::error!(
+                "booted slot {slot} on trial, but the state says an install into it never \
+                 finished: its contents are unverified; marking it bad and rebooting"
+            );
+            ctx.bootctl.mark_bad(slot)?;
+            failpoint::hit("after-mark-bad-unverified");
+            request_reboot(ctx.config)?;
+            return Ok(CommitOutcome::UnverifiedTrial { slot });
+        }
+        _ => {}
     }
 
     let outcome = match state.lifecycle.clone() {
@@ -202,7 +235,10 @@ pub fn commit(ctx: &CommitContext) -> Result<CommitOutcome, CommitError> {
     ) {
         confirm_booted_slot(ctx.bootctl, booted)?;
     }
-    if !matches!(outcome, CommitOutcome::TrialFailed { .. }) {
+    if !matches!(
+        outcome,
+        CommitOutcome::TrialFailed { .. } | CommitOutcome::UnverifiedTrial { .. }
+    ) {
         ctx.notifier.ready(match &outcome {
             CommitOutcome::Committed { .. } => "committed",
             CommitOutcome::RolledBack { .. } => "rolled back",

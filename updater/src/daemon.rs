@@ -49,7 +49,7 @@ use crate::outbox::{Outbox, OutboxError};
 use crate::progress::Progress;
 use crate::source::{BundleSource, SourceError};
 use crate::state::{Lifecycle, Sha256Digest, State};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, StoreLock};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -207,7 +207,8 @@ pub fn queue_commit_reports(
         return Ok(0);
     };
     let events = match outcome {
-        CommitOutcome::NothingPending => Vec::new(),
+        // The install is resumed and reports on its own.
+        CommitOutcome::NothingPending | CommitOutcome::UnverifiedTrial { .. } => Vec::new(),
         CommitOutcome::Committed { .. } => vec![RobotEvent::Trial, RobotEvent::Committed],
         CommitOutcome::TrialFailed { .. } => vec![RobotEvent::Trial],
         CommitOutcome::RolledBack { .. } => vec![RobotEvent::RolledBack {
@@ -563,14 +564,23 @@ impl<'a> Daemon<'a> {
 
     fn work_on(&mut self, assignment: &Assignment) -> Result<Worked, DaemonError> {
         let deployment_id = assignment.deployment_id.as_str();
-        let mut state = self.ctx.store.load()?;
+        // Held until the assignment is handled: an install by hand must not interleave.
+        let lock = match self.ctx.store.lock() {
+            Ok(lock) => lock,
+            Err(busy @ StoreError::Busy { .. }) => {
+                log::info!("deployment {deployment_id} waits: {busy}");
+                return Ok(Worked::Retry(busy.into()));
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let mut state = lock.load()?;
         let digest = Sha256Digest::from_hex(&assignment.manifest_hash);
         let new_deployment = state.deployment_id.as_deref() != Some(deployment_id);
 
         if !new_deployment {
             match &state.lifecycle {
                 // Interrupted (or failed for want of network): continue, resuming.
-                Lifecycle::Installing { .. } | Lifecycle::Idle => {}
+                Lifecycle::Installing { .. } | Lifecycle::Installed { .. } | Lifecycle::Idle => {}
                 Lifecycle::RebootPending { .. } => return Ok(Worked::Done),
                 Lifecycle::Trial { .. } | Lifecycle::TrialFailed { .. } => {
                     log::info!("deployment {deployment_id}: trial boot in progress");
@@ -636,14 +646,14 @@ impl<'a> Daemon<'a> {
             // Remembered before anything else, so every later report names this deployment.
             state.deployment_id = Some(deployment_id.to_owned());
             state.update_window = assignment.update_window.as_ref().map(ToString::to_string);
-            self.ctx.store.save(&state)?;
+            lock.save(&state)?;
         }
         if let Some(digest) = digest {
-            if let Some(worked) = self.switch_if_held(assignment, &digest)? {
+            if let Some(worked) = self.switch_if_held(&lock, assignment, &digest)? {
                 return Ok(worked);
             }
         }
-        self.install(assignment)
+        self.install(&lock, assignment)
     }
 
     /// Reports `waiting_for_window` when the opening is news, and keeps the assignment to
@@ -671,16 +681,12 @@ impl<'a> Daemon<'a> {
     /// `None` when it does not (or cannot be trusted to): install as usual.
     fn switch_if_held(
         &mut self,
+        lock: &StoreLock,
         assignment: &Assignment,
         digest: &Sha256Digest,
     ) -> Result<Option<Worked>, DaemonError> {
         let deployment_id = assignment.deployment_id.as_str();
-        let context = Context {
-            config: self.ctx.config,
-            bootctl: self.ctx.bootctl,
-            keyring: self.ctx.keyring,
-            store: self.ctx.store,
-        };
+        let context = self.install_context(lock);
         match install::switch_to_inactive_slot(&context, digest, &install_options(assignment)) {
             Ok(None) => Ok(None),
             Ok(Some(report)) => {
@@ -715,7 +721,23 @@ impl<'a> Daemon<'a> {
         }
     }
 
-    fn install(&mut self, assignment: &Assignment) -> Result<Worked, DaemonError> {
+    fn install_context<'l>(&self, lock: &'l StoreLock) -> Context<'l>
+    where
+        'a: 'l,
+    {
+        Context {
+            config: self.ctx.config,
+            bootctl: self.ctx.bootctl,
+            keyring: self.ctx.keyring,
+            store: lock,
+        }
+    }
+
+    fn install(
+        &mut self,
+        lock: &StoreLock,
+        assignment: &Assignment,
+    ) -> Result<Worked, DaemonError> {
         let deployment_id = assignment.deployment_id.as_str();
         log::info!(
             "deployment {deployment_id}: installing {} from {}",
@@ -744,12 +766,7 @@ impl<'a> Daemon<'a> {
             self.queue(deployment_id, RobotEvent::Installing)?;
         }
         let options = install_options(assignment);
-        let context = Context {
-            config: self.ctx.config,
-            bootctl: self.ctx.bootctl,
-            keyring: self.ctx.keyring,
-            store: self.ctx.store,
-        };
+        let context = self.install_context(lock);
         let mut progress = ReportingProgress {
             outbox: &self.outbox,
             deployment_id,

@@ -25,6 +25,7 @@ pub const ALL: &[&str] = &[
     "before-mark-good",
     "after-mark-good",
     "after-mark-bad-trial",
+    "after-mark-bad-unverified",
     "after-download-write",
 ];
 

@@ -3,14 +3,19 @@
 //! Order matters, and is the point of this module:
 //! 1. open the bundle and verify its signature (nothing else is read before that);
 //! 2. check compatible string, anti-rollback floor, version, denylist, length, slot size;
-//! 3. record "installing" and mark the target slot bad: from here on it may hold anything;
+//! 3. record "installing", then mark the target slot bad: from here on it may hold anything,
+//!    and the record claims nothing about it (a trial armed earlier that boots before the
+//!    mark is refused by `commit`, never completed);
 //! 4. stream source → verify and decompress (rota-bundle, on all cores) → slot, checkpointing
 //!    progress after an fsync every `checkpoint_bytes`, and reopening the source at the last
 //!    verified chunk (HTTP Range) after a transport error;
-//! 5. fsync, and only then set the one-shot trial and record "reboot pending".
+//! 5. fsync, record "installed" (every chunk verified and durable), and only then set the
+//!    one-shot trial and record "reboot pending".
 //!
-//! A bundle refused in 1–2 never touches the slot or the boot environment. When the inactive
-//! slot still holds the bundle, [`switch_to_inactive_slot`] takes steps 2, 3 and 5 alone.
+//! All of it under the state's lock ([`StoreLock`]): one process at a time. A bundle refused
+//! in 1–2 never touches the slot or the boot environment. When the inactive slot still holds
+//! the bundle, [`switch_to_inactive_slot`] records "installed" and takes step 5's last two
+//! steps alone.
 
 use std::fs::{self, File};
 use std::io;
@@ -28,8 +33,11 @@ use crate::failpoint;
 use crate::progress::Progress;
 use crate::sink::{Guard, SinkError, SlotWriter};
 use crate::source::{Backoff, BundleSource, HttpFetcher, SourceError};
-use crate::state::{BundleInfo, InstallProgress, Lifecycle, Sha256Digest, State, TransitionError};
-use crate::store::{Store, StoreError};
+use crate::state::{
+    BundleInfo, InstallPermissions, InstallProgress, Lifecycle, Sha256Digest, State,
+    TransitionError,
+};
+use crate::store::{StoreError, StoreLock};
 
 /// Default bytes between durable progress checkpoints (each costs an fsync of the slot).
 /// A resume also finds chunks written after the last checkpoint, so checkpoints only bound the
@@ -47,12 +55,12 @@ const RUN_BYTES: usize = 1 << 20;
 /// 13 MiB peak RSS here, 256 KiB 8.6 MiB, at a 10% difference in time).
 const COMPRESSED_RUN_BYTES: usize = 256 << 10;
 
-/// What `install` needs from the outside world.
+/// What `install` needs from the outside world; the caller holds the state's lock.
 pub struct Context<'a> {
     pub config: &'a Config,
     pub bootctl: &'a BootCtl,
     pub keyring: &'a Keyring,
-    pub store: &'a Store,
+    pub store: &'a StoreLock,
 }
 
 #[derive(Debug, Clone)]
@@ -70,6 +78,24 @@ impl Default for InstallOptions {
             allow_downgrade: false,
             allow_denied: false,
             checkpoint_bytes: DEFAULT_CHECKPOINT_BYTES,
+        }
+    }
+}
+
+impl InstallOptions {
+    /// The options an interrupted install was started with, as its state recorded them.
+    pub fn resuming(state: &State) -> InstallOptions {
+        InstallOptions {
+            allow_downgrade: state.permissions.allow_downgrade,
+            allow_denied: state.permissions.allow_denied,
+            ..InstallOptions::default()
+        }
+    }
+
+    fn permissions(&self) -> InstallPermissions {
+        InstallPermissions {
+            allow_downgrade: self.allow_downgrade,
+            allow_denied: self.allow_denied,
         }
     }
 }
@@ -307,7 +333,7 @@ fn first_unverified_chunk(writer: &SlotWriter, entry: &ImageEntry, checkpointed:
 
 /// Where the stream stands and how to save it.
 struct Checkpointer<'a> {
-    store: &'a Store,
+    store: &'a StoreLock,
     state: State,
     slot: Arc<File>,
     slot_path: PathBuf,
@@ -453,6 +479,20 @@ pub fn install(
     let slot = SlotWriter::open(ctx.config.slot_device(target), &guard)?;
     slot.check_fits(entry.size).map_err(Refusal::TooBig)?;
 
+    // Written and verified before a power cut cut the arming short: arm it.
+    if let Lifecycle::Installed { slot, bundle } = &state.lifecycle {
+        if *slot == target && bundle.digest == info.digest {
+            log::info!("slot {target} already holds the verified bundle: setting its trial");
+            arm_trial(ctx, &mut state, target)?;
+            return Ok(InstallReport {
+                slot: target,
+                bundle: info,
+                resumed_at_chunk: entry.chunks.len() as u64,
+                reconnects: 0,
+            });
+        }
+    }
+
     // 3. Resume the same bundle into the same slot, or start over.
     let resume = match &state.lifecycle {
         Lifecycle::Installing {
@@ -479,7 +519,12 @@ pub fn install(
             first
         }
         None => {
-            state.begin_install(target, info.clone(), source.describe())?;
+            state.begin_install(
+                target,
+                info.clone(),
+                source.describe(),
+                options.permissions(),
+            )?;
             ctx.store.save(&state)?;
             0
         }
@@ -557,9 +602,11 @@ pub fn install(
     // bundle (and its stream) are dropped here at the latest.
     drop(opened);
 
-    // 5. Durable, then bootable.
+    // 5. Durable, recorded, then bootable.
     checkpoint.sync_all()?;
     let mut state = checkpoint.state;
+    state.finish_writing()?;
+    ctx.store.save(&state)?;
     arm_trial(ctx, &mut state, target)?;
     progress.finish();
     log::info!(
@@ -575,10 +622,10 @@ pub fn install(
     })
 }
 
-/// The last step of every install: `target` holds the bundle `state` is installing, complete
-/// and durable. Sets the one-shot trial, then records "reboot pending"; a power cut between the
-/// two is completed by the next boot's `commit` (the trial is set only after every hash
-/// matched).
+/// The last step of every install: `state` records `target` as installed (complete, verified
+/// and durable). Sets the one-shot trial, then records "reboot pending"; a power cut between
+/// the two is completed by the next boot's `commit`, which completes only an `Installed`
+/// record.
 fn arm_trial(ctx: &Context, state: &mut State, target: Slot) -> Result<(), InstallError> {
     failpoint::hit("before-begin-trial");
     ctx.bootctl.begin_trial(target, ctx.config.trial_attempts)?;
@@ -631,11 +678,7 @@ pub fn switch_to_inactive_slot(
         security_version,
     };
     check_bundle(ctx.config, &state, booted, &info, options)?;
-    state.begin_install(
-        target,
-        info.clone(),
-        format!("slot {target} (held the bundle)"),
-    )?;
+    state.begin_switch(target, info.clone(), options.permissions())?;
     ctx.store.save(&state)?;
     arm_trial(ctx, &mut state, target)?;
     log::info!(
@@ -649,6 +692,26 @@ pub fn switch_to_inactive_slot(
         resumed_at_chunk: 0,
         reconnects: 0,
     }))
+}
+
+/// Sets the trial of a slot recorded as installed (written, verified and durable) when a power
+/// cut came before its trial was set: `resume` after such a cut. Needs no bundle.
+pub fn arm_installed(ctx: &Context) -> Result<InstallReport, InstallError> {
+    let mut state = ctx.store.load()?;
+    let Lifecycle::Installed { slot, bundle } = state.lifecycle.clone() else {
+        return Err(TransitionError {
+            transition: "set the trial of an installed slot",
+            from: state.lifecycle.name(),
+        }
+        .into());
+    };
+    arm_trial(ctx, &mut state, slot)?;
+    Ok(InstallReport {
+        slot,
+        bundle,
+        resumed_at_chunk: 0,
+        reconnects: 0,
+    })
 }
 
 /// Lets the workers verify and write the image into the slot until it ends or an error,

@@ -11,24 +11,25 @@ use rota_bundle::Keyring;
 use rota_updater::commit::{self, CommitContext, CommitOutcome};
 use rota_updater::config::{self, Config, ConfigPaths};
 use rota_updater::daemon::{self, Daemon, DaemonContext};
-use rota_updater::install::{self, Context, InstallError, InstallOptions};
+use rota_updater::install::{self, Context, InstallError, InstallOptions, InstallReport};
 use rota_updater::notify::Notifier;
 use rota_updater::source::BundleSource;
-use rota_updater::state::Lifecycle;
-use rota_updater::store::Store;
+use rota_updater::state::{Lifecycle, State};
+use rota_updater::store::{Store, StoreError, StoreLock};
 use rota_updater::{logging, progress, status};
 
 /// Exit codes, also listed in `--help`.
 const EXIT_ERROR: u8 = 1;
 const EXIT_TRIAL_FAILED: u8 = 2;
 const EXIT_BAD_BUNDLE: u8 = 3;
+const EXIT_BUSY: u8 = 5;
 
 #[derive(Parser)]
 #[command(
     name = "rota-updater",
     version,
     about = "Installs signed Rota bundles into the inactive slot, trial-boots them, and commits them after health checks.",
-    after_help = "Exit codes:\n  0  success (for commit: committed, rolled back recorded, or nothing pending)\n  1  error (I/O, boot environment, config, network after all retries)\n  2  commit: a health check failed; the slot is marked bad and a reboot was requested\n  3  install: the bundle was refused (signature, damage, compatible, version, denylist, size)\n\nEnvironment:\n  ROTA_LOG        log level: error, warn, info (default), debug\n  ROTA_FAILPOINT  crash-test hook: NAME[@N] exits at the N-th time NAME is reached"
+    after_help = "Exit codes:\n  0  success (for commit: committed, rolled back recorded, or nothing pending)\n  1  error (I/O, boot environment, config, network after all retries)\n  2  commit: a health check failed; the slot is marked bad and a reboot was requested\n  3  install: the bundle was refused (signature, damage, compatible, version, denylist, size)\n  5  busy: another rota-updater holds the state lock (an install, resume or commit is running)\n\nEnvironment:\n  ROTA_LOG        log level: error, warn, info (default), debug\n  ROTA_FAILPOINT  crash-test hook: NAME[@N] exits at the N-th time NAME is reached"
 )]
 struct Cli {
     /// Read only this config file instead of /usr/lib/rota/updater.toml, /etc/rota/updater.toml
@@ -124,16 +125,32 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
             log::error!("{error:#}");
-            let bad_bundle = error
-                .downcast_ref::<InstallError>()
-                .is_some_and(InstallError::is_bad_bundle);
-            ExitCode::from(if bad_bundle {
-                EXIT_BAD_BUNDLE
-            } else {
-                EXIT_ERROR
-            })
+            ExitCode::from(exit_code(&error))
         }
     }
+}
+
+fn exit_code(error: &anyhow::Error) -> u8 {
+    let busy = error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<StoreError>(),
+            Some(StoreError::Busy { .. })
+        )
+    });
+    if busy {
+        EXIT_BUSY
+    } else if error
+        .downcast_ref::<InstallError>()
+        .is_some_and(InstallError::is_bad_bundle)
+    {
+        EXIT_BAD_BUNDLE
+    } else {
+        EXIT_ERROR
+    }
+}
+
+fn lock(loaded: &Loaded) -> Result<StoreLock> {
+    loaded.store.lock().context("taking the state lock")
 }
 
 fn run(cli: Cli) -> Result<u8> {
@@ -168,25 +185,15 @@ fn run(cli: Cli) -> Result<u8> {
                 &options,
                 reboot,
                 json,
-                false,
             )
         }
         Command::Daemon => {
             let loaded = load(cli.config.clone())?;
             // An install by hand interrupted by a reboot or power cut is finished first (fleet
-            // installs resume when the server offers their assignment again).
-            let state = loaded.store.load().context("reading the state file")?;
-            if let (Lifecycle::Installing { source, .. }, None) =
-                (&state.lifecycle, &state.deployment_id)
-            {
-                install_from(
-                    cli.config,
-                    BundleSource::parse(source),
-                    &InstallOptions::default(),
-                    false,
-                    false,
-                    true,
-                )?;
+            // installs resume when the server offers their assignment again). Whatever happens
+            // to it, the daemon goes on: one bundle must never keep a robot off its fleet.
+            if let Err(error) = resume_by_hand(&loaded) {
+                log::error!("resuming the interrupted install: {error:#}");
             }
             if loaded.config.server.is_none() {
                 log::info!("no [server] in the config: no fleet to poll");
@@ -204,28 +211,24 @@ fn run(cli: Cli) -> Result<u8> {
         }
         Command::Resume { reboot } => {
             let loaded = load(cli.config.clone())?;
-            let state = loaded.store.load().context("reading the state file")?;
-            let Lifecycle::Installing { source, .. } = state.lifecycle else {
+            let lock = lock(&loaded)?;
+            let state = lock.load().context("reading the state file")?;
+            if !is_interrupted(&state) {
                 log::info!("no interrupted install ({})", state.lifecycle.name());
                 return Ok(0);
-            };
-            // Continuing a fleet install keeps its deployment.
-            install_from(
-                cli.config,
-                BundleSource::parse(&source),
-                &InstallOptions::default(),
-                reboot,
-                false,
-                true,
-            )
+            }
+            // Continuing a fleet install keeps its deployment, and every install keeps what
+            // it was allowed when it started.
+            install_locked(&loaded, &lock, &state, reboot, false)
         }
         Command::Commit => {
             let loaded = load(cli.config)?;
+            let lock = lock(&loaded)?;
             let notifier = Notifier::from_env();
             let context = CommitContext {
                 config: &loaded.config,
                 bootctl: &loaded.bootctl,
-                store: &loaded.store,
+                store: &lock,
                 notifier: &notifier,
             };
             let outcome = commit::commit(&context)?;
@@ -238,7 +241,9 @@ fn run(cli: Cli) -> Result<u8> {
             }
             println!("{}", describe(&outcome));
             Ok(match outcome {
-                CommitOutcome::TrialFailed { .. } => EXIT_TRIAL_FAILED,
+                CommitOutcome::TrialFailed { .. } | CommitOutcome::UnverifiedTrial { .. } => {
+                    EXIT_TRIAL_FAILED
+                }
                 _ => 0,
             })
         }
@@ -252,6 +257,9 @@ fn describe(outcome: &CommitOutcome) -> String {
         CommitOutcome::TrialFailed { slot, check, .. } => {
             format!("trial of slot {slot} failed check {check:?}; rebooting")
         }
+        CommitOutcome::UnverifiedTrial { slot } => format!(
+            "slot {slot} booted on trial but its install never finished: marked bad; rebooting"
+        ),
         CommitOutcome::RolledBack {
             slot,
             reason,
@@ -263,37 +271,117 @@ fn describe(outcome: &CommitOutcome) -> String {
     }
 }
 
+/// An install interrupted by a reboot or power cut: `resume` continues it.
+fn is_interrupted(state: &State) -> bool {
+    matches!(
+        state.lifecycle,
+        Lifecycle::Installing { .. } | Lifecycle::Installed { .. }
+    )
+}
+
+/// The daemon's start: resumes an install by hand (no deployment) with what it was allowed.
+/// A bundle refused now (a key was revoked, say) is abandoned, so the next start does not try
+/// it again.
+fn resume_by_hand(loaded: &Loaded) -> Result<()> {
+    let state = loaded.store.load().context("reading the state file")?;
+    if !is_interrupted(&state) || state.deployment_id.is_some() {
+        return Ok(());
+    }
+    let lock = lock(loaded)?;
+    let state = lock.load().context("reading the state file")?;
+    if !is_interrupted(&state) || state.deployment_id.is_some() {
+        return Ok(());
+    }
+    match install_locked(loaded, &lock, &state, false, false) {
+        Ok(_) => Ok(()),
+        Err(error) if exit_code(&error) == EXIT_BAD_BUNDLE => {
+            let mut state = lock.load().context("reading the state file")?;
+            if state.abandon_install().is_ok() {
+                lock.save(&state).context("writing the state file")?;
+                log::error!("abandoned the interrupted install: its bundle is refused now");
+            }
+            Err(error)
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// Continues the install `state` records, with the permissions it recorded.
+fn install_locked(
+    loaded: &Loaded,
+    lock: &StoreLock,
+    state: &State,
+    reboot: bool,
+    json: bool,
+) -> Result<u8> {
+    let source = match &state.lifecycle {
+        Lifecycle::Installing { source, .. } => BundleSource::parse(source),
+        Lifecycle::Installed { .. } => {
+            let keyring =
+                Keyring::load_dir(&loaded.config.keyring_dir).context("loading the keyring")?;
+            let context = Context {
+                config: &loaded.config,
+                bootctl: &loaded.bootctl,
+                keyring: &keyring,
+                store: lock,
+            };
+            let report =
+                install::arm_installed(&context).context("setting the installed slot's trial")?;
+            return finish(loaded, &report, reboot, json);
+        }
+        _ => return Ok(0),
+    };
+    run_install(
+        loaded,
+        lock,
+        &source,
+        &InstallOptions::resuming(state),
+        reboot,
+        json,
+    )
+}
+
 fn install_from(
     config_path: Option<PathBuf>,
     source: BundleSource,
     options: &InstallOptions,
     reboot: bool,
     json: bool,
-    keep_deployment: bool,
 ) -> Result<u8> {
     let loaded = load(config_path)?;
-    let keyring = Keyring::load_dir(&loaded.config.keyring_dir).context("loading the keyring")?;
-    if !keep_deployment {
-        // An install by hand belongs to no fleet deployment: its outcome must not be reported
-        // under the deployment of an earlier one, nor its reboot wait for that one's window.
-        let mut state = loaded.store.load().context("reading the state file")?;
-        let had_window = state.update_window.take().is_some();
-        if state.deployment_id.take().is_some() || had_window {
-            loaded
-                .store
-                .save(&state)
-                .context("writing the state file")?;
-        }
+    let lock = lock(&loaded)?;
+    // An install by hand belongs to no fleet deployment: its outcome must not be reported
+    // under the deployment of an earlier one, nor its reboot wait for that one's window.
+    let mut state = lock.load().context("reading the state file")?;
+    let had_window = state.update_window.take().is_some();
+    if state.deployment_id.take().is_some() || had_window {
+        lock.save(&state).context("writing the state file")?;
     }
+    run_install(&loaded, &lock, &source, options, reboot, json)
+}
+
+fn run_install(
+    loaded: &Loaded,
+    lock: &StoreLock,
+    source: &BundleSource,
+    options: &InstallOptions,
+    reboot: bool,
+    json: bool,
+) -> Result<u8> {
+    let keyring = Keyring::load_dir(&loaded.config.keyring_dir).context("loading the keyring")?;
     let context = Context {
         config: &loaded.config,
         bootctl: &loaded.bootctl,
         keyring: &keyring,
-        store: &loaded.store,
+        store: lock,
     };
     let mut progress = progress::for_stderr("install");
-    let report = install::install(&context, &source, options, progress.as_mut())
+    let report = install::install(&context, source, options, progress.as_mut())
         .with_context(|| format!("installing {}", source.describe()))?;
+    finish(loaded, &report, reboot, json)
+}
+
+fn finish(loaded: &Loaded, report: &InstallReport, reboot: bool, json: bool) -> Result<u8> {
     if json {
         println!(
             "{}",

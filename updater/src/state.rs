@@ -112,6 +112,11 @@ pub enum Lifecycle {
         output: String,
         at: u64,
     },
+    /// Every chunk of `bundle` is in `slot`, verified and durable; the one-shot trial is being
+    /// set. The only state from which a boot of `slot` on trial is completed into a trial:
+    /// `Installing` proves nothing about the slot's bytes. (Last variant: postcard numbers
+    /// variants by position, so appending keeps older files readable.)
+    Installed { slot: Slot, bundle: BundleInfo },
 }
 
 impl Lifecycle {
@@ -120,6 +125,7 @@ impl Lifecycle {
         match self {
             Lifecycle::Idle => "idle",
             Lifecycle::Installing { .. } => "installing",
+            Lifecycle::Installed { .. } => "installed",
             Lifecycle::RebootPending { .. } => "reboot-pending",
             Lifecycle::Trial { .. } => "trial",
             Lifecycle::TrialFailed { .. } => "trial-failed",
@@ -163,6 +169,19 @@ pub struct State {
     /// kept so that a restarted daemon reboots into the installed update only inside it, even
     /// before the server answers. Set with `deployment_id`.
     pub update_window: Option<String>,
+    /// What the install in flight (or last started) was allowed, so that `resume` and a
+    /// restarted daemon continue it with the same permissions: an interrupted downgrade (a
+    /// fleet rollback) must not turn into a refusal.
+    pub permissions: InstallPermissions,
+}
+
+/// What an install may do beyond the defaults; recorded with the install.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct InstallPermissions {
+    /// A lower version than the booted slot runs (never below the security floor).
+    pub allow_downgrade: bool,
+    /// A bundle on the denylist (an operator retrying a rolled-back release on purpose).
+    pub allow_denied: bool,
 }
 
 /// A transition was asked for from a state it does not start from.
@@ -212,30 +231,65 @@ impl State {
     }
 
     /// Starts writing `bundle` into `slot`. Allowed when settled, and also over an unfinished
-    /// install or an unbooted pending one (the operator changed their mind): both leave `slot`
-    /// marked bad first, so replacing them is safe.
+    /// install or an unbooted pending one (the operator changed their mind). Saved before the
+    /// boot env marks `slot` bad, so a power cut in between leaves a record that claims nothing
+    /// about the slot's bytes: a boot of `slot` on a trial armed earlier is then refused by
+    /// `commit`, never completed.
     pub fn begin_install(
         &mut self,
         slot: Slot,
         bundle: BundleInfo,
         source: String,
+        permissions: InstallPermissions,
     ) -> TransitionResult {
-        match &self.lifecycle {
-            Lifecycle::Idle
-            | Lifecycle::Committed { .. }
-            | Lifecycle::RolledBack { .. }
-            | Lifecycle::Installing { .. }
-            | Lifecycle::RebootPending { .. } => {}
-            _ => return self.refuse("begin an install"),
-        }
+        self.refuse_unless_replaceable("begin an install")?;
         // The slot's old content is being overwritten from the first byte on.
         *self.slot_mut(slot) = None;
+        self.permissions = permissions;
         self.lifecycle = Lifecycle::Installing {
             slot,
             bundle,
             source,
             progress: InstallProgress::default(),
         };
+        Ok(())
+    }
+
+    /// Boots `slot`, which already holds `bundle` (recorded when it was installed), without
+    /// writing it: straight to `Installed`.
+    pub fn begin_switch(
+        &mut self,
+        slot: Slot,
+        bundle: BundleInfo,
+        permissions: InstallPermissions,
+    ) -> TransitionResult {
+        self.refuse_unless_replaceable("switch slots")?;
+        self.permissions = permissions;
+        self.record_installed(slot, bundle);
+        Ok(())
+    }
+
+    /// Nothing is in flight that a new install or switch would lose: settled, or an install
+    /// that has not booted yet.
+    fn refuse_unless_replaceable(&self, transition: &'static str) -> TransitionResult {
+        match &self.lifecycle {
+            Lifecycle::Idle
+            | Lifecycle::Committed { .. }
+            | Lifecycle::RolledBack { .. }
+            | Lifecycle::Installing { .. }
+            | Lifecycle::Installed { .. }
+            | Lifecycle::RebootPending { .. } => Ok(()),
+            _ => self.refuse(transition),
+        }
+    }
+
+    /// Gives up an interrupted install that cannot be finished (its bundle is refused now):
+    /// the slot stays marked bad and unrecorded.
+    pub fn abandon_install(&mut self) -> TransitionResult {
+        let Lifecycle::Installing { .. } = &self.lifecycle else {
+            return self.refuse("abandon an install");
+        };
+        self.lifecycle = Lifecycle::Idle;
         Ok(())
     }
 
@@ -250,19 +304,36 @@ impl State {
         }
     }
 
-    /// Every hash matched and the trial is set in the boot env.
-    pub fn finish_install(&mut self) -> TransitionResult {
+    /// Every chunk is written, verified and durable (fsynced): the slot holds the bundle.
+    /// Saved before the trial is set in the boot env.
+    pub fn finish_writing(&mut self) -> TransitionResult {
         let Lifecycle::Installing { slot, bundle, .. } = &self.lifecycle else {
-            return self.refuse("finish an install");
+            return self.refuse("finish writing");
         };
         let (slot, bundle) = (*slot, bundle.clone());
+        self.record_installed(slot, bundle);
+        Ok(())
+    }
+
+    fn record_installed(&mut self, slot: Slot, bundle: BundleInfo) {
         *self.slot_mut(slot) = Some(SlotContent {
             version: bundle.version.clone(),
             bundle_digest: bundle.digest,
             installed_at: now_unix(),
             security_version: Some(bundle.security_version),
         });
-        self.lifecycle = Lifecycle::RebootPending { slot, bundle };
+        self.lifecycle = Lifecycle::Installed { slot, bundle };
+    }
+
+    /// The trial of the installed slot is set in the boot env.
+    pub fn finish_install(&mut self) -> TransitionResult {
+        let Lifecycle::Installed { slot, bundle } = &self.lifecycle else {
+            return self.refuse("finish an install");
+        };
+        self.lifecycle = Lifecycle::RebootPending {
+            slot: *slot,
+            bundle: bundle.clone(),
+        };
         Ok(())
     }
 
@@ -334,7 +405,9 @@ impl State {
                 failed_check.clone(),
                 output.clone(),
             ),
-            Lifecycle::RebootPending { slot, bundle } | Lifecycle::Trial { slot, bundle, .. } => (
+            Lifecycle::Installed { slot, bundle }
+            | Lifecycle::RebootPending { slot, bundle }
+            | Lifecycle::Trial { slot, bundle, .. } => (
                 *slot,
                 bundle.clone(),
                 RollbackReason::AttemptsExhausted,
@@ -390,13 +463,32 @@ mod tests {
     type Step = fn(&mut State) -> TransitionResult;
 
     fn install(state: &mut State) -> TransitionResult {
-        state.begin_install(Slot::B, bundle(1), "file".into())
+        state.begin_install(
+            Slot::B,
+            bundle(1),
+            "file".into(),
+            InstallPermissions::default(),
+        )
     }
     fn progress(state: &mut State) -> TransitionResult {
         state.record_progress(InstallProgress::default())
     }
+    fn written(state: &mut State) -> TransitionResult {
+        state.finish_writing()
+    }
+    /// Written and armed: the two steps every install ends with.
     fn finish(state: &mut State) -> TransitionResult {
+        state.finish_writing()?;
         state.finish_install()
+    }
+    fn arm(state: &mut State) -> TransitionResult {
+        state.finish_install()
+    }
+    fn switch(state: &mut State) -> TransitionResult {
+        state.begin_switch(Slot::B, bundle(2), InstallPermissions::default())
+    }
+    fn abandon(state: &mut State) -> TransitionResult {
+        state.abandon_install()
     }
     fn trial(state: &mut State) -> TransitionResult {
         state.begin_trial()
@@ -486,6 +578,49 @@ mod tests {
                 &[install, finish, install],
                 &[true; 3],
                 "installing",
+            ),
+            (
+                "armed only after written",
+                &[install, arm, written, arm],
+                &[true, false, true, true],
+                "reboot-pending",
+            ),
+            (
+                "written but never armed, reinstalled",
+                &[install, written, install],
+                &[true; 3],
+                "installing",
+            ),
+            (
+                "written, armed, attempts exhausted before the record",
+                &[install, written, roll_back],
+                &[true; 3],
+                "rolled-back",
+            ),
+            ("switch is installed", &[switch], &[true], "installed"),
+            (
+                "switch then arm",
+                &[switch, arm, trial],
+                &[true; 3],
+                "trial",
+            ),
+            (
+                "no switch during a trial",
+                &[install, finish, trial, switch],
+                &[true, true, true, false],
+                "trial",
+            ),
+            (
+                "abandon an install",
+                &[install, abandon],
+                &[true; 2],
+                "idle",
+            ),
+            (
+                "abandon only an install",
+                &[install, written, abandon],
+                &[true, true, false],
+                "installed",
             ),
         ];
         for (name, steps, expected, end) in cases {

@@ -105,7 +105,8 @@ pub fn report(state: &State, bootctl: Option<&BootCtl>) -> StatusReport {
             }),
             None,
         ),
-        Lifecycle::RebootPending { slot, bundle }
+        Lifecycle::Installed { slot, bundle }
+        | Lifecycle::RebootPending { slot, bundle }
         | Lifecycle::Trial { slot, bundle, .. }
         | Lifecycle::TrialFailed { slot, bundle, .. } => (
             Some(Pending {

@@ -10,6 +10,10 @@
 //! - 2: adds `deployment_id` (the fleet deployment an install belongs to) at the end.
 //! - 3: adds each slot's `security_version` (so a rollback may switch to the other slot only
 //!   when it is above the anti-rollback floor) and the deployment's `update_window` at the end.
+//! - 4: adds the install's `permissions` at the end (a resume keeps `--allow-downgrade` and
+//!   `--allow-denied`) and the `Installed` lifecycle state (appended, so older bodies decode).
+//!
+//! Writers hold [`StoreLock`]: one process at a time touches the state and the slots.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -20,7 +24,7 @@ use crate::state::State;
 
 const MAGIC: &[u8; 6] = b"ROTAST";
 /// The version [`encode`] writes.
-pub const CURRENT_VERSION: u16 = 3;
+pub const CURRENT_VERSION: u16 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -42,6 +46,21 @@ pub enum StoreError {
         #[source]
         source: postcard::Error,
     },
+    #[error("another install is running ({holder}); it holds {}", path.display())]
+    Busy { path: PathBuf, holder: LockHolder },
+}
+
+/// Who holds the lock, as far as its file says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockHolder(pub Option<u32>);
+
+impl std::fmt::Display for LockHolder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(pid) => write!(f, "pid {pid}"),
+            None => f.write_str("pid unknown"),
+        }
+    }
 }
 
 fn io_error<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
@@ -85,7 +104,10 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<State, StoreError> {
         2 => postcard::from_bytes::<v2::State>(body)
             .map(State::from)
             .map_err(decode_error),
-        3 => postcard::from_bytes(body).map_err(decode_error),
+        3 => postcard::from_bytes::<v3::State>(body)
+            .map(State::from)
+            .map_err(decode_error),
+        4 => postcard::from_bytes(body).map_err(decode_error),
         newer => Err(StoreError::TooNew {
             path: path.to_owned(),
             version: newer,
@@ -171,6 +193,42 @@ pub mod v2 {
                 security_floor: old.security_floor,
                 deployment_id: old.deployment_id,
                 update_window: None,
+                permissions: Default::default(),
+            }
+        }
+    }
+}
+
+/// Version 3 of the state file, frozen. Version 4 appended `State::permissions`; the lifecycle
+/// gained a variant at its end, which leaves every version 3 body decodable with today's type.
+pub mod v3 {
+    use serde::Deserialize;
+
+    use crate::state::{DeniedBundle, InstallPermissions, Lifecycle, SlotContent};
+
+    #[derive(Deserialize)]
+    pub struct State {
+        pub lifecycle: Lifecycle,
+        pub slot_a: Option<SlotContent>,
+        pub slot_b: Option<SlotContent>,
+        pub denylist: Vec<DeniedBundle>,
+        pub security_floor: u32,
+        pub deployment_id: Option<String>,
+        pub update_window: Option<String>,
+    }
+
+    impl From<State> for crate::state::State {
+        fn from(old: State) -> Self {
+            crate::state::State {
+                lifecycle: old.lifecycle,
+                slot_a: old.slot_a,
+                slot_b: old.slot_b,
+                denylist: old.denylist,
+                security_floor: old.security_floor,
+                deployment_id: old.deployment_id,
+                update_window: old.update_window,
+                // An install interrupted under version 3 resumes with the defaults, as then.
+                permissions: InstallPermissions::default(),
             }
         }
     }
@@ -217,7 +275,8 @@ pub fn save(path: &Path, state: &State) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The state file at one path: load, change, save.
+/// The state file at one path. Anyone may read it (a save replaces it by rename); changing it,
+/// or the slots and boot env it describes, takes [`Store::lock`].
 #[derive(Debug, Clone)]
 pub struct Store {
     path: PathBuf,
@@ -236,15 +295,77 @@ impl Store {
         load(&self.path)
     }
 
+    /// `state.lock` beside the state file, on the data partition.
+    pub fn lock_path(&self) -> PathBuf {
+        let mut name = self.path.file_name().unwrap_or_default().to_owned();
+        name.push(".lock");
+        self.path.with_file_name(name)
+    }
+
+    /// The one writer: an exclusive `flock` held until the guard drops (or the process dies,
+    /// power cut included: the kernel releases it, nothing stale is left to clean up).
+    /// A second process gets [`StoreError::Busy`] at once, naming the holder's pid.
+    pub fn lock(&self) -> Result<StoreLock, StoreError> {
+        let path = self.lock_path();
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(io_error("create directory", dir))?;
+        }
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io_error("open", &path))?;
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                let mut text = String::new();
+                let _ = io::Read::read_to_string(&mut file, &mut text);
+                let holder = LockHolder(text.trim().parse().ok());
+                return Err(StoreError::Busy { path, holder });
+            }
+            Err(errno) => return Err(io_error("lock", &path)(errno.into())),
+        }
+        // For the Busy message only: the lock itself is the flock, not this number.
+        file.set_len(0)
+            .and_then(|()| io::Seek::rewind(&mut file))
+            .and_then(|_| write!(file, "{}", std::process::id()))
+            .map_err(io_error("write", &path))?;
+        Ok(StoreLock {
+            store: self.clone(),
+            _file: file,
+        })
+    }
+}
+
+/// Proof that this process is the one writer of the state (see [`Store::lock`]).
+#[derive(Debug)]
+pub struct StoreLock {
+    store: Store,
+    _file: File,
+}
+
+impl StoreLock {
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn load(&self) -> Result<State, StoreError> {
+        self.store.load()
+    }
+
     pub fn save(&self, state: &State) -> Result<(), StoreError> {
-        save(&self.path, state)
+        save(&self.store.path, state)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{BundleInfo, InstallProgress, Lifecycle, Sha256Digest, SlotContent};
+    use crate::state::{
+        BundleInfo, InstallPermissions, InstallProgress, Lifecycle, Sha256Digest, SlotContent,
+    };
     use rota_bootctl::Slot;
 
     fn sample() -> State {
@@ -275,6 +396,7 @@ mod tests {
             security_floor: 0,
             deployment_id: None,
             update_window: None,
+            permissions: Default::default(),
         }
     }
 
@@ -347,18 +469,68 @@ mod tests {
 
     /// Version 3 records each slot's security version and the deployment's update window.
     #[test]
-    fn version_3_records_slot_security_versions_and_the_update_window() {
+    fn reads_version_3_files_byte_for_byte() {
         let mut state = sample();
         state.slot_a.as_mut().unwrap().security_version = Some(4);
         state.deployment_id = Some("dep_7".into());
         state.update_window = Some("02:00-04:00".into());
         let encoded = encode(&state);
-        assert_eq!(&encoded[6..8], &[3, 0]);
+        // A version 4 body is a version 3 body with the permissions appended.
+        let body = &encoded[8..encoded.len() - 2];
         assert_eq!(
-            &encoded[encoded.len() - 13..],
+            &body[body.len() - 13..],
             &[1, 11, b'0', b'2', b':', b'0', b'0', b'-', b'0', b'4', b':', b'0', b'0']
         );
-        assert_eq!(decode(&encoded, Path::new("v3")).unwrap(), state);
+        assert_eq!(decode(&envelope(3, body), Path::new("v3")).unwrap(), state);
+    }
+
+    /// Version 4 records what the install was allowed; `Installed` is the last variant.
+    #[test]
+    fn version_4_records_the_install_permissions() {
+        let mut state = sample();
+        state.permissions = InstallPermissions {
+            allow_downgrade: true,
+            allow_denied: false,
+        };
+        let encoded = encode(&state);
+        assert_eq!(&encoded[6..8], &[4, 0]);
+        assert_eq!(&encoded[encoded.len() - 2..], &[1, 0]);
+        assert_eq!(decode(&encoded, Path::new("v4")).unwrap(), state);
+        state.lifecycle = Lifecycle::Installed {
+            slot: Slot::A,
+            bundle: BundleInfo {
+                digest: Sha256Digest([7; 32]),
+                version: "1".into(),
+                compatible: "b".into(),
+                security_version: 0,
+            },
+        };
+        let encoded = encode(&state);
+        assert_eq!(encoded[8], 7, "Installed is variant 7, after RolledBack");
+        assert_eq!(decode(&encoded, Path::new("v4")).unwrap(), state);
+    }
+
+    #[test]
+    fn a_second_writer_is_told_who_holds_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().join("rota/state"));
+        let held = store.lock().unwrap();
+        match store.lock() {
+            Err(StoreError::Busy { holder, .. }) => {
+                assert_eq!(holder, LockHolder(Some(std::process::id())))
+            }
+            other => panic!("{other:?}"),
+        }
+        let message = store.lock().unwrap_err().to_string();
+        assert!(
+            message.contains(&format!(
+                "another install is running (pid {})",
+                std::process::id()
+            )),
+            "{message}"
+        );
+        drop(held);
+        store.lock().expect("free again once the holder is gone");
     }
 
     #[test]
