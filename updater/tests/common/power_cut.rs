@@ -342,12 +342,15 @@ pub struct CrashState {
     /// A prefix ending at a flush (every write before it applied).
     pub at_flush: bool,
     /// (log index, bytes of that write applied): a torn write applies only its first sectors.
-    pub writes: Vec<(usize, usize)>,
+    pub writes: Vec<Applied>,
 }
+
+/// (log index, bytes of that write applied).
+pub type Applied = (usize, usize);
 
 /// Crash at log position `k` (before event `k`): for each disk, every write before its last
 /// flush before `k` is durable; later writes before `k` are in flight.
-fn split_at(log: &[Event], k: usize) -> (Vec<(usize, usize)>, Vec<(usize, usize)>) {
+fn split_at(log: &[Event], k: usize) -> (Vec<Applied>, Vec<Applied>) {
     let mut last_flush: HashMap<usize, usize> = HashMap::new();
     for (index, event) in log[..k].iter().enumerate() {
         if let Event::Flush { dev } = event {
