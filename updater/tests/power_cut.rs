@@ -156,6 +156,11 @@ fn power_cut_during_mark_good() {
 }
 
 #[test]
+fn power_cut_during_the_daemons_switch_to_the_inactive_slot() {
+    power_cuts(Op::Switch);
+}
+
+#[test]
 fn an_fsync_on_ext4_over_loop_reaches_the_recorder_as_a_flush() {
     let dir = tempfile::tempdir().unwrap();
     let disks = Disks::new(vec![("data".into(), vec![0; 8 << 20])]);

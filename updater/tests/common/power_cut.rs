@@ -12,7 +12,10 @@ use std::process::Command;
 use rota_bootctl::{BootConfig, BootCtl, Slot};
 use rota_bundle::{Compression, SigningKey};
 
+use rota_protocol::robot::RobotEvent;
+
 use super::blockdev::{run, Loop, Mount};
+use super::fleet::{assignment, Daemon, Fleet};
 use super::recorder::{Disks, Event};
 use super::{exit_code, image_bytes, ok, stderr, Backend, BundleSpec, Robot, ENV_SIZE};
 
@@ -53,6 +56,11 @@ pub enum Op {
     MarkBad,
     /// `rota-bootctl mark-good B` on a robot booted into B on trial.
     MarkGood,
+    /// The daemon's switch to the inactive slot (`install::switch_to_inactive_slot`): a robot
+    /// running 2.0.0 from A, committed, with 1.0.0 still in B, gets a rollback assignment to
+    /// 1.0.0 from the loopback fleet API (`common::fleet`); it records the install, sets the
+    /// trial and reboots without writing a slot byte.
+    Switch,
 }
 
 /// Where throwaway images live: tmpfs when there is one.
@@ -240,6 +248,13 @@ pub fn record(backend: Backend, op: Op) -> Recording {
         make_bundle(&robot, "v2.rota", "2.0.0", 20, op != Op::InstallRaw),
         make_bundle(&robot, "v3.rota", "3.0.0", 30, true),
     ];
+    if op == Op::Switch {
+        bundles = vec![
+            make_bundle(&robot, "v1.rota", "1.0.0", 10, true),
+            make_bundle(&robot, "v2.rota", "2.0.0", 20, true),
+        ];
+    }
+    let mut fleet = None;
     let mut target = None;
     match op {
         Op::InstallRaw | Op::InstallZstd => target = Some(0),
@@ -270,8 +285,22 @@ pub fn record(backend: Backend, op: Op) -> Recording {
                 "install",
             );
         }
+        Op::Switch => {
+            for (bundle, slot) in [(&bundles[0], "B"), (&bundles[1], "A")] {
+                ok(
+                    robot.run(&["install", bundle.path.to_str().unwrap()]),
+                    "install",
+                );
+                assert_eq!(robot.boot(), slot);
+                ok(robot.run(&["commit"]), "commit");
+            }
+            let server = Fleet::start();
+            robot.join_fleet(&server, "now");
+            fleet = Some(server);
+            target = Some(0);
+        }
     }
-    if op != Op::SecondInstall {
+    if op != Op::SecondInstall && op != Op::Switch {
         bundles.truncate(1);
     }
 
@@ -299,6 +328,27 @@ pub fn record(backend: Backend, op: Op) -> Recording {
         }
         Op::MarkBad => bootctl(&robot).mark_bad(Slot::B).unwrap(),
         Op::MarkGood => bootctl(&robot).mark_good(Slot::B).unwrap(),
+        Op::Switch => {
+            let fleet = fleet.as_ref().unwrap();
+            // Never fetched: the switch downloads nothing (nobody answers at that URL).
+            let mut rollback = assignment(
+                &robot,
+                "dep_rollback",
+                &bundles[0].path,
+                "http://127.0.0.1:9/",
+            );
+            rollback.allow_downgrade = true;
+            fleet.assign(rollback);
+            let daemon = Daemon::start(&robot, None);
+            robot.wait_for("the reboot request", || robot.reboots() == 1);
+            drop(daemon);
+            assert_eq!(
+                fleet.events().first(),
+                Some(&RobotEvent::Switched {
+                    slot: rota_protocol::robot::Slot::B
+                })
+            );
+        }
     }
     sync();
     boot.unmount();
@@ -819,6 +869,9 @@ impl Recording {
             }
             // The retry of a commit is the next boot's commit, done above.
             Op::CommitHealthy | Op::CommitFailing => Ok(()),
+            // The switch ends at the trial boot and its commit, done above; a retry would need
+            // the daemon and the fleet API once per crash state.
+            Op::Switch => Ok(()),
             Op::MarkBad => {
                 bootctl(robot)
                     .mark_bad(Slot::B)
