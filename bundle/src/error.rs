@@ -75,13 +75,23 @@ pub enum Error {
     SignatureBlockMalformed { reason: String },
     #[error("the bundle carries no signature")]
     Unsigned,
-    #[error("no signature by a trusted key (the bundle is signed by key ids {key_ids:?})")]
+    #[error("no signature by a trusted key (the bundle is signed by {})", key_list(.key_ids))]
     NoTrustedSignature { key_ids: Vec<KeyId> },
-    #[error("the signature by trusted key {key_id} does not verify: header or manifest altered")]
+    /// The signature is well-formed but does not match: Ed25519 cannot tell whether the signed
+    /// bytes or the signature changed.
+    #[error("the signature by trusted key {key_id} does not verify: the header, the manifest or the signature entry was altered")]
     BadSignature { key_id: KeyId },
+    /// The signature entry itself is damaged: no Ed25519 signer could have written it.
+    #[error("the signature entry of trusted key {key_id} is damaged: {reason}")]
+    SignatureDamaged { key_id: KeyId, reason: String },
 
-    #[error("the signed manifest cannot be decoded")]
-    ManifestDecode(#[source] postcard::Error),
+    #[error("the signed manifest cannot be decoded: {field}: {reason}")]
+    ManifestDecode {
+        /// Where decoding stopped, such as `images[0].chunks[3].stored_length`.
+        field: String,
+        /// The decoder's error.
+        reason: String,
+    },
     #[error("the manifest is inconsistent: {reason}")]
     ManifestInvalid { reason: String },
 
@@ -132,6 +142,18 @@ pub enum Error {
     WorkerLost,
     #[error(transparent)]
     Key(#[from] KeyError),
+}
+
+/// Key ids as plain hex, comma-separated.
+fn key_list(key_ids: &[KeyId]) -> String {
+    match key_ids {
+        [] => "no key".into(),
+        [one] => format!("key {one}"),
+        several => {
+            let ids: Vec<String> = several.iter().map(KeyId::to_string).collect();
+            format!("keys {}", ids.join(", "))
+        }
+    }
 }
 
 fn path_suffix(path: &Option<PathBuf>) -> String {

@@ -114,6 +114,9 @@ fn verify_job(job: RunJob) -> RunResult {
 /// Yields an image's bytes, verified. Use [`Self::next_run`] for whole verified runs of
 /// chunks (no copy) or the `Read` impl; after an error every later call fails too. A chunk
 /// that fails its checks ends the image right before it: every chunk before it is handed out.
+/// So does a read error of the source: every chunk that arrived whole is verified and handed
+/// out first, and the error names the first chunk that did not (where a resumed read
+/// continues, e.g. with [`VerifiedManifest::chunk_file_range`]).
 ///
 /// With [`ReadOptions::check_image_sha256`] the last run is held back until the
 /// whole-image digest matched, so a caller that sees end-of-image has every byte checked.
@@ -134,6 +137,9 @@ pub struct ImageReader<'a> {
     image_hasher: Option<Sha256>,
     /// A verification failure to report once the chunks before it were handed out.
     pending_error: Option<Error>,
+    /// A read failure of the source, to report once every chunk that arrived before it was
+    /// verified and handed out; nothing more is read after it.
+    read_error: Option<Error>,
     current: Vec<u8>,
     current_position: usize,
     failed: bool,
@@ -166,6 +172,7 @@ impl<'a> ImageReader<'a> {
             image_hasher: (options.check_image_sha256 && first_chunk == 0).then(Sha256::new),
             verified,
             pending_error: None,
+            read_error: None,
             current: Vec::new(),
             current_position: 0,
             failed: false,
@@ -237,7 +244,12 @@ impl<'a> ImageReader<'a> {
             }
             return Ok(None);
         }
-        self.fill_read_ahead()?;
+        self.fill_read_ahead();
+        if self.pool.in_flight() == 0 {
+            if let Some(error) = self.read_error.take() {
+                return Err(error);
+            }
+        }
         let result = self
             .pool
             .next()
@@ -276,39 +288,60 @@ impl<'a> ImageReader<'a> {
     }
 
     /// Reads runs of stored chunks from the source and queues them until the window is full.
-    fn fill_read_ahead(&mut self) -> Result<()> {
+    fn fill_read_ahead(&mut self) {
         let chunk_count = self.entry().chunks.len();
-        while self.pool.in_flight() < self.read_ahead && self.next_to_read < chunk_count {
+        while self.pool.in_flight() < self.read_ahead
+            && self.next_to_read < chunk_count
+            && self.read_error.is_none()
+        {
             let run = self.run_from(self.next_to_read);
             let mut stored = self.spare_buffers.pop().unwrap_or_default();
             fit_length(&mut stored, stored_run_length(self.entry(), run.clone()));
             // A run's stored chunks are contiguous in the payload: one read for all of them.
-            if let Err((arrived, e)) = read_fully(self.source, &mut stored) {
-                // Chunks already queued are valid on their own, but handing them out first
-                // would only delay the verdict: the image cannot be completed.
-                let part = Part::Chunk {
-                    image: self.entry().name.clone(),
-                    index: self.chunk_at(run.clone(), arrived),
-                };
-                return Err(Error::read(part, e));
-            }
-            self.pool.submit(RunJob {
-                sink: self.sink.clone(),
-                verified: self.verified.clone(),
-                image: self.image,
-                chunks: run.clone(),
-                stored,
-                // Uncompressed chunks are handed out in their stored buffer: a second buffer
-                // per run in flight would only add to peak memory.
-                scratch: match self.entry().compression {
-                    Compression::None => Vec::new(),
-                    Compression::Zstd => self.spare_buffers.pop().unwrap_or_default(),
-                },
-                checks: self.checks,
-            });
+            let run = match read_fully(self.source, &mut stored) {
+                Ok(()) => run,
+                Err((arrived, e)) => {
+                    // Every chunk that arrived whole is still verified and handed out (the
+                    // runs in flight, and the complete chunks of this one) before the error:
+                    // a resumable source continues right after them instead of fetching them
+                    // again.
+                    let failed_at = self.chunk_at(run.clone(), arrived);
+                    self.read_error = Some(Error::read(
+                        Part::Chunk {
+                            image: self.entry().name.clone(),
+                            index: failed_at,
+                        },
+                        e,
+                    ));
+                    if failed_at == run.start {
+                        self.recycle(stored);
+                        return;
+                    }
+                    stored.truncate(stored_run_length(self.entry(), run.start..failed_at));
+                    run.start..failed_at
+                }
+            };
+            self.submit(run.clone(), stored);
             self.next_to_read = run.end;
         }
-        Ok(())
+    }
+
+    fn submit(&mut self, chunks: Range<usize>, stored: Vec<u8>) {
+        let job = RunJob {
+            sink: self.sink.clone(),
+            verified: self.verified.clone(),
+            image: self.image,
+            chunks,
+            stored,
+            // Uncompressed chunks are handed out in their stored buffer: a second buffer
+            // per run in flight would only add to peak memory.
+            scratch: match self.entry().compression {
+                Compression::None => Vec::new(),
+                Compression::Zstd => self.spare_buffers.pop().unwrap_or_default(),
+            },
+            checks: self.checks,
+        };
+        self.pool.submit(job);
     }
 
     /// The chunk of `run` that holds stored byte `position` of the run.

@@ -97,11 +97,27 @@ impl Manifest {
 
     /// Decodes manifest bytes; trailing bytes are an error, so one manifest has one encoding.
     pub(crate) fn decode(bytes: &[u8]) -> Result<Manifest> {
-        let (manifest, rest) = postcard::take_from_bytes(bytes).map_err(Error::ManifestDecode)?;
+        let mut decoder = postcard::Deserializer::from_bytes(bytes);
+        // Tracks the field being decoded, so the error can name it.
+        let manifest = serde_path_to_error::deserialize(&mut decoder).map_err(|error| {
+            let field = match field_path(error.path()) {
+                path if path.is_empty() => "the manifest".to_owned(),
+                path => format!("field {path}"),
+            };
+            Error::ManifestDecode {
+                field,
+                reason: error.into_inner().to_string(),
+            }
+        })?;
+        let rest = decoder.finalize().map_err(|error| Error::ManifestDecode {
+            field: "the manifest".into(),
+            reason: error.to_string(),
+        })?;
         if !rest.is_empty() {
-            return Err(Error::ManifestDecode(
-                postcard::Error::DeserializeBadEncoding,
-            ));
+            return Err(Error::ManifestDecode {
+                field: "after the last field".into(),
+                reason: format!("{} bytes left over", rest.len()),
+            });
         }
         Ok(manifest)
     }
@@ -208,9 +224,126 @@ impl ImageEntry {
     }
 }
 
+/// Field names in encoding order (postcard encodes a struct as the tuple of its fields, so a
+/// decoder's path holds positions only). Kept in step with the structs by
+/// `field_tables_follow_the_structs`.
+const MANIFEST_FIELDS: &[&str] = &[
+    "compatible",
+    "version",
+    "security_version",
+    "build_time",
+    "source",
+    "description",
+    "images",
+];
+const SOURCE_FIELDS: &[&str] = &["git_commit", "git_branch"];
+const IMAGE_FIELDS: &[&str] = &[
+    "name",
+    "slot_class",
+    "size",
+    "sha256",
+    "compression",
+    "payload_offset",
+    "payload_length",
+    "chunks",
+];
+const CHUNK_FIELDS: &[&str] = &[
+    "offset",
+    "length",
+    "sha256",
+    "stored_offset",
+    "stored_length",
+    "stored_sha256",
+];
+
+/// The decoder's path of positions as field names: `[6][0][7][3][4]` is
+/// `images[0].chunks[3].stored_length`.
+fn field_path(path: &serde_path_to_error::Path) -> String {
+    let mut named = String::new();
+    let mut fields = Some(MANIFEST_FIELDS);
+    // Set when the next position is an index into a list of structs with these fields.
+    let mut list_of: Option<&[&str]> = None;
+    for segment in path.iter() {
+        let serde_path_to_error::Segment::Seq { index } = segment else {
+            break;
+        };
+        if let Some(element) = list_of.take() {
+            named.push_str(&format!("[{index}]"));
+            fields = Some(element);
+            continue;
+        }
+        // Past a leaf (the bytes of a digest): the leaf is the field.
+        let Some(name) = fields.and_then(|fields| fields.get(*index)) else {
+            break;
+        };
+        if !named.is_empty() {
+            named.push('.');
+        }
+        named.push_str(name);
+        (fields, list_of) = match *name {
+            "images" => (None, Some(IMAGE_FIELDS)),
+            "chunks" => (None, Some(CHUNK_FIELDS)),
+            "source" => (Some(SOURCE_FIELDS), None),
+            _ => (None, None),
+        };
+    }
+    named
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// serde_json writes a struct's fields in declaration order, which is postcard's order.
+    fn assert_fields(value: &impl Serialize, table: &[&str]) {
+        let json = serde_json::to_string(value).unwrap();
+        let object = serde_json::to_value(value).unwrap();
+        assert_eq!(object.as_object().unwrap().len(), table.len(), "{json}");
+        let positions: Vec<usize> = table
+            .iter()
+            .map(|field| json.find(&format!("\"{field}\":")).expect(field))
+            .collect();
+        assert!(positions.windows(2).all(|pair| pair[0] < pair[1]), "{json}");
+    }
+
+    #[test]
+    fn field_tables_follow_the_structs() {
+        let chunk = Chunk {
+            offset: 0,
+            length: 1,
+            sha256: Sha256Digest::of(b"x"),
+            stored_offset: 0,
+            stored_length: 1,
+            stored_sha256: Sha256Digest::of(b"x"),
+        };
+        let image = ImageEntry {
+            name: "rootfs".into(),
+            slot_class: SlotClass::Rootfs,
+            size: 1,
+            sha256: Sha256Digest::of(b"x"),
+            compression: Compression::None,
+            payload_offset: 0,
+            payload_length: 1,
+            chunks: vec![chunk.clone()],
+        };
+        let source = SourceInfo {
+            git_commit: "abc".into(),
+            git_branch: None,
+        };
+        let manifest = Manifest {
+            compatible: "board".into(),
+            version: semver::Version::new(1, 2, 3),
+            security_version: 0,
+            build_time: 0,
+            source: Some(source.clone()),
+            description: String::new(),
+            images: vec![image.clone()],
+        };
+        assert_fields(&chunk, CHUNK_FIELDS);
+        assert_fields(&image, IMAGE_FIELDS);
+        assert_fields(&source, SOURCE_FIELDS);
+        assert_fields(&manifest, MANIFEST_FIELDS);
+    }
 
     #[test]
     fn trailing_bytes_after_the_manifest_are_refused() {
@@ -228,7 +361,7 @@ mod tests {
         bytes.push(0);
         assert!(matches!(
             Manifest::decode(&bytes),
-            Err(Error::ManifestDecode(_))
+            Err(Error::ManifestDecode { .. })
         ));
     }
 }

@@ -99,20 +99,56 @@ pub(crate) fn verify_signatures(
             continue;
         };
         let signature: Result<&[u8; 64], _> = entry.signature.try_into();
-        match signature {
-            Ok(signature) if key.verifies(message, signature) => verified.push(entry.key_id),
-            _ => {
-                failed.get_or_insert(entry.key_id);
+        let failure = match signature {
+            Ok(signature) if key.verifies(message, signature) => {
+                verified.push(entry.key_id);
+                continue;
             }
-        }
+            Ok(signature) => match damage(signature) {
+                Some(reason) => Error::SignatureDamaged {
+                    key_id: entry.key_id,
+                    reason,
+                },
+                None => Error::BadSignature {
+                    key_id: entry.key_id,
+                },
+            },
+            Err(_) => Error::SignatureDamaged {
+                key_id: entry.key_id,
+                reason: format!(
+                    "{} signature bytes, an Ed25519 signature has {ED25519_SIGNATURE_LENGTH}",
+                    entry.signature.len()
+                ),
+            },
+        };
+        failed.get_or_insert(failure);
     }
     if !verified.is_empty() {
         return Ok(verified);
     }
     match failed {
-        Some(key_id) => Err(Error::BadSignature { key_id }),
+        Some(error) => Err(error),
         None => Err(Error::NoTrustedSignature {
             key_ids: entries.iter().map(|entry| entry.key_id).collect(),
         }),
     }
+}
+
+/// Why `signature` cannot be any signer's Ed25519 signature, if that shows in its bytes alone:
+/// its R half is no curve point, or its S half is no reduced scalar (RFC 8032, 5.1.7). A
+/// signature that fails only the equation may be intact over altered signed bytes.
+fn damage(signature: &[u8; 64]) -> Option<String> {
+    let (r, s) = signature.split_at(32);
+    let r: [u8; 32] = r.try_into().expect("32 bytes");
+    let s: [u8; 32] = s.try_into().expect("32 bytes");
+    if curve25519_dalek::edwards::CompressedEdwardsY(r)
+        .decompress()
+        .is_none()
+    {
+        return Some("its R half is not a point of the curve".into());
+    }
+    if bool::from(curve25519_dalek::Scalar::from_canonical_bytes(s).is_none()) {
+        return Some("its S half is not a reduced scalar".into());
+    }
+    None
 }

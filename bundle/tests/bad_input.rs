@@ -190,10 +190,58 @@ fn every_bit_flip_in_the_signature_block_is_refused() {
             0..2 => matches!(error, Error::NoTrustedSignature { .. }),
             2..4 => matches!(error, Error::SignatureBlockMalformed { .. }),
             4..12 => matches!(error, Error::NoTrustedSignature { key_ids } if key_ids.len() == 1),
-            _ => matches!(error, Error::BadSignature { .. }),
+            _ => matches!(
+                error,
+                Error::BadSignature { .. } | Error::SignatureDamaged { .. }
+            ),
         };
         assert!(ok, "bit {bit}: unexpected error {error:?}");
     }
+}
+
+/// Regression: a damaged signature entry was reported as "header or manifest altered".
+#[test]
+fn a_damaged_signature_is_not_blamed_on_the_header_or_manifest() {
+    let fixture = Fixture::new();
+    let bundle = fixture.bundle(Compression::None);
+    let signatures = layout(&bundle).signatures;
+    let mut damaged = 0;
+    // The 64 signature bytes after the entry's 12-byte prefix.
+    for bit in (signatures.start + 12) * 8..signatures.end * 8 {
+        let outcome = attempt(&flip(&bundle, bit), &fixture.keyring());
+        let message = outcome.error().to_string();
+        assert!(
+            message.contains("signature entry"),
+            "bit {bit}: {message:?} does not name the signature"
+        );
+        if matches!(outcome.error(), Error::SignatureDamaged { .. }) {
+            damaged += 1;
+        }
+    }
+    // Every flip of S's top 3 bits makes it no reduced scalar; most flips of R leave the curve.
+    assert!(damaged >= 3, "{damaged} flips recognised as damage");
+    // The signed bytes altered, the signature intact: the message cannot single it out.
+    let manifest = layout(&bundle).manifest;
+    let outcome = attempt(&flip(&bundle, manifest.start * 8), &fixture.keyring());
+    assert!(matches!(outcome.error(), Error::BadSignature { .. }));
+}
+
+/// Regression: key ids were printed with their Debug form (`[KeyId(0a1b…)]`).
+#[test]
+fn key_ids_in_messages_are_plain_hex() {
+    let fixture = Fixture::new();
+    let bundle = fixture.bundle(Compression::None);
+    let message = attempt(&bundle, &keyring(&[&key(9)])).error().to_string();
+    let id = fixture.key.key_id().to_string();
+    assert_eq!(id.len(), 16);
+    assert!(
+        message.ends_with(&format!("(the bundle is signed by key {id})")),
+        "{message}"
+    );
+    assert!(
+        !message.contains("KeyId") && !message.contains('['),
+        "{message}"
+    );
 }
 
 #[test]
@@ -301,6 +349,81 @@ fn the_read_interface_stops_at_a_damaged_chunk_with_its_error() {
     ));
     // It stays failed.
     assert!(image.read(&mut buffer).is_err());
+}
+
+/// Reads `bundle` up to `cut`, then fails as a broken connection does.
+struct BreaksAfter<'a> {
+    bundle: &'a [u8],
+    position: usize,
+    cut: usize,
+}
+
+impl Read for BreaksAfter<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.position >= self.cut {
+            return Err(std::io::ErrorKind::ConnectionReset.into());
+        }
+        let n = buf.len().min(self.cut - self.position);
+        buf[..n].copy_from_slice(&self.bundle[self.position..self.position + n]);
+        self.position += n;
+        Ok(n)
+    }
+}
+
+/// Regression: a read error used to drop the runs in the read-ahead window (several MiB, all
+/// received), so a resumed download fetched them again and a link that broke more often than
+/// that never finished.
+#[test]
+fn a_read_error_hands_out_every_chunk_that_arrived_whole_before_it() {
+    let fixture = Fixture::new();
+    for compression in [Compression::None, Compression::Zstd] {
+        let bundle = fixture.bundle(compression);
+        let manifest = manifest_of(&bundle, &fixture.key);
+        let payload = layout(&bundle).payload;
+        let chunks = &manifest.images[0].chunks;
+        let options = ReadOptions {
+            workers: 2,
+            read_ahead: 4,
+            run_bytes: 1 << 20,
+            ..ReadOptions::default()
+        };
+        let mut checked = 0;
+        for (index, chunk) in chunks.iter().enumerate().skip(1) {
+            // Inside the chunk, and right at its start.
+            for into in [u64::from(chunk.stored_length) / 2, 0] {
+                let cut = payload.start + (chunk.stored_offset + into) as usize;
+                let mut source = BreaksAfter {
+                    bundle: &bundle,
+                    position: 0,
+                    cut,
+                };
+                let mut verified =
+                    BundleReader::open_with(&mut source, &fixture.keyring(), options.clone())
+                        .unwrap();
+                let mut image = verified.next_image().unwrap().unwrap();
+                let mut handed_out = Vec::new();
+                let error = loop {
+                    match image.next_run() {
+                        Ok(Some(run)) => handed_out.extend_from_slice(&run.data),
+                        Ok(None) => panic!("a broken stream was read to its end"),
+                        Err(error) => break error,
+                    }
+                };
+                assert_eq!(
+                    handed_out.len() as u64,
+                    chunk.offset,
+                    "{compression:?} cut in chunk {index}: every whole chunk before it"
+                );
+                assert_eq!(handed_out, &fixture.rootfs[..chunk.offset as usize]);
+                assert!(
+                    matches!(&error, Error::Read { part: Part::Chunk { index: i, .. }, .. } if *i == index),
+                    "{compression:?} cut in chunk {index}: {error:?}"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 10);
+    }
 }
 
 #[test]
@@ -602,42 +725,71 @@ fn a_wrong_whole_image_digest_holds_back_the_last_run() {
     assert_eq!(verified.verify_all().unwrap().len(), 2);
 }
 
-#[test]
-fn a_signed_but_undecodable_manifest_is_refused_after_the_signature_check() {
-    // Built by hand following FORMAT.md, so that the manifest bytes can be anything.
-    let fixture = Fixture::new();
-    let garbage = vec![0xffu8; 50];
+/// A bundle whose manifest bytes are `manifest`, whatever they are, properly signed by the
+/// fixture's key; built by hand following FORMAT.md, with an empty payload.
+fn signed_raw_manifest(fixture: &Fixture, manifest: &[u8]) -> Vec<u8> {
     let mut header = Vec::new();
     header.extend_from_slice(&MAGIC);
     header.extend_from_slice(&1u32.to_le_bytes());
     header.extend_from_slice(&0u32.to_le_bytes());
     header.extend_from_slice(&0u64.to_le_bytes());
-    header.extend_from_slice(&(garbage.len() as u32).to_le_bytes());
+    header.extend_from_slice(&(manifest.len() as u32).to_le_bytes());
     header.extend_from_slice(&(ED25519_ENTRY_LENGTH as u32).to_le_bytes());
-    let sign = |signer: &SigningKey| {
-        let dalek = ed25519_dalek::SigningKey::from_bytes(&[1; 32]);
-        assert_eq!(
-            dalek.verifying_key().as_bytes(),
-            fixture.key.public_key().as_bytes()
-        );
-        let mut message = b"rota-bundle signature v1\0".to_vec();
-        message.extend_from_slice(&header[..28]);
-        message.extend_from_slice(&garbage);
-        let mut bundle = header.clone();
-        bundle.extend_from_slice(&garbage);
-        bundle.extend_from_slice(&1u16.to_le_bytes());
-        bundle.extend_from_slice(&64u16.to_le_bytes());
-        bundle.extend_from_slice(&signer.key_id().0);
-        bundle.extend_from_slice(&ed25519_dalek::Signer::sign(&dalek, &message).to_bytes());
-        bundle
-    };
-    let bundle = sign(&fixture.key);
+    let dalek = ed25519_dalek::SigningKey::from_bytes(&[1; 32]);
+    assert_eq!(
+        dalek.verifying_key().as_bytes(),
+        fixture.key.public_key().as_bytes()
+    );
+    let mut message = b"rota-bundle signature v1\0".to_vec();
+    message.extend_from_slice(&header[..28]);
+    message.extend_from_slice(manifest);
+    let mut bundle = header.clone();
+    bundle.extend_from_slice(manifest);
+    bundle.extend_from_slice(&1u16.to_le_bytes());
+    bundle.extend_from_slice(&64u16.to_le_bytes());
+    bundle.extend_from_slice(&fixture.key.key_id().0);
+    bundle.extend_from_slice(&ed25519_dalek::Signer::sign(&dalek, &message).to_bytes());
+    bundle
+}
+
+#[test]
+fn a_signed_but_undecodable_manifest_is_refused_after_the_signature_check() {
+    let fixture = Fixture::new();
+    let bundle = signed_raw_manifest(&fixture, &[0xffu8; 50]);
     assert!(matches!(
         BundleReader::open(&bundle[..], &keyring(&[&key(5)])),
         Err(Error::NoTrustedSignature { .. })
     ));
     assert!(matches!(
         BundleReader::open(&bundle[..], &fixture.keyring()),
-        Err(Error::ManifestDecode(_))
+        Err(Error::ManifestDecode { .. })
     ));
+}
+
+/// Regression: "the signed manifest cannot be decoded" named neither the field nor why.
+#[test]
+fn an_undecodable_manifest_names_the_field_and_the_decoders_reason() {
+    let fixture = Fixture::new();
+    let error = |manifest: &[u8]| match BundleReader::open(
+        &signed_raw_manifest(&fixture, manifest)[..],
+        &fixture.keyring(),
+    ) {
+        Err(error @ Error::ManifestDecode { .. }) => error.to_string(),
+        Err(other) => panic!("unexpected error {other:?}"),
+        Ok(_) => panic!("an undecodable manifest was accepted"),
+    };
+    let message = error(&[0xffu8; 50]);
+    assert!(message.contains("field compatible"), "{message}");
+    assert!(message.to_lowercase().contains("varint"), "{message}");
+
+    // A real manifest cut inside its chunk table.
+    let bundle = fixture.bundle(Compression::None);
+    let whole = &bundle[layout(&bundle).manifest];
+    let message = error(&whole[..whole.len() - 40]);
+    // The fixture's last image is "app", the second.
+    assert!(message.contains("field images[1].chunks["), "{message}");
+    assert!(message.contains("end of buffer"), "{message}");
+
+    let message = error(&[whole, &[0]].concat());
+    assert!(message.contains("1 bytes left over"), "{message}");
 }

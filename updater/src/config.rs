@@ -28,6 +28,8 @@ pub const DEFAULT_HTTP_TIMEOUT_SECS: u64 = 10;
 pub const DEFAULT_RETRIES: u32 = 10;
 pub const DEFAULT_BACKOFF_INITIAL_MS: u64 = 500;
 pub const DEFAULT_BACKOFF_MAX_MS: u64 = 30_000;
+/// How long an install keeps reconnecting without verifying a new chunk: 10 minutes.
+pub const DEFAULT_RETRY_BUDGET_SECS: u64 = 600;
 pub const DEFAULT_SELF_UNIT: &str = "rota-commit.service";
 pub const DEFAULT_ENROLLMENT_KEY_FILE: &str = "/etc/rota/enrollment-key";
 pub const DEFAULT_TOKEN_PATH: &str = "/data/rota/token";
@@ -117,6 +119,7 @@ pub struct RawDownload {
     pub backoff_initial_ms: Option<u64>,
     pub backoff_max_ms: Option<u64>,
     pub timeout_secs: Option<u64>,
+    pub retry_budget_secs: Option<u64>,
     pub ca_file: Option<PathBuf>,
 }
 
@@ -215,12 +218,15 @@ pub enum CheckKind {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct DownloadConfig {
-    /// Attempts after a transport error or 408/429/5xx before the install gives up.
+    /// Attempts of one request after a connection error or 408/429/5xx before it gives up.
     pub retries: u32,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
     /// Connect and per-read timeout.
     pub timeout: Duration,
+    /// How long an install goes on reconnecting after transfers that broke or stalled, counted
+    /// from the last chunk it verified: every verified chunk starts the budget again.
+    pub retry_budget: Duration,
     /// Extra PEM CA certificate for a private bundle host.
     pub ca_file: Option<PathBuf>,
 }
@@ -418,6 +424,7 @@ pub fn merge_and_validate(layers: Vec<(String, RawConfig)>) -> Result<Config, Co
     let mut backoff_initial = Sourced::new();
     let mut backoff_max = Sourced::new();
     let mut timeout = Sourced::new();
+    let mut retry_budget = Sourced::new();
     let mut ca_file = Sourced::new();
     let mut server_url = Sourced::new();
     let mut robot_id = Sourced::new();
@@ -472,6 +479,7 @@ pub fn merge_and_validate(layers: Vec<(String, RawConfig)>) -> Result<Config, Co
             backoff_initial.set(download.backoff_initial_ms, file);
             backoff_max.set(download.backoff_max_ms, file);
             timeout.set(download.timeout_secs, file);
+            retry_budget.set(download.retry_budget_secs, file);
             ca_file.set(download.ca_file, file);
         }
         if let Some(server) = raw.server {
@@ -631,6 +639,9 @@ pub fn merge_and_validate(layers: Vec<(String, RawConfig)>) -> Result<Config, Co
             backoff_initial: Duration::from_millis(backoff_initial_ms),
             backoff_max: Duration::from_millis(backoff_max_ms),
             timeout: Duration::from_secs(timeout.value.unwrap_or(30)),
+            retry_budget: Duration::from_secs(
+                retry_budget.value.unwrap_or(DEFAULT_RETRY_BUDGET_SECS),
+            ),
             ca_file: ca_file.value,
         },
         server,

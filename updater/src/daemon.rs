@@ -993,7 +993,10 @@ fn remove_download(path: &Path) {
 /// tried again later rather than reported failed.
 fn is_worth_retrying(error: &InstallError) -> bool {
     match error {
-        InstallError::Source(SourceError::GaveUp { .. }) => true,
+        InstallError::Source(SourceError::GaveUp { .. })
+        | InstallError::Transport(_)
+        | InstallError::GaveUp { .. }
+        | InstallError::Read { .. } => true,
         InstallError::Bundle(_) => !error.is_bad_bundle(),
         _ => false,
     }

@@ -7,8 +7,10 @@
 //!    and the record claims nothing about it (a trial armed earlier that boots before the
 //!    mark is refused by `commit`, never completed);
 //! 4. stream source → verify and decompress (rota-bundle, on all cores) → slot, checkpointing
-//!    progress after an fsync every `checkpoint_bytes`, and reopening the source at the last
-//!    verified chunk (HTTP Range) after a transport error;
+//!    progress after an fsync every `checkpoint_bytes`, and reopening the source at the first
+//!    chunk that did not arrive whole (HTTP Range) after a transport error, for as long as
+//!    `download.retry_budget_secs` since the last verified chunk allows; a source that cannot
+//!    tell its length up front (stdin) is checked for bytes after the bundle's end;
 //! 5. fsync, record "installed" (every chunk verified and durable), and only then set the
 //!    one-shot trial and record "reboot pending".
 //!
@@ -17,22 +19,24 @@
 //! the bundle, [`switch_to_inactive_slot`] records "installed" and takes step 5's last two
 //! steps alone.
 
-use std::fs::{self, File};
-use std::io;
+use std::fs::File;
+use std::io::{self, Read};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use rota_bootctl::{BootCtl, Slot, SlotState};
 use rota_bundle::{
     BundleReader, ImageEntry, Keyring, Manifest, Part, ReadOptions, SlotClass, VerifiedManifest,
 };
 
-use crate::config::Config;
+use crate::config::{Config, DownloadConfig};
 use crate::failpoint;
 use crate::progress::Progress;
 use crate::sink::{Guard, SinkError, SlotWriter};
-use crate::source::{Backoff, BundleSource, HttpFetcher, SourceError};
+use crate::source::{error_chain, is_timeout, Backoff, BundleSource, HttpFetcher, SourceError};
 use crate::state::{
     BundleInfo, InstallPermissions, InstallProgress, Lifecycle, Sha256Digest, State,
     TransitionError,
@@ -123,20 +127,66 @@ pub enum Refusal {
         "the bundle should be {expected} bytes long, the source has {actual} (truncated or padded)"
     )]
     WrongLength { expected: u64, actual: u64 },
+    #[error("the input goes on after the bundle's end (its signed length is {length} bytes)")]
+    TrailingBytes { length: u64 },
+    #[error("the source has {length} bytes and ends inside the bundle's {part} (truncated)")]
+    ShortSource { part: Part, length: u64 },
     #[error("{0}")]
     TooBig(SinkError),
     #[error("a trial is in progress ({0}); run `rota-updater commit` (at boot) first")]
     TrialInProgress(&'static str),
 }
 
+/// Bytes of the bundle that did not arrive, as opposed to arriving wrong: retrying later may
+/// help.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("timed out: no data for {} s while receiving the bundle's {part}", .timeout.as_secs())]
+    TimedOut { part: Part, timeout: Duration },
+    #[error("the connection broke while receiving the bundle's {part}: {cause}")]
+    Broken { part: Part, cause: String },
+    #[error("the input ended early, in the bundle's {part}")]
+    InputEnded { part: Part },
+    #[error("reading the input failed in the bundle's {part}: {cause}")]
+    InputFailed { part: Part, cause: String },
+}
+
+/// What kind of failure an install error is; the CLI's exit code follows from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The bundle is bad or refused: retrying the same bundle cannot help.
+    BadBundle,
+    /// The source is unreachable, timed out, or broke (after the retry budget), or stdin
+    /// ended early: retrying later may help.
+    Transport,
+    /// The source named on the command line is no bundle file (missing, a directory).
+    Usage,
+    Other,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
-    // The message carries the cause, so these two are not `#[source]`: an error chain would
+    // The message carries the cause, so these are not `#[source]`: an error chain would
     // print the cause twice.
     #[error("bundle refused: {0}")]
     Refused(Refusal),
     #[error("bundle rejected: {0}")]
     Bundle(rota_bundle::Error),
+    #[error("{0}")]
+    Transport(TransportError),
+    #[error("{last}; gave up after {reconnects} reconnect(s) and {} s without a new verified chunk (download.retry_budget_secs = {})", .waited.as_secs(), .budget.as_secs())]
+    GaveUp {
+        last: TransportError,
+        reconnects: u32,
+        waited: Duration,
+        budget: Duration,
+    },
+    #[error("reading the bundle's {part} from {}: {cause}", path.display())]
+    Read {
+        path: PathBuf,
+        part: Part,
+        cause: io::Error,
+    },
     #[error(transparent)]
     Source(#[from] SourceError),
     #[error(transparent)]
@@ -168,8 +218,44 @@ impl InstallError {
         match self {
             InstallError::Refused(Refusal::TrialInProgress(_)) => false,
             InstallError::Refused(_) => true,
-            InstallError::Bundle(error) => !is_transport(error),
+            InstallError::Bundle(error) => !matches!(
+                error,
+                rota_bundle::Error::Read { .. }
+                    | rota_bundle::Error::Write(_)
+                    | rota_bundle::Error::Spool(_)
+                    | rota_bundle::Error::ImageInput { .. }
+                    | rota_bundle::Error::WorkerLost
+            ),
             _ => false,
+        }
+    }
+
+    /// The bytes did not arrive (network, stdin): retrying later may help.
+    pub fn is_transport(&self) -> bool {
+        matches!(
+            self,
+            InstallError::Transport(_)
+                | InstallError::GaveUp { .. }
+                | InstallError::Source(
+                    SourceError::GaveUp { .. }
+                        | SourceError::Status { .. }
+                        | SourceError::WrongRange { .. }
+                )
+        )
+    }
+
+    pub fn kind(&self) -> FailureKind {
+        if self.is_bad_bundle() {
+            FailureKind::BadBundle
+        } else if self.is_transport() {
+            FailureKind::Transport
+        } else if matches!(
+            self,
+            InstallError::Source(SourceError::File { .. } | SourceError::IsDirectory { .. })
+        ) {
+            FailureKind::Usage
+        } else {
+            FailureKind::Other
         }
     }
 }
@@ -185,17 +271,147 @@ pub struct InstallReport {
     pub reconnects: u32,
 }
 
-/// A read error of the payload: the bytes did not arrive, as opposed to arriving wrong.
-fn is_transport(error: &rota_bundle::Error) -> bool {
-    matches!(
-        error,
-        rota_bundle::Error::Read {
-            part: Part::Chunk { .. } | Part::Payload,
-            ..
-        } | rota_bundle::Error::Truncated {
-            part: Part::Chunk { .. } | Part::Payload,
+/// A bundle error as what it means for this source: a read error or a truncation is the
+/// transport failing for a stream (network, stdin), an I/O error or a truncated bundle for a
+/// file.
+fn from_bundle_error(
+    error: rota_bundle::Error,
+    source: &BundleSource,
+    timeout: Duration,
+) -> InstallError {
+    use rota_bundle::Error as E;
+    let transport = match (source, error) {
+        (BundleSource::File(path), E::Read { part, source }) => {
+            return InstallError::Read {
+                path: path.clone(),
+                part,
+                cause: source,
+            }
         }
-    )
+        (BundleSource::Stdin, E::Truncated { part }) => TransportError::InputEnded { part },
+        (BundleSource::Stdin, E::Read { part, source }) => TransportError::InputFailed {
+            part,
+            cause: source.to_string(),
+        },
+        (BundleSource::Http(_), E::Truncated { part }) => TransportError::Broken {
+            part,
+            cause: "the server closed the connection early".into(),
+        },
+        (BundleSource::Http(_), E::Read { part, source }) if is_timeout(&source) => {
+            TransportError::TimedOut { part, timeout }
+        }
+        (BundleSource::Http(_), E::Read { part, source }) => TransportError::Broken {
+            part,
+            cause: error_chain(&source),
+        },
+        (_, error) => return InstallError::Bundle(error),
+    };
+    InstallError::Transport(transport)
+}
+
+/// Reconnecting after transport errors, for as long as the retry budget lasts: counted from
+/// the last verified chunk, so a link that breaks often but passes whole chunks in between
+/// gets there.
+struct Reconnects<'a> {
+    config: &'a DownloadConfig,
+    network: bool,
+    backoff: Backoff,
+    last_progress: Instant,
+    count: u32,
+}
+
+impl<'a> Reconnects<'a> {
+    fn new(config: &'a DownloadConfig, source: &BundleSource) -> Self {
+        Reconnects {
+            config,
+            network: source.is_network(),
+            backoff: Backoff::new(config),
+            last_progress: Instant::now(),
+            count: 0,
+        }
+    }
+
+    /// A chunk was verified since the last failure: the budget starts again.
+    fn progressed(&mut self) {
+        self.last_progress = Instant::now();
+        self.backoff = Backoff::new(self.config);
+    }
+
+    /// Until when reopening the source may go on.
+    fn deadline(&self) -> Instant {
+        self.last_progress + self.config.retry_budget
+    }
+
+    /// `Ok` after waiting when `error` is worth another attempt; the error to return otherwise.
+    fn after(&mut self, error: InstallError) -> Result<(), InstallError> {
+        let transport = match error {
+            InstallError::Transport(transport) if self.network => transport,
+            other => return Err(other),
+        };
+        let waited = self.last_progress.elapsed();
+        let delay = self.backoff.delay(None);
+        if waited + delay >= self.config.retry_budget {
+            return Err(InstallError::GaveUp {
+                last: transport,
+                reconnects: self.count,
+                waited,
+                budget: self.config.retry_budget,
+            });
+        }
+        self.count += 1;
+        log::warn!(
+            "{transport}; reconnecting from there in {} ms ({} s of the retry budget left)",
+            delay.as_millis(),
+            (self.config.retry_budget - waited).as_secs()
+        );
+        self.backoff.wait(None);
+        Ok(())
+    }
+}
+
+/// Counts the bytes read through it (for a reader handed away).
+struct Counted<R> {
+    inner: R,
+    count: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// After the last chunk of the image at `position`: skips to the bundle's `end` and checks
+/// that the stream ends there (for a source that cannot tell its length up front).
+fn expect_end(reader: &mut dyn Read, position: u64, end: u64) -> Result<(), rota_bundle::Error> {
+    let gap = end.saturating_sub(position);
+    let skipped = io::copy(&mut reader.take(gap), &mut io::sink()).map_err(|source| {
+        rota_bundle::Error::Read {
+            part: Part::Payload,
+            source,
+        }
+    })?;
+    if skipped != gap {
+        return Err(rota_bundle::Error::Truncated {
+            part: Part::Payload,
+        });
+    }
+    let mut probe = [0u8; 1];
+    loop {
+        match reader.read(&mut probe) {
+            Ok(0) => return Ok(()),
+            Ok(_) => return Err(rota_bundle::Error::TrailingData),
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(source) => {
+                return Err(rota_bundle::Error::Read {
+                    part: Part::Payload,
+                    source,
+                })
+            }
+        }
+    }
 }
 
 /// What the state file and denylist record of a bundle; its identity is the digest of the
@@ -443,16 +659,47 @@ pub fn install(
     };
 
     // 1. Signature first: BundleReader decodes nothing it has not verified.
-    let stream = source.open_at(0, http.as_ref())?;
-    let bundle = BundleReader::open_with(stream, ctx.keyring, read_options())?;
+    let download = &ctx.config.download;
+    let classify = |error| from_bundle_error(error, source, download.timeout);
+    let mut reconnects = Reconnects::new(download, source);
+    let (bundle, source_length) = loop {
+        // The first request gets `download.retries` attempts; after a broken one, the budget.
+        let until = (reconnects.count > 0).then(|| reconnects.deadline());
+        let opened = source.open_at(0, http.as_ref(), until)?;
+        let arrived = Arc::new(AtomicU64::new(0));
+        let reader = Counted {
+            inner: opened.reader,
+            count: arrived.clone(),
+        };
+        match BundleReader::open_with(reader, ctx.keyring, read_options()) {
+            Ok(bundle) => break (bundle, opened.length),
+            // All the source said it has arrived, and the bundle's header wants more: the
+            // bundle is short, not the transfer.
+            Err(rota_bundle::Error::Truncated { part })
+                if opened.length == Some(arrived.load(Ordering::Relaxed)) =>
+            {
+                return Err(Refusal::ShortSource {
+                    part,
+                    length: arrived.load(Ordering::Relaxed),
+                }
+                .into());
+            }
+            Err(error) => reconnects.after(classify(error))?,
+        }
+    };
     let verified: VerifiedManifest = bundle.verified_manifest().clone();
     let info = bundle_info(&verified);
+    let signers: Vec<String> = verified
+        .signed_by()
+        .iter()
+        .map(|id| id.to_string())
+        .collect();
     log::info!(
-        "bundle {} version {} for {:?}, signed by {:?}",
+        "bundle {} version {} for {:?}, signed by {}",
         info.digest,
         info.version,
         info.compatible,
-        verified.signed_by()
+        signers.join(", ")
     );
 
     // 2. Everything that can refuse the bundle without reading the payload.
@@ -460,21 +707,9 @@ pub fn install(
     let image = rootfs_image(verified.manifest())?;
     // Borrowed, not cloned: the chunk table is about 1 MiB per GiB of image.
     let entry = verified.image(image)?;
-    if let BundleSource::File(path) = source {
-        let actual = fs::metadata(path)
-            .map_err(|error| SourceError::File {
-                path: path.clone(),
-                source: error,
-            })?
-            .len();
-        if actual != verified.bundle_length() {
-            return Err(Refusal::WrongLength {
-                expected: verified.bundle_length(),
-                actual,
-            }
-            .into());
-        }
-    }
+    // A file's size or an HTTP Content-Length; a source that cannot tell (stdin) is checked
+    // for bytes after the bundle's end once the image is in, before the trial is armed.
+    check_length(source_length, &verified)?;
     let guard = Guard::new(ctx.config.slot_device(booted));
     let slot = SlotWriter::open(ctx.config.slot_device(target), &guard)?;
     slot.check_fits(entry.size).map_err(Refusal::TooBig)?;
@@ -554,49 +789,70 @@ pub fn install(
         done: offset_of(first_chunk),
     };
     progress.start(entry.size, checkpoint.done);
-    let mut backoff = Backoff::new(&ctx.config.download);
-    let mut retries_left = ctx.config.download.retries;
-    let mut reconnects = 0u32;
+    let bundle_length = verified.bundle_length();
+    let image_end = verified.image_file_range(image)?.end;
+    let reclassify = |error| match error {
+        InstallError::Bundle(rota_bundle::Error::TrailingData) => {
+            InstallError::from(Refusal::TrailingBytes {
+                length: bundle_length,
+            })
+        }
+        InstallError::Bundle(error) => classify(error),
+        other => other,
+    };
     let mut opened = Some(bundle);
-    while checkpoint.next_chunk < chunk_count {
+    let mut streamed = false;
+    while !streamed {
         let started_at = checkpoint.next_chunk;
         let result = match opened.take() {
             // The stream we verified the signature on is already at the payload.
             Some(mut fresh) if started_at == 0 => {
-                pump(&mut fresh.image(&entry.name)?, &mut checkpoint, progress)
+                let pumped = match fresh.image(&entry.name) {
+                    Ok(mut image_reader) => pump(&mut image_reader, &mut checkpoint, progress),
+                    Err(error) => Err(error.into()),
+                };
+                match pumped {
+                    Ok(()) if source_length.is_none() => {
+                        fresh.finish().map(drop).map_err(InstallError::from)
+                    }
+                    other => other,
+                }
             }
+            _ if started_at == chunk_count && source_length.is_some() => Ok(()),
             _ => {
-                let offset = verified.chunk_file_range(image, started_at as usize)?.start;
-                let mut reader = source.open_at(offset, http.as_ref())?;
-                let mut image_reader = verified.image_reader(
+                let offset = match verified.chunk_file_range(image, started_at as usize) {
+                    Ok(range) => range.start,
+                    // Every chunk is in (a resume): only the end is left to check.
+                    Err(_) => image_end,
+                };
+                let opened = source.open_at(offset, http.as_ref(), Some(reconnects.deadline()))?;
+                // The same file as the one verified, or none of it is.
+                check_length(opened.length, &verified)?;
+                let mut reader = opened.reader;
+                let pumped = match verified.image_reader(
                     image,
                     started_at as usize,
                     &mut reader,
                     &read_options(),
-                )?;
-                pump(&mut image_reader, &mut checkpoint, progress)
+                ) {
+                    Ok(mut image_reader) => pump(&mut image_reader, &mut checkpoint, progress),
+                    Err(error) => Err(error.into()),
+                };
+                match pumped {
+                    Ok(()) if opened.length.is_none() => {
+                        expect_end(&mut reader, image_end, bundle_length)
+                            .map_err(InstallError::from)
+                    }
+                    other => other,
+                }
             }
         };
-        match result {
-            Ok(()) => {}
-            Err(InstallError::Bundle(error)) if is_transport(&error) && source.is_network() => {
-                if checkpoint.next_chunk > started_at {
-                    // Progress was made: this is a new failure, not the same one again.
-                    retries_left = ctx.config.download.retries;
-                    backoff = Backoff::new(&ctx.config.download);
-                }
-                if retries_left == 0 {
-                    return Err(error.into());
-                }
-                retries_left -= 1;
-                reconnects += 1;
-                log::warn!(
-                    "transfer broke at chunk {} ({error}); reconnecting from that chunk",
-                    checkpoint.next_chunk
-                );
-                backoff.wait(None);
-            }
-            Err(error) => return Err(error),
+        if checkpoint.next_chunk > started_at {
+            reconnects.progressed();
+        }
+        match result.map_err(reclassify) {
+            Ok(()) => streamed = true,
+            Err(error) => reconnects.after(error)?,
         }
     }
     // bundle (and its stream) are dropped here at the latest.
@@ -618,7 +874,7 @@ pub fn install(
         slot: target,
         bundle: info,
         resumed_at_chunk: first_chunk,
-        reconnects,
+        reconnects: reconnects.count,
     })
 }
 
@@ -712,6 +968,17 @@ pub fn arm_installed(ctx: &Context) -> Result<InstallReport, InstallError> {
         resumed_at_chunk: 0,
         reconnects: 0,
     })
+}
+
+/// Refuses a source whose length (when it tells one) is not the signed bundle length.
+fn check_length(length: Option<u64>, verified: &VerifiedManifest) -> Result<(), Refusal> {
+    match length {
+        Some(actual) if actual != verified.bundle_length() => Err(Refusal::WrongLength {
+            expected: verified.bundle_length(),
+            actual,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Lets the workers verify and write the image into the slot until it ends or an error,

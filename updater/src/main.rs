@@ -11,25 +11,32 @@ use rota_bundle::Keyring;
 use rota_updater::commit::{self, CommitContext, CommitOutcome};
 use rota_updater::config::{self, Config, ConfigPaths};
 use rota_updater::daemon::{self, Daemon, DaemonContext};
-use rota_updater::install::{self, Context, InstallError, InstallOptions, InstallReport};
+use rota_updater::install::{
+    self, Context, FailureKind, InstallError, InstallOptions, InstallReport,
+};
 use rota_updater::notify::Notifier;
 use rota_updater::source::BundleSource;
 use rota_updater::state::{Lifecycle, State};
 use rota_updater::store::{Store, StoreError, StoreLock};
 use rota_updater::{logging, progress, status};
 
-/// Exit codes, also listed in `--help`.
+/// Exit codes, also listed in `--help` and updater/README.md; `tests/exit_codes.rs` checks
+/// each of them.
 const EXIT_ERROR: u8 = 1;
 const EXIT_TRIAL_FAILED: u8 = 2;
 const EXIT_BAD_BUNDLE: u8 = 3;
+const EXIT_TRANSPORT: u8 = 4;
+/// Another rota-updater holds the state lock.
 const EXIT_BUSY: u8 = 5;
+/// As sysexits.h's EX_USAGE: clap's own usage errors would exit 2, commit's code.
+const EXIT_USAGE: u8 = 64;
 
 #[derive(Parser)]
 #[command(
     name = "rota-updater",
     version,
     about = "Installs signed Rota bundles into the inactive slot, trial-boots them, and commits them after health checks.",
-    after_help = "Exit codes:\n  0  success (for commit: committed, rolled back recorded, or nothing pending)\n  1  error (I/O, boot environment, config, network after all retries)\n  2  commit: a health check failed; the slot is marked bad and a reboot was requested\n  3  install: the bundle was refused (signature, damage, compatible, version, denylist, size)\n  5  busy: another rota-updater holds the state lock (an install, resume or commit is running)\n\nEnvironment:\n  ROTA_LOG        log level: error, warn, info (default), debug\n  ROTA_FAILPOINT  crash-test hook: NAME[@N] exits at the N-th time NAME is reached"
+    after_help = "Exit codes:\n   0  success (for commit: committed, rolled back recorded, or nothing pending)\n   1  other error (I/O, boot environment, config, state file)\n   2  commit: a health check failed, or the trial slot's install never finished; the slot\n      is marked bad and a reboot was requested\n   3  the bundle is bad or refused (signature, damage, compatible, downgrade, denylist,\n      size): retrying the same bundle cannot help\n   4  transport: the source is unreachable, timed out, or broke after the retry budget,\n      or stdin ended early: retrying later may help\n   5  busy: another rota-updater holds the state lock (an install, resume or commit\n      is running)\n  64  usage: bad arguments, or the bundle path is missing or a directory\n\nEnvironment:\n  ROTA_LOG        log level: error, warn, info (default), debug\n  ROTA_FAILPOINT  crash-test hook: NAME[@N] exits at the N-th time NAME is reached"
 )]
 struct Cli {
     /// Read only this config file instead of /usr/lib/rota/updater.toml, /etc/rota/updater.toml
@@ -120,7 +127,14 @@ fn load(config_path: Option<PathBuf>) -> Result<Loaded> {
 
 fn main() -> ExitCode {
     logging::init();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            // --help and --version are "errors" printed on stdout, exit 0.
+            let _ = error.print();
+            return ExitCode::from(if error.use_stderr() { EXIT_USAGE } else { 0 });
+        }
+    };
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
@@ -130,22 +144,25 @@ fn main() -> ExitCode {
     }
 }
 
+/// The exit code of a failed command (see `after_help`).
 fn exit_code(error: &anyhow::Error) -> u8 {
     let busy = error.chain().any(|cause| {
         matches!(
             cause.downcast_ref::<StoreError>(),
             Some(StoreError::Busy { .. })
+        ) || matches!(
+            cause.downcast_ref::<InstallError>(),
+            Some(InstallError::Store(StoreError::Busy { .. }))
         )
     });
     if busy {
-        EXIT_BUSY
-    } else if error
-        .downcast_ref::<InstallError>()
-        .is_some_and(InstallError::is_bad_bundle)
-    {
-        EXIT_BAD_BUNDLE
-    } else {
-        EXIT_ERROR
+        return EXIT_BUSY;
+    }
+    match error.downcast_ref::<InstallError>().map(InstallError::kind) {
+        Some(FailureKind::BadBundle) => EXIT_BAD_BUNDLE,
+        Some(FailureKind::Transport) => EXIT_TRANSPORT,
+        Some(FailureKind::Usage) => EXIT_USAGE,
+        Some(FailureKind::Other) | None => EXIT_ERROR,
     }
 }
 

@@ -2,28 +2,30 @@
 //!
 //! A source is opened at a byte offset: 0 for a fresh install, the start of the first chunk not
 //! yet in the slot for a resume (an HTTP Range request). Opening retries transport errors and
-//! 408/429/5xx answers with exponential backoff; errors in the middle of a body are retried by
-//! the installer, which reopens at the last verified chunk.
+//! 408/429/5xx answers with exponential backoff (`download.retries` times, or until a deadline);
+//! errors in the middle of a body are retried by the installer, which reopens at the first
+//! chunk that did not arrive whole, within `download.retry_budget_secs` of the last verified
+//! one. An opened source also tells the bundle's length when it knows it.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use reqwest::header::{CONTENT_RANGE, RANGE, RETRY_AFTER};
+use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, RANGE, RETRY_AFTER};
 use reqwest::StatusCode;
 
 use crate::config::DownloadConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("open {}: {source}", path.display())]
-    File {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    // The message carries the cause, so it is not `#[source]`: an error chain would print the
+    // OS error twice.
+    #[error("open {}: {cause}", path.display())]
+    File { path: PathBuf, cause: io::Error },
+    #[error("{} is a directory, not a bundle file", path.display())]
+    IsDirectory { path: PathBuf },
     #[error("stdin can only be read once from the start (asked for offset {offset})")]
     StdinNotSeekable { offset: u64 },
     #[error("HTTP client setup: {0}")]
@@ -49,6 +51,14 @@ pub enum SourceError {
         offset: u64,
         content_range: String,
     },
+}
+
+/// A source opened at an offset, and the length of the whole bundle as the source tells it:
+/// the file's size, an HTTP answer's Content-Length or Content-Range total; `None` when it
+/// cannot say (stdin, a chunked HTTP answer).
+pub struct Opened {
+    pub reader: Box<dyn Read + Send>,
+    pub length: Option<u64>,
 }
 
 /// A bundle location as given on the command line.
@@ -91,26 +101,39 @@ impl BundleSource {
     }
 
     /// A reader positioned at byte `offset` of the bundle. `http` is needed for URLs only
-    /// (building it starts reqwest's I/O thread, so file installs do without).
+    /// (building it starts reqwest's I/O thread, so file installs do without). A URL is asked
+    /// again after errors worth retrying up to `download.retries` times, or, with `until`,
+    /// until then.
     pub fn open_at(
         &self,
         offset: u64,
         http: Option<&HttpFetcher>,
-    ) -> Result<Box<dyn Read + Send>, SourceError> {
+        until: Option<Instant>,
+    ) -> Result<Opened, SourceError> {
         match self {
             BundleSource::File(path) => {
-                let file_error = |source| SourceError::File {
+                let file_error = |cause| SourceError::File {
                     path: path.clone(),
-                    source,
+                    cause,
                 };
                 let mut file = File::open(path).map_err(file_error)?;
+                let metadata = file.metadata().map_err(file_error)?;
+                if metadata.is_dir() {
+                    return Err(SourceError::IsDirectory { path: path.clone() });
+                }
                 file.seek(SeekFrom::Start(offset)).map_err(file_error)?;
-                Ok(Box::new(file))
+                Ok(Opened {
+                    reader: Box::new(file),
+                    length: metadata.is_file().then_some(metadata.len()),
+                })
             }
-            BundleSource::Stdin if offset == 0 => Ok(Box::new(io::stdin())),
+            BundleSource::Stdin if offset == 0 => Ok(Opened {
+                reader: Box::new(io::stdin()),
+                length: None,
+            }),
             BundleSource::Stdin => Err(SourceError::StdinNotSeekable { offset }),
             BundleSource::Http(url) => match http {
-                Some(http) => http.get_from(url, offset),
+                Some(http) => http.get_from(url, offset, until),
                 None => Err(SourceError::Client(
                     "no HTTP client for a URL source".into(),
                 )),
@@ -137,9 +160,13 @@ impl Backoff {
     /// Sleeps for the current delay (or `hint`, e.g. Retry-After, if shorter than the cap) and
     /// doubles it.
     pub fn wait(&mut self, hint: Option<Duration>) {
-        let delay = hint.map_or(self.next, |hint| hint.min(self.max));
-        thread::sleep(delay);
+        thread::sleep(self.delay(hint));
         self.next = (self.next * 2).min(self.max);
+    }
+
+    /// What [`Self::wait`] would sleep.
+    pub fn delay(&self, hint: Option<Duration>) -> Duration {
+        hint.map_or(self.next, |hint| hint.min(self.max))
     }
 }
 
@@ -173,8 +200,14 @@ impl HttpFetcher {
         })
     }
 
-    /// GET `url` from byte `offset` (a Range request when `offset > 0`), retrying what may pass.
-    pub fn get_from(&self, url: &str, offset: u64) -> Result<Box<dyn Read + Send>, SourceError> {
+    /// GET `url` from byte `offset` (a Range request when `offset > 0`), retrying what may pass:
+    /// `download.retries` times, or with `until`, as long as the next attempt starts before it.
+    pub fn get_from(
+        &self,
+        url: &str,
+        offset: u64,
+        until: Option<Instant>,
+    ) -> Result<Opened, SourceError> {
         let mut backoff = Backoff::new(&self.config);
         let mut attempts = 0u32;
         loop {
@@ -205,7 +238,11 @@ impl HttpFetcher {
                 }
                 Err(error) => (error_chain(&error), None),
             };
-            if attempts > self.config.retries {
+            let give_up = match until {
+                Some(until) => Instant::now() + backoff.delay(hint) >= until,
+                None => attempts > self.config.retries,
+            };
+            if give_up {
                 return Err(SourceError::GaveUp {
                     url: url.into(),
                     offset,
@@ -225,11 +262,22 @@ impl HttpFetcher {
         url: &str,
         offset: u64,
         response: reqwest::blocking::Response,
-    ) -> Result<Box<dyn Read + Send>, SourceError> {
-        if offset == 0 {
-            return Ok(Box::new(response));
+    ) -> Result<Opened, SourceError> {
+        if offset == 0 || response.status() != StatusCode::PARTIAL_CONTENT {
+            // The whole file: its length is the Content-Length (absent when chunked).
+            let length = response
+                .headers()
+                .get(CONTENT_LENGTH)
+                .and_then(|value| value.to_str().ok()?.trim().parse::<u64>().ok());
+            if offset == 0 {
+                return Ok(Opened {
+                    reader: Box::new(response),
+                    length,
+                });
+            }
+            return self.skip_ignored_range(url, offset, response, length);
         }
-        if response.status() == StatusCode::PARTIAL_CONTENT {
+        {
             let content_range = response
                 .headers()
                 .get(CONTENT_RANGE)
@@ -247,8 +295,26 @@ impl HttpFetcher {
                     content_range,
                 });
             }
-            return Ok(Box::new(response));
+            // `bytes START-END/TOTAL`; `*` for an unknown total.
+            let length = content_range
+                .rsplit('/')
+                .next()
+                .and_then(|total| total.trim().parse::<u64>().ok());
+            Ok(Opened {
+                reader: Box::new(response),
+                length,
+            })
         }
+    }
+
+    /// A 200 answer to a Range request: read past the bytes we already have.
+    fn skip_ignored_range(
+        &self,
+        url: &str,
+        offset: u64,
+        response: reqwest::blocking::Response,
+        length: Option<u64>,
+    ) -> Result<Opened, SourceError> {
         log::warn!("{url} ignores Range requests: skipping {offset} bytes of the full body");
         let mut response = response;
         let skipped = io::copy(&mut (&mut response).take(offset), &mut io::sink()).unwrap_or(0);
@@ -259,7 +325,10 @@ impl HttpFetcher {
                 content_range: format!("full body ended after {skipped} bytes"),
             });
         }
-        Ok(Box::new(response))
+        Ok(Opened {
+            reader: Box::new(response),
+            length,
+        })
     }
 }
 
@@ -270,8 +339,35 @@ fn retryable(status: StatusCode) -> bool {
         || status.is_server_error()
 }
 
+/// Whether a read error is a timeout (reqwest's per-read timeout, or the OS's).
+pub fn is_timeout(error: &io::Error) -> bool {
+    if matches!(
+        error.kind(),
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+    ) {
+        return true;
+    }
+    // An io::Error's `source()` skips the error it wraps: start from that one.
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = error
+        .get_ref()
+        .map(|inner| inner as &(dyn std::error::Error + 'static));
+    while let Some(error) = cause {
+        if error
+            .downcast_ref::<reqwest::Error>()
+            .is_some_and(reqwest::Error::is_timeout)
+            || error
+                .downcast_ref::<io::Error>()
+                .is_some_and(|io| io.kind() == io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
+}
+
 /// reqwest's Display hides the cause ("error sending request"); the chain says what broke.
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

@@ -58,5 +58,7 @@ fn commit_unit_is_a_watched_notify_service_before_boot_complete() {
     assert!(daemon
         .lines()
         .any(|l| l == "After=rota-commit.service network-online.target"));
-    assert!(daemon.lines().any(|l| l == "RestartPreventExitStatus=3"));
+    // A daemon that stays down drops the robot off its fleet: no exit code may keep it down.
+    assert!(daemon.lines().any(|l| l == "Restart=on-failure"));
+    assert!(!daemon.contains("RestartPreventExitStatus"));
 }

@@ -16,12 +16,20 @@ pub enum Action {
     CutAfter(usize),
     /// Answer with this status and no body.
     Status(u16),
+    /// Send headers for the whole answer, then this many body bytes, then nothing more while
+    /// keeping the connection open (for a minute).
+    StallAfter(usize),
+    /// Serve without a Content-Length: the body ends when the connection closes.
+    ServeWithoutLength,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
     /// Start of `Range: bytes=N-`, if the request had one.
     pub range_start: Option<u64>,
+    /// Body bytes the server wrote to the connection (all were accepted by the socket, so the
+    /// client received them or hung up first).
+    pub sent: u64,
 }
 
 pub struct Server {
@@ -51,6 +59,11 @@ impl Server {
     pub fn requests(&self) -> Vec<Request> {
         self.requests.lock().unwrap().clone()
     }
+
+    /// Body bytes sent over all requests.
+    pub fn bytes_sent(&self) -> u64 {
+        self.requests().iter().map(|request| request.sent).sum()
+    }
 }
 
 fn serve(
@@ -79,11 +92,21 @@ fn serve(
                 .and_then(|start| start.parse::<u64>().ok());
         }
     }
-    recorded.lock().unwrap().push(Request { range_start });
+    let index = {
+        let mut recorded = recorded.lock().unwrap();
+        recorded.push(Request {
+            range_start,
+            sent: 0,
+        });
+        recorded.len() - 1
+    };
     let action = plan.lock().unwrap().pop_front().unwrap_or(Action::Serve);
     let mut stream = stream;
     let start = range_start.unwrap_or(0) as usize;
     let head = match (&action, range_start) {
+        (Action::ServeWithoutLength, None) => {
+            "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n".to_owned()
+        }
         (Action::Status(status), _) => {
             format!("HTTP/1.1 {status} Planned\r\nContent-Length: 0\r\nRetry-After: 0\r\nConnection: close\r\n\r\n")
         }
@@ -104,11 +127,16 @@ fn serve(
     let rest = &body[start.min(body.len())..];
     let sent = match action {
         Action::Status(_) => &rest[..0],
-        Action::CutAfter(bytes) => &rest[..bytes.min(rest.len())],
-        Action::Serve => rest,
+        Action::CutAfter(bytes) | Action::StallAfter(bytes) => &rest[..bytes.min(rest.len())],
+        Action::Serve | Action::ServeWithoutLength => rest,
     };
     // The client may hang up early (it saw enough or failed): not the server's problem.
-    let _ = stream.write_all(sent);
+    if stream.write_all(sent).is_ok() {
+        recorded.lock().unwrap()[index].sent = sent.len() as u64;
+    }
     let _ = stream.flush();
+    if let Action::StallAfter(_) = action {
+        thread::sleep(std::time::Duration::from_secs(60));
+    }
     let _ = stream.shutdown(Shutdown::Both);
 }

@@ -4,8 +4,11 @@
 //! the rota-bundle writer.
 #![allow(dead_code)]
 
+pub mod blockdev;
 pub mod fleet;
 pub mod http;
+pub mod power_cut;
+pub mod recorder;
 
 use std::fs;
 use std::path::{Path, PathBuf};
