@@ -334,6 +334,11 @@ class BundleServer(http.server.ThreadingHTTPServer):
         with self._lock:
             self._cut = (amount, fn)
 
+    def disarm(self):
+        """Drops an armed cut that did not fire."""
+        with self._lock:
+            self._cut = None
+
     def cut_point(self, length):
         """Bytes into a response of `length` at which the armed cut fires, or None."""
         with self._lock:
