@@ -95,6 +95,10 @@ pub struct Recording {
     pub bundles: Vec<KnownBundle>,
     /// The bundle the operation installs (install operations), for the retry.
     pub target: Option<usize>,
+    /// Whether booting a slot the state names no verified bundle for is a violation (true), or
+    /// tolerated when the state says that slot is being installed and `commit` refuses the boot
+    /// (marks it bad and asks for a reboot, exit 2). See `tests/power_cut.rs`.
+    pub strict_boot: bool,
 }
 
 /// Files outside the disks (keys, configs, cmdline) and, on fresh disks, the boot env and the
@@ -364,6 +368,7 @@ pub fn record(backend: Backend, op: Op) -> Recording {
         log,
         bundles,
         target,
+        strict_boot: true,
     }
 }
 
@@ -784,10 +789,18 @@ impl Recording {
     fn boot_and_commit(&self, robot: &Robot) -> Result<String, String> {
         let before = status(robot)?;
         let booted = robot.boot();
-        self.booted_ok(robot, &booted, &before)?;
+        let mut must_refuse = false;
+        if let Err(error) = self.booted_ok(robot, &booted, &before) {
+            let being_installed = before["pending"]["slot"] == booted.as_str()
+                && before["pending"]["stage"] == "installing";
+            if self.strict_boot || !being_installed {
+                return Err(error);
+            }
+            must_refuse = true;
+        }
         let output = robot.run(&["commit"]);
         match exit_code(&output) {
-            0 => Ok(booted),
+            0 if !must_refuse => Ok(booted),
             2 => {
                 let booted = robot.boot();
                 let before = status(robot)?;
@@ -799,7 +812,12 @@ impl Recording {
                 Ok(booted)
             }
             code => Err(format!(
-                "commit on {booted} exits {code}: {}",
+                "commit on {booted} exits {code}{}: {}",
+                if must_refuse {
+                    " (the state names no verified bundle for it: it must refuse, exit 2)"
+                } else {
+                    ""
+                },
                 stderr(&output)
             )),
         }
