@@ -126,7 +126,7 @@ fn power_cut_during_zstd_install() {
     power_cuts(Op::InstallZstd);
 }
 
-/// Fails on main as of the merge of f9e714b (the `Installed` state): a cut after the second
+/// Fails on main (checked at 63d222e, after f9e714b's `Installed` state): a cut after the second
 /// install saved `installing` (which forgets B's first bundle) and before the boot env marked B
 /// bad leaves B's first trial armed, so the bootloader boots B, whose bytes are the first
 /// bundle's while the state names none for it but the second (crash points "prefix of 9/113"
