@@ -208,6 +208,33 @@ class Artifacts:
     boot_offset: int  # byte offset of the FAT boot partition (for reading the env on the host)
     bundles: dict = field(default_factory=dict)  # version -> bundle path
     keyring: Path = None
+    partitions: dict = field(default_factory=dict)  # name -> (byte offset, byte size)
+    rota_image: Path = None
+
+    def image_digest(self, version):
+        """(size, sha256) of the rootfs image in version's bundle, from its verified manifest."""
+        if version not in self._digests:
+            out = run([self.rota_image, "inspect", self.bundles[version], "--keyring",
+                       self.keyring, "--json"], capture_output=True, text=True).stdout
+            self._digests[version] = rootfs_digest(json.loads(out))
+        return self._digests[version]
+
+    def __post_init__(self):
+        self._digests = {}
+
+
+def rootfs_digest(manifest):
+    """(size, sha256) of the first image with both fields anywhere in inspect's JSON."""
+    stack = [manifest]
+    while stack:
+        node = stack.pop(0)
+        if isinstance(node, dict):
+            if isinstance(node.get("size"), int) and isinstance(node.get("sha256"), str):
+                return node["size"], node["sha256"]
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    raise RuntimeError(f"no image size and sha256 in the bundle's manifest: {manifest}")
 
 
 def build_setup(setup, rota_image, bindir):
@@ -220,7 +247,10 @@ def build_setup(setup, rota_image, bindir):
     return Artifacts(setup=setup, golden=golden / f"golden.{fmt}",
                      boot_offset=int(boot["offset"]),
                      bundles={v: versions / f"rota-{v}.rota" for v in VERSIONS if v != "1.0.0"},
-                     keyring=keys(rota_image))
+                     keyring=keys(rota_image),
+                     partitions={p["name"]: (int(p["offset"]), int(p["size"]))
+                                 for p in report["partitions"]},
+                     rota_image=rota_image)
 
 
 def build_versions(setup, rota_image, bindir):

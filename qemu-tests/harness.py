@@ -111,10 +111,21 @@ class Machine:
         return time.monotonic() - self.started_at
 
     def power_cut(self):
-        """Kills QEMU at once: the guest gets no chance to flush anything."""
-        if self.running():
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.wait_stopped(10)
+        """Kills QEMU at once: the guest gets no chance to flush anything.
+
+        Safe from another thread (the HTTP server's byte-count cut): it waits for the QEMU it
+        killed, not for one the test thread may already be starting after seeing this one end."""
+        proc, reader = self.proc, self._reader
+        if proc is None:
+            return
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            raise Timeout(f"{self.name}: QEMU still running 10s after SIGKILL") from None
+        if reader is not None and reader.ident is not None:
+            reader.join(5)
 
     def wait_stopped(self, timeout):
         """Waits for QEMU to exit by itself (guest reboot or poweroff with -no-reboot)."""

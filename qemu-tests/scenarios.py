@@ -15,12 +15,15 @@ the trial boot to the end of rota-commit.service.
 """
 
 import json
+import random
 import re
+import subprocess
 import time
 import traceback
 from dataclasses import dataclass, field
 
 import harness
+import setups
 
 BOOT_TIMEOUT = 300  # power-on to shell; TCG on a loaded 2-core machine is slow
 INSTALL_TIMEOUT = 900
@@ -53,12 +56,14 @@ class Result:
 class Robot:
     """One virtual robot: a Machine plus the Rota-specific ways to look at it."""
 
-    def __init__(self, setup, artifacts, machine, server, log):
+    def __init__(self, setup, artifacts, machine, server, log, cuts=None):
         self.setup = setup
         self.art = artifacts
         self.m = machine
         self.server = server
         self.log = log
+        self.cuts = cuts or CutPlan()
+        self.tally = []  # one dict per power cut of scenario 6, in order
 
     # --- booting ----------------------------------------------------------------------------
     def power_on(self):
@@ -273,7 +278,8 @@ def s4_install_cut(robot, res):
         check(st.get("booted") == "B", f"after cut ({what}): status says booted {st.get('booted')}")
         check(st.get("next") == "B", f"after cut ({what}): next boot would be {st.get('next')}")
         pend = st.get("pending")
-        check(pend is None or pend.get("stage") == "installing",
+        # "installed": written, verified and recorded, the trial not yet set (before-begin-trial).
+        check(pend is None or pend.get("stage") in ("installing", "installed"),
               f"after cut ({what}): pending {pend}")
     target, secs = install_and_reboot(robot, "5.0.0", "--checkpoint-bytes", "16777216")
     res.notes.append(f"retry {secs:.0f}s")
@@ -328,12 +334,336 @@ def env_primary(bootctl_status):
     return bootctl_status.get("next") or bootctl_status.get("primary")
 
 
+# --- 6: seeded power cuts --------------------------------------------------------------------
+# Power cuts at pseudo-random moments drawn from a seed, as many as asked for (`run --cuts N`,
+# `--long`): the robot lives through them one after the other, as in the field. A cut during an
+# install is followed by one boot and the same install again (it resumes from its last
+# checkpoint); a cut that left a verified trial boots it. Per cut: the boot env is read from the
+# stopped disk on the host (and, when it holds a trial, the trial slot is hashed against the
+# bundle's manifest), the real bootloader boots, the slot it chose must be the one the env named,
+# and the updater's state must agree with the env and with the rootfs that runs.
+
+CUT_CHECKPOINT_BYTES = 8 << 20
+GOLDEN_VERSION = "1.0.0"  # build.VERSIONS: slot A of the golden image
+MIB = 1 << 20
+
+# Failpoints an install reaches, and where the boot after a cut there must go: "old" (the slot
+# that ran the install: the trial is not set yet), "trial" (the installed slot, every hash
+# matched), None (either: the store's failpoints fire at every state save, the last one after
+# the trial was set).
+INSTALL_FAILPOINTS = {
+    "after-mark-bad": "old",
+    "after-run-written": "old",
+    "after-progress-saved": "old",
+    "before-begin-trial": "old",
+    "after-begin-trial": "trial",
+    "after-write-temp": None,
+    "after-fsync-temp": None,
+    "after-rename": None,
+}
+# Failpoints of the trial boot's commit (armed for that boot through commit.env): "old" (the
+# trial's attempt is used up and nothing marked it good: rolled back), "trial" (marked good: the
+# commit completes on the next boot of it). Saves: 1 = the trial recorded, 2 = committed.
+COMMIT_FAILPOINTS = {
+    "after-trial-recorded": "old",
+    "before-mark-good": "old",
+    "after-mark-good": "trial",
+    "after-write-temp@1": "old",
+    "after-fsync-temp@1": "old",
+    "after-rename@1": "old",
+    "after-write-temp@2": "trial",
+    "after-fsync-temp@2": "trial",
+    "after-rename@2": "trial",
+}
+# How often each way of cutting is drawn. "commit" finishes the install, cuts at once (reboot
+# pending), then cuts the trial boot's commit: two cuts, two boots.
+CUT_KINDS = {"download": 4, "install-failpoint": 4, "commit": 2}
+# Stages of a pending install before its trial is set (the lead may add one: any name that is
+# not a trial stage counts).
+TRIAL_STAGES = {"reboot-pending", "trial", "trial-failed"}
+
+
+@dataclass
+class CutPlan:
+    count: int = 0  # power cuts scenario 6 makes on this robot
+    seed: int = 0
+    budget: float = None  # seconds; scenario 6 stops drawing cuts after this long
+
+
+def other_slot(slot):
+    return "B" if slot == "A" else "A"
+
+
+class Campaign:
+    def __init__(self, robot, res):
+        self.r = robot
+        self.res = res
+        self.rng = random.Random(f"{robot.cuts.seed}/{robot.setup.name}")
+        self.scratch = robot.m.disk.parent / "host-reads"
+        self.scratch.mkdir(exist_ok=True)
+        self.slot = None  # the slot running now
+        self.started = time.monotonic()
+
+    # --- bookkeeping ---------------------------------------------------------------------------
+    def record(self, kind, moment, expect, booted, old, outcome, t0):
+        n = len(self.r.tally) + 1
+        secs = time.monotonic() - t0
+        self.r.tally.append({"n": n, "kind": kind, "moment": moment, "expect": expect or "either",
+                             "booted": booted, "role": "old" if booted == old else "trial",
+                             "outcome": outcome, "seconds": round(secs, 1)})
+        self.r.log(f"cut {n}/{self.r.cuts.count} [{kind}: {moment}] -> booted {booted};"
+                   f" {outcome} ({secs:.0f}s)")
+
+    def done(self):
+        if len(self.r.tally) >= self.r.cuts.count:
+            return True
+        budget = self.r.cuts.budget
+        if budget is not None and time.monotonic() - self.started > budget:
+            self.res.notes.append(f"--cut-budget {budget:.0f}s reached")
+            return True
+        return False
+
+    # --- the host's view of the stopped robot --------------------------------------------------
+    def host_env(self):
+        """rota-bootctl's reading of the boot env on the stopped disk (host build of bootctl)."""
+        args = self.r.setup.env_bootctl_args(self.r.m.disk, self.r.art.boot_offset, self.scratch)
+        bootctl = self.r.art.rota_image.parent / "rota-bootctl"
+        cmdline = self.scratch / "cmdline"
+        cmdline.write_text("console=none\n")
+        out = subprocess.run([str(bootctl), *map(str, args), "--cmdline", str(cmdline),
+                              "status", "--json"], check=True, capture_output=True,
+                             text=True).stdout
+        return json.loads(out)
+
+    def slot_verified(self, slot, version):
+        """The slot's bytes hash to the rootfs image of version's bundle (read on the host)."""
+        size, sha = self.r.art.image_digest(version)
+        offset, _ = self.r.art.partitions[f"rootfs-{slot.lower()}"]
+        return setups.range_sha256(self.r.m.disk, offset, size, self.scratch) == sha
+
+    # --- after a cut ---------------------------------------------------------------------------
+    def boot_after_cut(self, what, expect, old, target, version, verify_trial=True):
+        """Reads the env of the stopped robot, boots it by its bootloader and checks the choice.
+
+        Returns the slot booted (the shell is not awaited)."""
+        env = self.host_env()
+        nxt = env.get("next")
+        states = {s["slot"]: s for s in env.get("slots", [])}
+        check(nxt in ("A", "B"), f"after a cut at {what}: the boot env names no bootable slot:"
+                                 f" {json.dumps(env)}")
+        if expect is not None:
+            want = old if expect == "old" else target
+            check(nxt == want, f"after a cut at {what}: the boot env would boot {nxt}, expected"
+                               f" {want} ({expect}); env {json.dumps(env.get('env'))}")
+        if verify_trial and nxt == target:
+            # (GRUB's env cannot tell a trial not yet booted from a good slot: OK=1 TRY=0.)
+            check(states.get(target, {}).get("state") in ("trial", "good"),
+                  f"after a cut at {what}: {target} boots next but is neither on trial nor good:"
+                  f" {json.dumps(env)}")
+            check(self.slot_verified(target, version),
+                  f"after a cut at {what}: slot {target} is on trial but does not hold"
+                  f" {version}'s image byte for byte")
+        self.r.power_on()
+        slot = self.r.booted_slot_from_console()
+        check(slot == nxt, f"after a cut at {what}: the bootloader booted {slot}, the boot env"
+                           f" said {nxt}")
+        self.slot = slot
+        return slot
+
+    def settle_and_check(self, what):
+        """Waits for the shell and this boot's commit, then checks that the state file, the boot
+        env and the running rootfs agree. Returns the updater's status."""
+        self.r.m.login(BOOT_TIMEOUT)
+        self.r.wait_commit()
+        st = self.r.status()
+        env = self.r.bootctl()
+        _, ver = self.r.m.sh("cat /etc/rota-test/version")
+        ver = ver.strip()
+        slot = self.slot
+        check(st.get("booted") == slot, f"after {what}: status says booted {st.get('booted')},"
+                                        f" the kernel was started from {slot}")
+        check(env_primary(env) == slot, f"after {what}: the boot env would boot"
+                                        f" {env_primary(env)} next, running {slot}")
+        # The golden image's slot was flashed, not installed: the state need not know it.
+        recorded = slot_version(st, slot)
+        check(recorded == ver or (recorded is None and ver == GOLDEN_VERSION),
+              f"after {what}: the state says slot {slot} holds {recorded}, its rootfs is {ver}")
+        pend = st.get("pending")
+        if pend is not None:
+            check(pend.get("stage") not in TRIAL_STAGES and pend.get("slot") != slot,
+                  f"after {what}: pending {pend} while running {slot}")
+            states = {s["slot"]: s.get("state") for s in env.get("slots", [])}
+            check(states.get(pend["slot"]) == "bad",
+                  f"after {what}: an install into {pend['slot']} is pending, but the boot env"
+                  f" has it {states.get(pend['slot'])}")
+        return st
+
+    def describe(self, st):
+        pend = st.get("pending")
+        if pend and pend.get("bytes_done") is not None:
+            size, _ = self.r.art.image_digest(pend["version"])
+            pct = 100 * pend["bytes_done"] // size
+            return f"{pend['stage']} {pend['version']} {pct}%"
+        if pend:
+            return f"{pend['stage']} {pend['version']}"
+        last = st.get("last_result") or {}
+        return f"{last.get('result')} {last.get('version')}"
+
+    # --- one draw ------------------------------------------------------------------------------
+    def next_install(self, st):
+        """(version, bytes still to write, resuming) of the install to run from here."""
+        pend = st.get("pending")
+        size = None
+        if pend and pend.get("stage") not in TRIAL_STAGES and pend.get("slot") != self.slot:
+            version = pend["version"]
+            size, _ = self.r.art.image_digest(version)
+            if pend.get("stage") != "installing":
+                return version, 0, True  # written and verified ("installed"): nothing to fetch
+            return version, max(0, size - (pend.get("bytes_done") or 0)), True
+        running = slot_version(st, self.slot)
+        version = "5.0.0" if running == "6.0.0" else "6.0.0"
+        size, _ = self.r.art.image_digest(version)
+        return version, size, False
+
+    def install_cmd(self, version, env=""):
+        url = self.r.server.url(f"rota-{version}.rota")
+        return (f"{env} rota-updater install --allow-downgrade --allow-denied"
+                f" --checkpoint-bytes {CUT_CHECKPOINT_BYTES} {url}")
+
+    def step(self, st):
+        version, left, resuming = self.next_install(st)
+        old, target = self.slot, other_slot(self.slot)
+        kind = self.rng.choices(list(CUT_KINDS), weights=list(CUT_KINDS.values()))[0]
+        if kind == "download" and left < 2 * MIB:
+            kind = "install-failpoint"
+        verb = "resume" if resuming else "install"
+        t0 = time.monotonic()
+        if kind == "download":
+            frac = round(self.rng.uniform(0.02, 0.95), 3)
+            moment = f"{verb} {version}, {frac:.1%} into the response"
+            self.r.server.during_next_response(frac, self.r.m.power_cut)
+            self.r.m.send_nowait(self.install_cmd(version) + "; echo INSTALL''-ENDED $?")
+            ended = self.r.m.expect(r"^INSTALL-ENDED \d+", INSTALL_TIMEOUT, stop_ok=True)
+            check(ended is None, f"the install ended ({ended and ended.group(0)}) before the"
+                                 f" power cut at {moment}")
+            self.r.m.wait_stopped(10)
+            return self.after_install_cut(kind, moment, "old", old, target, version, t0)
+        elif kind == "install-failpoint":
+            name = self.rng.choice(list(INSTALL_FAILPOINTS))
+            n = self.draw_hits(name, left, resuming)
+            spec = name if n == 1 else f"{name}@{n}"
+            moment = f"{verb} {version}, {spec}"
+            self.r.m.send_nowait(self.install_cmd(version, f"ROTA_FAILPOINT={spec}")
+                                 + "; echo INSTALL''-ENDED $?")
+            i, m = self.r.m.expect_any([r"failpoint \S+ reached", r"^INSTALL-ENDED (\d+)"],
+                                       INSTALL_TIMEOUT)
+            self.r.m.power_cut()
+            if i == 0:
+                return self.after_install_cut(kind, moment, INSTALL_FAILPOINTS[name], old,
+                                              target, version, t0)
+            rc = m.group(0).split()[-1]
+            check(rc == "0", f"the install ({moment}) failed with exit code {rc}")
+            # The failpoint was not reached: the install finished, cut with the reboot pending.
+            return self.after_install_cut("install-done", f"{moment} not reached: reboot pending",
+                                       "trial", old, target, version, t0)
+        else:
+            fp = self.rng.choice(list(COMMIT_FAILPOINTS))
+            self.r.arm_commit_failpoint(fp)
+            rc, out, secs = self.r.install(version, "--allow-downgrade", "--allow-denied",
+                                           "--checkpoint-bytes", str(CUT_CHECKPOINT_BYTES))
+            check(rc == 0, f"the install of {version} exited {rc}: {out[-2000:]}")
+            self.r.m.power_cut()
+            what = f"{verb} {version} finished, reboot pending"
+            slot = self.boot_after_cut(what, "trial", old, target, version)
+            # The trial boot runs the commit, which stops at the armed failpoint.
+            self.r.m.expect(rf"failpoint {re.escape(fp.split('@')[0])} reached", COMMIT_TIMEOUT)
+            self.r.m.power_cut()
+            self.record("install-done", what, "trial", slot, old, f"trial of {version} booting,"
+                        f" commit cut at {fp}", t0)
+            t1 = time.monotonic()
+            expect = COMMIT_FAILPOINTS[fp]
+            what = f"commit of {version} on trial, {fp}"
+            slot = self.boot_after_cut(what, expect, old, target, version, verify_trial=False)
+            st = self.settle_and_check(what)
+            last = st.get("last_result") or {}
+            if expect == "old":
+                check(last.get("result") == "rolled-back" and last.get("version") == version
+                      and "attempts" in (last.get("reason") or ""),
+                      f"after {what}: last result {last}, expected rolled back {version}"
+                      " (attempts exhausted)")
+            else:
+                check(last.get("result") == "committed" and last.get("version") == version,
+                      f"after {what}: last result {last}, expected committed {version}")
+            self.record("commit-failpoint", what, expect, slot, old, self.describe(st), t1)
+            return st
+
+    def draw_hits(self, name, left, resuming):
+        """N for NAME@N: a hit the install still reaches (the store's may also miss: then the
+        install finishes and the cut comes with the reboot pending)."""
+        if name in ("after-mark-bad", "before-begin-trial", "after-begin-trial"):
+            return 1
+        if name == "after-run-written":
+            return self.rng.randint(1, max(1, left // MIB))
+        checkpoints = left // CUT_CHECKPOINT_BYTES
+        if name == "after-progress-saved":
+            return self.rng.randint(1, max(1, checkpoints - 1))
+        # Store saves: begin_install (not on a resume), one per checkpoint, "installed", then
+        # "reboot pending" (after the trial was set).
+        return self.rng.randint(1, checkpoints + (2 if resuming else 3))
+
+    def after_install_cut(self, kind, moment, expect, old, target, version, t0):
+        slot = self.boot_after_cut(moment, expect, old, target, version)
+        st = self.settle_and_check(f"cut at {moment}")
+        if slot == target:
+            last = st.get("last_result") or {}
+            check(last.get("result") == "committed" and last.get("version") == version,
+                  f"after a cut at {moment} the trial of {version} ran: last result {last},"
+                  f" expected committed")
+        self.record(kind, moment, expect, slot, old, self.describe(st), t0)
+        return st
+
+
+def s6_seeded_cuts(robot, res):
+    plan = robot.cuts
+    robot.log(f"seeded power cuts: {plan.count}, seed {plan.seed}")
+    if plan.count <= 0:
+        res.notes.append("no cuts asked for")
+        return
+    camp = Campaign(robot, res)
+    if not robot.m.running():  # run --from 6: the fresh golden image
+        robot.boot()
+        robot.wait_commit()
+    st = robot.status()
+    camp.slot = st.get("booted")
+    check(camp.slot in ("A", "B"), f"status names no booted slot: {st}")
+    while not camp.done():
+        st = camp.step(st)
+    # The robot must still update: finish what is pending (or a new install) and commit it.
+    version, _, _ = camp.next_install(st)
+    target, secs = install_and_reboot(robot, version, "--allow-downgrade", "--allow-denied")
+    robot.m.send_nowait("systemctl reboot")
+    robot.m.wait_stopped(180)
+    slot = robot.boot()
+    check(slot == target, f"the final install of {version} booted {slot}, expected {target}")
+    robot.wait_commit()
+    expect_committed(robot, target, version, f"final install of {version} after the cuts")
+    kinds = {}
+    for c in robot.tally:
+        kinds[c["kind"]] = kinds.get(c["kind"], 0) + 1
+    res.notes.append(f"{len(robot.tally)} cuts, seed {plan.seed}: "
+                     + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
+                     + f"; final {version} committed on {target}")
+
+
+
+
 SCENARIOS = [
     ("1 update + commit", s1_update),
     ("2 failed health check", s2_bad_health),
     ("3 kernel panic", s3_panic),
     ("4 power cuts during install", s4_install_cut),
     ("5 power cuts during commit", s5_commit_cut),
+    ("6 seeded power cuts", s6_seeded_cuts),
 ]
 
 

@@ -9,9 +9,13 @@ reads a disk's boot env after a guest stopped.
    the golden image converted to qcow2, as a VM would run it.
 """
 
+import functools
+import os
 import shutil
 import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import cache
@@ -73,6 +77,11 @@ class Setup:
         """The boot env variables as a dict, read from the disk image on the host."""
         raise NotImplementedError
 
+    def env_bootctl_args(self, disk, boot_offset, workdir):
+        """rota-bootctl arguments that read this disk's boot env (copied out of the image) on
+        the host, while the guest is off."""
+        raise NotImplementedError
+
 
 def boot_cmd_path():
     return BOOTCTL_BOOT / "uboot/boot.cmd"
@@ -131,6 +140,13 @@ class UBootArm64(Setup):
         text = run(["fw_printenv", "-c", cfg], capture_output=True, text=True).stdout
         return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
+    def env_bootctl_args(self, disk, boot_offset, workdir):
+        env = Path(workdir) / "uboot.env.read"
+        run(["mcopy", "-o", "-n", "-i", f"{disk}@@{boot_offset}", "::/uboot.env", env])
+        cfg = Path(workdir) / "fw_env.config.read"
+        cfg.write_text(f"{env} 0x0 {hex(self.env_size)}\n")
+        return ["--uboot-config", cfg]
+
 
 class GrubX86(Setup):
     name = "grub-x86_64"
@@ -141,7 +157,7 @@ class GrubX86(Setup):
 
     def qemu_argv(self, disk, state_dir):
         fmt = "qcow2" if str(disk).endswith(".qcow2") else "raw"
-        return ["qemu-system-x86_64", "-M", "q35", "-accel", "tcg", "-smp", "1", "-m", "1024",
+        return ["qemu-system-x86_64", "-M", "q35", *x86_accel(), "-smp", "1", "-m", "1024",
                 "-display", "none", "-nodefaults", "-serial", "stdio", "-no-reboot",
                 "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
                 "-drive", f"if=pflash,format=raw,unit=1,file={state_dir / 'OVMF_VARS.fd'}",
@@ -184,8 +200,124 @@ class GrubX86(Setup):
         text = run(["grub-editenv", env, "list"], capture_output=True, text=True).stdout
         return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
+    def env_bootctl_args(self, disk, boot_offset, workdir):
+        env = Path(workdir) / "grubenv.read"
+        part = Path(workdir) / "boot-partition.raw"
+        # Only the boot partition, not the whole disk (qemu-img dd counts in bs units).
+        copy_range(disk, boot_offset, BOOT_PART_COPY, part)
+        run(["mcopy", "-o", "-n", "-i", part, "::/grub/grubenv", env])
+        part.unlink()
+        return ["--grubenv", env]
+
 
 SETUPS = {s.name: s for s in (UBootArm64(), GrubX86())}
+
+MIB = 1 << 20
+BOOT_PART_COPY = 64 * MIB  # build.BOOT_MIB: the FAT boot partition
+
+
+def copy_range(disk, offset, length, dest):
+    """Copies bytes [offset, offset+length) of a raw or qcow2 disk image to the file dest."""
+    disk = Path(disk)
+    if not str(disk).endswith(".qcow2"):
+        with open(disk, "rb") as src, open(dest, "wb") as out:
+            src.seek(offset)
+            left = length
+            while left:
+                data = src.read(min(left, 4 * MIB))
+                if not data:
+                    break
+                out.write(data)
+                left -= len(data)
+        return
+    assert offset % MIB == 0, f"partition offset {offset} is not MiB-aligned"
+    run(["qemu-img", "dd", "-f", "qcow2", "-O", "raw", "bs=1M", f"skip={offset // MIB}",
+         f"count={-(-length // MIB)}", f"if={disk}", f"of={dest}"], stdout=subprocess.DEVNULL)
+
+
+def range_sha256(disk, offset, length, workdir):
+    """sha256 (hex) of bytes [offset, offset+length) of a raw or qcow2 disk image."""
+    import hashlib
+    tmp = Path(workdir) / "range.raw"
+    if str(disk).endswith(".qcow2"):
+        copy_range(disk, offset, length, tmp)
+        src, start = tmp, 0
+    else:
+        src, start = Path(disk), offset
+    h = hashlib.sha256()
+    try:
+        with open(src, "rb") as f:
+            f.seek(start)
+            left = length
+            while left:
+                data = f.read(min(left, 4 * MIB))
+                if not data:
+                    break
+                h.update(data)
+                left -= len(data)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return h.hexdigest()
+
+# What the KVM probe waits for: the kernel reached userspace (the initramfs' init runs).
+KVM_PROBE_MARKER = b"Run /init as init process"
+KVM_PROBE_TIMEOUT = 15  # KVM reaches /init in ~2 s; TCG needs ~8.5 s
+
+
+@functools.lru_cache(maxsize=None)
+def x86_accel():
+    """QEMU's accelerator options for the x86_64 guests: KVM when /dev/kvm works, else TCG.
+
+    "Works" is measured, not assumed: /dev/kvm can exist where KVM cannot run a guest (nested
+    virtualization without VMX gives "KVM internal error" or a kernel that hangs after
+    decompression, see shared/qemu-notes.md). The probe boots the cached Debian kernel and
+    initramfs with -accel kvm and waits for the kernel to start /init. ROTA_QEMU_ACCEL=kvm|tcg
+    skips the probe. The choice is printed once."""
+    forced = os.environ.get("ROTA_QEMU_ACCEL", "")
+    if forced in ("kvm", "tcg"):
+        choice, why = forced, "ROTA_QEMU_ACCEL"
+    else:
+        choice, why = probe_kvm()
+    print(f"qemu-tests: x86_64 guests use {choice.upper()} ({why})", file=sys.stderr, flush=True)
+    # KVM runs the host's CPU model; under TCG QEMU's default model is the fastest (see notes).
+    return ["-accel", "kvm", "-cpu", "host"] if choice == "kvm" else ["-accel", "tcg"]
+
+
+def probe_kvm():
+    """("kvm"|"tcg", reason): boots kernel + initramfs under KVM, at most KVM_PROBE_TIMEOUT s."""
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "tcg", "/dev/kvm is missing or not accessible"
+    kdir = cache.kernel("amd64")
+    initrd = cache.initramfs("amd64") / "initrd.img"
+    argv = ["qemu-system-x86_64", "-M", "q35", "-accel", "kvm", "-cpu", "host", "-smp", "1",
+            "-m", "512", "-display", "none", "-nodefaults", "-serial", "stdio", "-no-reboot",
+            "-kernel", str(kdir / "root/boot" / f"vmlinuz-{cache.kernel_version(kdir)}"),
+            "-initrd", str(initrd), "-append", "console=ttyS0 panic=-1"]
+    t = time.monotonic()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    out = b""
+    try:
+        os.set_blocking(proc.stdout.fileno(), False)
+        while time.monotonic() - t < KVM_PROBE_TIMEOUT and proc.poll() is None:
+            try:
+                data = proc.stdout.read() or b""
+            except BlockingIOError:
+                data = b""
+            out += data
+            if KVM_PROBE_MARKER in out:
+                return "kvm", f"probe booted a kernel to /init in {time.monotonic() - t:.1f}s"
+            if b"KVM internal error" in out:
+                break  # QEMU stops the guest and waits; no need to run out the clock
+            time.sleep(0.2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    text = out.decode(errors="replace")
+    error = next((line.strip() for line in text.splitlines() if "KVM" in line), "")
+    what = error or f"no {KVM_PROBE_MARKER.decode()!r} within {KVM_PROBE_TIMEOUT}s"
+    return "tcg", f"KVM probe failed: {what}"
 
 
 def uboot_board_flash():

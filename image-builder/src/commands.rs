@@ -254,7 +254,7 @@ pub fn inspect(args: InspectArgs) -> Result<ExitCode> {
             "version:    {} (security version {})",
             manifest.version, manifest.security_version
         );
-        println!("built:      {} (unix seconds)", manifest.build_time);
+        println!("built:      {}", built_at(manifest.build_time));
         if let Some(commit) = &manifest.git_commit {
             println!(
                 "source:     {commit} {}",
@@ -322,4 +322,26 @@ pub fn verify(args: VerifyArgs) -> Result<ExitCode> {
     } else {
         VERIFY_INVALID
     }))
+}
+
+/// A bundle's build time for people: UTC to the second (the manifest keeps Unix seconds).
+fn built_at(unix_seconds: u64) -> String {
+    i64::try_from(unix_seconds)
+        .ok()
+        .and_then(|seconds| jiff::Timestamp::from_second(seconds).ok())
+        .map_or_else(
+            || format!("{unix_seconds} (Unix seconds)"),
+            |at| at.to_string(),
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::built_at;
+
+    #[test]
+    fn build_time_reads_as_a_utc_date_not_unix_seconds() {
+        assert_eq!(built_at(1_767_225_600), "2026-01-01T00:00:00Z");
+        assert_eq!(built_at(u64::MAX), format!("{} (Unix seconds)", u64::MAX));
+    }
 }

@@ -442,10 +442,13 @@ pub enum DeploymentState {
     Failed,
     /// A newer deployment took over all of its unfinished robots.
     Superseded,
+    /// Every robot finished and not one installed the release: all were skipped (they rolled
+    /// back from it before) or cancelled. Not a success.
+    NoRobotUpdated,
 }
 
 impl DeploymentState {
-    pub const ALL: [DeploymentState; 8] = [
+    pub const ALL: [DeploymentState; 9] = [
         Self::AwaitingApproval,
         Self::Running,
         Self::Paused,
@@ -454,6 +457,7 @@ impl DeploymentState {
         Self::Succeeded,
         Self::Failed,
         Self::Superseded,
+        Self::NoRobotUpdated,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -466,6 +470,7 @@ impl DeploymentState {
             DeploymentState::Succeeded => "succeeded",
             DeploymentState::Failed => "failed",
             DeploymentState::Superseded => "superseded",
+            DeploymentState::NoRobotUpdated => "no_robot_updated",
         }
     }
 

@@ -39,6 +39,16 @@ pub enum Verdict {
     TimedOut,
 }
 
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Verdict::Passed => "passed",
+            Verdict::Failed => "failed",
+            Verdict::TimedOut => "timed out",
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthReport {
     pub outcomes: Vec<CheckOutcome>,
@@ -106,12 +116,12 @@ pub fn run_checks(config: &HealthConfig, notifier: &Notifier) -> HealthReport {
         match (verdict, check.required) {
             (Verdict::Passed, _) => log::info!("health check {:?} passed", check.name),
             (_, false) => log::warn!(
-                "optional health check {:?} did not pass ({verdict:?}): {}",
+                "optional health check {:?} did not pass ({verdict}): {}",
                 check.name,
                 outcome.output
             ),
             (_, true) => log::error!(
-                "required health check {:?} did not pass ({verdict:?}): {}",
+                "required health check {:?} did not pass ({verdict}): {}",
                 check.name,
                 outcome.output
             ),
@@ -377,6 +387,16 @@ fn tail(text: &str) -> String {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    /// The log said `did not pass (Failed)`: Rust debug text in a message for people.
+    #[test]
+    fn verdicts_read_as_words_not_debug_text() {
+        let words: Vec<String> = [Verdict::Passed, Verdict::Failed, Verdict::TimedOut]
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(words, ["passed", "failed", "timed out"]);
+    }
     use std::net::TcpListener;
     use std::os::unix::fs::PermissionsExt;
 

@@ -15,13 +15,18 @@ use crate::when::When;
 /// Credentials: `rota login --server URL` stores the server and API key in
 /// ~/.config/rota/credentials.toml (mode 0600). ROTA_SERVER and ROTA_API_KEY override it.
 ///
-/// Exit codes: 0 success; 1 error (unreachable server, refused call, bad input);
-/// 2 command-line error; 3 `--wait` ended with robots rolled back or failed, or the rollout
-/// halted; 4 `--wait` timed out.
+/// Exit codes: 0 success (also when the reader of stdout stops early, as `| head` does);
+/// 1 error (unreachable server, refused call, bad input); 2 command-line error; 3 `--wait`
+/// ended with robots rolled back or failed, or the rollout halted; 4 `--wait` timed out;
+/// 5 the deployment ended with no robot updated (every robot skipped or cancelled).
+///
+/// With --json, an error is one line of JSON, the last on stderr:
+/// {"error":{"message":"...","status":404,"code":"not_found"}} (status is null when the server
+/// did not answer; code is the server's error code, or unreachable, usage or error).
 #[derive(Debug, Parser)]
 #[command(name = "rota", version)]
 pub struct Cli {
-    /// Print results as JSON.
+    /// Print results as JSON on stdout, and errors as JSON on stderr.
     #[arg(long, global = true)]
     pub json: bool,
     /// Server URL. [default: the one stored by `rota login`]
@@ -34,6 +39,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Check an API key against the server and store both for later commands.
+    #[command(after_help = "Examples:\n  rota login --server http://127.0.0.1:8080\n")]
     Login {
         /// The API key; read from stdin when not given here or in ROTA_API_KEY.
         #[arg(long, env = "ROTA_API_KEY", hide_env_values = true)]
@@ -47,10 +53,9 @@ pub enum Command {
     /// Send a release to robots: at once, in stages, or canaries first.
     ///
     /// Without a strategy flag the target environment's strategy applies (immediate when the
-    /// target is in no environment). Examples:
-    ///   rota deploy 2.1.0 --to env:production
-    ///   rota deploy 2.1.0 --to all --staged 10,50,100 --stage-wait 5m --max-failures 10% --auto-rollback
-    ///   rota deploy 2.1.0 --to group:lab --canary 2 --manual
+    /// target is in no environment). A canary without --stage-wait waits for `rota approve`
+    /// before the rest.
+    #[command(after_help = DEPLOY_EXAMPLES)]
     Deploy {
         /// Release id, or its version when only one board has that version.
         release: String,
@@ -66,23 +71,40 @@ pub enum Command {
         wait: WaitArgs,
     },
     /// Pause a deployment: robots that started finish, nobody new starts.
-    Pause { deployment: String },
+    Pause {
+        /// The deployment's id (dep_...), as `rota deploy` printed it.
+        deployment: String,
+    },
     /// Resume a paused deployment.
-    Resume { deployment: String },
+    Resume {
+        /// The deployment's id (dep_...).
+        deployment: String,
+    },
     /// Abort a deployment: robots that had not started never will.
-    Abort { deployment: String },
+    Abort {
+        /// The deployment's id (dep_...).
+        deployment: String,
+    },
     /// Approve a deployment awaiting approval (not your own), or start the next stage of a
     /// canary waiting for it.
-    Approve { deployment: String },
+    Approve {
+        /// The deployment's id (dep_...).
+        deployment: String,
+    },
     /// Offer the release again to the robots that failed or rolled back; reopens a halted
     /// deployment.
-    Retry { deployment: String },
+    Retry {
+        /// The deployment's id (dep_...).
+        deployment: String,
+    },
     /// Roll robots back: a new deployment of what they ran at a point.
     ///
     /// --to takes a version (v2.1.0), commit:SHA, a deployment id (dep_...), a time
     /// (2026-11-24T10:00:00Z) or an age (2-hours-ago: what each robot had committed then).
-    /// Without --to, each robot goes back to the release before its current one. Robots whose
-    /// other slot still holds that release switch to it and reboot, without a download.
+    /// Without --to, each robot goes back to the newest release it committed before its
+    /// current one with a lower version (never up). Robots whose other slot still holds that
+    /// release switch to it and reboot, without a download. A time in the future is refused.
+    #[command(after_help = ROLLBACK_EXAMPLES)]
     Rollback {
         /// Where to go back to. [default: the previous release]
         #[arg(long)]
@@ -99,15 +121,18 @@ pub enum Command {
         /// Offer at once instead of with the environment's strategy. [default: off]
         #[arg(long)]
         immediate: bool,
-        /// Only print where each robot would go.
+        /// Only print where each robot would go; nothing changes.
         #[arg(long, conflicts_with = "wait")]
         dry_run: bool,
         #[command(flatten)]
         wait: WaitArgs,
     },
     /// Deploy what one environment runs now to another, with the other's rules.
+    #[command(after_help = "Examples:\n  rota promote staging production --wait\n")]
     Promote {
+        /// The environment whose release goes on.
         from: String,
+        /// The environment it goes to, under its own strategy, approval and window.
         to: String,
         #[command(flatten)]
         wait: WaitArgs,
@@ -142,6 +167,12 @@ pub enum Command {
     ///
     /// --since and --until take RFC 3339 (2024-05-01T10:00:00Z, or with an offset like
     /// +02:00), a date (2024-05-01, midnight UTC), or a time ago (2-hours-ago, 30m, 1d12h).
+    #[command(after_help = "\
+Examples:
+  rota history --robot robot-007
+  rota history --group lab --since 2-days-ago --json
+  rota history --events --robot robot-007 --limit 20
+")]
     History {
         /// Only this robot. [default: every robot]
         #[arg(long, conflicts_with = "group")]
@@ -164,7 +195,7 @@ pub enum Command {
         /// With --events, only this deployment's events. [default: all]
         #[arg(long, requires = "events")]
         deployment: Option<String>,
-        /// With --events, at most this many entries. [default: 50]
+        /// With --events, at most this many entries.
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
@@ -173,6 +204,11 @@ pub enum Command {
     ///
     /// --since and --until take RFC 3339 (2024-05-01T10:00:00Z, or with an offset like
     /// +02:00), a date (2024-05-01, midnight UTC), or a time ago (2-hours-ago, 30m, 1d12h).
+    #[command(after_help = "\
+Examples:
+  rota audit --since 2024-05-01T08:00:00+02:00 --until 30m --actor github --action webhook
+  rota audit --action release --limit 10
+")]
     Audit {
         /// Only entries at or after this time. [default: no bound]
         #[arg(long)]
@@ -188,7 +224,7 @@ pub enum Command {
         /// [default: any]
         #[arg(long)]
         action: Option<String>,
-        /// At most this many entries. [default: 50]
+        /// At most this many entries.
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
@@ -196,6 +232,32 @@ pub enum Command {
     #[command(subcommand)]
     Keys(KeysCommand),
 }
+
+const DEPLOY_EXAMPLES: &str = "\
+Examples:
+  rota deploy 2.1.0 --to env:production
+  rota deploy 2.1.0 --to all --wait --timeout 600
+  rota deploy 2.1.0 --to all --staged 10,50,100 --stage-wait 5m --max-failures 10% --auto-rollback
+  rota deploy 2.1.0 --to group:lab --canary 2
+  rota deploy 2.1.0 --to robots:robot-001,robot-002 --immediate --force
+";
+
+const ROLLBACK_EXAMPLES: &str = "\
+Examples:
+  rota rollback --dry-run
+  rota rollback --to v2.0.0 --group lab --wait
+  rota rollback --to 2-hours-ago --env production
+  rota rollback --to commit:abc123 --robot robot-007 --immediate
+  rota rollback --to 2026-11-24T10:00:00Z
+";
+
+const ENV_SET_EXAMPLES: &str = "\
+Examples:
+  rota env set production --groups prod-eu,prod-us --approval-required \\
+      --window \"mon,tue,wed,thu 22:00-04:00\" --staged 10,50,100 --stage-wait 5m \\
+      --max-failures 10% --auto-rollback
+  rota env set staging --groups lab --auto-deploy --canary 2 --stage-wait 10m
+";
 
 /// How a deployment reaches its robots.
 #[derive(Debug, Clone, Default, Args)]
@@ -232,7 +294,7 @@ pub struct WaitArgs {
     /// printing each robot as it ends. [default: off]
     #[arg(long)]
     pub wait: bool,
-    /// With --wait, give up after this many seconds (exit code 4). [default: 1800]
+    /// With --wait, give up after this many seconds (exit code 4); the deployment goes on.
     #[arg(long, default_value_t = 1800)]
     pub timeout: u64,
 }
@@ -251,10 +313,17 @@ pub fn parse_duration_secs(text: &str) -> Result<u64, String> {
 pub enum EnvCommand {
     /// Create or replace an environment (admin).
     ///
-    /// Example: rota env set production --groups prod-eu,prod-us --approval-required
-    ///   --window "mon,tue,wed,thu 22:00-04:00" --staged 10,50,100 --stage-wait 5m
-    ///   --max-failures 10% --auto-rollback
+    /// The strategy flags set the environment's default strategy: what deployments to it use
+    /// when they name none.
+    #[command(
+        after_help = ENV_SET_EXAMPLES,
+        mut_arg("immediate", |arg| arg.help(
+            "The environment's deployments go to every robot at once (the default when no \
+             strategy flag is given)"
+        )),
+    )]
     Set {
+        /// The environment's name, like production or staging.
         name: String,
         /// Groups in this environment (created when missing).
         #[arg(long, value_delimiter = ',')]
@@ -286,7 +355,12 @@ pub enum ReleaseCommand {
     /// GitHub Actions (and Gitea/Forgejo Actions) set it. When the bundle's signed manifest
     /// names a branch or commit, what is given here must agree with it (else the server
     /// refuses the upload, 422).
+    #[command(
+        after_help = "Examples:\n  rota release publish build/robot-2.1.0.rota\n  \
+        rota release publish robot.rota --branch main --commit 0a1b2c3d\n"
+    )]
     Publish {
+        /// The signed bundle file (.rota), as `rota-image bundle` writes it.
         bundle: PathBuf,
         /// Git branch the bundle was built from. [default: $GITHUB_HEAD_REF in a pull request
         /// build, else $GITHUB_REF_NAME when $GITHUB_REF_TYPE is branch; none outside CI]
@@ -303,23 +377,51 @@ pub enum ReleaseCommand {
 #[derive(Debug, Subcommand)]
 pub enum RobotsCommand {
     /// Show one robot with its slots.
-    Show { id: String },
+    Show {
+        /// The robot's id, as it enrolled.
+        id: String,
+    },
     /// Let a robot that enrolled under approval receive deployments (admin).
-    Approve { id: String },
+    Approve {
+        /// The robot's id.
+        id: String,
+    },
     /// Remove a robot so it can enroll again (admin). Its history stays.
-    Remove { id: String },
+    Remove {
+        /// The robot's id.
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum GroupsCommand {
     /// Create a group (no-op if it exists).
-    Create { name: String },
+    Create {
+        /// The group's name.
+        name: String,
+    },
     /// Delete a group; its robots stay enrolled.
-    Delete { name: String },
+    Delete {
+        /// The group's name.
+        name: String,
+    },
     /// Put robots into a group.
-    Add { name: String, robots: Vec<String> },
+    #[command(after_help = "Examples:\n  rota groups add lab robot-001 robot-002\n")]
+    Add {
+        /// The group's name.
+        name: String,
+        /// Ids of the robots to add.
+        #[arg(required = true)]
+        robots: Vec<String>,
+    },
     /// Take robots out of a group.
-    Remove { name: String, robots: Vec<String> },
+    Remove {
+        /// The group's name.
+        name: String,
+        /// Ids of the robots to take out.
+        #[arg(required = true)]
+        robots: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -327,12 +429,17 @@ pub enum KeysCommand {
     /// List keys.
     List,
     /// Create a key; prints it once.
+    #[command(after_help = "Examples:\n  rota keys create ci --role deployer\n")]
     Create {
+        /// A name to recognise the key by (who or what uses it).
         name: String,
         /// viewer, deployer or admin.
         #[arg(long)]
         role: Role,
     },
     /// Revoke a key by id.
-    Revoke { id: String },
+    Revoke {
+        /// The key's id, as `rota keys list` shows it.
+        id: String,
+    },
 }

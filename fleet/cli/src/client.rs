@@ -34,6 +34,36 @@ impl std::fmt::Display for ServerError {
 
 impl std::error::Error for ServerError {}
 
+/// The server did not answer at all: nothing listens there, no route, DNS, TLS, a timeout.
+#[derive(Debug)]
+pub struct Unreachable {
+    pub server: String,
+    /// The innermost cause, without the URL (`Connection refused (os error 111)`).
+    pub cause: String,
+}
+
+impl std::fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "cannot reach {} ({}). Is rota-server running there? The server comes from --server, \
+             ROTA_SERVER or `rota login --server URL`",
+            self.server, self.cause
+        )
+    }
+}
+
+impl std::error::Error for Unreachable {}
+
+/// The innermost error of `err`'s chain, which names the cause without the URL.
+fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = err;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
+}
+
 impl Api {
     pub fn new(server: &str, key: &str) -> anyhow::Result<Api> {
         let http = Client::builder()
@@ -59,10 +89,17 @@ impl Api {
     }
 
     fn send(&self, what: &str, request: RequestBuilder) -> anyhow::Result<Response> {
-        let response = request
-            .bearer_auth(&self.key)
-            .send()
-            .with_context(|| format!("{what}: cannot reach {}", self.server))?;
+        let response = match request.bearer_auth(&self.key).send() {
+            Ok(response) => response,
+            Err(err) if err.is_connect() || err.is_timeout() || err.is_request() => {
+                return Err(Unreachable {
+                    server: self.server.clone(),
+                    cause: root_cause(&err.without_url()),
+                }
+                .into());
+            }
+            Err(err) => return Err(anyhow!(err.without_url()).context(what.to_string())),
+        };
         let status = response.status();
         if status.is_success() {
             return Ok(response);
@@ -94,10 +131,10 @@ impl Api {
         query: &[(&str, String)],
     ) -> anyhow::Result<T> {
         let url = self.url(path);
-        let response = self.send(&format!("GET {url}"), self.http.get(&url).query(query))?;
+        let response = self.send(&format!("GET {path}"), self.http.get(&url).query(query))?;
         response
             .json()
-            .with_context(|| format!("decoding the answer of GET {url}"))
+            .with_context(|| format!("decoding the answer of GET {path}"))
     }
 
     pub fn send_json<B: Serialize, T: DeserializeOwned>(
@@ -111,17 +148,17 @@ impl Api {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = self.send(&format!("{method} {url}"), request)?;
+        let response = self.send(&format!("{method} {path}"), request)?;
         response
             .json()
-            .with_context(|| format!("decoding the answer of {method} {url}"))
+            .with_context(|| format!("decoding the answer of {method} {path}"))
     }
 
     /// A call whose answer has no body (204).
     pub fn send_empty(&self, method: reqwest::Method, path: &str) -> anyhow::Result<()> {
         let url = self.url(path);
         self.send(
-            &format!("{method} {url}"),
+            &format!("{method} {path}"),
             self.http.request(method.clone(), &url),
         )?;
         Ok(())
@@ -133,6 +170,9 @@ impl Api {
         query: &[(&str, &str)],
         body: reqwest::blocking::Body,
     ) -> anyhow::Result<T> {
+        // Ask first whether the server is there and takes the key: a streamed body that
+        // cannot be sent says only "receiver is gone", and a bad key should not cost an upload.
+        let _: serde_json::Value = self.get("/whoami")?;
         let url = self.url(path);
         let request = self
             .http
@@ -140,9 +180,9 @@ impl Api {
             .query(query)
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .body(body);
-        let response = self.send(&format!("POST {url}"), request)?;
+        let response = self.send(&format!("POST {path}"), request)?;
         response
             .json()
-            .with_context(|| format!("decoding the answer of POST {url}"))
+            .with_context(|| format!("decoding the answer of POST {path}"))
     }
 }

@@ -1,10 +1,11 @@
 //! `rota`, the operator CLI: parses with [`cli::Cli`], runs with [`run`].
 
+#[macro_use]
+pub mod output;
 pub mod cli;
 pub mod client;
 pub mod commands;
 pub mod credentials;
-pub mod output;
 pub mod when;
 
 use cli::{Cli, Command, ReleaseCommand};
@@ -12,10 +13,61 @@ use commands::deploy::{DeployArgs, Outcome};
 use commands::{access, audit, deploy, history, inventory, release, rollout};
 use rota_protocol::operator::{DeploymentVerb, RollbackRequest};
 
+/// Exit code for an error: the server is unreachable or refused the call, or bad input.
+pub const EXIT_ERROR: u8 = 1;
+/// Exit code for a command line clap cannot read.
+pub const EXIT_USAGE: u8 = 2;
 /// Exit code for a `--wait` in which robots rolled back or failed, or the rollout halted.
 pub const EXIT_ROBOTS_FAILED: u8 = 3;
 /// Exit code for a `--wait` that timed out.
 pub const EXIT_TIMED_OUT: u8 = 4;
+/// Exit code for a deployment that ended without updating any robot (with `--wait`, or at once
+/// when it ended as it was made): every robot was skipped (it rolled back from that release
+/// before) or cancelled.
+pub const EXIT_NO_ROBOT_UPDATED: u8 = 5;
+
+/// An error as `rota` reports it: `rota: error: MESSAGE` on stderr, or under `--json` one line
+/// `{"error": {"message", "status", "code"}}` on stderr (stdout stays for results).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ErrorReport {
+    /// The whole chain of what went wrong, for people.
+    pub message: String,
+    /// The HTTP status when the server answered with an error.
+    pub status: Option<u16>,
+    /// A stable word: the server's error code (`not_found`, `conflict`, ...), or `unreachable`,
+    /// `usage`, `error`.
+    pub code: String,
+    #[serde(skip)]
+    pub exit_code: u8,
+}
+
+impl ErrorReport {
+    pub fn of(err: &anyhow::Error, exit_code: u8) -> ErrorReport {
+        let (status, code) = if let Some(server) = err.downcast_ref::<client::ServerError>() {
+            (Some(server.status), server.error.clone())
+        } else if err.downcast_ref::<client::Unreachable>().is_some() {
+            (None, "unreachable".to_string())
+        } else {
+            (None, "error".to_string())
+        };
+        ErrorReport {
+            message: format!("{err:#}"),
+            status,
+            code,
+            exit_code,
+        }
+    }
+
+    /// On stderr: JSON under --json, else `rota: error: ...`.
+    pub fn print(&self, json: bool) {
+        if json {
+            let body = serde_json::json!({ "error": self });
+            note!("{body}");
+        } else {
+            note!("rota: error: {}", self.message);
+        }
+    }
+}
 
 /// Runs one command; returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
@@ -25,6 +77,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Outcome::Done => 0,
         Outcome::RobotsFailed => EXIT_ROBOTS_FAILED,
         Outcome::TimedOut => EXIT_TIMED_OUT,
+        Outcome::NoRobotUpdated => EXIT_NO_ROBOT_UPDATED,
     };
     match cli.command {
         Command::Login { key } => access::login(server, key, json)?,

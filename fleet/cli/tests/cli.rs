@@ -58,3 +58,211 @@ fn unreachable_server_is_an_error_naming_it() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach http://127.0.0.1:9"));
 }
+
+/// Bug: the error said the URL three times (`GET http://…/api/v1/status: cannot reach
+/// http://…: error sending request for url (http://…/api/v1/status)`) and no hint.
+#[test]
+fn an_unreachable_server_is_named_once_with_a_hint() {
+    let home = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_rota"))
+        .args(["--server", "http://127.0.0.1:9", "robots"])
+        .env("HOME", home.path())
+        .env("ROTA_API_KEY", "rota_op_x")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.matches("127.0.0.1:9").count(), 1, "{stderr}");
+    assert!(stderr.contains("rota-server running"), "{stderr}");
+    assert!(stderr.contains("ROTA_SERVER"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+/// Bug: uploading a bundle of a few MiB to a server that is not there ended `request or
+/// response body error: send failed because receiver is gone`, not naming the server.
+#[test]
+fn publishing_to_an_unreachable_server_says_it_cannot_reach_it() {
+    let home = tempfile::tempdir().unwrap();
+    let bundle = home.path().join("big.rota");
+    std::fs::write(&bundle, vec![7u8; 3 << 20]).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_rota"))
+        .args(["--server", "http://127.0.0.1:9", "release", "publish"])
+        .arg(&bundle)
+        .env("HOME", home.path())
+        .env("ROTA_API_KEY", "rota_op_x")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot reach http://127.0.0.1:9"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("127.0.0.1:9").count(), 1, "{stderr}");
+    assert!(!stderr.contains("receiver is gone"), "{stderr}");
+}
+
+/// Every subcommand, however deep, with its path (`["env", "set"]`).
+fn every_command() -> Vec<(Vec<String>, clap::Command)> {
+    fn walk(path: Vec<String>, cmd: &clap::Command, out: &mut Vec<(Vec<String>, clap::Command)>) {
+        out.push((path.clone(), cmd.clone()));
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            let mut path = path.clone();
+            path.push(sub.get_name().to_string());
+            walk(path, sub, out);
+        }
+    }
+    let mut cmd = <rota_cli::cli::Cli as clap::CommandFactory>::command();
+    cmd.build();
+    let mut out = Vec::new();
+    walk(Vec::new(), &cmd, &mut out);
+    out
+}
+
+/// Splits an example command line as a POSIX shell would (quotes, no expansions).
+fn shell_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word: Option<String> = None;
+    let mut quote: Option<char> = None;
+    for c in line.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), c) => word.get_or_insert_with(String::new).push(c),
+            (None, '"' | '\'') => {
+                quote = Some(c);
+                word.get_or_insert_with(String::new);
+            }
+            (None, c) if c.is_whitespace() => words.extend(word.take()),
+            (None, c) => word.get_or_insert_with(String::new).push(c),
+        }
+    }
+    words.extend(word);
+    words
+}
+
+/// The command lines under `Examples:` in a help text, continuation lines joined.
+fn examples(help: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut in_examples = false;
+    let mut pending = String::new();
+    for line in help.lines() {
+        if line.trim_end() == "Examples:" {
+            in_examples = true;
+            continue;
+        }
+        if !in_examples {
+            continue;
+        }
+        if line.trim().is_empty() && pending.is_empty() {
+            in_examples = false;
+            continue;
+        }
+        let text = line.trim();
+        match text.strip_suffix('\\') {
+            Some(start) => {
+                pending.push_str(start);
+                pending.push(' ');
+            }
+            None => {
+                pending.push_str(text);
+                found.push(std::mem::take(&mut pending));
+            }
+        }
+    }
+    found
+}
+
+/// Bug: `deploy --help` showed `rota deploy 2.1.0 --to group:lab --canary 2 --manual`, and
+/// there is no `--manual`. Every example of every help parses with the real definition.
+#[test]
+fn every_help_example_parses_with_the_real_clap_definition() {
+    let mut checked = 0;
+    for (path, mut cmd) in every_command() {
+        let help = cmd.render_long_help().to_string();
+        for example in examples(&help) {
+            let words = shell_words(&example);
+            assert_eq!(words.first().map(String::as_str), Some("rota"), "{example}");
+            let expected: Vec<&str> = path.iter().map(String::as_str).collect();
+            assert!(
+                words[1..].starts_with(&path),
+                "an example of `rota {}` runs another command: {example}",
+                expected.join(" ")
+            );
+            if let Err(err) = <rota_cli::cli::Cli as clap::Parser>::try_parse_from(words.iter()) {
+                panic!(
+                    "`rota {}` --help example does not parse: {example}\n{err}",
+                    expected.join(" ")
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 15, "only {checked} examples found");
+}
+
+/// Bug: examples ran into one line, `--timeout` showed `[default: 1800] [default: 1800]`,
+/// positional arguments had no description, and `env set --immediate` spoke of one deployment.
+#[test]
+fn help_describes_every_argument_once_and_keeps_examples_on_their_own_lines() {
+    for (path, mut cmd) in every_command() {
+        let name = format!("rota {}", path.join(" "));
+        let help = cmd.render_long_help().to_string();
+        for line in help.lines() {
+            assert!(
+                line.matches("[default:").count() <= 1,
+                "{name}: a default twice: {line}"
+            );
+            assert!(
+                path.is_empty() || line.matches(&format!("{name} ")).count() <= 1,
+                "{name}: examples run into one line: {line}"
+            );
+        }
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            assert!(
+                arg.get_help().is_some() || arg.get_long_help().is_some(),
+                "{name}: <{id}> has no description"
+            );
+        }
+    }
+    let home = tempfile::tempdir().unwrap();
+    let deploy = String::from_utf8(rota(home.path(), &["deploy", "--help"]).stdout).unwrap();
+    assert_eq!(deploy.matches("[default: 1800]").count(), 1, "{deploy}");
+    assert!(
+        deploy.contains("\n  rota deploy 2.1.0 --to env:production\n"),
+        "{deploy}"
+    );
+    let env_set = String::from_utf8(rota(home.path(), &["env", "set", "--help"]).stdout).unwrap();
+    assert!(
+        env_set.contains("The environment's deployments go to every robot at once"),
+        "{env_set}"
+    );
+    assert!(
+        !env_set.contains("even where the environment says otherwise"),
+        "{env_set}"
+    );
+}
+
+/// Bug: `rota --json deploy ... --to everyone` answered in plain text. Under --json a usage
+/// error is one JSON line on stderr, exit 2.
+#[test]
+fn usage_errors_under_json_are_json() {
+    let home = tempfile::tempdir().unwrap();
+    let out = rota(
+        home.path(),
+        &["--json", "deploy", "2.1.0", "--to", "everyone"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    let error: serde_json::Value = serde_json::from_slice(&out.stderr)
+        .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(error["error"]["code"], "usage");
+    assert!(error["error"]["status"].is_null());
+    assert!(error["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("everyone"));
+}

@@ -106,7 +106,7 @@ function badge(text, tone) {
 
 function toneOf(state) {
   if (["committed", "succeeded", "idle", "good"].includes(state)) return "good";
-  if (["failed", "rolled_back", "halted", "bad", "aborted"].includes(state)) return "bad";
+  if (["failed", "rolled_back", "halted", "bad", "aborted", "no_robot_updated"].includes(state)) return "bad";
   if (["paused", "awaiting_approval", "pending_approval", "waiting", "skipped", "superseded", "cancelled"].includes(state)) return "warn";
   return "busy";
 }

@@ -538,7 +538,19 @@ fn twenty_updater_daemons_enroll_install_reboot_and_commit_and_a_failed_check_ro
     assert_eq!(status["state"], "rolled-back");
 
     // The same release again: the server skips the robot, so it is never offered.
-    let again = server.rota_json(&["deploy", "2.0.0", "--to", &format!("robot:{UNHEALTHY}")]);
+    let target = format!("robot:{UNHEALTHY}");
+    let out = server.rota(
+        common::ADMIN_KEY,
+        &["--json", "deploy", "2.0.0", "--to", &target],
+    );
+    // It reached no robot: exit 5, and the deployment as JSON on stdout all the same.
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(again["robots"][0]["state"], "skipped", "{again:#}");
     let reboots_before = unhealthy.reboot_requests();
     let token = fs::read_to_string(unhealthy.path("data/token")).unwrap();

@@ -199,13 +199,19 @@ fn a_robot_that_rolled_back_is_not_offered_that_release_again_unless_forced() {
         .contains("robot-app.service"));
 
     // Deploying the same release to it again: skipped, with the reason, and polls say nothing.
-    let again = server.rota_json(&["deploy", "2.0.0", "--to", "robot:robot-007"]);
+    let out = server.rota(
+        ADMIN_KEY,
+        &["--json", "deploy", "2.0.0", "--to", "robot:robot-007"],
+    );
+    assert_eq!(out.status.code(), Some(5), "reached no robot: exit 5");
+    let again: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(again["robots"][0]["state"], "skipped");
     assert!(again["robots"][0]["detail"]
         .as_str()
         .unwrap()
         .contains("rolled back from this release before"));
-    assert_eq!(again["state"], "succeeded");
+    // It reached nobody: no success.
+    assert_eq!(again["state"], "no_robot_updated");
     let robot7 = fleet.robots.iter().find(|r| r.id == "robot-007").unwrap();
     let client = RobotClient::new(&server.url)
         .unwrap()

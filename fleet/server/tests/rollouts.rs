@@ -451,7 +451,8 @@ fn every_rollback_form_resolves_to_the_release_that_ran_then() {
     assert_eq!(code, 1);
     assert!(stderr.contains("is not a version"), "{stderr}");
 
-    // A real one: the whole fleet back to 1.1.0, then "previous" means 1.3.0 again.
+    // A real one: the whole fleet back to 1.1.0; then "previous" means a release older than
+    // 1.1.0, never 1.3.0 again, and there is none.
     let (code, outcome, stderr) = rota_exit(
         &server,
         ADMIN_KEY,
@@ -462,8 +463,9 @@ fn every_rollback_form_resolves_to_the_release_that_ran_then() {
     assert_eq!(deployment["kind"], "rollback");
     assert_eq!(deployment["state"], "succeeded");
     assert_eq!(deployment["counts"]["committed"], 4);
-    let (_, again, _) = rota_exit(&server, ADMIN_KEY, &["rollback", "--dry-run"]);
-    assert_eq!(again["plan"][0]["version"], "1.3.0");
+    let (code, _, stderr) = rota_exit(&server, ADMIN_KEY, &["rollback", "--dry-run"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("no release older than v1.1.0"), "{stderr}");
     assert!(server
         .audit_actions()
         .contains(&"rollback.create".to_string()));

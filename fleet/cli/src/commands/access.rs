@@ -24,7 +24,11 @@ pub fn login(server: Option<&str>, key: Option<String>, json: bool) -> anyhow::R
         Some(key) => key,
         None => {
             if std::io::stdin().is_terminal() {
-                eprint!("API key: ");
+                {
+                    use std::io::Write as _;
+                    let mut err = std::io::stderr().lock();
+                    let _ = write!(err, "API key: ").and_then(|()| err.flush());
+                }
             }
             let mut line = String::new();
             std::io::stdin()
@@ -43,7 +47,7 @@ pub fn login(server: Option<&str>, key: Option<String>, json: bool) -> anyhow::R
         server: api.server().to_string(),
         key,
     })?;
-    eprintln!(
+    note!(
         "logged in to {} as {} ({}, {}); credentials in {}",
         api.server(),
         me.name,
@@ -54,7 +58,7 @@ pub fn login(server: Option<&str>, key: Option<String>, json: bool) -> anyhow::R
     if json {
         output::json(&me)?;
     } else {
-        println!("{}", me.key_id);
+        outln!("{}", me.key_id);
     }
     Ok(())
 }
@@ -64,7 +68,7 @@ pub fn whoami(api: &Api, json: bool) -> anyhow::Result<()> {
     if json {
         output::json(&me)
     } else {
-        println!("{} {} {} {}", me.key_id, me.role, me.name, api.server());
+        outln!("{} {} {} {}", me.key_id, me.role, me.name, api.server());
         Ok(())
     }
 }
@@ -77,13 +81,14 @@ pub fn keys(api: &Api, command: KeysCommand, json: bool) -> anyhow::Result<()> {
                 "/api-keys",
                 json,
                 &["ID", "ROLE", "NAME", "CREATED", "REVOKED"],
+                "no API keys: create one with `rota keys create NAME --role deployer`",
                 |k: &ApiKeyInfo| {
                     vec![
                         k.id.clone(),
                         k.role.to_string(),
                         k.name.clone(),
-                        k.created_at.clone(),
-                        output::or_dash(k.revoked_at.as_deref()),
+                        output::time(&k.created_at),
+                        k.revoked_at.as_deref().map_or("-".into(), output::time),
                     ]
                 },
             )?;
@@ -94,18 +99,20 @@ pub fn keys(api: &Api, command: KeysCommand, json: bool) -> anyhow::Result<()> {
                 "/api-keys",
                 Some(&CreateApiKeyRequest { name, role }),
             )?;
-            eprintln!(
+            note!(
                 "created {} key {} ({}); the key is shown only now",
-                created.info.role, created.info.id, created.info.name
+                created.info.role,
+                created.info.id,
+                created.info.name
             );
             if json {
                 return output::json(&created);
             }
-            println!("{}", created.key);
+            outln!("{}", created.key);
         }
         KeysCommand::Revoke { id } => {
             api.send_empty(Method::DELETE, &format!("/api-keys/{id}"))?;
-            eprintln!("revoked {id}");
+            note!("revoked {id}");
         }
     }
     Ok(())

@@ -4,7 +4,7 @@ use rota_protocol::operator::AuditEntry;
 
 use crate::client::Api;
 use crate::commands::show_filtered_list;
-use crate::output::or_dash;
+use crate::output::{self, or_dash};
 use crate::when::When;
 
 #[derive(Debug, Default)]
@@ -30,13 +30,22 @@ pub fn audit(api: &Api, filter: &Filter, limit: u32, json: bool) -> anyhow::Resu
         query.push(("action", action.clone()));
     }
     let headers = ["AT", "ACTOR", "ACTION", "TARGET", "FROM"];
-    show_filtered_list(api, "/audit", &query, json, &headers, |e: &AuditEntry| {
-        vec![
-            e.at.clone(),
-            e.actor.clone(),
-            e.action.clone(),
-            or_dash(e.target.as_deref()),
-            or_dash(e.source_ip.as_deref()),
-        ]
-    })
+    let empty = "no audit entries match (every operator action, enrollment and webhook delivery lands here)";
+    show_filtered_list(
+        api,
+        "/audit",
+        &query,
+        json,
+        &headers,
+        empty,
+        |e: &AuditEntry| {
+            vec![
+                output::time(&e.at),
+                e.actor.clone(),
+                e.action.clone(),
+                or_dash(e.target.as_deref()),
+                or_dash(e.source_ip.as_deref()),
+            ]
+        },
+    )
 }

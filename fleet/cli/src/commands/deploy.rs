@@ -18,6 +18,8 @@ pub enum Outcome {
     Done,
     RobotsFailed,
     TimedOut,
+    /// It ended without updating any robot: all skipped or cancelled.
+    NoRobotUpdated,
 }
 
 const POLL_INTERVAL: Duration = Duration::from_millis(300);
@@ -39,8 +41,16 @@ pub fn deploy(api: &Api, args: DeployArgs, json: bool) -> anyhow::Result<Outcome
     };
     let created: Deployment = api.send_json(Method::POST, "/deployments", Some(&request))?;
     let robots = created.robots.as_ref().map_or(0, Vec::len);
-    eprintln!("{robots} robots");
+    note!(
+        "{} targeted",
+        crate::output::count(robots, "robot", "robots")
+    );
     crate::commands::rollout::finish(api, &created, &args.wait, json)
+}
+
+/// A deployment's state in words: `no robot updated`, `awaiting approval`.
+pub fn state_text(state: DeploymentState) -> String {
+    state.as_str().replace('_', " ")
 }
 
 /// One stderr line for a robot that finished.
@@ -74,7 +84,7 @@ pub fn watch(
         let deployment: Deployment = api.get(&format!("/deployments/{}", created.id))?;
         for robot in deployment.robots.iter().flatten() {
             if robot.state.is_final() && reported.insert(robot.robot_id.clone()) {
-                eprintln!(
+                note!(
                     "{}",
                     finished_line(
                         &robot.robot_id,
@@ -96,7 +106,7 @@ pub fn watch(
             .collect::<Vec<_>>()
             .join(", ");
         if !summary.is_empty() && summary != last_summary {
-            eprintln!("  waiting: {summary}");
+            note!("  waiting: {summary}");
             last_summary = summary;
         }
         if deployment.state.is_final() {
@@ -106,24 +116,37 @@ pub fn watch(
                 .flatten()
                 .filter(|r| r.state.is_failure())
                 .count();
-            let committed = deployment.counts.get("committed").copied().unwrap_or(0);
-            eprintln!(
+            let count = |state: &str| deployment.counts.get(state).copied().unwrap_or(0);
+            let committed = count("committed");
+            let not_reached = count("skipped") + count("cancelled");
+            let mut summary = format!(
                 "deployment {} {}: {committed} committed, {failed} rolled back or failed",
                 deployment.id,
-                deployment.state.as_str()
+                state_text(deployment.state)
             );
+            if not_reached > 0 {
+                summary.push_str(&format!(", {not_reached} skipped or cancelled"));
+            }
+            note!("{summary}");
             if let Some(reason) = &deployment.halt_reason {
-                eprintln!("halted: {reason}");
+                note!("halted: {reason}");
             }
             let outcome = if failed > 0 || deployment.state == DeploymentState::Halted {
                 Outcome::RobotsFailed
+            } else if deployment.state == DeploymentState::NoRobotUpdated {
+                note!(
+                    "no robot was updated: skipped robots rolled back from v{} before \
+                     (`rota deploy --force` offers it to them again)",
+                    deployment.version
+                );
+                Outcome::NoRobotUpdated
             } else {
                 Outcome::Done
             };
             return Ok((deployment, outcome));
         }
         if started.elapsed() >= timeout {
-            eprintln!(
+            note!(
                 "gave up waiting after {}s; the deployment goes on",
                 timeout.as_secs()
             );

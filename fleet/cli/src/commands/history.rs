@@ -57,9 +57,13 @@ pub fn origin_text(origin: &RunOrigin) -> String {
 pub fn end_text(end: &RunEnd) -> String {
     match end {
         RunEnd::Running => "running".into(),
-        RunEnd::Replaced { by_version, at } => format!("replaced by v{by_version} at {at}"),
-        RunEnd::RolledBack { reason, at } => format!("rolled back at {at}: {reason}"),
-        RunEnd::Failed { error, at } => format!("failed at {at}: {error}"),
+        RunEnd::Replaced { by_version, at } => {
+            format!("replaced by v{by_version} at {}", output::time(at))
+        }
+        RunEnd::RolledBack { reason, at } => {
+            format!("rolled back at {}: {reason}", output::time(at))
+        }
+        RunEnd::Failed { error, at } => format!("failed at {}: {error}", output::time(at)),
     }
 }
 
@@ -67,7 +71,7 @@ fn run_row(robot_id: &str, run: &ReleaseRun) -> Vec<String> {
     vec![
         robot_id.to_string(),
         format!("v{}", run.version),
-        run.started_at.clone(),
+        output::time(&run.started_at),
         origin_text(&run.origin),
         end_text(&run.end),
     ]
@@ -97,8 +101,11 @@ pub fn releases(api: &Api, filter: &Filter, json: bool) -> anyhow::Result<()> {
                 .map(|run| run_row(&history.robot_id, run)),
         );
     }
-    output::table(&["ROBOT", "VERSION", "SINCE", "HOW", "ENDED"], &rows);
-    Ok(())
+    output::table(
+        &["ROBOT", "VERSION", "SINCE", "HOW", "ENDED"],
+        &rows,
+        Some("no robots match: robots appear here once they enroll"),
+    )
 }
 
 pub fn events(
@@ -120,9 +127,10 @@ pub fn events(
         &query,
         json,
         &headers,
+        "no events match: robots report events as they download, install and commit",
         |e: &HistoryEntry| {
             vec![
-                e.at.clone(),
+                output::time(&e.at),
                 e.robot_id.clone(),
                 e.version.as_deref().map_or("-".into(), |v| format!("v{v}")),
                 e.event.clone(),

@@ -22,13 +22,13 @@ pub fn status(api: &Api, json: bool) -> anyhow::Result<()> {
     if json {
         return output::json(&status);
     }
-    println!("robots: {}", status.robots);
-    println!("  by state:   {}", counts_text(&status.robots_by_state));
-    println!("  by version: {}", counts_text(&status.robots_by_version));
-    println!("releases: {}", status.releases);
-    println!("running deployments: {}", status.running_deployments.len());
+    outln!("robots: {}", status.robots);
+    outln!("  by state:   {}", counts_text(&status.robots_by_state));
+    outln!("  by version: {}", counts_text(&status.robots_by_version));
+    outln!("releases: {}", status.releases);
+    outln!("running deployments: {}", status.running_deployments.len());
     for d in &status.running_deployments {
-        println!(
+        outln!(
             "  {} v{} to {}: {}",
             d.id,
             d.version,
@@ -46,12 +46,12 @@ pub fn deployments(api: &Api, id: Option<&str>, json: bool) -> anyhow::Result<()
             if json {
                 return output::json(&d);
             }
-            println!(
+            outln!(
                 "{} v{} to {} ({}): {}",
                 d.id,
                 d.version,
                 d.target,
-                d.state.as_str(),
+                crate::commands::deploy::state_text(d.state),
                 counts_text(&d.counts)
             );
             for r in d.robots.iter().flatten() {
@@ -75,34 +75,42 @@ pub fn deployments(api: &Api, id: Option<&str>, json: bool) -> anyhow::Result<()
                             .unwrap_or_default()
                     )
                 };
-                println!("  {line}");
+                outln!("  {line}");
             }
         }
         None => {
             let headers = ["ID", "VERSION", "TARGET", "STATE", "ROBOTS", "CREATED"];
-            show_list(api, "/deployments", json, &headers, |d: &Deployment| {
-                vec![
-                    d.id.clone(),
-                    format!("v{}", d.version),
-                    d.target.to_string(),
-                    d.state.as_str().into(),
-                    counts_text(&d.counts),
-                    d.created_at.clone(),
-                ]
-            })?;
+            let empty = "no deployments yet: send a release with `rota deploy VERSION --to all`";
+            show_list(
+                api,
+                "/deployments",
+                json,
+                &headers,
+                empty,
+                |d: &Deployment| {
+                    vec![
+                        d.id.clone(),
+                        format!("v{}", d.version),
+                        d.target.to_string(),
+                        d.state.as_str().into(),
+                        counts_text(&d.counts),
+                        output::time(&d.created_at),
+                    ]
+                },
+            )?;
         }
     }
     Ok(())
 }
 
-fn show_robot(robot: &Robot) {
-    println!("{} ({}) {}", robot.id, robot.compatible, robot.state);
-    println!("  version: {}", or_dash(robot.version.as_deref()));
-    println!("  groups: {}", robot.groups.join(", "));
-    println!(
+fn show_robot(robot: &Robot) -> anyhow::Result<()> {
+    outln!("{} ({}) {}", robot.id, robot.compatible, robot.state);
+    outln!("  version: {}", or_dash(robot.version.as_deref()));
+    outln!("  groups: {}", robot.groups.join(", "));
+    outln!(
         "  enrolled: {}, last seen: {}",
-        robot.enrolled_at,
-        or_dash(robot.last_seen.as_deref())
+        output::time(&robot.enrolled_at),
+        robot.last_seen.as_deref().map_or("-".into(), output::time)
     );
     if let Some(slots) = &robot.slots {
         for slot in &slots.slots {
@@ -111,14 +119,20 @@ fn show_robot(robot: &Robot) {
             } else {
                 ""
             };
-            println!(
-                "  slot {:?}{booted}: {} {}",
-                slot.slot,
-                or_dash(slot.version.as_deref()),
+            let slot_name = match slot.slot {
+                rota_protocol::robot::Slot::A => "A",
+                rota_protocol::robot::Slot::B => "B",
+            };
+            outln!(
+                "  slot {slot_name}{booted}: {} {}",
+                slot.version
+                    .as_deref()
+                    .map_or("unknown version".into(), |v| format!("v{v}")),
                 slot.state
             );
         }
     }
+    Ok(())
 }
 
 pub fn robots(
@@ -141,7 +155,15 @@ pub fn robots(
                 "COMPATIBLE",
                 "LAST SEEN",
             ];
-            show_list(api, &path, json, &headers, |r: &Robot| {
+            let empty = match group {
+                Some(group) => format!(
+                    "no robots in group {group}: add some with `rota groups add {group} ROBOT...`"
+                ),
+                None => "no robots enrolled yet: a robot enrolls itself with the fleet's \
+                         enrollment key when its rota-updater daemon first starts"
+                    .to_string(),
+            };
+            show_list(api, &path, json, &headers, &empty, |r: &Robot| {
                 let state = match r.progress {
                     Some(p) => format!("{} {p}%", r.state),
                     None => r.state.clone(),
@@ -152,7 +174,7 @@ pub fn robots(
                     state,
                     r.groups.join(","),
                     r.compatible.clone(),
-                    or_dash(r.last_seen.as_deref()),
+                    r.last_seen.as_deref().map_or("-".into(), output::time),
                 ]
             })?;
         }
@@ -161,19 +183,19 @@ pub fn robots(
             if json {
                 return output::json(&robot);
             }
-            show_robot(&robot);
+            show_robot(&robot)?;
         }
         Some(RobotsCommand::Approve { id }) => {
             let robot: Robot =
                 api.send_json::<(), _>(Method::POST, &format!("/robots/{id}/approve"), None)?;
-            eprintln!("approved {}", robot.id);
+            note!("approved {}", robot.id);
             if json {
                 return output::json(&robot);
             }
         }
         Some(RobotsCommand::Remove { id }) => {
             api.send_empty(Method::DELETE, &format!("/robots/{id}"))?;
-            eprintln!("removed {id}; it may enroll again");
+            note!("removed {id}; it may enroll again");
         }
     }
     Ok(())
@@ -187,6 +209,8 @@ pub fn groups(api: &Api, action: Option<GroupsCommand>, json: bool) -> anyhow::R
                 "/groups",
                 json,
                 &["GROUP", "ROBOTS", "MEMBERS"],
+                "no groups yet: create one with `rota groups create NAME`, then \
+                 `rota groups add NAME ROBOT...`",
                 |g: &Group| {
                     vec![
                         g.name.clone(),
@@ -199,25 +223,29 @@ pub fn groups(api: &Api, action: Option<GroupsCommand>, json: bool) -> anyhow::R
         Some(GroupsCommand::Create { name }) => {
             let group: Group =
                 api.send_json::<(), _>(Method::PUT, &format!("/groups/{name}"), None)?;
-            eprintln!("group {} has {} robots", group.name, group.robots.len());
+            note!(
+                "group {} has {}",
+                group.name,
+                output::count(group.robots.len(), "robot", "robots")
+            );
             if json {
                 return output::json(&group);
             }
         }
         Some(GroupsCommand::Delete { name }) => {
             api.send_empty(Method::DELETE, &format!("/groups/{name}"))?;
-            eprintln!("deleted group {name}");
+            note!("deleted group {name}");
         }
         Some(GroupsCommand::Add { name, robots }) => {
             for robot in robots {
                 api.send_empty(Method::PUT, &format!("/groups/{name}/robots/{robot}"))?;
-                eprintln!("{robot} is in {name}");
+                note!("{robot} is in {name}");
             }
         }
         Some(GroupsCommand::Remove { name, robots }) => {
             for robot in robots {
                 api.send_empty(Method::DELETE, &format!("/groups/{name}/robots/{robot}"))?;
-                eprintln!("{robot} left {name}");
+                note!("{robot} left {name}");
             }
         }
     }

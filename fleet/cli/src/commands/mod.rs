@@ -27,15 +27,17 @@ pub fn api(server: Option<&str>) -> anyhow::Result<Api> {
     Api::new(&server, &key)
 }
 
-/// Fetches a list and prints it: JSON with --json, else a table of `row(item)` lines.
+/// Fetches a list and prints it: JSON with --json, else a table of `row(item)` lines, or
+/// `empty` on stderr when there is nothing to list.
 pub fn show_list<T: serde::de::DeserializeOwned + serde::Serialize>(
     api: &Api,
     path: &str,
     json: bool,
     headers: &[&str],
+    empty: &str,
     row: impl Fn(&T) -> Vec<String>,
 ) -> anyhow::Result<()> {
-    show_filtered_list(api, path, &[], json, headers, row)
+    show_filtered_list(api, path, &[], json, headers, empty, row)
 }
 
 /// [`show_list`] with query parameters (filters, limits).
@@ -45,6 +47,7 @@ pub fn show_filtered_list<T: serde::de::DeserializeOwned + serde::Serialize>(
     query: &[(&str, String)],
     json: bool,
     headers: &[&str],
+    empty: &str,
     row: impl Fn(&T) -> Vec<String>,
 ) -> anyhow::Result<()> {
     let items: Vec<T> = api.get_with_query(path, query)?;
@@ -52,6 +55,5 @@ pub fn show_filtered_list<T: serde::de::DeserializeOwned + serde::Serialize>(
         return crate::output::json(&items);
     }
     let rows: Vec<Vec<String>> = items.iter().map(row).collect();
-    crate::output::table(headers, &rows);
-    Ok(())
+    crate::output::table(headers, &rows, Some(empty))
 }

@@ -5,34 +5,45 @@ use std::io::Read;
 use std::path::Path;
 
 use anyhow::Context as _;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rota_protocol::operator::Release;
 
 use crate::client::Api;
 use crate::commands::show_list;
 use crate::output;
 
-/// Counts bytes as the upload reads them and reports every 10% on stderr.
+/// Counts bytes as the upload reads them: a one-line bar redrawn on a terminal, nothing
+/// when stderr is a pipe or a file (the `published ...` line says how it ended).
 struct Progress<R> {
     inner: R,
-    done: u64,
-    total: u64,
-    next_report: u64,
+    bar: Option<ProgressBar>,
+}
+
+impl<R> Progress<R> {
+    fn new(inner: R, total: u64) -> Progress<R> {
+        let bar = crate::output::stderr_is_terminal().then(|| {
+            let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "uploading [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            bar
+        });
+        Progress { inner, bar }
+    }
 }
 
 impl<R: Read> Read for Progress<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.done += n as u64;
-        if self.total > 0
-            && self.done * 10 / self.total >= self.next_report
-            && self.next_report <= 10
-        {
-            eprintln!(
-                "uploading: {}% of {} bytes",
-                self.done * 100 / self.total,
-                self.total
-            );
-            self.next_report = self.done * 10 / self.total + 1;
+        if let Some(bar) = &self.bar {
+            bar.inc(n as u64);
+            if n == 0 || bar.length().is_some_and(|len| bar.position() >= len) {
+                bar.finish_and_clear();
+            }
         }
         Ok(n)
     }
@@ -59,21 +70,16 @@ pub fn publish(
     let (ci_branch, ci_commit) = ci_source(|name| std::env::var(name).ok());
     let branch = branch
         .map(str::to_string)
-        .or_else(|| ci_branch.inspect(|b| eprintln!("branch {b} (from the CI environment)")));
+        .or_else(|| ci_branch.inspect(|b| note!("branch {b} (from the CI environment)")));
     let commit = commit
         .map(str::to_string)
-        .or_else(|| ci_commit.inspect(|c| eprintln!("commit {c} (from the CI environment)")));
+        .or_else(|| ci_commit.inspect(|c| note!("commit {c} (from the CI environment)")));
     let file = File::open(bundle).with_context(|| format!("opening {}", bundle.display()))?;
     let total = file
         .metadata()
         .with_context(|| format!("reading {}", bundle.display()))?
         .len();
-    let reader = Progress {
-        inner: file,
-        done: 0,
-        total,
-        next_report: 1,
-    };
+    let reader = Progress::new(file, total);
     let mut query = Vec::new();
     if let Some(branch) = &branch {
         query.push(("branch", branch.as_str()));
@@ -85,18 +91,18 @@ pub fn publish(
     let release: Release = api
         .upload("/releases", &query, body)
         .with_context(|| format!("publishing {}", bundle.display()))?;
-    eprintln!(
-        "published {} {} for {} ({} bytes, manifest {})",
+    note!(
+        "published {} v{} for {} ({}, manifest {})",
         release.id,
         release.version,
         release.compatible,
-        release.size,
+        output::size(release.size),
         &release.manifest_hash[..12]
     );
     if json {
         output::json(&release)
     } else {
-        println!("{}", release.id);
+        outln!("{}", release.id);
         Ok(())
     }
 }
@@ -111,7 +117,8 @@ pub fn list(api: &Api, json: bool) -> anyhow::Result<()> {
         "SIZE",
         "CREATED",
     ];
-    show_list(api, "/releases", json, &headers, |r: &Release| {
+    let empty = "no releases yet: publish a signed bundle with `rota release publish BUNDLE`";
+    show_list(api, "/releases", json, &headers, empty, |r: &Release| {
         vec![
             r.id.clone(),
             r.version.clone(),
@@ -120,8 +127,8 @@ pub fn list(api: &Api, json: bool) -> anyhow::Result<()> {
             r.commit
                 .as_deref()
                 .map_or("-".into(), |c| c.chars().take(12).collect()),
-            r.size.to_string(),
-            r.created_at.clone(),
+            output::size(r.size),
+            output::time(&r.created_at),
         ]
     })
 }

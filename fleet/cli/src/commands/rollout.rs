@@ -70,7 +70,7 @@ fn describe(d: &Deployment) -> String {
         d.kind.as_str(),
         d.version,
         d.target,
-        d.state.as_str()
+        deploy::state_text(d.state)
     )
 }
 
@@ -81,17 +81,23 @@ pub fn finish(
     wait: &WaitArgs,
     json: bool,
 ) -> anyhow::Result<Outcome> {
-    eprintln!("{}", describe(created));
-    let (last, outcome) = if wait.wait {
+    note!("{}", describe(created));
+    // A deployment that ended as it was made (every robot skipped) is reported as --wait
+    // would report it, exit code included.
+    let (last, outcome) = if wait.wait || created.state.is_final() {
         deploy::watch(api, created, Duration::from_secs(wait.timeout))?
     } else {
         (created.clone(), Outcome::Done)
     };
-    if json {
-        output::json(&last)?;
-    } else {
-        println!("{}", last.id);
-    }
+    // The outcome decides the exit code even when nobody reads stdout any more.
+    output::unless_closed(|| {
+        if json {
+            output::json(&last)?;
+        } else {
+            outln!("{}", last.id);
+        }
+        Ok(())
+    })?;
     Ok(outcome)
 }
 
@@ -101,8 +107,8 @@ pub fn verb(api: &Api, verb: DeploymentVerb, id: &str, json: bool) -> anyhow::Re
     if json {
         return output::json(&deployment);
     }
-    eprintln!("{}", describe(&deployment));
-    println!("{}", deployment.state.as_str());
+    note!("{}", describe(&deployment));
+    outln!("{}", deployment.state.as_str());
     Ok(())
 }
 
@@ -114,25 +120,37 @@ pub fn rollback(
 ) -> anyhow::Result<Outcome> {
     let dry_run = request.dry_run;
     let outcome: RollbackOutcome = api.send_json(Method::POST, "/rollbacks", Some(&request))?;
+    // A dry run says so before and after its plan, in the conditional: nothing moved.
+    let (would, go) = if dry_run {
+        note!("dry run: nothing changes, no deployment is created");
+        ("would be ", "would go back to")
+    } else {
+        ("", "back to")
+    };
     for robot in &outcome.unresolved {
-        eprintln!("- {} left alone: {}", robot.robot_id, robot.reason);
+        note!("- {} {would}left alone: {}", robot.robot_id, robot.reason);
     }
     if !outcome.unchanged.is_empty() {
-        eprintln!("- already there: {}", outcome.unchanged.join(", "));
+        note!("- already there: {}", outcome.unchanged.join(", "));
     }
     for group in &outcome.plan {
-        eprintln!("→ v{}: {}", group.version, group.robots.join(", "));
+        note!("→ {go} v{}: {}", group.version, group.robots.join(", "));
     }
     if dry_run {
+        let robots: usize = outcome.plan.iter().map(|g| g.robots.len()).sum();
+        note!(
+            "dry run: {} would roll back; nothing changed (run it again without --dry-run)",
+            output::count(robots, "robot", "robots")
+        );
         if json {
-            output::json(&outcome)?;
+            output::json(&with_dry_run(&outcome, true)?)?;
         }
         return Ok(Outcome::Done);
     }
     let mut worst = Outcome::Done;
     let mut finished = Vec::new();
     for deployment in &outcome.deployments {
-        eprintln!("{}", describe(deployment));
+        note!("{}", describe(deployment));
         let (last, result) = if wait.wait {
             deploy::watch(api, deployment, Duration::from_secs(wait.timeout))?
         } else {
@@ -144,16 +162,30 @@ pub fn rollback(
         finished.push(last);
     }
     if json {
-        output::json(&RollbackOutcome {
+        let outcome = RollbackOutcome {
             deployments: finished,
             ..outcome
-        })?;
+        };
+        output::unless_closed(|| output::json(&with_dry_run(&outcome, false)?))?;
     } else {
-        for deployment in &finished {
-            println!("{}", deployment.id);
-        }
+        output::unless_closed(|| {
+            for deployment in &finished {
+                outln!("{}", deployment.id);
+            }
+            Ok(())
+        })?;
     }
     Ok(worst)
+}
+
+/// The outcome as JSON with `"dry_run": true|false`, so a script cannot take a plan for a
+/// rollback that happened.
+fn with_dry_run(outcome: &RollbackOutcome, dry_run: bool) -> anyhow::Result<serde_json::Value> {
+    let mut value = serde_json::to_value(outcome)?;
+    if let Some(object) = value.as_object_mut() {
+        object.insert("dry_run".into(), dry_run.into());
+    }
+    Ok(value)
 }
 
 pub fn rollback_target(
@@ -201,6 +233,7 @@ pub fn environments(api: &Api, action: Option<EnvCommand>, json: bool) -> anyhow
                 "/environments",
                 json,
                 &headers,
+                "no environments yet: create one with `rota env set NAME --groups GROUP,...`",
                 |e: &Environment| {
                     vec![
                         e.name.clone(),
@@ -240,7 +273,7 @@ pub fn environments(api: &Api, action: Option<EnvCommand>, json: bool) -> anyhow
     if json {
         return output::json(&environment);
     }
-    println!(
+    outln!(
         "{}: groups {}, {}, approval {}, window {}",
         environment.name,
         environment.groups.join(","),
@@ -292,9 +325,10 @@ pub fn strategy_text(strategy: &Strategy) -> String {
             guard: g,
         } => format!(
             "canary {} then {}{}",
-            group
-                .clone()
-                .unwrap_or_else(|| format!("{} robots", count.unwrap_or(1))),
+            group.clone().unwrap_or_else(|| {
+                let n = count.unwrap_or(1) as usize;
+                output::count(n, "robot", "robots")
+            }),
             wait_secs.map_or("on approval".into(), |w| format!("after {w}s")),
             guard(g)
         ),

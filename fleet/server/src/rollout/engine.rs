@@ -96,7 +96,7 @@ pub async fn evaluate(
         let (failures, offered_so_far) = released_failures(conn, &rollout).await?;
         if guard.max_failures.exceeded(failures, offered_so_far) {
             let reason = format!(
-                "{failures} of {offered_so_far} robots failed, more than the {} allowed",
+                "{failures} of {offered_so_far} offered failed, more than the {} allowed",
                 guard.max_failures
             );
             offered = halt(conn, backend, &rollout, &reason, guard.auto_rollback).await?;
@@ -169,7 +169,10 @@ pub async fn start_stage(
         }
     }
     let offered = offer_waiting(conn, backend, deployment_id, stage).await?;
-    let detail = format!("{} robots offered", offered.len());
+    let detail = match offered.len() {
+        1 => "1 robot offered".to_string(),
+        n => format!("{n} robots offered"),
+    };
     log(
         conn,
         deployment_id,
@@ -405,6 +408,10 @@ async fn finish_if_done(conn: &mut AnyConnection, rollout: &Rollout) -> ApiResul
         DeploymentState::Failed
     } else if total > 0 && of(AssignmentState::Superseded) == total {
         DeploymentState::Superseded
+    } else if of(AssignmentState::Committed) == 0 {
+        // Every robot skipped it (it rolled back from that release before) or was cancelled:
+        // the release reached nobody, which is no success.
+        DeploymentState::NoRobotUpdated
     } else {
         DeploymentState::Succeeded
     };

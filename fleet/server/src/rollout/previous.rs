@@ -56,14 +56,21 @@ impl RollbackTo {
         if semver::Version::parse(version).is_ok() {
             return Ok(RollbackTo::Version(version.to_string()));
         }
-        crate::time::parse_point(text, now_ms)
-            .map(RollbackTo::Time)
-            .map_err(|_| {
-                format!(
-                    "--to {text:?} is not a version (v2.1.0), commit:SHA, a deployment id (dep_...), \
-                     a time (2026-11-24T10:00:00Z) or an age (2-hours-ago)"
-                )
-            })
+        let at = crate::time::parse_point(text, now_ms).map_err(|_| {
+            format!(
+                "--to {text:?} is not a version (v2.1.0), commit:SHA, a deployment id (dep_...), \
+                 a time (2026-11-24T10:00:00Z) or an age (2-hours-ago)"
+            )
+        })?;
+        if at > now_ms {
+            return Err(format!(
+                "--to {text} is in the future ({}, the server's clock says {} now): a rollback \
+                 goes back to what robots ran at a time that has passed",
+                crate::time::rfc3339(at),
+                crate::time::rfc3339(now_ms)
+            ));
+        }
+        Ok(RollbackTo::Time(at))
     }
 }
 
@@ -80,6 +87,68 @@ async fn release_ref(conn: &mut AnyConnection, id: &str) -> ApiResult<ReleaseRef
         version,
         compatible,
     })
+}
+
+/// Releases the robot committed, newest first, with when and their version.
+async fn committed_versions(
+    conn: &mut AnyConnection,
+    robot_id: &str,
+) -> ApiResult<Vec<(String, i64, String)>> {
+    Ok(sqlx::query_as(
+        "SELECT a.release_id, a.finished_at, r.version FROM assignments a
+         JOIN releases r ON r.id = a.release_id
+         WHERE a.robot_id = $1 AND a.state = 'committed' AND a.finished_at IS NOT NULL
+         ORDER BY a.finished_at DESC",
+    )
+    .bind(robot_id)
+    .fetch_all(&mut *conn)
+    .await?)
+}
+
+/// The version the robot runs: what it last reported, else its last commit through Rota.
+async fn running_version(
+    conn: &mut AnyConnection,
+    robot_id: &str,
+    history: &[(String, i64, String)],
+) -> ApiResult<Option<String>> {
+    let reported: Option<Option<String>> =
+        sqlx::query_scalar("SELECT version FROM robots WHERE id = $1")
+            .bind(robot_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    Ok(reported
+        .flatten()
+        .or_else(|| history.first().map(|(_, _, version)| version.clone())))
+}
+
+/// Whether `version` is lower than `than` (semver; an unreadable version is never lower).
+fn is_lower(version: &str, than: &str) -> bool {
+    match (
+        semver::Version::parse(version.trim_start_matches('v')),
+        semver::Version::parse(than.trim_start_matches('v')),
+    ) {
+        (Ok(version), Ok(than)) => version < than,
+        _ => false,
+    }
+}
+
+/// The release "previous" means for a robot running `current`: the newest release it
+/// committed with a lower version. Not simply the one committed before the current one: after
+/// a rollback from 2.1.0 to 2.0.0 that one is 2.1.0, and "previous" must never mean up.
+fn previous_release(history: &[(String, i64, String)], current: &str) -> Option<String> {
+    history
+        .iter()
+        .find(|(_, _, version)| is_lower(version, current))
+        .map(|(release, _, _)| release.clone())
+}
+
+async fn release_version(conn: &mut AnyConnection, id: &str) -> ApiResult<Option<String>> {
+    Ok(
+        sqlx::query_scalar("SELECT version FROM releases WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?,
+    )
 }
 
 /// Releases the robot committed, newest first, with when.
@@ -156,26 +225,31 @@ async fn resolve_one(
     robot: &TargetRobot,
     to: &RollbackTo,
 ) -> ApiResult<Result<String, String>> {
-    let history = committed_history(conn, &robot.id).await?;
+    let history = committed_versions(conn, &robot.id).await?;
+    let mut current_version = None;
     let found = match to {
         RollbackTo::Previous => {
-            let current = history.first().map(|(release, _)| release.clone());
-            let earlier = history
-                .iter()
-                .map(|(release, _)| release)
-                .find(|release| Some(*release) != current.as_ref())
-                .cloned();
-            match earlier {
+            current_version = running_version(conn, &robot.id, &history).await?;
+            let Some(current) = current_version.clone() else {
+                return Ok(Err(
+                    "no release on record: it never reported a version".into()
+                ));
+            };
+            match previous_release(&history, &current) {
                 Some(release) => Some(release),
-                None => other_slot_release(conn, &robot.id, &robot.compatible)
-                    .await?
-                    .filter(|release| Some(release) != current.as_ref()),
+                None => match other_slot_release(conn, &robot.id, &robot.compatible).await? {
+                    Some(release) => release_version(conn, &release)
+                        .await?
+                        .filter(|version| is_lower(version, &current))
+                        .map(|_| release),
+                    None => None,
+                },
             }
         }
         RollbackTo::Time(at) => history
             .iter()
-            .find(|(_, finished)| finished <= at)
-            .map(|(release, _)| release.clone()),
+            .find(|(_, finished, _)| finished <= at)
+            .map(|(release, _, _)| release.clone()),
         RollbackTo::Version(version) => {
             sqlx::query_scalar("SELECT id FROM releases WHERE version = $1 AND compatible = $2")
                 .bind(version)
@@ -204,8 +278,17 @@ async fn resolve_one(
         }
     };
     Ok(found.ok_or_else(|| match to {
-        RollbackTo::Previous => "no earlier release on record".to_string(),
-        RollbackTo::Time(_) => "had committed nothing through Rota by then".to_string(),
+        RollbackTo::Previous => format!(
+            "no release older than v{} on record",
+            current_version.as_deref().unwrap_or("?")
+        ),
+        RollbackTo::Time(_) => match history.last() {
+            Some((_, first, version)) => format!(
+                "its history starts later, at {} (v{version} committed)",
+                crate::time::rfc3339(*first)
+            ),
+            None => "it has committed nothing through Rota yet".to_string(),
+        },
         RollbackTo::Version(v) => format!("no release {v} for {}", robot.compatible),
         RollbackTo::Commit(c) => {
             format!("no release built from commit {c} for {}", robot.compatible)
@@ -315,6 +398,29 @@ pub async fn create_rollback(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn previous_never_means_a_newer_release() {
+        // Newest first: rolled back from 2.1.0 to 2.0.0, which it had run before 2.1.0.
+        let history = [
+            ("rel_200b".to_string(), 30, "2.0.0".to_string()),
+            ("rel_210".to_string(), 20, "2.1.0".to_string()),
+            ("rel_200".to_string(), 10, "2.0.0".to_string()),
+            ("rel_190".to_string(), 5, "1.9.0".to_string()),
+        ];
+        assert_eq!(previous_release(&history, "2.0.0"), Some("rel_190".into()));
+        assert_eq!(previous_release(&history, "2.1.0"), Some("rel_200b".into()));
+        assert_eq!(previous_release(&history[..3], "2.0.0"), None);
+        assert!(is_lower("2.0.0", "v2.1.0") && !is_lower("2.1.0", "2.0.0"));
+        assert!(!is_lower("2.0.0-rc.1", "junk"));
+    }
+
+    #[test]
+    fn a_time_in_the_future_is_refused() {
+        let now = 10_000_000;
+        let err = RollbackTo::parse(Some("2999-01-01T00:00:00Z"), now).unwrap_err();
+        assert!(err.contains("in the future"), "{err}");
+    }
 
     #[test]
     fn rollback_targets_parse() {

@@ -253,7 +253,7 @@ pub async fn create(
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct DeploymentsQuery {
     /// Only deployments in this state (`awaiting_approval`, `running`, `paused`, `halted`,
-    /// `aborted`, `succeeded`, `failed`, `superseded`).
+    /// `aborted`, `succeeded`, `failed`, `superseded`, `no_robot_updated`).
     pub state: Option<String>,
     /// At most this many, newest first. [default: 50, at most 1000]
     pub limit: Option<i64>,

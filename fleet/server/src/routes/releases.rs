@@ -93,10 +93,23 @@ fn check_bundle(path: &Path, keyring_dir: &Path) -> ApiResult<Checked> {
     })?;
     let file = std::fs::File::open(path).map_err(ApiError::internal)?;
     let reject = |err: rota_bundle::Error| {
+        let why = match &err {
+            // The bundle crate's own text lists the key ids in Rust debug form.
+            rota_bundle::Error::NoTrustedSignature { key_ids } => format!(
+                "no signature by a trusted key: signed by key id {}, which is not in the fleet \
+                 keyring (it takes *.pub files as `rota-image keygen` writes them)",
+                key_ids
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            other => other.to_string(),
+        };
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "bundle_rejected",
-            format!("bundle rejected: {err}"),
+            format!("bundle rejected: {why}"),
         )
     };
     let bundle = BundleReader::open(std::io::BufReader::with_capacity(1 << 20, file), &keyring)

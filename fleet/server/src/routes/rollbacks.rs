@@ -16,6 +16,31 @@ use crate::routes::deployments;
 use crate::state::AppState;
 use crate::time::now_ms;
 
+/// Why no robot moves, every robot counted: those already there, and each one left alone with
+/// its reason (the first few by name).
+fn nothing_to_do(plan: &previous::RollbackPlan) -> String {
+    const NAMED: usize = 5;
+    let mut parts = Vec::new();
+    match plan.unchanged.len() {
+        0 => {}
+        1 => parts.push(format!("{} already runs that release", plan.unchanged[0])),
+        n => parts.push(format!("{n} robots already run that release")),
+    }
+    for (robot, reason) in plan.unresolved.iter().take(NAMED) {
+        parts.push(format!("{robot}: {reason}"));
+    }
+    if plan.unresolved.len() > NAMED {
+        parts.push(format!(
+            "and {} more robots left alone",
+            plan.unresolved.len() - NAMED
+        ));
+    }
+    if parts.is_empty() {
+        parts.push("the target has no robots".into());
+    }
+    parts.join("; ")
+}
+
 /// Roll robots back (deployer).
 ///
 /// Each robot of the target goes back to the release `to` names for it: one deployment per
@@ -43,13 +68,10 @@ pub async fn create(
     let robots = rollout::target_robots(&mut write.tx, &request.target).await?;
     let plan = previous::resolve(&mut write.tx, &robots, &to).await?;
     if plan.by_release.is_empty() {
-        let why = match (plan.unchanged.len(), plan.unresolved.first()) {
-            (0, Some((robot, reason))) => format!("{robot}: {reason}"),
-            (n, _) => format!("{n} robots already run that release"),
-        };
         return Err(ApiError::unprocessable(format!(
-            "nothing to roll back for {}: {why}",
-            request.target
+            "nothing to roll back for {}: {}",
+            request.target,
+            nothing_to_do(&plan)
         )));
     }
     let plan_groups: Vec<RollbackGroup> = plan
