@@ -96,8 +96,9 @@ pub struct Recording {
     /// The bundle the operation installs (install operations), for the retry.
     pub target: Option<usize>,
     /// Whether booting a slot the state names no verified bundle for is a violation (true), or
-    /// tolerated when the state says that slot is being installed and `commit` refuses the boot
-    /// (marks it bad and asks for a reboot, exit 2). See `tests/power_cut.rs`.
+    /// tolerated when the state says that slot is being installed, the slot holds exactly the
+    /// image of a bundle an earlier install verified, and `commit` refuses the boot (marks it
+    /// bad and asks for a reboot, exit 2). See `tests/power_cut.rs`.
     pub strict_boot: bool,
 }
 
@@ -796,6 +797,15 @@ impl Recording {
             if self.strict_boot || !being_installed {
                 return Err(error);
             }
+            // Still a fully verified image: the one an earlier install verified and armed.
+            let bytes = robot.slot(&booted);
+            let verified_earlier = self
+                .bundles
+                .iter()
+                .any(|bundle| bytes[..bundle.image.len()] == bundle.image);
+            ensure(verified_earlier, || {
+                format!("{error}, and it holds no bundle ever verified")
+            })?;
             must_refuse = true;
         }
         let output = robot.run(&["commit"]);
