@@ -95,6 +95,11 @@ pub struct Recording {
     pub bundles: Vec<KnownBundle>,
     /// The bundle the operation installs (install operations), for the retry.
     pub target: Option<usize>,
+    /// Whether booting a slot the state names no verified bundle for is a violation (true), or
+    /// tolerated when the state says that slot is being installed, the slot holds exactly the
+    /// image of a bundle an earlier install verified, and `commit` refuses the boot (marks it
+    /// bad and asks for a reboot, exit 2). See `tests/power_cut.rs`.
+    pub strict_boot: bool,
 }
 
 /// Files outside the disks (keys, configs, cmdline) and, on fresh disks, the boot env and the
@@ -364,6 +369,7 @@ pub fn record(backend: Backend, op: Op) -> Recording {
         log,
         bundles,
         target,
+        strict_boot: true,
     }
 }
 
@@ -784,10 +790,27 @@ impl Recording {
     fn boot_and_commit(&self, robot: &Robot) -> Result<String, String> {
         let before = status(robot)?;
         let booted = robot.boot();
-        self.booted_ok(robot, &booted, &before)?;
+        let mut must_refuse = false;
+        if let Err(error) = self.booted_ok(robot, &booted, &before) {
+            let being_installed = before["pending"]["slot"] == booted.as_str()
+                && before["pending"]["stage"] == "installing";
+            if self.strict_boot || !being_installed {
+                return Err(error);
+            }
+            // Still a fully verified image: the one an earlier install verified and armed.
+            let bytes = robot.slot(&booted);
+            let verified_earlier = self
+                .bundles
+                .iter()
+                .any(|bundle| bytes[..bundle.image.len()] == bundle.image);
+            ensure(verified_earlier, || {
+                format!("{error}, and it holds no bundle ever verified")
+            })?;
+            must_refuse = true;
+        }
         let output = robot.run(&["commit"]);
         match exit_code(&output) {
-            0 => Ok(booted),
+            0 if !must_refuse => Ok(booted),
             2 => {
                 let booted = robot.boot();
                 let before = status(robot)?;
@@ -799,7 +822,12 @@ impl Recording {
                 Ok(booted)
             }
             code => Err(format!(
-                "commit on {booted} exits {code}: {}",
+                "commit on {booted} exits {code}{}: {}",
+                if must_refuse {
+                    " (the state names no verified bundle for it: it must refuse, exit 2)"
+                } else {
+                    ""
+                },
                 stderr(&output)
             )),
         }
