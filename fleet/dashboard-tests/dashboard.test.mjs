@@ -5,7 +5,8 @@
 //   ROTA_URL            the server
 //   ROTA_DEPLOYER_KEY   an operator key with the deployer role ("alice")
 //   ROTA_VIEWER_KEY     a viewer key ("victor")
-//   ROTA_ADMIN_KEY      the admin key, used only to check from outside what the page did
+//   ROTA_ADMIN_KEY      the admin key: checks from outside what the page did, and acts as a
+//                       second operator (a deployment someone else created, for approval)
 //   ROTA_ARTIFACTS      where screenshots go
 //   CHROMIUM            the browser (default /usr/bin/chromium); nothing is downloaded
 // The steps run in order and share one browser: each starts where the one before left off.
@@ -40,6 +41,29 @@ async function server(path) {
   const response = await fetch(URL_ + "/api/v1" + path, { headers: { Authorization: "Bearer " + ADMIN_KEY } });
   assert.equal(response.status, 200, path);
   return response.json();
+}
+
+/// A change through the API as the admin: another operator than the page's deployer.
+async function asAdmin(method, path, body) {
+  const response = await fetch(URL_ + "/api/v1" + path, {
+    method,
+    headers: { Authorization: "Bearer " + ADMIN_KEY, "Content-Type": "application/json" },
+    body: JSON.stringify(body),
+  });
+  const text = await response.text();
+  assert.ok(response.ok, `${method} ${path}: ${response.status} ${text}`);
+  return JSON.parse(text);
+}
+
+/// Polls the server's own view of `path` until `check` holds; returns it.
+async function serverUntil(path, what, check) {
+  const deadline = Date.now() + LONG;
+  for (;;) {
+    const value = await server(path);
+    if (check(value)) return value;
+    assert.ok(Date.now() < deadline, `gave up waiting for ${what}: ${JSON.stringify(value)}`);
+    await new Promise((resolve) => setTimeout(resolve, 250));
+  }
 }
 
 /// Shows `hash` and waits until its view has rendered its data, so nothing that follows can
@@ -236,6 +260,87 @@ test("the deployments timeline, audit log and charts render", async () => {
   await shot("12-charts");
 });
 
+test("fleet page shows a running rollout", async () => {
+  // Two canaries of production's 17 robots, then the rest on approval: it runs until approved.
+  const created = await asAdmin("POST", "/deployments", { release: "4.0.0", target: "env:production", strategy: { kind: "canary", count: 2 } });
+  remembered.canary4 = created.id;
+  await go("#/fleet");
+  const row = page.locator(`#fleet-rollouts [data-rollout='${created.id}']`);
+  await row.waitFor();
+  await page.waitForSelector(`#fleet-rollouts [data-rollout='${created.id}'] [data-awaits-approval]`, { timeout: LONG });
+  const text = await row.innerText();
+  for (const part of ["4.0.0 → env:production", "running", "waits for approval", "Stage 1 of 2", "2 of 17 committed", "15 waiting", "0 failed"]) {
+    assert.ok(text.includes(part), `the rollout row says ${JSON.stringify(part)}: ${text}`);
+  }
+  assert.equal(await row.locator("[role=progressbar]").getAttribute("aria-valuenow"), "2");
+  assert.equal((await server("/deployments/" + created.id)).stage_awaits_approval, true);
+  assert.equal(await page.locator("#main tbody tr").count(), 20, "the robots are still listed");
+  // The README's picture (docs/dashboard.png), without an earlier step's notice on top.
+  await page.evaluate(() => { document.querySelector("#flash").className = "flash"; document.querySelector("#flash").textContent = ""; });
+  await page.screenshot({ path: join(ARTIFACTS, "dashboard.png") });
+  await row.locator(`a[href='#/deployments/${created.id}']`).click();
+  await page.waitForSelector("#deployment[data-state=running]");
+});
+
+test("approve from the deployments list", async () => {
+  const id = remembered.canary4;
+  await go("#/deployments");
+  const approve = page.locator(`[data-deployment='${id}'] [data-action=approve]`);
+  await approve.waitFor();
+  // The same question as on the deployment's page; saying no changes nothing.
+  let question = null;
+  page.once("dialog", (dialog) => { question = dialog.message(); dialog.dismiss(); });
+  await approve.click();
+  assert.equal(question, `Approve deployment ${id}? Stage 2 of 2 starts: 15 more robot(s) get 4.0.0.`);
+  await page.waitForTimeout(500);
+  assert.equal((await server("/deployments/" + id)).current_stage, 0, "a dismissed approval does nothing");
+  page.once("dialog", (dialog) => dialog.accept());
+  await approve.click();
+  await page.waitForSelector(`[data-deployment='${id}'] [data-stage='1']`);
+  const done = await serverUntil("/deployments/" + id, "the rest of production", (d) => d.state !== "running");
+  assert.equal(done.state, "succeeded");
+  assert.equal(done.counts.committed, 17);
+  assert.ok(done.log.some((e) => e.action === "approved" && e.actor.endsWith("(alice)")), JSON.stringify(done.log));
+});
+
+test("approve from the fleet overview", async () => {
+  await asAdmin("PUT", "/environments/production", { groups: ["fleet"], approval_required: true });
+  const gated = await asAdmin("POST", "/deployments", { release: "5.0.0", target: "env:production" });
+  assert.equal(gated.state, "awaiting_approval");
+  await go("#/fleet");
+  const row = page.locator(`#fleet-rollouts [data-rollout='${gated.id}']`);
+  await row.locator("[data-action=approve]").waitFor();
+  assert.match(await row.innerText(), /awaiting approval/);
+  assert.equal(await row.locator("[data-action]").count(), 1, "the overview offers approve, nothing else");
+  let question = null;
+  page.once("dialog", (dialog) => { question = dialog.message(); dialog.accept(); });
+  await row.locator("[data-action=approve]").click();
+  assert.equal(question, `Approve deployment ${gated.id}? 5.0.0 starts rolling out to env:production.`);
+  // The row follows the rollout and leaves the overview when it ends.
+  await row.waitFor({ state: "detached", timeout: LONG });
+  const done = await server("/deployments/" + gated.id);
+  assert.equal(done.state, "succeeded");
+  assert.match(done.approved_by, /\(alice\)$/);
+});
+
+test("a deployer is not offered to approve their own deployment", async () => {
+  // The server refuses it (another deployer must approve); the page says so instead.
+  await fillDeployForm("3.0.0", { target: "env:production", strategy: "staged", percents: "50,100", wait_secs: "0" });
+  await page.click("form.deploy-form button[type=submit]");
+  await page.waitForURL(/#\/deployments\/dep_/);
+  remembered.own = decodeURIComponent(page.url().split("#/deployments/")[1]);
+  await page.waitForSelector("#deployment[data-state=awaiting_approval]");
+  const own = remembered.own;
+  for (const [hash, shown] of [["#/deployments/" + own, "#deployment"], ["#/deployments", `[data-deployment='${own}']`],
+    ["#/fleet", `[data-rollout='${own}']`]]) {
+    await go(hash);
+    await page.waitForSelector(`${shown} [data-approval-note='${own}']`);
+    assert.equal(await page.locator(`${shown} [data-action=approve]`).count(), 0, hash);
+    assert.equal(await page.locator(`${shown} [data-action=abort]`).count(), hash === "#/fleet" ? 0 : 1, hash);
+  }
+  assert.equal((await server("/deployments/" + remembered.own)).state, "awaiting_approval");
+});
+
 test("the pages fit a phone and work from the keyboard", async () => {
   await page.setViewportSize({ width: 390, height: 844 });
   for (const [hash, name] of [["#/fleet", "13-phone-fleet"], ["#/deployments/" + remembered.canary, "14-phone-deployment"]]) {
@@ -267,12 +372,16 @@ test("a viewer sees no action buttons", async () => {
   await page.waitForSelector("#login:not([hidden])");
   await logIn(VIEWER_KEY);
   assert.match(await page.textContent("#who"), /victor \(viewer\)/);
-  for (const hash of ["#/deployments", "#/deployments/" + remembered.canary, "#/releases", "#/robots/robot-002"]) {
+  for (const hash of ["#/fleet", "#/deployments", "#/deployments/" + remembered.canary, "#/releases", "#/robots/robot-002"]) {
     await go(hash);
     await page.waitForSelector("#main h1");
     await page.waitForSelector("#main table, #main .timeline-list");
     assert.equal(await page.locator("[data-action]").count(), 0, `${hash} shows actions to a viewer`);
   }
+  // Alice's deployment still awaits approval: the viewer sees it, and no way to approve it.
+  await go("#/fleet");
+  await page.waitForSelector(`#fleet-rollouts [data-rollout='${remembered.own}']`);
+  assert.equal(await page.locator("[data-approval-note]").count(), 0);
   await go("#/deployments/" + remembered.canary);
   await page.waitForSelector("#deployment[data-state=halted]");
   await shot("15-viewer-deployment");

@@ -8,7 +8,6 @@ const SVG_NS = "http://www.w3.org/2000/svg";
 const ROLE_RANK = { viewer: 0, deployer: 1, admin: 2 };
 const UPDATING = new Set(["downloading", "installing", "installed", "rebooting", "trial"]);
 const FAILED = new Set(["failed", "rolled_back"]);
-const FINAL_ASSIGNMENT = new Set(["committed", "rolled_back", "failed", "skipped", "superseded", "cancelled"]);
 const TOOK_RELEASE = new Set(["committed", "trial", "installed", "rebooting"]);
 
 let session = null; // {key_id, name, role, csrf_token}
@@ -251,7 +250,7 @@ setInterval(() => {
 // ---------- routing ----------
 
 const VIEWS = {
-  fleet: fleetView,
+  fleet: fleetOverview,
   deployments: deploymentsView,
   deployment: deploymentView,
   robot: robotView,
@@ -266,7 +265,7 @@ async function route() {
   let name = parts[0];
   if (name === "deployments" && parts[1]) name = "deployment";
   if (name === "robots" && parts[1]) name = "robot";
-  const make = VIEWS[name] || fleetView;
+  const make = VIEWS[name] || fleetOverview;
   for (const link of document.querySelectorAll("[data-nav]")) {
     const active = link.dataset.nav === parts[0];
     if (active) link.setAttribute("aria-current", "page"); else link.removeAttribute("aria-current");
@@ -358,39 +357,81 @@ function fleetView(main) {
   };
 }
 
+const IN_PROGRESS = ["awaiting_approval", "running", "paused"];
+
+/// The fleet page: rollouts in progress above the robots, so a person who opens the
+/// dashboard sees what is changing and what waits for them without going to Deployments.
+function fleetOverview(main) {
+  const robots = fleetView(main);
+  const rollouts = el("section", { class: "card rollouts", id: "fleet-rollouts", "aria-labelledby": "fleet-rollouts-title" });
+  main.querySelector("#fleet-counts").after(rollouts);
+  async function refreshRollouts() {
+    const lists = await Promise.all(IN_PROGRESS.map((state) => api("/deployments?limit=100&state=" + state)));
+    const open = lists.flat().sort((a, b) => b.created_at.localeCompare(a.created_at));
+    rollouts.dataset.count = open.length;
+    rollouts.replaceChildren(el("h2", { id: "fleet-rollouts-title" }, "Rollouts in progress"),
+      open.length ? el("ul", { class: "rollout-list" }, open.map((d) =>
+        el("li", { "data-rollout": d.id },
+          el("div", { class: "stage-head" },
+            el("span", {}, el("a", { href: "#/deployments/" + encodeURIComponent(d.id) }, d.version + " → " + d.target),
+              " ", el("span", { class: "kind" }, d.kind), " ", stateBadges(d)),
+            actionButtons(d, null, refresh, ["approve"])),
+          progressLines(d)))) :
+        el("p", { class: "muted" }, "No rollout in progress."));
+  }
+  return {
+    async refresh() {
+      await Promise.all([robots.refresh(), refreshRollouts()]);
+    },
+  };
+}
+
 function stat(label, value, tone) {
   return el("div", { class: "stat " + (tone || ""), "data-stat": label }, el("strong", {}, value), el("span", {}, label));
 }
 
 // ---------- deployments ----------
 
-function verbsFor(deployment, robots) {
-  const verbs = [];
+function verbsFor(deployment) {
   switch (deployment.state) {
-    case "awaiting_approval": verbs.push("approve", "abort"); break;
-    case "running":
-      if (waitsForApproval(deployment, robots)) verbs.push("approve");
-      verbs.push("pause", "abort"); break;
-    case "paused": verbs.push("resume", "abort"); break;
-    case "halted": case "failed": verbs.push("retry"); break;
+    case "awaiting_approval": return ["approve", "abort"];
+    case "running": return [...(deployment.stage_awaits_approval ? ["approve"] : []), "pause", "abort"];
+    case "paused": return ["resume", "abort"];
+    case "halted": case "failed": return ["retry"];
+    default: return [];
   }
-  return verbs;
 }
 
-/// A canary without a wait whose first stage finished: the rest starts when someone approves.
-function waitsForApproval(deployment, robots) {
-  if (!robots || deployment.current_stage + 1 >= deployment.stage_count) return false;
-  if (deployment.strategy.kind !== "canary" || deployment.strategy.wait_secs != null) return false;
-  return robots.filter((r) => r.stage <= deployment.current_stage).every((r) => FINAL_ASSIGNMENT.has(r.state));
+/// The server refuses an approval from the deployment's creator ("key:ID (name)" in
+/// created_by); the page says so instead of offering a button that can only fail.
+function createdBySelf(deployment) {
+  return deployment.created_by.startsWith("key:" + session.key_id + " ");
 }
 
-function actionButtons(deployment, robots, after) {
+/// What a person confirms before a verb that starts or stops robots' updates; null: no question.
+function confirmation(verb, d) {
+  if (verb === "abort") return "Abort deployment " + d.id + "?";
+  if (verb !== "approve") return null;
+  if (d.state === "awaiting_approval") return "Approve deployment " + d.id + "? " + d.version + " starts rolling out to " + d.target + ".";
+  return "Approve deployment " + d.id + "? Stage " + (d.current_stage + 2) + " of " + d.stage_count + " starts: " +
+    (d.counts.waiting || 0) + " more robot(s) get " + d.version + ".";
+}
+
+/// The deployment's buttons, for every page that shows one: the same verbs, confirmations and
+/// role checks wherever it appears. `only` keeps a subset (the fleet overview offers approve).
+function actionButtons(deployment, robots, after, only) {
   if (!can("deployer")) return null;
-  const buttons = verbsFor(deployment, robots).map((verb) =>
-    el("button", {
-      type: "button", class: verb === "abort" ? "danger" : "", "data-action": verb,
+  const buttons = [];
+  for (const verb of verbsFor(deployment).filter((v) => !only || only.includes(v))) {
+    if (verb === "approve" && deployment.state === "awaiting_approval" && createdBySelf(deployment)) {
+      buttons.push(el("span", { class: "muted", "data-approval-note": deployment.id }, "Another deployer must approve: you created it."));
+      continue;
+    }
+    buttons.push(el("button", {
+      type: "button", class: verb === "abort" ? "danger" : verb === "approve" ? "primary" : "", "data-action": verb,
       onclick: async (event) => {
-        if (verb === "abort" && !confirm("Abort deployment " + deployment.id + "?")) return;
+        const question = confirmation(verb, deployment);
+        if (question && !confirm(question)) return;
         event.target.disabled = true;
         try {
           await act("/deployments/" + encodeURIComponent(deployment.id) + "/" + verb);
@@ -401,7 +442,8 @@ function actionButtons(deployment, robots, after) {
         await after();
       },
     }, verb[0].toUpperCase() + verb.slice(1)));
-  if (robots && robots.some((r) => TOOK_RELEASE.has(r.state))) {
+  }
+  if (!only && robots && robots.some((r) => TOOK_RELEASE.has(r.state))) {
     buttons.push(el("button", {
       type: "button", class: "danger", "data-action": "rollback",
       onclick: async () => {
@@ -421,19 +463,33 @@ function actionButtons(deployment, robots, after) {
   return buttons.length ? el("div", { class: "actions" }, buttons) : null;
 }
 
-function deploymentSummary(d) {
+function stateBadges(d) {
+  return [badge(d.state), d.stage_awaits_approval ? [" ", el("span", { class: "badge warn", "data-awaits-approval": d.id }, "waits for approval")] : null];
+}
+
+/// Stage, counts and bar: how far a deployment got, as its page and the fleet overview show it.
+function progressLines(d) {
   const all = total(d.counts);
   const committed = d.counts.committed || 0;
   const threshold = failureThreshold(d.strategy);
+  const updating = ["pending", ...UPDATING].reduce((n, state) => n + (d.counts[state] || 0), 0);
   return [
-    el("p", { class: "meta" },
-      badge(d.state), " ", el("span", { class: "kind" }, d.kind), " · ", d.target, " · ", strategyText(d.strategy)),
-    el("p", { class: "meta" },
+    el("p", { class: "meta", "data-progress": d.id },
       el("span", { "data-stage": d.current_stage }, "Stage " + (d.current_stage + 1) + " of " + d.stage_count),
       " · ", committed + " of " + all + " committed",
+      updating ? " · " + updating + " updating" : "",
+      d.counts.waiting ? " · " + d.counts.waiting + " waiting" : "",
       " · ", el("span", { class: failures(d.counts) ? "bad-text" : "" },
         failures(d.counts) + " failed" + (threshold !== null ? " (halts past " + threshold + ")" : ""))),
     progressBar(committed, all, committed + " of " + all + " robots committed"),
+  ];
+}
+
+function deploymentSummary(d) {
+  return [
+    el("p", { class: "meta" },
+      stateBadges(d), " ", el("span", { class: "kind" }, d.kind), " · ", d.target, " · ", strategyText(d.strategy)),
+    progressLines(d),
     d.halt_reason ? el("p", { class: "error halt" }, "Halted: " + d.halt_reason) : null,
   ];
 }

@@ -535,7 +535,8 @@ fn the_page_is_served_whole_from_the_binary_under_a_strict_policy() {
 
 /// The person's view, in a real headless Chromium driven by playwright-core
 /// (fleet/dashboard-tests/dashboard.test.mjs): 20 simulated robots, releases 1.0.0 (what the
-/// robots run), 2.0.0 and 3.0.0 (whose health check fails on robot-001, a canary), groups
+/// robots run), 2.0.0, 3.0.0 (whose health check fails on robot-001, a canary), 4.0.0 and
+/// 5.0.0 (for the approval steps, which need versions no robot ran yet), groups
 /// `canary` (robot-001..003, environment staging) and `fleet` (the rest, production), and a
 /// deployer and a viewer key. The browser does the rest: log in, deploy, watch, roll back.
 #[test]
@@ -550,7 +551,7 @@ fn in_a_real_browser() {
     let server = Server::start();
     // 1.0.0 first: the robots report running it when they start, and the server links that
     // report to the release, so rolling a robot back to 1.0.0 is possible.
-    for version in ["1.0.0", "2.0.0", "3.0.0"] {
+    for version in ["1.0.0", "2.0.0", "3.0.0", "4.0.0", "5.0.0"] {
         publish_over_http(&server, version);
     }
     let _fleet = SimFleet::start(&server.url, "robot", 20, |n| Behaviour {
