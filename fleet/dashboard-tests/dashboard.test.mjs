@@ -260,6 +260,52 @@ test("the deployments timeline, audit log and charts render", async () => {
   await shot("12-charts");
 });
 
+test("audit details are readable, not raw JSON", async () => {
+  await go("#/audit");
+  await page.fill("#audit-actor", "");
+  await page.fill("#audit-action", "rollback.create");
+  await page.click("#main form button[type=submit]");
+  await page.waitForSelector("#main [data-query='limit=200&action=rollback.create']");
+  // The rollback of the halted canary (the other one sent robot-010 back).
+  const row = page.locator("#main tbody tr", { hasText: "robots:robot-002,robot-003" });
+  assert.equal(await row.count(), 1);
+  const cell = row.locator("td[data-label=Details]");
+  const text = await cell.innerText();
+  assert.doesNotMatch(text, /[{}"]/, "no JSON syntax in what a person reads: " + text);
+  assert.match(text, /immediate:\s*yes/);
+  assert.match(text, /version:\s*2\.0\.0/);
+  assert.match(text, /unresolved:\s*0/);
+  // Ids lead to their pages, in the details and in the target; a count of robots is no id.
+  assert.equal(await cell.locator(`a[href='#/deployments/${remembered.rollback}']`).count(), 1);
+  assert.match(text, /robots:\s*2/);
+  assert.equal(await cell.locator("a[href^='#/robots/']").count(), 0);
+  for (const id of ["robot-002", "robot-003"]) {
+    assert.equal(await row.locator(`td[data-label=Target] a[href='#/robots/${id}']`).count(), 1);
+  }
+  // The exact record is still there: on hover, and under a "JSON" toggle.
+  const raw = JSON.parse(await cell.locator(".details").getAttribute("title"));
+  const audited = (await server("/audit?action=rollback.create")).find((e) => e.target === "robots:robot-002,robot-003");
+  assert.deepEqual(raw, audited.details);
+  assert.equal(await cell.locator("details.raw summary").textContent(), "JSON");
+  assert.deepEqual(JSON.parse(await cell.locator("details.raw code").textContent()), audited.details);
+
+  // A robot named in the details leads to its page.
+  await page.fill("#audit-action", "group.add_robot");
+  await page.click("#main form button[type=submit]");
+  await page.waitForSelector("#main [data-query='limit=200&action=group.add_robot']");
+  const added = page.locator("#main tbody tr", { hasText: "group:canary" }).last();
+  assert.match(await added.locator("td[data-label=Details]").innerText(), /^robot:\s*robot-001\b/);
+  assert.equal(await added.locator("td[data-label=Details] a[href='#/robots/robot-001']").count(), 1);
+
+  // A deployment's strategy reads as words, as on its page.
+  await page.fill("#audit-action", "deployment.create");
+  await page.click("#main form button[type=submit]");
+  await page.waitForSelector("#main [data-query='limit=200&action=deployment.create']");
+  const staged = page.locator("#main tbody tr", { has: page.locator(`a[href='#/deployments/${remembered.staged}']`) });
+  assert.match(await staged.locator("td[data-label=Details]").innerText(), /strategy:\s*staged 10→50→100%, 3 s between/);
+  await shot("11b-audit-details");
+});
+
 test("fleet page shows a running rollout", async () => {
   // Two canaries of production's 17 robots, then the rest on approval: it runs until approved.
   const created = await asAdmin("POST", "/deployments", { release: "4.0.0", target: "env:production", strategy: { kind: "canary", count: 2 } });

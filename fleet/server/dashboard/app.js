@@ -740,6 +740,54 @@ function releasesView(main) {
 
 // ---------- audit ----------
 
+const DEPLOYMENT_ID = /^dep_[0-9a-f]+$/;
+
+/// A link to the page of what `key` names, where the dashboard has one; else the text. A
+/// number under "robots" is a count, not an id.
+function idLink(key, value) {
+  const text = String(value);
+  if (typeof value !== "string") return text;
+  if (DEPLOYMENT_ID.test(text)) return el("a", { href: "#/deployments/" + encodeURIComponent(text) }, text);
+  if (["robot", "robots", "robot_id"].includes(key)) return el("a", { href: "#/robots/" + encodeURIComponent(text) }, text);
+  return text;
+}
+
+/// An audit target ("deployment:dep_…", "robot:ID", "robots:A,B", "group:lab", ...), linked.
+function targetView(target) {
+  if (!target) return "";
+  const [kind, rest] = target.split(/:(.*)/s);
+  if (rest === undefined || !["deployment", "robot", "robots"].includes(kind)) return target;
+  const ids = kind === "robots" ? rest.split(",") : [rest];
+  return el("span", {}, kind + ":", ids.map((id, i) => [i ? "," : "", idLink(kind, id)]));
+}
+
+function detailValue(key, value) {
+  if (value === null || value === undefined) return el("span", { class: "muted" }, "none");
+  if (typeof value === "boolean") return value ? "yes" : "no";
+  if (key === "strategy" && typeof value === "object" && value.kind) return strategyText(value);
+  if (Array.isArray(value)) {
+    if (!value.length) return el("span", { class: "muted" }, "none");
+    if (value.every((v) => v === null || typeof v !== "object")) return value.map((v, i) => [i ? ", " : "", idLink(key, v)]);
+    return el("ol", { class: "kv-items" }, value.map((v) => el("li", {}, detailValue(key, v))));
+  }
+  if (typeof value === "object") return keyValues(value);
+  return idLink(key, value);
+}
+
+function keyValues(object) {
+  return el("dl", { class: "kv" }, Object.entries(object).map(([key, value]) =>
+    [el("dt", {}, words(key) + ":"), el("dd", {}, detailValue(key, value))]));
+}
+
+/// An audit entry's details as "key: value" lines, ids linked; the exact JSON stays one click
+/// (or a hover) away for whoever needs the raw record.
+function auditDetails(details) {
+  const raw = JSON.stringify(details);
+  const readable = details && typeof details === "object" && !Array.isArray(details) ? keyValues(details) : detailValue("", details);
+  return el("div", { class: "details", title: raw },
+    readable, el("details", { class: "raw" }, el("summary", {}, "JSON"), el("code", {}, JSON.stringify(details, null, 1))));
+}
+
 function auditView(main) {
   const actor = el("input", { type: "search", id: "audit-actor", placeholder: "actor (key id, name, github)", "aria-label": "Actor contains" });
   const action = el("input", { type: "search", id: "audit-action", placeholder: "action (deployment, rollback.create)", "aria-label": "Action" });
@@ -758,8 +806,8 @@ function auditView(main) {
       // table from the one shown before it.
       body.dataset.query = query.toString();
       body.replaceChildren(table("Audit entries", ["When", "Actor", "Action", "Target", "Details", "From"],
-        entries.map((e) => [when(e.at), e.actor, el("code", {}, e.action), e.target || "",
-          e.details ? el("code", { class: "details" }, JSON.stringify(e.details)) : "", e.source_ip || ""]), "No entries match."));
+        entries.map((e) => [when(e.at), e.actor, el("code", {}, e.action), targetView(e.target),
+          e.details ? auditDetails(e.details) : "", e.source_ip || ""]), "No entries match."));
     },
   };
   return view;
