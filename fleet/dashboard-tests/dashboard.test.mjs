@@ -255,7 +255,8 @@ test("the deployments timeline, audit log and charts render", async () => {
   await shot("11-audit");
   await go("#/charts");
   await page.waitForSelector("svg.chart path.series");
-  assert.equal(await page.locator("svg.chart").count(), 3);
+  assert.equal(await page.locator("#main figure").count(), 3);
+  assert.ok(await page.locator(".progress-panel svg.chart").count() >= 4, "one progress panel per deployment");
   assert.ok(await page.locator("svg.chart rect.bar-bad").count() > 0, "rollbacks are charted");
   await shot("12-charts");
 });
@@ -304,6 +305,37 @@ test("audit details are readable, not raw JSON", async () => {
   const staged = page.locator("#main tbody tr", { has: page.locator(`a[href='#/deployments/${remembered.staged}']`) });
   assert.match(await staged.locator("td[data-label=Details]").innerText(), /strategy:\s*staged 10→50→100%, 3 s between/);
   await shot("11b-audit-details");
+});
+
+test("progress chart of a two-robot rollout is legible", async () => {
+  // A rollout of seconds on two robots, next to the 20-robot ones: it used to be a sliver at
+  // the bottom left of one chart scaled for the largest and longest.
+  const created = await asAdmin("POST", "/deployments", { release: "3.0.0", target: "robots:robot-004,robot-005", strategy: { kind: "immediate" } });
+  const done = await serverUntil("/deployments/" + created.id, "the two robots", (d) => d.state !== "running");
+  assert.equal(done.state, "succeeded");
+  const last = Math.max(...done.robots.map((r) => r.finished_after_secs));
+  await go("#/charts");
+  const panel = page.locator(`.progress-panel[data-deployment='${created.id}']`);
+  await panel.waitFor();
+  assert.match(await panel.innerText(), /2 of 2 committed, the last after \d/);
+  // Its own count scale: one grid line per robot.
+  assert.deepEqual(await panel.locator("text.y-tick").allTextContents(), ["0", "1", "2"]);
+  // Its own time scale: a few ticks from 0 to just past its last commit.
+  const xTicks = (await panel.locator("text.x-tick").allTextContents()).map(Number);
+  assert.ok(xTicks.length >= 3 && xTicks.length <= 6, `x ticks ${xTicks}`);
+  assert.equal(xTicks[0], 0);
+  assert.ok(xTicks.every((t, i) => i === 0 || t > xTicks[i - 1]), `x ticks ${xTicks}`);
+  assert.ok(xTicks.at(-1) >= last && xTicks.at(-1) <= 1.5 * last + 0.001, `x ticks ${xTicks} for a last commit after ${last} s`);
+  // A step and a dot per commit, at the heights of 1 and 2.
+  const tickY = async (label) => Number(await panel.locator(`text.y-tick:text-is('${label}')`).getAttribute("y")) - 4;
+  const dots = await panel.locator("circle.commit").evaluateAll((nodes) => nodes.map((n) => Number(n.getAttribute("cy"))));
+  assert.deepEqual(dots.map(Math.round), [Math.round(await tickY("1")), Math.round(await tickY("2"))]);
+  // Legible on screen: labels of a readable size that do not run into each other.
+  const boxes = await panel.locator("text.x-tick").evaluateAll((nodes) => nodes.map((n) => n.getBoundingClientRect().toJSON()));
+  for (const box of boxes) assert.ok(box.height >= 11, `a tick label ${box.height}px high`);
+  boxes.forEach((box, i) => i && assert.ok(box.left >= boxes[i - 1].right + 4, "x tick labels overlap"));
+  await panel.scrollIntoViewIfNeeded();
+  await page.locator(`.progress-panel[data-deployment='${created.id}']`).screenshot({ path: join(ARTIFACTS, "12b-two-robot-progress.png") });
 });
 
 test("fleet page shows a running rollout", async () => {

@@ -815,8 +815,6 @@ function auditView(main) {
 
 // ---------- charts ----------
 
-const PALETTE = ["#1d4ed8", "#b45309", "#047857", "#7c3aed", "#be123c", "#0e7490"];
-
 function chartFrame(title, description, width, height, drawInside) {
   const box = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": title + ": " + description, class: "chart" },
     svg("title", {}, title));
@@ -840,28 +838,81 @@ function axes(box, x0, y0, x1, y1, yMax, xLabel, yLabel) {
     svg("text", { x: 14, y: (y0 + y1) / 2, class: "label", "text-anchor": "middle", transform: `rotate(-90 14 ${(y0 + y1) / 2})` }, yLabel));
 }
 
+/// A step for an axis from 0 to `max` in about `count` steps: a mantissa from `mantissas`
+/// times a power of ten, and the decimals its tick labels need.
+function niceStep(max, count, mantissas) {
+  const raw = max / count;
+  const exponent = Math.floor(Math.log10(raw));
+  const power = 10 ** exponent;
+  const mantissa = mantissas.find((m) => m * power >= raw * (1 - 1e-9)) || 10;
+  const decimals = mantissa === 10 ? -exponent - 1 : -exponent + (Number.isInteger(mantissa) ? 0 : 1);
+  return { step: mantissa * power, decimals: Math.max(0, decimals) };
+}
+
+function ticks(max, count, mantissas) {
+  const { step, decimals } = niceStep(max, count, mantissas);
+  const values = [];
+  for (let i = 0; values.length === 0 || values[values.length - 1] < max - 1e-9; i++) values.push(i * step);
+  return values.map((value) => ({ value, text: value.toFixed(decimals) }));
+}
+
+const PROGRESS_IN_FLIGHT = new Set(["awaiting_approval", "running", "paused"]);
+
+/// One deployment's robots committed over time, on its own scales: a two-robot rollout that
+/// took a second is as readable as a fleet-wide one that took an hour.
+function progressPanel(d) {
+  const W = 640, H = 190, x0 = 56, x1 = 616, y0 = 140, y1 = 14;
+  const committed = d.robots.filter((r) => r.state === "committed" && r.finished_after_secs != null)
+    .sort((a, b) => a.finished_after_secs - b.finished_after_secs);
+  const failed = d.robots.filter((r) => FAILED.has(r.state) && r.finished_after_secs != null);
+  const ended = Math.max(0, ...d.robots.map((r) => r.finished_after_secs || 0));
+  const elapsed = PROGRESS_IN_FLIGHT.has(d.state) ? (Date.now() - Date.parse(d.created_at)) / 1000 : 0;
+  const inMinutes = Math.max(ended, elapsed) > 180;
+  const unit = inMinutes ? 60 : 1;
+  const span = Math.max(ended, elapsed) / unit || 1;
+  const xTicks = ticks(span, 4, [1, 2, 2.5, 5]);
+  const xMax = xTicks[xTicks.length - 1].value;
+  const robots = d.robots.length;
+  const yTicks = robots <= 5 ? Array.from({ length: robots + 1 }, (_, n) => ({ value: n, text: String(n) })) : ticks(robots, 4, [1, 2, 5]);
+  const yMax = yTicks[yTicks.length - 1].value;
+  const x = (secs) => x0 + ((x1 - x0) * secs) / unit / xMax;
+  const y = (count) => y0 - ((y0 - y1) * count) / yMax;
+  const timeText = (secs) => (inMinutes ? (secs / 60).toFixed(1) + " min" : (secs < 10 ? secs.toPrecision(2) : secs.toFixed(0)) + " s");
+  const last = committed.length ? committed[committed.length - 1].finished_after_secs : null;
+  const summary = committed.length + " of " + robots + " committed" + (last !== null ? ", the last after " + timeText(last) : "") +
+    (failed.length ? "; " + failed.length + " rolled back or failed" : "");
+  const box = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", class: "chart progress-chart", "aria-label": d.version + ": " + summary });
+  box.append(svg("line", { x1: x0, y1: y0, x2: x1, y2: y0, class: "axis" }), svg("line", { x1: x0, y1: y0, x2: x0, y2: y1, class: "axis" }));
+  for (const tick of yTicks) {
+    box.append(svg("line", { x1: x0, y1: y(tick.value), x2: x1, y2: y(tick.value), class: "grid" }),
+      svg("text", { x: x0 - 8, y: y(tick.value) + 4, class: "tick y-tick", "text-anchor": "end" }, tick.text));
+  }
+  for (const tick of xTicks) {
+    const at = x(tick.value * unit);
+    box.append(svg("line", { x1: at, y1: y0, x2: at, y2: y0 + 5, class: "axis" }),
+      svg("text", { x: at, y: y0 + 20, class: "tick x-tick", "text-anchor": "middle" }, tick.text));
+  }
+  box.append(svg("text", { x: (x0 + x1) / 2, y: y0 + 42, class: "label", "text-anchor": "middle" },
+    (inMinutes ? "minutes" : "seconds") + " since the deployment started"),
+  svg("text", { x: 14, y: (y0 + y1) / 2, class: "label", "text-anchor": "middle", transform: `rotate(-90 14 ${(y0 + y1) / 2})` }, "robots committed"));
+  let path = `M ${x0} ${y0}`;
+  committed.forEach((r, n) => { path += ` H ${x(r.finished_after_secs).toFixed(1)} V ${y(n + 1).toFixed(1)}`; });
+  path += ` H ${x(Math.max(ended, elapsed)).toFixed(1)}`;
+  box.append(svg("path", { d: path, class: "series" }));
+  committed.forEach((r, n) => box.append(svg("circle", { cx: x(r.finished_after_secs), cy: y(n + 1), r: 4.5, class: "commit" },
+    svg("title", {}, r.robot_id + " committed after " + timeText(r.finished_after_secs) + " (" + (n + 1) + " of " + robots + ")"))));
+  failed.forEach((r) => box.append(svg("circle", { cx: x(r.finished_after_secs), cy: y0, r: 5, class: "failed" },
+    svg("title", {}, r.robot_id + " " + words(r.state) + " after " + timeText(r.finished_after_secs)))));
+  return el("div", { class: "progress-panel", "data-deployment": d.id },
+    el("h3", {}, d.version + " → " + d.target, " ", el("span", { class: "kind" }, d.kind)),
+    el("p", { class: "muted small" }, summary), box);
+}
+
 function progressChart(details) {
-  const series = details.map((d) => ({
-    name: d.version + " (" + d.kind + ")",
-    total: d.robots.length,
-    times: d.robots.filter((r) => r.state === "committed" && r.finished_after_secs != null).map((r) => r.finished_after_secs).sort((a, b) => a - b),
-  })).filter((s) => s.total);
-  const W = 640, H = 300 + 18 * series.length, x0 = 56, y0 = 250, x1 = 620, y1 = 20;
-  const tMax = Math.max(1, ...series.flatMap((s) => s.times));
-  const yMax = niceMax(Math.max(...series.map((s) => s.total), 1));
-  return chartFrame("Rollout progress over time", "robots committed against seconds since each deployment started, for the latest deployments", W, H, (box) => {
-    axes(box, x0, y0, x1, y1, yMax, "seconds since the deployment started (max " + Math.round(tMax) + ")", "robots committed");
-    series.forEach((s, i) => {
-      let path = `M ${x0} ${y0}`;
-      s.times.forEach((t, n) => {
-        const x = x0 + ((x1 - x0) * t) / tMax;
-        path += ` H ${x.toFixed(1)} V ${(y0 - ((y0 - y1) * (n + 1)) / yMax).toFixed(1)}`;
-      });
-      box.append(svg("path", { d: path, class: "series", stroke: PALETTE[i % PALETTE.length] }),
-        svg("rect", { x: x0, y: y0 + 44 + i * 18, width: 14, height: 4, fill: PALETTE[i % PALETTE.length] }),
-        svg("text", { x: x0 + 20, y: y0 + 50 + i * 18, class: "legend" }, s.name + ": " + s.times.length + " of " + s.total + " committed"));
-    });
-  });
+  const shown = details.filter((d) => d.robots.length);
+  return el("figure", { class: "card wide" }, el("h2", {}, "Rollout progress over time"),
+    el("figcaption", { class: "muted" }, "robots committed against time since each of the latest deployments started, each on its own scale; red dots: rolled back or failed"),
+    shown.length ? el("div", { class: "panels" }, shown.map(progressPanel)) : el("p", { class: "muted empty" }, "No deployments yet."));
 }
 
 function commitsChart(deployments) {
@@ -928,7 +979,7 @@ function chartsView(main) {
     async refresh() {
       const deployments = await api("/deployments?limit=200");
       const latest = await Promise.all(deployments.slice(0, 6).map((d) => api("/deployments/" + encodeURIComponent(d.id))));
-      body.replaceChildren(progressChart(latest.reverse()), commitsChart(deployments), timeToCommitChart(latest));
+      body.replaceChildren(progressChart(latest), commitsChart(deployments), timeToCommitChart(latest));
     },
   };
 }
