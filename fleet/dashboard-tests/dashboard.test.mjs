@@ -1,5 +1,5 @@
 // Rota's dashboard in a real headless Chromium: the person's view of a fleet of 20 simulated
-// robots. Started by fleet/server/tests/dashboard_browser.rs (through
+// robots. Started by the test in_a_real_browser in fleet/server/tests/dashboard.rs (through
 // scripts/system-tests/dashboard), which runs rota-server, the robots and the releases, and
 // passes:
 //   ROTA_URL            the server
