@@ -6,7 +6,7 @@ use std::str::FromStr;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use rota_bootctl::config::DEFAULT_CONFIG_PATH;
-use rota_bootctl::{BackendKind, BootConfig, BootCtl, BootStatus, Slot, SlotState};
+use rota_bootctl::{BackendKind, BootConfig, BootCtl, BootStatus, Slot};
 
 const EXIT_OK: i32 = 0;
 const EXIT_ERROR: i32 = 1;
@@ -215,7 +215,11 @@ fn execute(cli: Cli) -> Result<()> {
                 .with_context(|| format!("starting a trial of slot {}", slot.0))?;
             (
                 slot.0,
-                format!("slot {} boots next ({attempts} attempt(s))", slot.0),
+                format!(
+                    "slot {} boots next ({})",
+                    slot.0,
+                    rota_bootctl::slot::attempts_text(attempts)
+                ),
             )
         }
         Command::MarkGood { slot } => {
@@ -242,21 +246,6 @@ fn execute(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-/// A slot's state in words. The boot scripts count every boot down, a good slot's too, so the
-/// booted slot's lowered counter means "not confirmed yet" (rota-commit.service confirms it
-/// each boot), not that it is on trial: a committed slot must not read as a trial.
-fn describe(state: SlotState, booted: bool) -> String {
-    let attempts = |n: u32| format!("{n} attempt{} left", if n == 1 { "" } else { "s" });
-    match state {
-        SlotState::Good => "good".to_owned(),
-        SlotState::Bad => "bad".to_owned(),
-        SlotState::Trial { attempts_left } if booted => {
-            format!("booted, not confirmed yet ({})", attempts(attempts_left))
-        }
-        SlotState::Trial { attempts_left } => format!("trial ({})", attempts(attempts_left)),
-    }
-}
-
 fn render(status: &BootStatus) -> String {
     let slot_or_none = |s: Option<Slot>| s.map_or("none".to_owned(), |s| s.to_string());
     let order: Vec<String> = status.order.iter().map(Slot::to_string).collect();
@@ -270,7 +259,7 @@ fn render(status: &BootStatus) -> String {
     );
     for slot in &status.slots {
         let booted = status.booted == Some(slot.slot);
-        out += &format!("slot {}:  {}\n", slot.slot, describe(slot.state, booted));
+        out += &format!("slot {}:  {}\n", slot.slot, slot.state.describe(booted));
     }
     for (name, value) in &status.env {
         out += &format!("  {name}={value}\n");

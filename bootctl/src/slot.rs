@@ -65,3 +65,27 @@ pub enum SlotState {
     /// used up (it may still be the running slot, waiting for its health check).
     Trial { attempts_left: u32 },
 }
+
+/// `1 attempt`, `3 attempts`.
+pub fn attempts_text(n: u32) -> String {
+    format!("{n} attempt{}", if n == 1 { "" } else { "s" })
+}
+
+impl SlotState {
+    /// The state in words. The boot scripts count every boot down, a good slot's too, so the
+    /// booted slot's lowered counter means "not confirmed yet" (rota-commit.service confirms
+    /// it each boot), not that it is on trial: a committed slot must not read as a trial.
+    pub fn describe(self, booted: bool) -> String {
+        match self {
+            SlotState::Good => "good".to_owned(),
+            SlotState::Bad => "bad".to_owned(),
+            SlotState::Trial { attempts_left } if booted => format!(
+                "booted, not confirmed yet ({} left)",
+                attempts_text(attempts_left)
+            ),
+            SlotState::Trial { attempts_left } => {
+                format!("trial ({} left)", attempts_text(attempts_left))
+            }
+        }
+    }
+}

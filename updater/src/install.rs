@@ -866,9 +866,9 @@ pub fn install(
     arm_trial(ctx, &mut state, target)?;
     progress.finish();
     log::info!(
-        "installed {} into slot {target}; it boots next, {} attempt(s)",
+        "installed {} into slot {target}; it boots next, {}",
         info.version,
-        ctx.config.trial_attempts
+        rota_bootctl::slot::attempts_text(ctx.config.trial_attempts)
     );
     Ok(InstallReport {
         slot: target,
@@ -938,9 +938,9 @@ pub fn switch_to_inactive_slot(
     ctx.store.save(&state)?;
     arm_trial(ctx, &mut state, target)?;
     log::info!(
-        "slot {target} already held {}: it boots next, {} attempt(s), nothing downloaded",
+        "slot {target} already held {}: it boots next, {}, nothing downloaded",
         info.version,
-        ctx.config.trial_attempts
+        rota_bootctl::slot::attempts_text(ctx.config.trial_attempts)
     );
     Ok(Some(InstallReport {
         slot: target,

@@ -173,17 +173,6 @@ pub fn report(state: &State, bootctl: Option<&BootCtl>) -> StatusReport {
     }
 }
 
-fn boot_state_text(state: Option<SlotState>) -> String {
-    match state {
-        None => "unknown".into(),
-        Some(SlotState::Good) => "good".into(),
-        Some(SlotState::Bad) => "bad".into(),
-        Some(SlotState::Trial { attempts_left }) => {
-            format!("trial ({attempts_left} attempts left)")
-        }
-    }
-}
-
 /// The human form printed without `--json`.
 pub fn render(report: &StatusReport) -> String {
     let mut out = String::new();
@@ -201,16 +190,20 @@ pub fn render(report: &StatusReport) -> String {
         } else {
             " "
         };
-        let _ = writeln!(
-            out,
+        let booted = Some(slot.slot) == report.booted;
+        let boot_state = slot
+            .boot_state
+            .map_or("unknown".into(), |state| state.describe(booted));
+        let line = format!(
             "{marker}slot {}: {:<28} {} {}",
             slot.slot,
-            boot_state_text(slot.boot_state),
+            boot_state,
             slot.version.as_deref().unwrap_or("(unknown content)"),
             slot.bundle_digest
                 .map(|digest| digest.to_hex()[..16].to_owned())
                 .unwrap_or_default()
         );
+        let _ = writeln!(out, "{}", line.trim_end());
     }
     if let Some(pending) = &report.pending {
         let _ = writeln!(

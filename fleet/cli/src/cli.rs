@@ -14,8 +14,9 @@ use crate::when::When;
 ///
 /// Servers and keys: `rota login --server URL [--profile NAME]` checks a key and stores it in
 /// a named profile of ~/.config/rota/config.toml (mode 0600; `rota profiles` lists them).
-/// --profile / ROTA_PROFILE pick a profile; --server / ROTA_SERVER and ROTA_API_KEY (or
-/// ROTA_KEY) override it. A stored key is only sent to the server it was stored for.
+/// Which server: --server, else the profile named by --profile / ROTA_PROFILE, else
+/// ROTA_SERVER, else the current profile. ROTA_API_KEY (or ROTA_KEY) overrides the profile's
+/// key. A stored key is only sent to the server it was stored for.
 ///
 /// Exit codes: 0 success (also when the reader of stdout stops early, as `| head` does);
 /// 1 error (unreachable server, refused call, bad input); 2 command-line error; 3 `--wait`
@@ -31,8 +32,9 @@ pub struct Cli {
     /// Print results as JSON on stdout, and errors as JSON on stderr.
     #[arg(long, global = true)]
     pub json: bool,
-    /// Server URL. [default: the current profile's]
-    #[arg(long, global = true, env = "ROTA_SERVER")]
+    /// Server URL. [default: --profile's server, else $ROTA_SERVER, else the current
+    /// profile's]
+    #[arg(long, global = true)]
     pub server: Option<String>,
     /// Use this profile's server and key. [default: the current profile]
     #[arg(long, global = true, env = "ROTA_PROFILE")]
@@ -45,20 +47,20 @@ pub struct Cli {
 pub enum Command {
     /// Check an API key against the server and store both in a profile, made current.
     ///
-    /// The profile is the one --profile names, else the one already holding this server, else
-    /// `default` on a first login, else the server's host name.
+    /// The profile is the one --profile names, else the current or another one already holding
+    /// this server, else `default` on a first login, else the server's host name.
     #[command(
         after_help = "Examples:\n  rota login --server http://127.0.0.1:8080\n  \
-        rota login --profile prod --server https://rota.example.com < prod.key\n"
+        rota login --profile prod --server https://rota.example.com\n"
     )]
     Login {
-        /// The API key; read from stdin when not given here or in ROTA_API_KEY.
-        #[arg(long, env = "ROTA_API_KEY", hide_env_values = true)]
+        /// The API key; read from stdin when not given here or in ROTA_API_KEY (or ROTA_KEY).
+        #[arg(long)]
         key: Option<String>,
     },
     /// List the stored profiles, or switch or remove one.
     #[command(after_help = "Examples:\n  rota profiles\n  rota profiles use lab\n  \
-        rota --profile prod status\n")]
+        rota profiles remove old-lab\n")]
     Profiles {
         #[command(subcommand)]
         action: Option<ProfilesCommand>,
@@ -175,7 +177,7 @@ pub enum Command {
     },
     /// The fleet at a glance: robots by state and version, running deployments.
     #[command(after_help = "Examples:\n  rota status\n  rota status --watch\n  \
-        rota --json status --watch --interval 5s | jq .running_deployments\n")]
+        rota status --watch --interval 5s --json\n")]
     Status {
         /// Keep watching: redraw on a terminal, else print the status again each time it
         /// changes (one JSON document per line with --json). Ctrl-C stops.

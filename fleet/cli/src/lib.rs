@@ -72,11 +72,7 @@ impl ErrorReport {
 /// Runs one command; returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
     let json = cli.json;
-    let overrides = profiles::Overrides {
-        server: cli.server,
-        profile: cli.profile,
-        key: profiles::Overrides::key_from_env(),
-    };
+    let overrides = profiles::Overrides::from_env(cli.server, cli.profile);
     let exit_code = |outcome| match outcome {
         Outcome::Done => 0,
         Outcome::RobotsFailed => EXIT_ROBOTS_FAILED,

@@ -51,6 +51,23 @@ macro_rules! note {
     }};
 }
 
+/// Whether the reader of stdout went away (a pipe whose reading end is closed). A command that
+/// writes only now and then (`status --watch` into a pipe) asks this between writes, so that
+/// `rota status --watch | head -1` ends when `head` does.
+pub fn stdout_closed() -> bool {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let stdout = rustix::stdio::stdout();
+    let mut fds = [PollFd::new(&stdout, PollFlags::empty())];
+    let now = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    match poll(&mut fds, Some(&now)) {
+        Ok(_) => fds[0].revents().intersects(PollFlags::ERR | PollFlags::HUP),
+        Err(_) => false,
+    }
+}
+
 /// Runs `print`; a closed stdout is no error here (the caller's exit code still stands).
 pub fn unless_closed(print: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
     match print() {

@@ -51,7 +51,7 @@ impl std::fmt::Debug for Profile {
 impl Profile {
     /// The profile's key: stored in the file, or read from its key file.
     pub fn key(&self) -> anyhow::Result<Option<String>> {
-        if let Some(key) = &self.key {
+        if let Some(key) = self.key.as_ref().filter(|k| !k.is_empty()) {
             return Ok(Some(key.clone()));
         }
         match &self.key_file {
@@ -124,11 +124,15 @@ fn read_if_present(path: &Path) -> anyhow::Result<Option<String>> {
 
 /// The config file, or an empty one when there is none yet.
 pub fn load() -> anyhow::Result<ConfigFile> {
-    let path = path()?;
+    // Without a home (a systemd unit, `env -i`) there is no file; ROTA_SERVER and ROTA_API_KEY
+    // still work.
+    let Ok(path) = path() else {
+        return Ok(ConfigFile::default());
+    };
     if let Some(text) = read_if_present(&path)? {
         return parse(&text, &path);
     }
-    let legacy = config_dir()?.join("credentials.toml");
+    let legacy = path.with_file_name("credentials.toml");
     match read_if_present(&legacy)? {
         Some(text) => {
             let old: LegacyCredentials =
@@ -168,6 +172,9 @@ pub fn store(config: &ConfigFile) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("writing {}", temp.display()))?;
     fs::rename(&temp, &path)
         .with_context(|| format!("renaming {} to {}", temp.display(), path.display()))?;
+    fs::File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))?;
     Ok(path)
 }
 
@@ -177,22 +184,48 @@ pub fn same_server(a: &str, b: &str) -> bool {
 }
 
 /// What the command line and the environment say about the server and key.
-#[derive(Debug, Default, Clone)]
+#[derive(Default, Clone)]
 pub struct Overrides {
-    /// --server or ROTA_SERVER.
-    pub server: Option<String>,
-    /// --profile or ROTA_PROFILE.
+    /// --server: beats everything.
+    pub server_flag: Option<String>,
+    /// --profile or ROTA_PROFILE: beats ROTA_SERVER (naming a profile is the more specific
+    /// choice; a ROTA_SERVER left in the shell must not send `--profile prod` elsewhere).
     pub profile: Option<String>,
+    /// ROTA_SERVER.
+    pub server_env: Option<String>,
     /// ROTA_API_KEY or ROTA_KEY.
     pub key: Option<String>,
 }
 
+impl std::fmt::Debug for Overrides {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Overrides")
+            .field("server_flag", &self.server_flag)
+            .field("profile", &self.profile)
+            .field("server_env", &self.server_env)
+            .field("key", &self.key.as_ref().map(|_| "(set)"))
+            .finish()
+    }
+}
+
+fn non_empty_env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
 impl Overrides {
+    /// From the parsed flags and the environment.
+    pub fn from_env(server_flag: Option<String>, profile: Option<String>) -> Overrides {
+        Overrides {
+            server_flag,
+            profile,
+            server_env: non_empty_env("ROTA_SERVER"),
+            key: Overrides::key_from_env(),
+        }
+    }
+
     /// The key from the environment: ROTA_API_KEY, else ROTA_KEY.
     pub fn key_from_env() -> Option<String> {
-        ["ROTA_API_KEY", "ROTA_KEY"]
-            .iter()
-            .find_map(|name| std::env::var(name).ok().filter(|k| !k.is_empty()))
+        non_empty_env("ROTA_API_KEY").or_else(|| non_empty_env("ROTA_KEY"))
     }
 }
 
@@ -235,30 +268,66 @@ impl ConfigFile {
         }
     }
 
+    /// The server a command talks to, and the profile that owns it if any: --server, else
+    /// the named profile's, else ROTA_SERVER, else the current profile's. --server naming
+    /// another server than an explicitly named profile is refused, not guessed at.
+    pub fn server<'a>(
+        &'a self,
+        overrides: &Overrides,
+    ) -> anyhow::Result<(String, Option<(&'a str, &'a Profile)>)> {
+        let named = overrides.profile.as_deref();
+        if let (Some(flag), Some(name)) = (&overrides.server_flag, named) {
+            let (_, profile) = self.require(name)?;
+            if !same_server(flag, &profile.server) {
+                bail!(
+                    "--server {flag} is not the server of profile {name} ({}): give one of them",
+                    profile.server
+                );
+            }
+        }
+        let explicit = match (&overrides.server_flag, named) {
+            (Some(flag), _) => Some(flag),
+            (None, Some(_)) => None,
+            (None, None) => overrides.server_env.as_ref(),
+        };
+        let Some(server) = explicit else {
+            return match self.selected(named)? {
+                Some((name, profile)) => Ok((profile.server.clone(), Some((name, profile)))),
+                None => bail!("{}", self.no_server()),
+            };
+        };
+        // The profile for this server: the selected one when it is for this server, else any.
+        let selected = self
+            .selected(named)?
+            .filter(|(_, p)| same_server(server, &p.server));
+        let owner = selected.or_else(|| {
+            self.profiles
+                .iter()
+                .find(|(_, p)| same_server(server, &p.server))
+                .map(|(name, p)| (name.as_str(), p))
+        });
+        Ok((server.clone(), owner))
+    }
+
+    fn no_server(&self) -> String {
+        let current = match self.current.as_deref() {
+            Some(name) if !self.profiles.contains_key(name) => {
+                format!(" (the current profile {name:?} is not in the config file)")
+            }
+            _ => String::new(),
+        };
+        format!(
+            "no server{current}: run `rota login --server URL`, set ROTA_SERVER, or pick a \
+             profile with --profile (profiles: {})",
+            self.names()
+        )
+    }
+
     /// Which server and key a command uses. A stored key is only ever sent to the server it
     /// was stored for: `--server` naming another server needs that server's own profile or
     /// ROTA_API_KEY, so a typo in a URL cannot hand a key to a stranger.
     pub fn resolve(&self, overrides: &Overrides) -> anyhow::Result<Resolved> {
-        let selected = self.selected(overrides.profile.as_deref())?;
-        let (server, profile) = match (&overrides.server, selected) {
-            (Some(server), Some((name, profile))) if same_server(server, &profile.server) => {
-                (server.clone(), Some((name, profile)))
-            }
-            (Some(server), _) => {
-                let matching = self
-                    .profiles
-                    .iter()
-                    .find(|(_, p)| same_server(server, &p.server))
-                    .map(|(name, p)| (name.as_str(), p));
-                (server.clone(), matching)
-            }
-            (None, Some((name, profile))) => (profile.server.clone(), Some((name, profile))),
-            (None, None) => bail!(
-                "no server: run `rota login --server URL`, set ROTA_SERVER, or pick a profile \
-                 with --profile (profiles: {})",
-                self.names()
-            ),
-        };
+        let (server, profile) = self.server(overrides)?;
         let key = match &overrides.key {
             Some(key) => key.clone(),
             None => match profile.map(|(_, p)| p.key()).transpose()?.flatten() {
@@ -278,10 +347,19 @@ impl ConfigFile {
 
     /// The name `rota login` stores a server under: the one given, else the profile that
     /// already has this server, else the current profile when it is for this server, else
-    /// `default` for a first login, else the server's host name.
+    /// `default` for a first login, else the server's host name (numbered when taken).
     pub fn name_for_login(&self, named: Option<&str>, server: &str) -> String {
         if let Some(name) = named {
             return name.to_string();
+        }
+        if let Some(current) = self.current.as_deref() {
+            if self
+                .profiles
+                .get(current)
+                .is_some_and(|p| same_server(server, &p.server))
+            {
+                return current.to_string();
+            }
         }
         if let Some((name, _)) = self
             .profiles
@@ -338,9 +416,9 @@ mod tests {
 
     fn resolve(config: &ConfigFile, server: Option<&str>, profile: Option<&str>) -> String {
         match config.resolve(&Overrides {
-            server: server.map(Into::into),
+            server_flag: server.map(Into::into),
             profile: profile.map(Into::into),
-            key: None,
+            ..Overrides::default()
         }) {
             Ok(r) => format!("{} {} {:?}", r.server, r.key, r.profile),
             Err(err) => format!("error: {err}"),
@@ -388,12 +466,51 @@ mod tests {
         );
         let with_env_key = config
             .resolve(&Overrides {
-                server: Some("https://typo.example".into()),
-                profile: None,
+                server_flag: Some("https://typo.example".into()),
                 key: Some("rota_op_env".into()),
+                ..Overrides::default()
             })
             .unwrap();
         assert_eq!(with_env_key.key, "rota_op_env");
+    }
+
+    #[test]
+    fn a_named_profile_beats_rota_server_and_a_contradicting_flag_is_refused() {
+        // ROTA_SERVER left in the shell sent `rota --profile prod` to lab, with lab's key.
+        let config = two_profiles();
+        let with_env = |profile: Option<&str>| {
+            config
+                .resolve(&Overrides {
+                    profile: profile.map(Into::into),
+                    server_env: Some("http://lab:8080".into()),
+                    ..Overrides::default()
+                })
+                .map(|r| (r.server, r.key))
+                .unwrap()
+        };
+        assert_eq!(
+            with_env(Some("prod")),
+            ("https://prod.example".into(), "rota_op_prod".into())
+        );
+        assert_eq!(
+            with_env(None),
+            ("http://lab:8080".into(), "rota_op_lab".into())
+        );
+        let answer = resolve(&config, Some("http://lab:8080"), Some("prod"));
+        assert!(
+            answer.contains("is not the server of profile prod"),
+            "{answer}"
+        );
+    }
+
+    #[test]
+    fn a_removed_current_profile_is_named_in_the_error() {
+        let config = ConfigFile {
+            current: Some("gone".into()),
+            profiles: BTreeMap::new(),
+        };
+        let answer = resolve(&config, None, None);
+        assert!(answer.contains("the current profile \"gone\""), "{answer}");
     }
 
     #[test]
@@ -401,6 +518,12 @@ mod tests {
         let config = two_profiles();
         assert_eq!(config.name_for_login(Some("x"), "http://a"), "x");
         assert_eq!(config.name_for_login(None, "http://lab:8080"), "lab");
+        let mut shared = two_profiles();
+        shared
+            .profiles
+            .insert("a-lab".into(), profile("http://lab:8080", "k"));
+        shared.current = Some("lab".into());
+        assert_eq!(shared.name_for_login(None, "http://lab:8080"), "lab");
         assert_eq!(
             config.name_for_login(None, "http://10.0.0.5:8080/"),
             "10.0.0.5"

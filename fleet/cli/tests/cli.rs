@@ -369,7 +369,43 @@ fn credentials_from_an_earlier_login_are_the_default_profile() {
     let list = rota(home.path(), &["profiles"]);
     let stdout = String::from_utf8(list.stdout).unwrap();
     assert!(
-        stdout.contains("* default  http://127.0.0.1:9  stored"),
+        stdout.contains("*  default  http://127.0.0.1:9  stored"),
         "{stdout}"
+    );
+}
+
+#[test]
+fn a_named_profile_beats_rota_server_left_in_the_shell() {
+    // ROTA_SERVER pointing at lab sent `rota --profile prod ...` to lab, with lab's key.
+    let home = tempfile::tempdir().unwrap();
+    write_config(home.path(), TWO_PROFILES);
+    let out = Command::new(env!("CARGO_BIN_EXE_rota"))
+        .args(["--profile", "prod", "open", "--print"])
+        .env("HOME", home.path())
+        .env_remove("XDG_CONFIG_HOME")
+        .env("ROTA_SERVER", "http://127.0.0.1:7")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim(),
+        "http://127.0.0.1:9/#/fleet"
+    );
+}
+
+#[test]
+fn without_a_home_the_environment_is_enough() {
+    // "neither XDG_CONFIG_HOME nor HOME is set" stopped every command, even with ROTA_SERVER
+    // and ROTA_API_KEY given (a systemd unit, `env -i`).
+    let out = Command::new(env!("CARGO_BIN_EXE_rota"))
+        .args(["status"])
+        .env_clear()
+        .env("ROTA_SERVER", "http://127.0.0.1:9")
+        .env("ROTA_KEY", "rota_op_x")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot reach http://127.0.0.1:9"),
+        "{stderr}"
     );
 }

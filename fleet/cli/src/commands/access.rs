@@ -14,14 +14,28 @@ use crate::profiles::{self, Overrides, Profile};
 
 pub fn login(overrides: &Overrides, key: Option<String>, json: bool) -> anyhow::Result<()> {
     let mut config = profiles::load()?;
-    let server = match &overrides.server {
-        Some(server) => server.clone(),
-        None => match config.selected(overrides.profile.as_deref())? {
-            Some((_, profile)) => profile.server.clone(),
-            None => bail!("which server? pass --server URL"),
+    let named = overrides.profile.as_deref();
+    let existing = named.and_then(|name| config.profiles.get(name));
+    // The profile being (re)written keeps its server unless --server says otherwise; a new
+    // one takes ROTA_SERVER, then the current profile's.
+    let server = match (&overrides.server_flag, existing) {
+        (Some(flag), _) => flag.clone(),
+        (None, Some(profile)) => profile.server.clone(),
+        (None, None) => match (&overrides.server_env, config.selected(None)?) {
+            (Some(env), _) => env.clone(),
+            (None, Some((_, profile))) if named.is_none() => profile.server.clone(),
+            _ => bail!("which server? pass --server URL"),
         },
     };
-    let key = match key {
+    let name = config.name_for_login(named, &server);
+    if let Some(path) = config.profiles.get(&name).and_then(|p| p.key_file.as_ref()) {
+        bail!(
+            "profile {name} reads its key from {}: put the new key there (rota login does not \
+             replace a key file with a stored key)",
+            path.display()
+        );
+    }
+    let key = match key.or_else(|| overrides.key.clone()) {
         Some(key) => key,
         None => {
             if std::io::stdin().is_terminal() {
@@ -44,7 +58,6 @@ pub fn login(overrides: &Overrides, key: Option<String>, json: bool) -> anyhow::
     }
     let api = Api::new(&server, &key)?;
     let me: WhoAmI = api.get("/whoami").context("checking the key")?;
-    let name = config.name_for_login(overrides.profile.as_deref(), api.server());
     config.profiles.insert(
         name.clone(),
         Profile {
@@ -115,6 +128,9 @@ pub fn profiles(action: Option<ProfilesCommand>, json: bool) -> anyhow::Result<(
             config.current = Some(name.clone());
             profiles::store(&config)?;
             note!("profile {name} is now current");
+            if json {
+                output::json(&serde_json::json!({ "current": name }))?;
+            }
             Ok(())
         }
         Some(ProfilesCommand::Remove { name }) => {
@@ -125,6 +141,9 @@ pub fn profiles(action: Option<ProfilesCommand>, json: bool) -> anyhow::Result<(
             }
             profiles::store(&config)?;
             note!("profile {name} removed");
+            if json {
+                output::json(&serde_json::json!({ "removed": name }))?;
+            }
             Ok(())
         }
     }

@@ -56,8 +56,13 @@ pub fn watch_status(api: &Api, every: std::time::Duration, json: bool) -> anyhow
                 }
                 last = Some(value);
             }
-            Err(err) if last.is_some() => note!("rota: {err:#} (retrying)"),
+            Err(err) if last.is_some() => {
+                crate::ErrorReport::of(&err.context("retrying"), crate::EXIT_ERROR).print(json)
+            }
             Err(err) => return Err(err),
+        }
+        if output::stdout_closed() {
+            return Ok(());
         }
         std::thread::sleep(every);
     }

@@ -1,5 +1,6 @@
 //! `rota open`: the dashboard's address for a page, opened in the user's browser.
 
+use std::io::IsTerminal as _;
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context as _};
@@ -36,19 +37,54 @@ pub fn address(server: &str, page: Option<&str>) -> anyhow::Result<String> {
     Ok(url.to_string())
 }
 
-/// The command that opens a URL here: $BROWSER, else the desktop's opener when there is a
-/// desktop to open it on.
-fn opener() -> Option<String> {
+/// The commands that may open a URL here, in order: $BROWSER (a `:`-separated list, each
+/// entry a command with arguments, as xdg-utils reads it), else the desktop's opener when
+/// there is a desktop to open it on.
+fn openers() -> Vec<Vec<String>> {
     if let Some(browser) = std::env::var("BROWSER").ok().filter(|b| !b.is_empty()) {
-        return Some(browser);
+        return browser
+            .split(':')
+            .map(|entry| entry.split_whitespace().map(String::from).collect())
+            .filter(|words: &Vec<String>| !words.is_empty())
+            .collect();
     }
     if cfg!(target_os = "macos") {
-        return Some("open".into());
+        return vec![vec!["open".into()]];
     }
     let desktop = ["DISPLAY", "WAYLAND_DISPLAY"]
         .iter()
         .any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()));
-    desktop.then(|| "xdg-open".into())
+    if desktop {
+        vec![vec!["xdg-open".into()]]
+    } else {
+        Vec::new()
+    }
+}
+
+/// Starts the first opener that runs, without waiting for the browser to exit.
+fn launch(url: &str) {
+    let openers = openers();
+    if openers.is_empty() {
+        note!("no browser here (no DISPLAY, BROWSER unset): open the address above");
+        return;
+    }
+    for words in &openers {
+        let started = Command::new(&words[0])
+            .args(&words[1..])
+            .arg(url)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        match started {
+            Ok(_) => {
+                note!("opening in the browser ({})", words.join(" "));
+                return;
+            }
+            Err(err) => note!("cannot run {} ({err})", words[0]),
+        }
+    }
+    note!("no browser could be started: open the address above");
 }
 
 pub fn open(
@@ -57,44 +93,35 @@ pub fn open(
     print_only: bool,
     json: bool,
 ) -> anyhow::Result<()> {
-    let server = match &overrides.server {
-        Some(server) => server.clone(),
-        None => profiles::load()?
-            .selected(overrides.profile.as_deref())?
-            .map(|(_, profile)| profile.server.clone())
-            .context("no server: run `rota login --server URL` or set ROTA_SERVER")?,
-    };
+    let (server, _) = profiles::load()?.server(overrides)?;
     let url = address(&server, page)?;
     if json {
         output::json(&serde_json::json!({ "url": url }))?;
     } else {
         outln!("{url}");
     }
-    if print_only || json {
+    // Into a pipe (`url=$(rota open)`), the address is the whole answer.
+    if print_only || json || !std::io::stdout().is_terminal() {
         return Ok(());
     }
-    match opener() {
-        Some(program) => {
-            let started = Command::new(&program)
-                .arg(&url)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-            match started {
-                Ok(status) if status.success() => note!("opened in the browser ({program})"),
-                Ok(status) => note!("{program} {status}: open the address above yourself"),
-                Err(err) => note!("cannot run {program} ({err}): open the address above yourself"),
-            }
-        }
-        None => note!("no browser here (no DISPLAY, BROWSER unset): open the address above"),
-    }
+    launch(&url);
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn browser_lists_with_arguments_are_split() {
+        // nextest runs each test in a process of its own: nothing else reads BROWSER here.
+        std::env::set_var("BROWSER", "firefox --new-window:xdg-open");
+        assert_eq!(
+            openers(),
+            [vec!["firefox", "--new-window"], vec!["xdg-open"]]
+        );
+        std::env::remove_var("BROWSER");
+    }
 
     #[test]
     fn pages_map_to_dashboard_routes() {
