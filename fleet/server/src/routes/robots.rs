@@ -1,23 +1,29 @@
-//! Operator views of robots: list, read, approve, remove, history.
+//! Operator views of robots: list, read, tag, approve, remove, history.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use rota_protocol::operator::{ErrorBody, HistoryEntry, Robot, RobotReleaseHistory, Role};
+use rota_protocol::operator::{
+    ErrorBody, HistoryEntry, Robot, RobotFailure, RobotReleaseHistory, Role, TagsRequest,
+};
+use rota_protocol::robot::validate_tag;
 use serde::Deserialize;
+use sqlx::AnyConnection;
 
 use crate::audit;
 use crate::auth::Operator;
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
 use crate::history;
+use crate::inventory;
+use crate::query::{Facts, Query};
 use crate::rollout::{self, OFFERED_STATES_SQL};
 use crate::routes::time_param;
 use crate::state::AppState;
 use crate::time::{now_ms, rfc3339};
 
-const ROBOT_COLUMNS: &str =
-    "id, compatible, approved, state, progress, version, slots_json, enrolled_at, last_seen";
+const ROBOT_COLUMNS: &str = "id, compatible, approved, state, progress, version, slots_json, \
+     enrolled_at, last_seen, inventory_json, inventory_at";
 type RobotRow = (
     String,
     String,
@@ -28,49 +34,133 @@ type RobotRow = (
     Option<String>,
     i64,
     Option<i64>,
+    Option<String>,
+    Option<i64>,
 );
 
-fn robot_from_row(state: &AppState, row: RobotRow, groups: Vec<String>) -> Robot {
-    let (
-        id,
-        compatible,
-        approved,
-        robot_state,
-        progress,
-        version,
-        slots_json,
-        enrolled_at,
-        last_seen,
-    ) = row;
-    // Polls update last-seen in memory first; show the freshest value.
-    let last_seen = match (state.last_seen.get(&id), last_seen) {
-        (Some(fresh), Some(stored)) => Some(fresh.max(stored)),
-        (fresh, stored) => fresh.or(stored),
-    };
-    Robot {
-        compatible,
-        approved: approved != 0,
-        state: robot_state,
-        progress: progress.and_then(|p| u8::try_from(p).ok()),
-        version,
-        groups,
-        enrolled_at: rfc3339(enrolled_at),
-        last_seen: last_seen.map(rfc3339),
-        slots: slots_json.and_then(|json| serde_json::from_str(&json).ok()),
-        id,
+/// What a robot row does not hold: the tables around it, read once per listing.
+struct Around {
+    groups: HashMap<String, Vec<String>>,
+    tags: HashMap<String, BTreeMap<String, String>>,
+    failures: HashMap<String, RobotFailure>,
+    dynamic_groups: Vec<(String, Query)>,
+}
+
+impl Around {
+    /// For every robot (`None`) or one.
+    async fn load(conn: &mut AnyConnection, robot_id: Option<&str>) -> ApiResult<Around> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT robot_id, group_name FROM group_members WHERE ($1 = '' OR robot_id = $2)
+             ORDER BY group_name",
+        )
+        .bind(robot_id.unwrap_or_default())
+        .bind(robot_id.unwrap_or_default())
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut groups: HashMap<String, Vec<String>> = HashMap::new();
+        for (robot, group) in rows {
+            groups.entry(robot).or_default().push(group);
+        }
+        Ok(Around {
+            groups,
+            tags: inventory::operator_tags(conn, robot_id).await?,
+            failures: last_failures(conn, robot_id).await?,
+            dynamic_groups: inventory::dynamic_groups(conn).await?,
+        })
+    }
+
+    fn robot(&mut self, state: &AppState, row: RobotRow) -> Robot {
+        let (
+            id,
+            compatible,
+            approved,
+            robot_state,
+            progress,
+            version,
+            slots_json,
+            enrolled_at,
+            last_seen,
+            inventory_json,
+            inventory_at,
+        ) = row;
+        // Polls update last-seen in memory first; show the freshest value.
+        let last_seen = match (state.last_seen.get(&id), last_seen) {
+            (Some(fresh), Some(stored)) => Some(fresh.max(stored)),
+            (fresh, stored) => fresh.or(stored),
+        };
+        let mut robot = Robot {
+            compatible,
+            approved: approved != 0,
+            state: robot_state,
+            progress: progress.and_then(|p| u8::try_from(p).ok()),
+            version,
+            groups: self.groups.remove(&id).unwrap_or_default(),
+            enrolled_at: rfc3339(enrolled_at),
+            last_seen: last_seen.map(rfc3339),
+            slots: slots_json.and_then(|json| serde_json::from_str(&json).ok()),
+            inventory: inventory::parse_inventory(inventory_json.as_deref()),
+            inventory_at: inventory_at.map(rfc3339),
+            tags: self.tags.remove(&id).unwrap_or_default(),
+            last_failure: self.failures.remove(&id),
+            id,
+        };
+        let facts = Facts {
+            id: &robot.id,
+            compatible: &robot.compatible,
+            version: robot.version.as_deref(),
+            state: &robot.state,
+            inventory: robot.inventory.as_ref(),
+            tags: &robot.tags,
+        };
+        let dynamic: Vec<String> = self
+            .dynamic_groups
+            .iter()
+            .filter(|(_, query)| query.matches(&facts))
+            .map(|(name, _)| name.clone())
+            .collect();
+        robot.groups.extend(dynamic);
+        robot.groups.sort();
+        robot
     }
 }
 
-async fn memberships(state: &AppState) -> ApiResult<HashMap<String, Vec<String>>> {
-    let rows: Vec<(String, String)> =
-        sqlx::query_as("SELECT robot_id, group_name FROM group_members ORDER BY group_name")
-            .fetch_all(state.db.pool())
-            .await?;
-    let mut groups: HashMap<String, Vec<String>> = HashMap::new();
-    for (robot, group) in rows {
-        groups.entry(robot).or_default().push(group);
-    }
-    Ok(groups)
+/// Each robot's latest rollback or failure.
+async fn last_failures(
+    conn: &mut AnyConnection,
+    robot_id: Option<&str>,
+) -> ApiResult<HashMap<String, RobotFailure>> {
+    type Row = (
+        String,
+        String,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        i64,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT e.robot_id, e.event, e.deployment_id, r.version, e.detail, e.at
+         FROM robot_events e LEFT JOIN releases r ON r.id = e.release_id
+         WHERE e.id IN (SELECT MAX(id) FROM robot_events
+                        WHERE event IN ('rolled_back', 'failed') AND ($1 = '' OR robot_id = $2)
+                        GROUP BY robot_id)",
+    )
+    .bind(robot_id.unwrap_or_default())
+    .bind(robot_id.unwrap_or_default())
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(robot, event, deployment_id, version, detail, at)| {
+            let failure = RobotFailure {
+                event,
+                deployment_id,
+                version,
+                detail,
+                at: rfc3339(at),
+            };
+            (robot, failure)
+        })
+        .collect())
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -89,17 +179,15 @@ pub async fn list(
     _operator: Operator,
     ApiQuery(query): ApiQuery<RobotsQuery>,
 ) -> ApiResult<ApiJson<Vec<Robot>>> {
+    let mut conn = state.db.pool().acquire().await?;
     let rows: Vec<RobotRow> =
         sqlx::query_as(&format!("SELECT {ROBOT_COLUMNS} FROM robots ORDER BY id"))
-            .fetch_all(state.db.pool())
+            .fetch_all(&mut *conn)
             .await?;
-    let mut groups = memberships(&state).await?;
+    let mut around = Around::load(&mut conn, None).await?;
     let robots = rows
         .into_iter()
-        .map(|row| {
-            let robot_groups = groups.remove(&row.0).unwrap_or_default();
-            robot_from_row(&state, row, robot_groups)
-        })
+        .map(|row| around.robot(&state, row))
         .filter(|robot| {
             query
                 .group
@@ -111,19 +199,15 @@ pub async fn list(
 }
 
 pub async fn find(state: &AppState, id: &str) -> ApiResult<Robot> {
+    let mut conn = state.db.pool().acquire().await?;
     let row: Option<RobotRow> =
         sqlx::query_as(&format!("SELECT {ROBOT_COLUMNS} FROM robots WHERE id = $1"))
             .bind(id)
-            .fetch_optional(state.db.pool())
+            .fetch_optional(&mut *conn)
             .await?;
     let row = row.ok_or_else(|| ApiError::not_found(format!("no robot with id {id:?}")))?;
-    let groups: Vec<String> = sqlx::query_scalar(
-        "SELECT group_name FROM group_members WHERE robot_id = $1 ORDER BY group_name",
-    )
-    .bind(id)
-    .fetch_all(state.db.pool())
-    .await?;
-    Ok(robot_from_row(state, row, groups))
+    let mut around = Around::load(&mut conn, Some(id)).await?;
+    Ok(around.robot(state, row))
 }
 
 /// Read one robot.
@@ -136,6 +220,71 @@ pub async fn get(
     _operator: Operator,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<ApiJson<Robot>> {
+    Ok(ApiJson(find(&state, &id).await?))
+}
+
+/// Set and remove a robot's operator tags (deployer). Its own tags, from its config, are not
+/// touched; an operator tag of the same name wins over one.
+#[utoipa::path(patch, path = "/api/v1/robots/{id}/tags", tag = "robots",
+    params(("id" = String, Path, description = "robot id")),
+    request_body = TagsRequest,
+    responses(
+        (status = 200, body = Robot),
+        (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 422, description = "invalid tag name or value", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn tag(
+    State(state): State<AppState>,
+    operator: Operator,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(request): ApiJson<TagsRequest>,
+) -> ApiResult<ApiJson<Robot>> {
+    operator.require(Role::Deployer)?;
+    for (name, value) in &request.set {
+        validate_tag(name, value).map_err(ApiError::unprocessable)?;
+    }
+    if let Some(both) = request
+        .remove
+        .iter()
+        .find(|name| request.set.contains_key(*name))
+    {
+        return Err(ApiError::unprocessable(format!(
+            "tag {both} is both set and removed"
+        )));
+    }
+    let mut write = state.db.begin_write().await?;
+    let robot: Option<String> = sqlx::query_scalar("SELECT id FROM robots WHERE id = $1")
+        .bind(&id)
+        .fetch_optional(&mut *write.tx)
+        .await?;
+    if robot.is_none() {
+        return Err(ApiError::not_found(format!("no robot with id {id:?}")));
+    }
+    for name in &request.remove {
+        sqlx::query("DELETE FROM robot_tags WHERE robot_id = $1 AND name = $2")
+            .bind(&id)
+            .bind(name)
+            .execute(&mut *write.tx)
+            .await?;
+    }
+    for (name, value) in &request.set {
+        sqlx::query(
+            "INSERT INTO robot_tags (robot_id, name, value) VALUES ($1, $2, $3)
+             ON CONFLICT (robot_id, name) DO UPDATE SET value = excluded.value",
+        )
+        .bind(&id)
+        .bind(name)
+        .bind(value)
+        .execute(&mut *write.tx)
+        .await?;
+    }
+    audit::Record::by(&operator, "robot.tag", format!("robot:{id}"))
+        .details(serde_json::json!({"set": request.set, "remove": request.remove}))
+        .write(&mut write.tx)
+        .await?;
+    write.commit().await?;
     Ok(ApiJson(find(&state, &id).await?))
 }
 
