@@ -75,6 +75,16 @@ fn ids(value: &Value) -> Vec<&str> {
         .collect()
 }
 
+/// `key` of every object in the array `value`.
+fn column<'a>(value: &'a Value, key: &str) -> Vec<&'a str> {
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| item[key].as_str().unwrap())
+        .collect()
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -143,13 +153,7 @@ fn inventory_and_tags_show_and_dynamic_groups_select_by_them_at_deploy_time() {
     let group = server.rota_json(&["groups", "show", "lab-pis"]);
     assert_eq!(ids(&group["robots"]), ["robot-001"]);
     let robots = server.rota_json(&["robots", "--group", "lab-pis"]);
-    let listed: Vec<&str> = robots
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(listed, ["robot-001"]);
+    assert_eq!(column(&robots, "id"), ["robot-001"]);
     assert_eq!(
         server.get("/robots/robot-001")["groups"],
         json!(["lab-pis"])
@@ -160,18 +164,18 @@ fn inventory_and_tags_show_and_dynamic_groups_select_by_them_at_deploy_time() {
     let deployment = server.rota_json(&["deploy", "2.1.0", "--to", "group:lab-pis"]);
     let id = deployment["id"].as_str().unwrap();
     let read = server.get(&format!("/deployments/{id}"));
-    let reached: Vec<&str> = read["robots"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["robot_id"].as_str().unwrap())
-        .collect();
-    assert_eq!(reached, ["robot-001"]);
+    assert_eq!(column(&read["robots"], "robot_id"), ["robot-001"]);
     server.wait_for(&format!("/deployments/{id}"), "the deployment", |d| {
         d["state"] == "succeeded"
     });
     assert!(fleet.offers("robot-002").is_empty());
     assert!(fleet.offers("robot-003").is_empty());
+    // History by a dynamic group covers the robots it matches now.
+    let events = server.rota_json(&["history", "--events", "--group", "lab-pis"]);
+    let robots = column(&events, "robot_id");
+    assert!(!robots.is_empty() && robots.iter().all(|r| *r == "robot-001"));
+    let runs = server.rota_json(&["history", "--group", "lab-pis"]);
+    assert_eq!(column(&runs, "robot_id"), ["robot-001"]);
 
     // The same inventory again is no change: the time it changed stays.
     let before = server.get("/robots/robot-003")["inventory_at"].clone();

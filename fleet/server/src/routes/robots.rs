@@ -376,6 +376,15 @@ pub async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The robots a dynamic group matches now; `None` for a hand-picked or unknown group.
+async fn dynamic_members(conn: &mut AnyConnection, group: &str) -> ApiResult<Option<Vec<String>>> {
+    let Some(Some(query)) = inventory::group_kind(conn, group).await? else {
+        return Ok(None);
+    };
+    let robots = inventory::matching(conn, &query).await?;
+    Ok(Some(robots.into_iter().map(|robot| robot.id).collect()))
+}
+
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct HistoryQuery {
     /// Only this robot's history.
@@ -414,26 +423,62 @@ pub async fn history(
         Option<String>,
         i64,
     );
-    // Empty strings stand for "any", so one statement serves every filter combination.
-    let rows: Vec<Row> = sqlx::query_as(
+    let mut conn = state.db.pool().acquire().await?;
+    let dynamic_members = match &query.group {
+        Some(group) => dynamic_members(&mut conn, group).await?,
+        None => None,
+    };
+    // Empty strings stand for "any", so one statement serves every filter combination. A
+    // dynamic group has no member rows: its robots are listed, `$N` numbered in order of
+    // appearance because that is how SQLite binds them.
+    let (group_sql, next) = match &dynamic_members {
+        Some(ids) if ids.is_empty() => return Ok(ApiJson(Vec::new())),
+        Some(ids) => {
+            let list: Vec<String> = (5..5 + ids.len()).map(|n| format!("${n}")).collect();
+            (
+                format!("e.robot_id IN ({})", list.join(", ")),
+                5 + ids.len(),
+            )
+        }
+        None => (
+            "($5 = '' OR e.robot_id IN (SELECT robot_id FROM group_members WHERE group_name = $6))"
+                .to_string(),
+            7,
+        ),
+    };
+    let sql = format!(
         "SELECT e.id, e.robot_id, e.deployment_id, r.version, e.event, e.detail, e.at
          FROM robot_events e LEFT JOIN releases r ON r.id = e.release_id
          WHERE ($1 = '' OR e.robot_id = $2) AND ($3 = '' OR e.deployment_id = $4)
-           AND ($5 = '' OR e.robot_id IN (SELECT robot_id FROM group_members WHERE group_name = $6))
-           AND e.at >= $7 AND e.at <= $8
-         ORDER BY e.id DESC LIMIT $9",
-    )
-    .bind(query.robot.clone().unwrap_or_default())
-    .bind(query.robot.unwrap_or_default())
-    .bind(query.deployment.clone().unwrap_or_default())
-    .bind(query.deployment.unwrap_or_default())
-    .bind(query.group.clone().unwrap_or_default())
-    .bind(query.group.unwrap_or_default())
-    .bind(since.unwrap_or(i64::MIN))
-    .bind(until.unwrap_or(i64::MAX))
-    .bind(limit)
-    .fetch_all(state.db.pool())
-    .await?;
+           AND {group_sql} AND e.at >= ${} AND e.at <= ${}
+         ORDER BY e.id DESC LIMIT ${}",
+        next,
+        next + 1,
+        next + 2
+    );
+    let mut statement = sqlx::query_as(&sql)
+        .bind(query.robot.clone().unwrap_or_default())
+        .bind(query.robot.unwrap_or_default())
+        .bind(query.deployment.clone().unwrap_or_default())
+        .bind(query.deployment.unwrap_or_default());
+    match dynamic_members {
+        Some(ids) => {
+            for id in ids {
+                statement = statement.bind(id);
+            }
+        }
+        None => {
+            statement = statement
+                .bind(query.group.clone().unwrap_or_default())
+                .bind(query.group.unwrap_or_default());
+        }
+    }
+    let rows: Vec<Row> = statement
+        .bind(since.unwrap_or(i64::MIN))
+        .bind(until.unwrap_or(i64::MAX))
+        .bind(limit)
+        .fetch_all(&mut *conn)
+        .await?;
     Ok(ApiJson(
         rows.into_iter()
             .map(
@@ -479,13 +524,21 @@ pub async fn release_history(
     _operator: Operator,
     ApiQuery(query): ApiQuery<ReleaseHistoryQuery>,
 ) -> ApiResult<ApiJson<Vec<RobotReleaseHistory>>> {
-    let filter = history::Filter {
+    let mut filter = history::Filter {
         since_ms: time_param("since", query.since.as_deref())?,
         until_ms: time_param("until", query.until.as_deref())?,
         robot: query.robot,
         group: query.group,
     };
     let mut conn = state.db.pool().acquire().await?;
+    // A dynamic group has no member rows: load every robot's and keep its robots.
+    let dynamic_members = match &filter.group {
+        Some(group) => dynamic_members(&mut conn, group).await?,
+        None => None,
+    };
+    if dynamic_members.is_some() {
+        filter.group = None;
+    }
     if let Some(group) = &filter.group {
         let exists: Option<String> =
             sqlx::query_scalar("SELECT name FROM robot_groups WHERE name = $1")
@@ -496,7 +549,10 @@ pub async fn release_history(
             return Err(ApiError::not_found(format!("no group named {group:?}")));
         }
     }
-    let histories = history::load(&mut conn, &filter).await?;
+    let mut histories = history::load(&mut conn, &filter).await?;
+    if let Some(ids) = dynamic_members {
+        histories.retain(|history| ids.contains(&history.robot_id));
+    }
     if let Some(robot) = &filter.robot {
         if histories.is_empty() {
             return Err(ApiError::not_found(format!(
