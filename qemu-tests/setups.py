@@ -277,7 +277,7 @@ def x86_accel():
 
     "Works" is measured, not assumed: /dev/kvm can exist where KVM cannot run a guest (nested
     virtualization without VMX gives "KVM internal error" or a kernel that hangs after
-    decompression, see shared/qemu-notes.md). The probe boots the cached Debian kernel and
+    decompression, see the README's host facts). The probe boots the cached Debian kernel and
     initramfs with -accel kvm and waits for the kernel to start /init. ROTA_QEMU_ACCEL=kvm|tcg
     skips the probe. The choice is printed once."""
     forced = os.environ.get("ROTA_QEMU_ACCEL", "")

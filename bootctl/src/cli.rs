@@ -242,11 +242,18 @@ fn execute(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-fn describe(state: SlotState) -> String {
+/// A slot's state in words. The boot scripts count every boot down, a good slot's too, so the
+/// booted slot's lowered counter means "not confirmed yet" (rota-commit.service confirms it
+/// each boot), not that it is on trial: a committed slot must not read as a trial.
+fn describe(state: SlotState, booted: bool) -> String {
+    let attempts = |n: u32| format!("{n} attempt{} left", if n == 1 { "" } else { "s" });
     match state {
         SlotState::Good => "good".to_owned(),
         SlotState::Bad => "bad".to_owned(),
-        SlotState::Trial { attempts_left } => format!("trial ({attempts_left} attempt(s) left)"),
+        SlotState::Trial { attempts_left } if booted => {
+            format!("booted, not confirmed yet ({})", attempts(attempts_left))
+        }
+        SlotState::Trial { attempts_left } => format!("trial ({})", attempts(attempts_left)),
     }
 }
 
@@ -262,7 +269,8 @@ fn render(status: &BootStatus) -> String {
         order.join(" "),
     );
     for slot in &status.slots {
-        out += &format!("slot {}:  {}\n", slot.slot, describe(slot.state));
+        let booted = status.booted == Some(slot.slot);
+        out += &format!("slot {}:  {}\n", slot.slot, describe(slot.state, booted));
     }
     for (name, value) in &status.env {
         out += &format!("  {name}={value}\n");

@@ -211,3 +211,18 @@ fn redundant_writes_alternate_copies_with_incrementing_flags() {
     ok(bootctl(&s.dir).args(["mark-good", "A"]));
     assert_eq!((flag(0), flag(1)), (5, 4));
 }
+
+#[test]
+fn a_good_slot_counted_down_by_its_boot_does_not_read_as_a_trial() {
+    // The boot script took one attempt of the booted, committed slot A (3 → 2); status said
+    // `trial (2 attempt(s) left)` until rota-commit.service confirmed it.
+    let s = setup(false, false);
+    fw_setenv(&s.config, "BOOT_A_LEFT", "2");
+    ok(bootctl(&s.dir).args(["trial", "B"]));
+    let text = ok(bootctl(&s.dir).args(["status"]));
+    assert!(
+        text.contains("slot A:  booted, not confirmed yet (2 attempts left)"),
+        "{text}"
+    );
+    assert!(text.contains("slot B:  trial (1 attempt left)"), "{text}");
+}

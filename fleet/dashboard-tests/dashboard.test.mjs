@@ -1,11 +1,12 @@
 // Rota's dashboard in a real headless Chromium: the person's view of a fleet of 20 simulated
-// robots. Started by fleet/server/tests/dashboard_browser.rs (through
+// robots. Started by the test in_a_real_browser in fleet/server/tests/dashboard.rs (through
 // scripts/system-tests/dashboard), which runs rota-server, the robots and the releases, and
 // passes:
 //   ROTA_URL            the server
 //   ROTA_DEPLOYER_KEY   an operator key with the deployer role ("alice")
 //   ROTA_VIEWER_KEY     a viewer key ("victor")
-//   ROTA_ADMIN_KEY      the admin key, used only to check from outside what the page did
+//   ROTA_ADMIN_KEY      the admin key: checks from outside what the page did, and acts as a
+//                       second operator (a deployment someone else created, for approval)
 //   ROTA_ARTIFACTS      where screenshots go
 //   CHROMIUM            the browser (default /usr/bin/chromium); nothing is downloaded
 // The steps run in order and share one browser: each starts where the one before left off.
@@ -40,6 +41,29 @@ async function server(path) {
   const response = await fetch(URL_ + "/api/v1" + path, { headers: { Authorization: "Bearer " + ADMIN_KEY } });
   assert.equal(response.status, 200, path);
   return response.json();
+}
+
+/// A change through the API as the admin: another operator than the page's deployer.
+async function asAdmin(method, path, body) {
+  const response = await fetch(URL_ + "/api/v1" + path, {
+    method,
+    headers: { Authorization: "Bearer " + ADMIN_KEY, "Content-Type": "application/json" },
+    body: JSON.stringify(body),
+  });
+  const text = await response.text();
+  assert.ok(response.ok, `${method} ${path}: ${response.status} ${text}`);
+  return JSON.parse(text);
+}
+
+/// Polls the server's own view of `path` until `check` holds; returns it.
+async function serverUntil(path, what, check) {
+  const deadline = Date.now() + LONG;
+  for (;;) {
+    const value = await server(path);
+    if (check(value)) return value;
+    assert.ok(Date.now() < deadline, `gave up waiting for ${what}: ${JSON.stringify(value)}`);
+    await new Promise((resolve) => setTimeout(resolve, 250));
+  }
 }
 
 /// Shows `hash` and waits until its view has rendered its data, so nothing that follows can
@@ -231,9 +255,168 @@ test("the deployments timeline, audit log and charts render", async () => {
   await shot("11-audit");
   await go("#/charts");
   await page.waitForSelector("svg.chart path.series");
-  assert.equal(await page.locator("svg.chart").count(), 3);
+  assert.equal(await page.locator("#main figure").count(), 3);
+  assert.ok(await page.locator(".progress-panel svg.chart").count() >= 4, "one progress panel per deployment");
   assert.ok(await page.locator("svg.chart rect.bar-bad").count() > 0, "rollbacks are charted");
   await shot("12-charts");
+});
+
+test("audit details are readable, not raw JSON", async () => {
+  await go("#/audit");
+  await page.fill("#audit-actor", "");
+  await page.fill("#audit-action", "rollback.create");
+  await page.click("#main form button[type=submit]");
+  await page.waitForSelector("#main [data-query='limit=200&action=rollback.create']");
+  // The rollback of the halted canary (the other one sent robot-010 back).
+  const row = page.locator("#main tbody tr", { hasText: "robots:robot-002,robot-003" });
+  assert.equal(await row.count(), 1);
+  const cell = row.locator("td[data-label=Details]");
+  const text = await cell.innerText();
+  assert.doesNotMatch(text, /[{}"]/, "no JSON syntax in what a person reads: " + text);
+  assert.match(text, /immediate:\s*yes/);
+  assert.match(text, /version:\s*2\.0\.0/);
+  assert.match(text, /unresolved:\s*0/);
+  // Ids lead to their pages, in the details and in the target; a count of robots is no id.
+  assert.equal(await cell.locator(`a[href='#/deployments/${remembered.rollback}']`).count(), 1);
+  assert.match(text, /robots:\s*2/);
+  assert.equal(await cell.locator("a[href^='#/robots/']").count(), 0);
+  for (const id of ["robot-002", "robot-003"]) {
+    assert.equal(await row.locator(`td[data-label=Target] a[href='#/robots/${id}']`).count(), 1);
+  }
+  // The exact record is still there: on hover, and under a "JSON" toggle.
+  const raw = JSON.parse(await cell.locator(".details").getAttribute("title"));
+  const audited = (await server("/audit?action=rollback.create")).find((e) => e.target === "robots:robot-002,robot-003");
+  assert.deepEqual(raw, audited.details);
+  assert.equal(await cell.locator("details.raw summary").textContent(), "JSON");
+  assert.deepEqual(JSON.parse(await cell.locator("details.raw code").textContent()), audited.details);
+
+  // A robot named in the details leads to its page.
+  await page.fill("#audit-action", "group.add_robot");
+  await page.click("#main form button[type=submit]");
+  await page.waitForSelector("#main [data-query='limit=200&action=group.add_robot']");
+  const added = page.locator("#main tbody tr", { hasText: "group:canary" }).last();
+  assert.match(await added.locator("td[data-label=Details]").innerText(), /^robot:\s*robot-001\b/);
+  assert.equal(await added.locator("td[data-label=Details] a[href='#/robots/robot-001']").count(), 1);
+
+  // A deployment's strategy reads as words, as on its page.
+  await page.fill("#audit-action", "deployment.create");
+  await page.click("#main form button[type=submit]");
+  await page.waitForSelector("#main [data-query='limit=200&action=deployment.create']");
+  const staged = page.locator("#main tbody tr", { has: page.locator(`a[href='#/deployments/${remembered.staged}']`) });
+  assert.match(await staged.locator("td[data-label=Details]").innerText(), /strategy:\s*staged 10→50→100%, 3 s between/);
+  await shot("11b-audit-details");
+});
+
+test("progress chart of a two-robot rollout is legible", async () => {
+  // A rollout of seconds on two robots, next to the 20-robot ones: it used to be a sliver at
+  // the bottom left of one chart scaled for the largest and longest.
+  const created = await asAdmin("POST", "/deployments", { release: "3.0.0", target: "robots:robot-004,robot-005", strategy: { kind: "immediate" } });
+  const done = await serverUntil("/deployments/" + created.id, "the two robots", (d) => d.state !== "running");
+  assert.equal(done.state, "succeeded");
+  const last = Math.max(...done.robots.map((r) => r.finished_after_secs));
+  await go("#/charts");
+  const panel = page.locator(`.progress-panel[data-deployment='${created.id}']`);
+  await panel.waitFor();
+  assert.match(await panel.innerText(), /2 of 2 committed, the last after \d/);
+  // Its own count scale: one grid line per robot.
+  assert.deepEqual(await panel.locator("text.y-tick").allTextContents(), ["0", "1", "2"]);
+  // Its own time scale: a few ticks from 0 to just past its last commit.
+  const xTicks = (await panel.locator("text.x-tick").allTextContents()).map(Number);
+  assert.ok(xTicks.length >= 3 && xTicks.length <= 6, `x ticks ${xTicks}`);
+  assert.equal(xTicks[0], 0);
+  assert.ok(xTicks.every((t, i) => i === 0 || t > xTicks[i - 1]), `x ticks ${xTicks}`);
+  assert.ok(xTicks.at(-1) >= last && xTicks.at(-1) <= 1.5 * last + 0.001, `x ticks ${xTicks} for a last commit after ${last} s`);
+  // A step and a dot per commit, at the heights of 1 and 2.
+  const tickY = async (label) => Number(await panel.locator(`text.y-tick:text-is('${label}')`).getAttribute("y")) - 4;
+  const dots = await panel.locator("circle.commit").evaluateAll((nodes) => nodes.map((n) => Number(n.getAttribute("cy"))));
+  assert.deepEqual(dots.map(Math.round), [Math.round(await tickY("1")), Math.round(await tickY("2"))]);
+  // Legible on screen: labels of a readable size that do not run into each other.
+  const boxes = await panel.locator("text.x-tick").evaluateAll((nodes) => nodes.map((n) => n.getBoundingClientRect().toJSON()));
+  for (const box of boxes) assert.ok(box.height >= 11, `a tick label ${box.height}px high`);
+  boxes.forEach((box, i) => i && assert.ok(box.left >= boxes[i - 1].right + 4, "x tick labels overlap"));
+  await panel.scrollIntoViewIfNeeded();
+  await page.locator(`.progress-panel[data-deployment='${created.id}']`).screenshot({ path: join(ARTIFACTS, "12b-two-robot-progress.png") });
+});
+
+test("fleet page shows a running rollout", async () => {
+  // Two canaries of production's 17 robots, then the rest on approval: it runs until approved.
+  const created = await asAdmin("POST", "/deployments", { release: "4.0.0", target: "env:production", strategy: { kind: "canary", count: 2 } });
+  remembered.canary4 = created.id;
+  await go("#/fleet");
+  const row = page.locator(`#fleet-rollouts [data-rollout='${created.id}']`);
+  await row.waitFor();
+  await page.waitForSelector(`#fleet-rollouts [data-rollout='${created.id}'] [data-awaits-approval]`, { timeout: LONG });
+  const text = await row.innerText();
+  for (const part of ["4.0.0 → env:production", "running", "waits for approval", "Stage 1 of 2", "2 of 17 committed", "15 waiting", "0 failed"]) {
+    assert.ok(text.includes(part), `the rollout row says ${JSON.stringify(part)}: ${text}`);
+  }
+  assert.equal(await row.locator("[role=progressbar]").getAttribute("aria-valuenow"), "2");
+  assert.equal((await server("/deployments/" + created.id)).stage_awaits_approval, true);
+  assert.equal(await page.locator("#main tbody tr").count(), 20, "the robots are still listed");
+  // The README's picture (docs/dashboard.png), without an earlier step's notice on top.
+  await page.evaluate(() => { document.querySelector("#flash").className = "flash"; document.querySelector("#flash").textContent = ""; });
+  await page.screenshot({ path: join(ARTIFACTS, "dashboard.png") });
+  await row.locator(`a[href='#/deployments/${created.id}']`).click();
+  await page.waitForSelector("#deployment[data-state=running]");
+});
+
+test("approve from the deployments list", async () => {
+  const id = remembered.canary4;
+  await go("#/deployments");
+  const approve = page.locator(`[data-deployment='${id}'] [data-action=approve]`);
+  await approve.waitFor();
+  // The same question as on the deployment's page; saying no changes nothing.
+  let question = null;
+  page.once("dialog", (dialog) => { question = dialog.message(); dialog.dismiss(); });
+  await approve.click();
+  assert.equal(question, `Approve deployment ${id}? Stage 2 of 2 starts: 15 more robot(s) get 4.0.0.`);
+  await page.waitForTimeout(500);
+  assert.equal((await server("/deployments/" + id)).current_stage, 0, "a dismissed approval does nothing");
+  page.once("dialog", (dialog) => dialog.accept());
+  await approve.click();
+  await page.waitForSelector(`[data-deployment='${id}'] [data-stage='1']`);
+  const done = await serverUntil("/deployments/" + id, "the rest of production", (d) => d.state !== "running");
+  assert.equal(done.state, "succeeded");
+  assert.equal(done.counts.committed, 17);
+  assert.ok(done.log.some((e) => e.action === "approved" && e.actor.endsWith("(alice)")), JSON.stringify(done.log));
+});
+
+test("approve from the fleet overview", async () => {
+  await asAdmin("PUT", "/environments/production", { groups: ["fleet"], approval_required: true });
+  const gated = await asAdmin("POST", "/deployments", { release: "5.0.0", target: "env:production" });
+  assert.equal(gated.state, "awaiting_approval");
+  await go("#/fleet");
+  const row = page.locator(`#fleet-rollouts [data-rollout='${gated.id}']`);
+  await row.locator("[data-action=approve]").waitFor();
+  assert.match(await row.innerText(), /awaiting approval/);
+  assert.equal(await row.locator("[data-action]").count(), 1, "the overview offers approve, nothing else");
+  let question = null;
+  page.once("dialog", (dialog) => { question = dialog.message(); dialog.accept(); });
+  await row.locator("[data-action=approve]").click();
+  assert.equal(question, `Approve deployment ${gated.id}? 5.0.0 starts rolling out to env:production.`);
+  // The row follows the rollout and leaves the overview when it ends.
+  await row.waitFor({ state: "detached", timeout: LONG });
+  const done = await server("/deployments/" + gated.id);
+  assert.equal(done.state, "succeeded");
+  assert.match(done.approved_by, /\(alice\)$/);
+});
+
+test("a deployer is not offered to approve their own deployment", async () => {
+  // The server refuses it (another deployer must approve); the page says so instead.
+  await fillDeployForm("3.0.0", { target: "env:production", strategy: "staged", percents: "50,100", wait_secs: "0" });
+  await page.click("form.deploy-form button[type=submit]");
+  await page.waitForURL(/#\/deployments\/dep_/);
+  remembered.own = decodeURIComponent(page.url().split("#/deployments/")[1]);
+  await page.waitForSelector("#deployment[data-state=awaiting_approval]");
+  const own = remembered.own;
+  for (const [hash, shown] of [["#/deployments/" + own, "#deployment"], ["#/deployments", `[data-deployment='${own}']`],
+    ["#/fleet", `[data-rollout='${own}']`]]) {
+    await go(hash);
+    await page.waitForSelector(`${shown} [data-approval-note='${own}']`);
+    assert.equal(await page.locator(`${shown} [data-action=approve]`).count(), 0, hash);
+    assert.equal(await page.locator(`${shown} [data-action=abort]`).count(), hash === "#/fleet" ? 0 : 1, hash);
+  }
+  assert.equal((await server("/deployments/" + remembered.own)).state, "awaiting_approval");
 });
 
 test("the pages fit a phone and work from the keyboard", async () => {
@@ -267,12 +450,16 @@ test("a viewer sees no action buttons", async () => {
   await page.waitForSelector("#login:not([hidden])");
   await logIn(VIEWER_KEY);
   assert.match(await page.textContent("#who"), /victor \(viewer\)/);
-  for (const hash of ["#/deployments", "#/deployments/" + remembered.canary, "#/releases", "#/robots/robot-002"]) {
+  for (const hash of ["#/fleet", "#/deployments", "#/deployments/" + remembered.canary, "#/releases", "#/robots/robot-002"]) {
     await go(hash);
     await page.waitForSelector("#main h1");
     await page.waitForSelector("#main table, #main .timeline-list");
     assert.equal(await page.locator("[data-action]").count(), 0, `${hash} shows actions to a viewer`);
   }
+  // Alice's deployment still awaits approval: the viewer sees it, and no way to approve it.
+  await go("#/fleet");
+  await page.waitForSelector(`#fleet-rollouts [data-rollout='${remembered.own}']`);
+  assert.equal(await page.locator("[data-approval-note]").count(), 0);
   await go("#/deployments/" + remembered.canary);
   await page.waitForSelector("#deployment[data-state=halted]");
   await shot("15-viewer-deployment");

@@ -718,6 +718,11 @@ pub struct Deployment {
     pub stage_count: u32,
     /// Why the deployment halted.
     pub halt_reason: Option<String>,
+    /// Running, its current stage finished, and nothing but an operator's `approve` starts
+    /// the next one (a canary without `wait_secs`). With `awaiting_approval`, the states in
+    /// which an approve is what the deployment waits for.
+    #[serde(default)]
+    pub stage_awaits_approval: bool,
     pub approved_by: Option<String>,
     /// The deployment a rollback undoes.
     pub parent_id: Option<String>,

@@ -220,7 +220,9 @@ pub fn commit(ctx: &CommitContext) -> Result<CommitOutcome, CommitError> {
             else {
                 unreachable!("roll_back ends in RolledBack");
             };
-            log::error!("slot {slot} rolled back: {reason}");
+            // The rollback worked: the robot runs its good slot. A warning, not an error (the
+            // command succeeds), so that an `error:` line always means commit failed.
+            log::warn!("slot {slot} rolled back: {reason}");
             CommitOutcome::RolledBack {
                 slot,
                 reason: reason.clone(),

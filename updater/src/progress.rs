@@ -1,9 +1,11 @@
-//! Install progress for people: a redrawn bar on a terminal, plain percentage lines otherwise
-//! (the journal keeps every line, so a bar's redraws would flood it).
+//! Install progress for people: a redrawn bar on a terminal, otherwise a plain line per quarter
+//! (or per 30 s on a slow link): the journal keeps every line, so a bar's redraws or a line per
+//! few percent would flood it.
 
 use std::io::IsTerminal;
+use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// Receives the bytes verified and written so far.
 pub trait Progress {
@@ -17,7 +19,7 @@ pub fn for_stderr(label: &str) -> Box<dyn Progress> {
     if std::io::stderr().is_terminal() {
         Box::new(Bar::new(label))
     } else {
-        Box::new(Lines::new(label, 5))
+        Box::new(Lines::new(label, 25, Duration::from_secs(30)))
     }
 }
 
@@ -55,21 +57,26 @@ impl Progress for Bar {
     }
 }
 
-/// Logs a line each time another `step_percent` of the image is done.
+/// Logs a line each time another `step_percent` of the image is done, or `every` passed since
+/// the last line (a slow link still shows it is moving), whichever comes first.
 pub struct Lines {
     label: String,
     total: u64,
     step_percent: u64,
     next_percent: u64,
+    every: Duration,
+    last_line: Instant,
 }
 
 impl Lines {
-    pub fn new(label: &str, step_percent: u64) -> Lines {
+    pub fn new(label: &str, step_percent: u64, every: Duration) -> Lines {
         Lines {
             label: label.to_owned(),
             total: 0,
             step_percent: step_percent.max(1),
             next_percent: 0,
+            every,
+            last_line: Instant::now(),
         }
     }
 
@@ -80,33 +87,43 @@ impl Lines {
             (u128::from(done) * 100 / u128::from(self.total)) as u64
         }
     }
+
+    fn next_step(&self, percent: u64) -> u64 {
+        percent - percent % self.step_percent + self.step_percent
+    }
 }
 
 impl Progress for Lines {
     fn start(&mut self, total: u64, already_done: u64) {
         self.total = total;
         let percent = self.percent(already_done);
-        self.next_percent = percent - percent % self.step_percent + self.step_percent;
+        self.next_percent = self.next_step(percent);
+        self.last_line = Instant::now();
         if already_done > 0 {
             log::info!(
-                "{}: resuming at {percent}% ({already_done} of {total} bytes)",
-                self.label
+                "{}: resuming at {percent}% ({} of {})",
+                self.label,
+                HumanBytes(already_done),
+                HumanBytes(total)
             );
         }
     }
     fn advance(&mut self, done: u64) {
         let percent = self.percent(done);
-        if percent >= self.next_percent && percent < 100 {
+        let due = percent >= self.next_percent || self.last_line.elapsed() >= self.every;
+        if due && percent < 100 {
             log::info!(
-                "{}: {percent}% ({done} of {} bytes)",
+                "{}: {percent}% ({} of {})",
                 self.label,
-                self.total
+                HumanBytes(done),
+                HumanBytes(self.total)
             );
-            self.next_percent = percent - percent % self.step_percent + self.step_percent;
+            self.next_percent = self.next_step(percent);
+            self.last_line = Instant::now();
         }
     }
     fn finish(&mut self) {
-        log::info!("{}: 100% ({} bytes)", self.label, self.total);
+        log::info!("{}: 100% ({})", self.label, HumanBytes(self.total));
     }
 }
 

@@ -75,12 +75,15 @@ fn install_trial_boot_and_commit_with_passing_checks() {
         let output = robot.run(&["install", bundle.to_str().unwrap()]);
         let log = stderr(&output);
         ok(output, "install");
-        // Not a terminal here: plain percentage lines for the journal, no bar redraws.
-        let percent_lines = log
+        // Not a terminal here: a plain line per quarter for the journal, no bar redraws.
+        let percent_lines: Vec<&str> = log
             .lines()
             .filter(|line| line.starts_with("info: install: "))
-            .count();
-        assert!(percent_lines >= 5 && log.contains("install: 100%"), "{log}");
+            .collect();
+        assert!(
+            (3..=5).contains(&percent_lines.len()) && log.contains("install: 100% (3.00 MiB)"),
+            "{log}"
+        );
         assert!(!log.contains('\r'), "no redraws in a log: {log:?}");
         assert_eq!(robot.state_name(), "reboot-pending", "{backend:?}");
         assert_trial_set(&robot);
@@ -189,6 +192,25 @@ fn attempts_used_up_without_commit_roll_back_with_that_reason() {
         assert_eq!(robot.next_boot(), "A", "{backend:?}: B is not tried again");
         assert_eq!(robot.reboots(), 0);
     }
+}
+
+#[test]
+fn commit_after_a_rollback_succeeds_without_an_error_line() {
+    // It printed `error: slot B rolled back` and exited 0: an error line on success.
+    let robot = robot(Backend::Uboot);
+    set_healthy(&robot, true);
+    let bundle = robot.bundle(
+        "v2.rota",
+        &BundleSpec::new("2.0.0", image_bytes(1 << 20, 10)),
+    );
+    install(&robot, &bundle);
+    assert_eq!(robot.boot(), "B");
+    assert_eq!(robot.boot(), "A");
+    let output = robot.run(&["commit"]);
+    let log = stderr(&output);
+    assert_eq!(exit_code(&output), 0, "{log}");
+    assert!(log.lines().all(|line| !line.starts_with("error:")), "{log}");
+    assert!(log.contains("warn: slot B rolled back"), "{log}");
 }
 
 #[test]

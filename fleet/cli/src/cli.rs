@@ -12,8 +12,10 @@ use crate::when::When;
 /// stdout carries only results (an id, a table, or JSON with --json); progress and human
 /// messages go to stderr, so `id=$(rota deploy ...)` works in scripts.
 ///
-/// Credentials: `rota login --server URL` stores the server and API key in
-/// ~/.config/rota/credentials.toml (mode 0600). ROTA_SERVER and ROTA_API_KEY override it.
+/// Servers and keys: `rota login --server URL [--profile NAME]` checks a key and stores it in
+/// a named profile of ~/.config/rota/config.toml (mode 0600; `rota profiles` lists them).
+/// --profile / ROTA_PROFILE pick a profile; --server / ROTA_SERVER and ROTA_API_KEY (or
+/// ROTA_KEY) override it. A stored key is only sent to the server it was stored for.
 ///
 /// Exit codes: 0 success (also when the reader of stdout stops early, as `| head` does);
 /// 1 error (unreachable server, refused call, bad input); 2 command-line error; 3 `--wait`
@@ -29,21 +31,50 @@ pub struct Cli {
     /// Print results as JSON on stdout, and errors as JSON on stderr.
     #[arg(long, global = true)]
     pub json: bool,
-    /// Server URL. [default: the one stored by `rota login`]
+    /// Server URL. [default: the current profile's]
     #[arg(long, global = true, env = "ROTA_SERVER")]
     pub server: Option<String>,
+    /// Use this profile's server and key. [default: the current profile]
+    #[arg(long, global = true, env = "ROTA_PROFILE")]
+    pub profile: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Check an API key against the server and store both for later commands.
-    #[command(after_help = "Examples:\n  rota login --server http://127.0.0.1:8080\n")]
+    /// Check an API key against the server and store both in a profile, made current.
+    ///
+    /// The profile is the one --profile names, else the one already holding this server, else
+    /// `default` on a first login, else the server's host name.
+    #[command(
+        after_help = "Examples:\n  rota login --server http://127.0.0.1:8080\n  \
+        rota login --profile prod --server https://rota.example.com < prod.key\n"
+    )]
     Login {
         /// The API key; read from stdin when not given here or in ROTA_API_KEY.
         #[arg(long, env = "ROTA_API_KEY", hide_env_values = true)]
         key: Option<String>,
+    },
+    /// List the stored profiles, or switch or remove one.
+    #[command(after_help = "Examples:\n  rota profiles\n  rota profiles use lab\n  \
+        rota --profile prod status\n")]
+    Profiles {
+        #[command(subcommand)]
+        action: Option<ProfilesCommand>,
+    },
+    /// Open the dashboard in a browser (and print its address).
+    ///
+    /// PAGE: fleet (default), deployments, releases, audit, charts, a deployment id (dep_...)
+    /// or robot:ID. Without a browser (no DISPLAY, a pipe, --print) only the address is printed.
+    #[command(after_help = "Examples:\n  rota open\n  rota open dep_4f2a9c\n  \
+        rota open robot:robot-7 --print\n")]
+    Open {
+        /// The page to open.
+        page: Option<String>,
+        /// Only print the address.
+        #[arg(long)]
+        print: bool,
     },
     /// Show the stored key's id, name and role.
     Whoami,
@@ -143,7 +174,17 @@ pub enum Command {
         action: Option<EnvCommand>,
     },
     /// The fleet at a glance: robots by state and version, running deployments.
-    Status,
+    #[command(after_help = "Examples:\n  rota status\n  rota status --watch\n  \
+        rota --json status --watch --interval 5s | jq .running_deployments\n")]
+    Status {
+        /// Keep watching: redraw on a terminal, else print the status again each time it
+        /// changes (one JSON document per line with --json). Ctrl-C stops.
+        #[arg(long, short)]
+        watch: bool,
+        /// With --watch, how often to ask the server. [default: 2s]
+        #[arg(long, value_parser = parse_duration_secs, requires = "watch")]
+        interval: Option<u64>,
+    },
     /// List deployments, or show one with every robot's state.
     Deployments {
         /// Show this deployment instead of the list.
@@ -308,6 +349,20 @@ pub fn parse_duration_secs(text: &str) -> Result<u64, String> {
     humantime::parse_duration(text)
         .map(|duration| duration.as_secs())
         .map_err(|_| format!("{text:?} is not a duration like 300, 90s, 5m or 1h"))
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProfilesCommand {
+    /// Make a profile the current one.
+    Use {
+        /// The profile's name, as `rota profiles` lists it.
+        name: String,
+    },
+    /// Forget a profile and its stored key.
+    Remove {
+        /// The profile's name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

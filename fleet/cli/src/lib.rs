@@ -5,12 +5,12 @@ pub mod output;
 pub mod cli;
 pub mod client;
 pub mod commands;
-pub mod credentials;
+pub mod profiles;
 pub mod when;
 
 use cli::{Cli, Command, ReleaseCommand};
 use commands::deploy::{DeployArgs, Outcome};
-use commands::{access, audit, deploy, history, inventory, release, rollout};
+use commands::{access, audit, deploy, history, inventory, open, release, rollout};
 use rota_protocol::operator::{DeploymentVerb, RollbackRequest};
 
 /// Exit code for an error: the server is unreachable or refused the call, or bad input.
@@ -72,7 +72,11 @@ impl ErrorReport {
 /// Runs one command; returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
     let json = cli.json;
-    let server = cli.server.as_deref();
+    let overrides = profiles::Overrides {
+        server: cli.server,
+        profile: cli.profile,
+        key: profiles::Overrides::key_from_env(),
+    };
     let exit_code = |outcome| match outcome {
         Outcome::Done => 0,
         Outcome::RobotsFailed => EXIT_ROBOTS_FAILED,
@@ -80,20 +84,22 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Outcome::NoRobotUpdated => EXIT_NO_ROBOT_UPDATED,
     };
     match cli.command {
-        Command::Login { key } => access::login(server, key, json)?,
-        Command::Whoami => access::whoami(&commands::api(server)?, json)?,
+        Command::Login { key } => access::login(&overrides, key, json)?,
+        Command::Profiles { action } => access::profiles(action, json)?,
+        Command::Open { page, print } => open::open(&overrides, page.as_deref(), print, json)?,
+        Command::Whoami => access::whoami(&commands::api(&overrides)?, json)?,
         Command::Release(ReleaseCommand::Publish {
             bundle,
             branch,
             commit,
         }) => release::publish(
-            &commands::api(server)?,
+            &commands::api(&overrides)?,
             &bundle,
             branch.as_deref(),
             commit.as_deref(),
             json,
         )?,
-        Command::Release(ReleaseCommand::List) => release::list(&commands::api(server)?, json)?,
+        Command::Release(ReleaseCommand::List) => release::list(&commands::api(&overrides)?, json)?,
         Command::Deploy {
             release,
             to,
@@ -109,7 +115,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                 wait,
             };
             return Ok(exit_code(deploy::deploy(
-                &commands::api(server)?,
+                &commands::api(&overrides)?,
                 args,
                 json,
             )?));
@@ -130,7 +136,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                 dry_run,
             };
             return Ok(exit_code(rollout::rollback(
-                &commands::api(server)?,
+                &commands::api(&overrides)?,
                 request,
                 &wait,
                 json,
@@ -138,52 +144,62 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Promote { from, to, wait } => {
             return Ok(exit_code(rollout::promote(
-                &commands::api(server)?,
+                &commands::api(&overrides)?,
                 &from,
                 &to,
                 &wait,
                 json,
             )?));
         }
-        Command::Env { action } => rollout::environments(&commands::api(server)?, action, json)?,
+        Command::Env { action } => {
+            rollout::environments(&commands::api(&overrides)?, action, json)?
+        }
         Command::Pause { deployment } => rollout::verb(
-            &commands::api(server)?,
+            &commands::api(&overrides)?,
             DeploymentVerb::Pause,
             &deployment,
             json,
         )?,
         Command::Resume { deployment } => rollout::verb(
-            &commands::api(server)?,
+            &commands::api(&overrides)?,
             DeploymentVerb::Resume,
             &deployment,
             json,
         )?,
         Command::Abort { deployment } => rollout::verb(
-            &commands::api(server)?,
+            &commands::api(&overrides)?,
             DeploymentVerb::Abort,
             &deployment,
             json,
         )?,
         Command::Approve { deployment } => rollout::verb(
-            &commands::api(server)?,
+            &commands::api(&overrides)?,
             DeploymentVerb::Approve,
             &deployment,
             json,
         )?,
         Command::Retry { deployment } => rollout::verb(
-            &commands::api(server)?,
+            &commands::api(&overrides)?,
             DeploymentVerb::Retry,
             &deployment,
             json,
         )?,
-        Command::Status => inventory::status(&commands::api(server)?, json)?,
+        Command::Status { watch, interval } => {
+            let api = commands::api(&overrides)?;
+            if watch {
+                let every = std::time::Duration::from_secs(interval.unwrap_or(2).max(1));
+                inventory::watch_status(&api, every, json)?
+            } else {
+                inventory::status(&api, json)?
+            }
+        }
         Command::Deployments { id } => {
-            inventory::deployments(&commands::api(server)?, id.as_deref(), json)?
+            inventory::deployments(&commands::api(&overrides)?, id.as_deref(), json)?
         }
         Command::Robots { action, group } => {
-            inventory::robots(&commands::api(server)?, action, group.as_deref(), json)?
+            inventory::robots(&commands::api(&overrides)?, action, group.as_deref(), json)?
         }
-        Command::Groups { action } => inventory::groups(&commands::api(server)?, action, json)?,
+        Command::Groups { action } => inventory::groups(&commands::api(&overrides)?, action, json)?,
         Command::History {
             robot,
             group,
@@ -199,7 +215,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                 since,
                 until,
             };
-            let api = commands::api(server)?;
+            let api = commands::api(&overrides)?;
             if events {
                 history::events(&api, &filter, deployment.as_deref(), limit, json)?
             } else {
@@ -219,9 +235,9 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                 actor,
                 action,
             };
-            audit::audit(&commands::api(server)?, &filter, limit, json)?
+            audit::audit(&commands::api(&overrides)?, &filter, limit, json)?
         }
-        Command::Keys(command) => access::keys(&commands::api(server)?, command, json)?,
+        Command::Keys(command) => access::keys(&commands::api(&overrides)?, command, json)?,
     }
     Ok(0)
 }

@@ -130,6 +130,49 @@ pub fn time(rfc3339: &str) -> String {
     }
 }
 
+/// How long before now an RFC 3339 time from the server was, for lists people scan: `45 s
+/// ago`, `12 min ago`, `3 h ago`, `2 days ago`; a week or more back it is the date and time
+/// (as [`time`]). Clock skew of a few seconds reads `just now`. Anything else comes back
+/// unchanged; `--json` keeps the exact value.
+pub fn ago(rfc3339: &str) -> String {
+    ago_from(rfc3339, std::time::SystemTime::now())
+}
+
+fn ago_from(rfc3339: &str, now: std::time::SystemTime) -> String {
+    let Ok(at) = humantime::parse_rfc3339_weak(rfc3339) else {
+        return rfc3339.to_string();
+    };
+    let (secs, future) = match now.duration_since(at) {
+        Ok(past) => (past.as_secs(), false),
+        Err(ahead) => (ahead.duration().as_secs(), true),
+    };
+    if secs < 5 {
+        return "just now".into();
+    }
+    let span = match secs {
+        0..60 => format!("{secs} s"),
+        60..3600 => format!("{} min", secs / 60),
+        3600..86_400 => format!("{} h", secs / 3600),
+        86_400..604_800 => count((secs / 86_400) as usize, "day", "days"),
+        _ => return time(rfc3339),
+    };
+    if future {
+        format!("in {span}")
+    } else {
+        format!("{span} ago")
+    }
+}
+
+/// The time now in UTC to the second, for a watch's header.
+pub fn now_text() -> String {
+    time(&humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string())
+}
+
+/// A duration for people: `2s`, `1m 30s`.
+pub fn duration(d: std::time::Duration) -> String {
+    humantime::format_duration(std::time::Duration::from_secs(d.as_secs())).to_string()
+}
+
 /// Redrawn progress only on a terminal: pipes and log files get no control characters.
 pub fn stderr_is_terminal() -> bool {
     std::io::stderr().is_terminal()
@@ -146,6 +189,21 @@ mod tests {
         assert_eq!(size(5 * 1024 * 1024 * 1024), "5.0 GiB");
         assert_eq!(time("2026-11-24T10:00:03.250Z"), "2026-11-24 10:00:03Z");
         assert_eq!(time("-"), "-");
+        let now = humantime::parse_rfc3339("2026-11-24T12:00:00Z").unwrap();
+        let table = [
+            ("2026-11-24T11:59:58Z", "just now"),
+            ("2026-11-24T11:59:15Z", "45 s ago"),
+            ("2026-11-24T11:48:00.500Z", "11 min ago"),
+            ("2026-11-24T09:00:00Z", "3 h ago"),
+            ("2026-11-23T11:00:00Z", "1 day ago"),
+            ("2026-11-21T12:00:00Z", "3 days ago"),
+            ("2026-11-01T10:00:03Z", "2026-11-01 10:00:03Z"),
+            ("2026-11-24T12:00:30Z", "in 30 s"),
+            ("never", "never"),
+        ];
+        for (at, expected) in table {
+            assert_eq!(ago_from(at, now), expected, "{at}");
+        }
         assert_eq!(count(1, "robot", "robots"), "1 robot");
         assert_eq!(count(0, "robot", "robots"), "0 robots");
     }

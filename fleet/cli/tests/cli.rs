@@ -266,3 +266,110 @@ fn usage_errors_under_json_are_json() {
         .unwrap()
         .contains("everyone"));
 }
+
+fn write_config(home: &std::path::Path, text: &str) {
+    let dir = home.join(".config/rota");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config.toml"), text).unwrap();
+}
+
+const TWO_PROFILES: &str = r#"current = "prod"
+[profiles.prod]
+server = "http://127.0.0.1:9"
+key = "rota_op_prod_secret"
+[profiles.lab]
+server = "http://127.0.0.1:7"
+key = "rota_op_lab_secret"
+"#;
+
+#[test]
+fn profiles_list_switch_and_pick_a_server_without_showing_keys() {
+    let home = tempfile::tempdir().unwrap();
+    write_config(home.path(), TWO_PROFILES);
+    let list = rota(home.path(), &["profiles", "--json"]);
+    assert!(list.status.success());
+    let stdout = String::from_utf8(list.stdout).unwrap();
+    assert!(!stdout.contains("secret"), "{stdout}");
+    let entries: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let current: Vec<&str> = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["current"] == true)
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(current, ["prod"]);
+
+    let open = rota(home.path(), &["open", "--print"]);
+    assert_eq!(
+        String::from_utf8(open.stdout).unwrap().trim(),
+        "http://127.0.0.1:9/#/fleet"
+    );
+    assert!(rota(home.path(), &["profiles", "use", "lab"])
+        .status
+        .success());
+    let open = rota(home.path(), &["open", "dep_12", "--print"]);
+    assert_eq!(
+        String::from_utf8(open.stdout).unwrap().trim(),
+        "http://127.0.0.1:7/#/deployments/dep_12"
+    );
+    let with_flag = rota(home.path(), &["--profile", "prod", "open", "--print"]);
+    assert!(String::from_utf8(with_flag.stdout)
+        .unwrap()
+        .starts_with("http://127.0.0.1:9/"));
+
+    let unknown = rota(home.path(), &["--profile", "nope", "status"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        stderr.contains("no profile named \"nope\" (profiles: lab, prod)"),
+        "{stderr}"
+    );
+    assert!(rota(home.path(), &["profiles", "remove", "lab"])
+        .status
+        .success());
+    let config = std::fs::read_to_string(home.path().join(".config/rota/config.toml")).unwrap();
+    assert!(
+        !config.contains("lab") && config.contains("prod"),
+        "{config}"
+    );
+}
+
+#[test]
+fn a_stored_key_is_never_sent_to_a_server_given_by_flag() {
+    let home = tempfile::tempdir().unwrap();
+    write_config(home.path(), TWO_PROFILES);
+    // Nothing listens on port 5: had the key been used, the error would be "cannot reach".
+    let out = rota(home.path(), &["--server", "http://127.0.0.1:5", "status"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no API key for http://127.0.0.1:5"),
+        "{stderr}"
+    );
+    // The profile whose server it is lends its key: the call is made (and fails to connect).
+    let out = rota(home.path(), &["--server", "http://127.0.0.1:7/", "status"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot reach"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn credentials_from_an_earlier_login_are_the_default_profile() {
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path().join(".config/rota");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("credentials.toml"),
+        "server = \"http://127.0.0.1:9\"\nkey = \"rota_op_old\"\n",
+    )
+    .unwrap();
+    let list = rota(home.path(), &["profiles"]);
+    let stdout = String::from_utf8(list.stdout).unwrap();
+    assert!(
+        stdout.contains("* default  http://127.0.0.1:9  stored"),
+        "{stdout}"
+    );
+}

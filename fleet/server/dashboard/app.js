@@ -8,7 +8,6 @@ const SVG_NS = "http://www.w3.org/2000/svg";
 const ROLE_RANK = { viewer: 0, deployer: 1, admin: 2 };
 const UPDATING = new Set(["downloading", "installing", "installed", "rebooting", "trial"]);
 const FAILED = new Set(["failed", "rolled_back"]);
-const FINAL_ASSIGNMENT = new Set(["committed", "rolled_back", "failed", "skipped", "superseded", "cancelled"]);
 const TOOK_RELEASE = new Set(["committed", "trial", "installed", "rebooting"]);
 
 let session = null; // {key_id, name, role, csrf_token}
@@ -251,7 +250,7 @@ setInterval(() => {
 // ---------- routing ----------
 
 const VIEWS = {
-  fleet: fleetView,
+  fleet: fleetOverview,
   deployments: deploymentsView,
   deployment: deploymentView,
   robot: robotView,
@@ -266,7 +265,7 @@ async function route() {
   let name = parts[0];
   if (name === "deployments" && parts[1]) name = "deployment";
   if (name === "robots" && parts[1]) name = "robot";
-  const make = VIEWS[name] || fleetView;
+  const make = VIEWS[name] || fleetOverview;
   for (const link of document.querySelectorAll("[data-nav]")) {
     const active = link.dataset.nav === parts[0];
     if (active) link.setAttribute("aria-current", "page"); else link.removeAttribute("aria-current");
@@ -358,39 +357,81 @@ function fleetView(main) {
   };
 }
 
+const IN_PROGRESS = ["awaiting_approval", "running", "paused"];
+
+/// The fleet page: rollouts in progress above the robots, so a person who opens the
+/// dashboard sees what is changing and what waits for them without going to Deployments.
+function fleetOverview(main) {
+  const robots = fleetView(main);
+  const rollouts = el("section", { class: "card rollouts", id: "fleet-rollouts", "aria-labelledby": "fleet-rollouts-title" });
+  main.querySelector("#fleet-counts").after(rollouts);
+  async function refreshRollouts() {
+    const lists = await Promise.all(IN_PROGRESS.map((state) => api("/deployments?limit=100&state=" + state)));
+    const open = lists.flat().sort((a, b) => b.created_at.localeCompare(a.created_at));
+    rollouts.dataset.count = open.length;
+    rollouts.replaceChildren(el("h2", { id: "fleet-rollouts-title" }, "Rollouts in progress"),
+      open.length ? el("ul", { class: "rollout-list" }, open.map((d) =>
+        el("li", { "data-rollout": d.id },
+          el("div", { class: "stage-head" },
+            el("span", {}, el("a", { href: "#/deployments/" + encodeURIComponent(d.id) }, d.version + " → " + d.target),
+              " ", el("span", { class: "kind" }, d.kind), " ", stateBadges(d)),
+            actionButtons(d, null, refresh, ["approve"])),
+          progressLines(d)))) :
+        el("p", { class: "muted" }, "No rollout in progress."));
+  }
+  return {
+    async refresh() {
+      await Promise.all([robots.refresh(), refreshRollouts()]);
+    },
+  };
+}
+
 function stat(label, value, tone) {
   return el("div", { class: "stat " + (tone || ""), "data-stat": label }, el("strong", {}, value), el("span", {}, label));
 }
 
 // ---------- deployments ----------
 
-function verbsFor(deployment, robots) {
-  const verbs = [];
+function verbsFor(deployment) {
   switch (deployment.state) {
-    case "awaiting_approval": verbs.push("approve", "abort"); break;
-    case "running":
-      if (waitsForApproval(deployment, robots)) verbs.push("approve");
-      verbs.push("pause", "abort"); break;
-    case "paused": verbs.push("resume", "abort"); break;
-    case "halted": case "failed": verbs.push("retry"); break;
+    case "awaiting_approval": return ["approve", "abort"];
+    case "running": return [...(deployment.stage_awaits_approval ? ["approve"] : []), "pause", "abort"];
+    case "paused": return ["resume", "abort"];
+    case "halted": case "failed": return ["retry"];
+    default: return [];
   }
-  return verbs;
 }
 
-/// A canary without a wait whose first stage finished: the rest starts when someone approves.
-function waitsForApproval(deployment, robots) {
-  if (!robots || deployment.current_stage + 1 >= deployment.stage_count) return false;
-  if (deployment.strategy.kind !== "canary" || deployment.strategy.wait_secs != null) return false;
-  return robots.filter((r) => r.stage <= deployment.current_stage).every((r) => FINAL_ASSIGNMENT.has(r.state));
+/// The server refuses an approval from the deployment's creator ("key:ID (name)" in
+/// created_by); the page says so instead of offering a button that can only fail.
+function createdBySelf(deployment) {
+  return deployment.created_by.startsWith("key:" + session.key_id + " ");
 }
 
-function actionButtons(deployment, robots, after) {
+/// What a person confirms before a verb that starts or stops robots' updates; null: no question.
+function confirmation(verb, d) {
+  if (verb === "abort") return "Abort deployment " + d.id + "?";
+  if (verb !== "approve") return null;
+  if (d.state === "awaiting_approval") return "Approve deployment " + d.id + "? " + d.version + " starts rolling out to " + d.target + ".";
+  return "Approve deployment " + d.id + "? Stage " + (d.current_stage + 2) + " of " + d.stage_count + " starts: " +
+    (d.counts.waiting || 0) + " more robot(s) get " + d.version + ".";
+}
+
+/// The deployment's buttons, for every page that shows one: the same verbs, confirmations and
+/// role checks wherever it appears. `only` keeps a subset (the fleet overview offers approve).
+function actionButtons(deployment, robots, after, only) {
   if (!can("deployer")) return null;
-  const buttons = verbsFor(deployment, robots).map((verb) =>
-    el("button", {
-      type: "button", class: verb === "abort" ? "danger" : "", "data-action": verb,
+  const buttons = [];
+  for (const verb of verbsFor(deployment).filter((v) => !only || only.includes(v))) {
+    if (verb === "approve" && deployment.state === "awaiting_approval" && createdBySelf(deployment)) {
+      buttons.push(el("span", { class: "muted", "data-approval-note": deployment.id }, "Another deployer must approve: you created it."));
+      continue;
+    }
+    buttons.push(el("button", {
+      type: "button", class: verb === "abort" ? "danger" : verb === "approve" ? "primary" : "", "data-action": verb,
       onclick: async (event) => {
-        if (verb === "abort" && !confirm("Abort deployment " + deployment.id + "?")) return;
+        const question = confirmation(verb, deployment);
+        if (question && !confirm(question)) return;
         event.target.disabled = true;
         try {
           await act("/deployments/" + encodeURIComponent(deployment.id) + "/" + verb);
@@ -401,7 +442,8 @@ function actionButtons(deployment, robots, after) {
         await after();
       },
     }, verb[0].toUpperCase() + verb.slice(1)));
-  if (robots && robots.some((r) => TOOK_RELEASE.has(r.state))) {
+  }
+  if (!only && robots && robots.some((r) => TOOK_RELEASE.has(r.state))) {
     buttons.push(el("button", {
       type: "button", class: "danger", "data-action": "rollback",
       onclick: async () => {
@@ -421,19 +463,33 @@ function actionButtons(deployment, robots, after) {
   return buttons.length ? el("div", { class: "actions" }, buttons) : null;
 }
 
-function deploymentSummary(d) {
+function stateBadges(d) {
+  return [badge(d.state), d.stage_awaits_approval ? [" ", el("span", { class: "badge warn", "data-awaits-approval": d.id }, "waits for approval")] : null];
+}
+
+/// Stage, counts and bar: how far a deployment got, as its page and the fleet overview show it.
+function progressLines(d) {
   const all = total(d.counts);
   const committed = d.counts.committed || 0;
   const threshold = failureThreshold(d.strategy);
+  const updating = ["pending", ...UPDATING].reduce((n, state) => n + (d.counts[state] || 0), 0);
   return [
-    el("p", { class: "meta" },
-      badge(d.state), " ", el("span", { class: "kind" }, d.kind), " · ", d.target, " · ", strategyText(d.strategy)),
-    el("p", { class: "meta" },
+    el("p", { class: "meta", "data-progress": d.id },
       el("span", { "data-stage": d.current_stage }, "Stage " + (d.current_stage + 1) + " of " + d.stage_count),
       " · ", committed + " of " + all + " committed",
+      updating ? " · " + updating + " updating" : "",
+      d.counts.waiting ? " · " + d.counts.waiting + " waiting" : "",
       " · ", el("span", { class: failures(d.counts) ? "bad-text" : "" },
         failures(d.counts) + " failed" + (threshold !== null ? " (halts past " + threshold + ")" : ""))),
     progressBar(committed, all, committed + " of " + all + " robots committed"),
+  ];
+}
+
+function deploymentSummary(d) {
+  return [
+    el("p", { class: "meta" },
+      stateBadges(d), " ", el("span", { class: "kind" }, d.kind), " · ", d.target, " · ", strategyText(d.strategy)),
+    progressLines(d),
     d.halt_reason ? el("p", { class: "error halt" }, "Halted: " + d.halt_reason) : null,
   ];
 }
@@ -733,6 +789,54 @@ function releasesView(main) {
 
 // ---------- audit ----------
 
+const DEPLOYMENT_ID = /^dep_[0-9a-f]+$/;
+
+/// A link to the page of what `key` names, where the dashboard has one; else the text. A
+/// number under "robots" is a count, not an id.
+function idLink(key, value) {
+  const text = String(value);
+  if (typeof value !== "string") return text;
+  if (DEPLOYMENT_ID.test(text)) return el("a", { href: "#/deployments/" + encodeURIComponent(text) }, text);
+  if (["robot", "robots", "robot_id"].includes(key)) return el("a", { href: "#/robots/" + encodeURIComponent(text) }, text);
+  return text;
+}
+
+/// An audit target ("deployment:dep_…", "robot:ID", "robots:A,B", "group:lab", ...), linked.
+function targetView(target) {
+  if (!target) return "";
+  const [kind, rest] = target.split(/:(.*)/s);
+  if (rest === undefined || !["deployment", "robot", "robots"].includes(kind)) return target;
+  const ids = kind === "robots" ? rest.split(",") : [rest];
+  return el("span", {}, kind + ":", ids.map((id, i) => [i ? "," : "", idLink(kind, id)]));
+}
+
+function detailValue(key, value) {
+  if (value === null || value === undefined) return el("span", { class: "muted" }, "none");
+  if (typeof value === "boolean") return value ? "yes" : "no";
+  if (key === "strategy" && typeof value === "object" && value.kind) return strategyText(value);
+  if (Array.isArray(value)) {
+    if (!value.length) return el("span", { class: "muted" }, "none");
+    if (value.every((v) => v === null || typeof v !== "object")) return value.map((v, i) => [i ? ", " : "", idLink(key, v)]);
+    return el("ol", { class: "kv-items" }, value.map((v) => el("li", {}, detailValue(key, v))));
+  }
+  if (typeof value === "object") return keyValues(value);
+  return idLink(key, value);
+}
+
+function keyValues(object) {
+  return el("dl", { class: "kv" }, Object.entries(object).map(([key, value]) =>
+    [el("dt", {}, words(key) + ":"), el("dd", {}, detailValue(key, value))]));
+}
+
+/// An audit entry's details as "key: value" lines, ids linked; the exact JSON stays one click
+/// (or a hover) away for whoever needs the raw record.
+function auditDetails(details) {
+  const raw = JSON.stringify(details);
+  const readable = details && typeof details === "object" && !Array.isArray(details) ? keyValues(details) : detailValue("", details);
+  return el("div", { class: "details", title: raw },
+    readable, el("details", { class: "raw" }, el("summary", {}, "JSON"), el("code", {}, JSON.stringify(details, null, 1))));
+}
+
 function auditView(main) {
   const actor = el("input", { type: "search", id: "audit-actor", placeholder: "actor (key id, name, github)", "aria-label": "Actor contains" });
   const action = el("input", { type: "search", id: "audit-action", placeholder: "action (deployment, rollback.create)", "aria-label": "Action" });
@@ -751,16 +855,14 @@ function auditView(main) {
       // table from the one shown before it.
       body.dataset.query = query.toString();
       body.replaceChildren(table("Audit entries", ["When", "Actor", "Action", "Target", "Details", "From"],
-        entries.map((e) => [when(e.at), e.actor, el("code", {}, e.action), e.target || "",
-          e.details ? el("code", { class: "details" }, JSON.stringify(e.details)) : "", e.source_ip || ""]), "No entries match."));
+        entries.map((e) => [when(e.at), e.actor, el("code", {}, e.action), targetView(e.target),
+          e.details ? auditDetails(e.details) : "", e.source_ip || ""]), "No entries match."));
     },
   };
   return view;
 }
 
 // ---------- charts ----------
-
-const PALETTE = ["#1d4ed8", "#b45309", "#047857", "#7c3aed", "#be123c", "#0e7490"];
 
 function chartFrame(title, description, width, height, drawInside) {
   const box = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": title + ": " + description, class: "chart" },
@@ -785,28 +887,81 @@ function axes(box, x0, y0, x1, y1, yMax, xLabel, yLabel) {
     svg("text", { x: 14, y: (y0 + y1) / 2, class: "label", "text-anchor": "middle", transform: `rotate(-90 14 ${(y0 + y1) / 2})` }, yLabel));
 }
 
+/// A step for an axis from 0 to `max` in about `count` steps: a mantissa from `mantissas`
+/// times a power of ten, and the decimals its tick labels need.
+function niceStep(max, count, mantissas) {
+  const raw = max / count;
+  const exponent = Math.floor(Math.log10(raw));
+  const power = 10 ** exponent;
+  const mantissa = mantissas.find((m) => m * power >= raw * (1 - 1e-9)) || 10;
+  const decimals = mantissa === 10 ? -exponent - 1 : -exponent + (Number.isInteger(mantissa) ? 0 : 1);
+  return { step: mantissa * power, decimals: Math.max(0, decimals) };
+}
+
+function ticks(max, count, mantissas) {
+  const { step, decimals } = niceStep(max, count, mantissas);
+  const values = [];
+  for (let i = 0; values.length === 0 || values[values.length - 1] < max - 1e-9; i++) values.push(i * step);
+  return values.map((value) => ({ value, text: value.toFixed(decimals) }));
+}
+
+const PROGRESS_IN_FLIGHT = new Set(["awaiting_approval", "running", "paused"]);
+
+/// One deployment's robots committed over time, on its own scales: a two-robot rollout that
+/// took a second is as readable as a fleet-wide one that took an hour.
+function progressPanel(d) {
+  const W = 640, H = 190, x0 = 56, x1 = 616, y0 = 140, y1 = 14;
+  const committed = d.robots.filter((r) => r.state === "committed" && r.finished_after_secs != null)
+    .sort((a, b) => a.finished_after_secs - b.finished_after_secs);
+  const failed = d.robots.filter((r) => FAILED.has(r.state) && r.finished_after_secs != null);
+  const ended = Math.max(0, ...d.robots.map((r) => r.finished_after_secs || 0));
+  const elapsed = PROGRESS_IN_FLIGHT.has(d.state) ? (Date.now() - Date.parse(d.created_at)) / 1000 : 0;
+  const inMinutes = Math.max(ended, elapsed) > 180;
+  const unit = inMinutes ? 60 : 1;
+  const span = Math.max(ended, elapsed) / unit || 1;
+  const xTicks = ticks(span, 4, [1, 2, 2.5, 5]);
+  const xMax = xTicks[xTicks.length - 1].value;
+  const robots = d.robots.length;
+  const yTicks = robots <= 5 ? Array.from({ length: robots + 1 }, (_, n) => ({ value: n, text: String(n) })) : ticks(robots, 4, [1, 2, 5]);
+  const yMax = yTicks[yTicks.length - 1].value;
+  const x = (secs) => x0 + ((x1 - x0) * secs) / unit / xMax;
+  const y = (count) => y0 - ((y0 - y1) * count) / yMax;
+  const timeText = (secs) => (inMinutes ? (secs / 60).toFixed(1) + " min" : (secs < 10 ? secs.toPrecision(2) : secs.toFixed(0)) + " s");
+  const last = committed.length ? committed[committed.length - 1].finished_after_secs : null;
+  const summary = committed.length + " of " + robots + " committed" + (last !== null ? ", the last after " + timeText(last) : "") +
+    (failed.length ? "; " + failed.length + " rolled back or failed" : "");
+  const box = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", class: "chart progress-chart", "aria-label": d.version + ": " + summary });
+  box.append(svg("line", { x1: x0, y1: y0, x2: x1, y2: y0, class: "axis" }), svg("line", { x1: x0, y1: y0, x2: x0, y2: y1, class: "axis" }));
+  for (const tick of yTicks) {
+    box.append(svg("line", { x1: x0, y1: y(tick.value), x2: x1, y2: y(tick.value), class: "grid" }),
+      svg("text", { x: x0 - 8, y: y(tick.value) + 4, class: "tick y-tick", "text-anchor": "end" }, tick.text));
+  }
+  for (const tick of xTicks) {
+    const at = x(tick.value * unit);
+    box.append(svg("line", { x1: at, y1: y0, x2: at, y2: y0 + 5, class: "axis" }),
+      svg("text", { x: at, y: y0 + 20, class: "tick x-tick", "text-anchor": "middle" }, tick.text));
+  }
+  box.append(svg("text", { x: (x0 + x1) / 2, y: y0 + 42, class: "label", "text-anchor": "middle" },
+    (inMinutes ? "minutes" : "seconds") + " since the deployment started"),
+  svg("text", { x: 14, y: (y0 + y1) / 2, class: "label", "text-anchor": "middle", transform: `rotate(-90 14 ${(y0 + y1) / 2})` }, "robots committed"));
+  let path = `M ${x0} ${y0}`;
+  committed.forEach((r, n) => { path += ` H ${x(r.finished_after_secs).toFixed(1)} V ${y(n + 1).toFixed(1)}`; });
+  path += ` H ${x(Math.max(ended, elapsed)).toFixed(1)}`;
+  box.append(svg("path", { d: path, class: "series" }));
+  committed.forEach((r, n) => box.append(svg("circle", { cx: x(r.finished_after_secs), cy: y(n + 1), r: 4.5, class: "commit" },
+    svg("title", {}, r.robot_id + " committed after " + timeText(r.finished_after_secs) + " (" + (n + 1) + " of " + robots + ")"))));
+  failed.forEach((r) => box.append(svg("circle", { cx: x(r.finished_after_secs), cy: y0, r: 5, class: "failed" },
+    svg("title", {}, r.robot_id + " " + words(r.state) + " after " + timeText(r.finished_after_secs)))));
+  return el("div", { class: "progress-panel", "data-deployment": d.id },
+    el("h3", {}, d.version + " → " + d.target, " ", el("span", { class: "kind" }, d.kind)),
+    el("p", { class: "muted small" }, summary), box);
+}
+
 function progressChart(details) {
-  const series = details.map((d) => ({
-    name: d.version + " (" + d.kind + ")",
-    total: d.robots.length,
-    times: d.robots.filter((r) => r.state === "committed" && r.finished_after_secs != null).map((r) => r.finished_after_secs).sort((a, b) => a - b),
-  })).filter((s) => s.total);
-  const W = 640, H = 300 + 18 * series.length, x0 = 56, y0 = 250, x1 = 620, y1 = 20;
-  const tMax = Math.max(1, ...series.flatMap((s) => s.times));
-  const yMax = niceMax(Math.max(...series.map((s) => s.total), 1));
-  return chartFrame("Rollout progress over time", "robots committed against seconds since each deployment started, for the latest deployments", W, H, (box) => {
-    axes(box, x0, y0, x1, y1, yMax, "seconds since the deployment started (max " + Math.round(tMax) + ")", "robots committed");
-    series.forEach((s, i) => {
-      let path = `M ${x0} ${y0}`;
-      s.times.forEach((t, n) => {
-        const x = x0 + ((x1 - x0) * t) / tMax;
-        path += ` H ${x.toFixed(1)} V ${(y0 - ((y0 - y1) * (n + 1)) / yMax).toFixed(1)}`;
-      });
-      box.append(svg("path", { d: path, class: "series", stroke: PALETTE[i % PALETTE.length] }),
-        svg("rect", { x: x0, y: y0 + 44 + i * 18, width: 14, height: 4, fill: PALETTE[i % PALETTE.length] }),
-        svg("text", { x: x0 + 20, y: y0 + 50 + i * 18, class: "legend" }, s.name + ": " + s.times.length + " of " + s.total + " committed"));
-    });
-  });
+  const shown = details.filter((d) => d.robots.length);
+  return el("figure", { class: "card wide" }, el("h2", {}, "Rollout progress over time"),
+    el("figcaption", { class: "muted" }, "robots committed against time since each of the latest deployments started, each on its own scale; red dots: rolled back or failed"),
+    shown.length ? el("div", { class: "panels" }, shown.map(progressPanel)) : el("p", { class: "muted empty" }, "No deployments yet."));
 }
 
 function commitsChart(deployments) {
@@ -873,7 +1028,7 @@ function chartsView(main) {
     async refresh() {
       const deployments = await api("/deployments?limit=200");
       const latest = await Promise.all(deployments.slice(0, 6).map((d) => api("/deployments/" + encodeURIComponent(d.id))));
-      body.replaceChildren(progressChart(latest.reverse()), commitsChart(deployments), timeToCommitChart(latest));
+      body.replaceChildren(progressChart(latest), commitsChart(deployments), timeToCommitChart(latest));
     },
   };
 }

@@ -518,7 +518,13 @@ fn every_command_with_help_json_a_closed_pipe_and_an_unreachable_server() {
         vec!["keys", "list"],
         vec!["keys", "create", "ci", "--role", "deployer"],
         vec!["keys", "revoke", "key_nobody"],
+        vec!["profiles"],
+        vec!["profiles", "use", "nope"],
+        vec!["profiles", "remove", "nope"],
+        vec!["open", "--print"],
     ];
+    // Commands that never call the server: an unreachable one changes nothing for them.
+    let local = |args: &[&str]| matches!(args.first(), Some(&"profiles") | Some(&"open"));
     // The table covers every command `rota --help` lists, nested ones included.
     let mut listed = Vec::new();
     for top in subcommands(&server.url, &[]) {
@@ -584,6 +590,15 @@ fn every_command_with_help_json_a_closed_pipe_and_an_unreachable_server() {
 
         // A server that is not there: exit 1, one clear line naming it once; JSON under --json.
         let out = rota_at(unreachable, args);
+        if local(args) {
+            let code = out.status.code().unwrap_or(-1);
+            assert!(
+                documented.contains(&code),
+                "{name} unreachable: exit {code}"
+            );
+            assert!(!text(&out.stderr).contains("cannot reach"), "{name}");
+            continue;
+        }
         let stderr = text(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{name} unreachable: {stderr}");
         assert!(out.stdout.is_empty(), "{name} unreachable");
@@ -596,4 +611,31 @@ fn every_command_with_help_json_a_closed_pipe_and_an_unreachable_server() {
         assert_eq!(error["error"]["code"], "unreachable", "{name}: {error}");
         assert!(error["error"]["status"].is_null(), "{name}: {error}");
     }
+}
+
+#[test]
+fn status_watch_prints_again_when_the_fleet_changes() {
+    let server = Server::start();
+    let home = tempfile::tempdir().unwrap();
+    let mut watch = Command::new(cli_bin())
+        .args(["--json", "status", "--watch", "--interval", "1s"])
+        .env("HOME", home.path())
+        .env_remove("XDG_CONFIG_HOME")
+        .env("ROTA_SERVER", &server.url)
+        .env("ROTA_API_KEY", ADMIN_KEY)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(watch.stdout.take().unwrap()));
+    let mut next = || -> Value { serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap() };
+    let before = next();
+    assert_eq!(before["releases"], 0);
+    server.publish("1.0.0");
+    // Unchanged polls print nothing, so the next line is the change.
+    let after = next();
+    assert_eq!(after["releases"], 1, "{after}");
+    watch.kill().unwrap();
+    watch.wait().unwrap();
 }

@@ -16,11 +16,31 @@ use reqwest::blocking::{RequestBuilder, Response};
 use reqwest::header::{CONTENT_TYPE, COOKIE, SET_COOKIE};
 use serde_json::{json, Value};
 
-struct OpenOnDrop(Arc<Gate>);
+/// Simulated robots that stay in trial until `gate` opens. Dropping it opens the gate before
+/// the fleet stops, so robots held in trial are let go even when an assertion fails, and the
+/// fleet's threads can end.
+struct GatedFleet {
+    gate: Arc<Gate>,
+    _fleet: SimFleet,
+}
 
-impl Drop for OpenOnDrop {
+impl GatedFleet {
+    fn start(server: &Server, robots: usize) -> GatedFleet {
+        let gate = Arc::new(Gate::default());
+        let fleet = SimFleet::start(&server.url, "robot", robots, |_| Behaviour {
+            unhealthy_versions: Default::default(),
+            gate: Some(gate.clone()),
+        });
+        GatedFleet {
+            gate,
+            _fleet: fleet,
+        }
+    }
+}
+
+impl Drop for GatedFleet {
     fn drop(&mut self) {
-        self.0.open();
+        self.gate.open();
     }
 }
 
@@ -207,14 +227,7 @@ fn login_gives_a_strict_http_only_cookie_that_reads_like_the_key() {
 #[test]
 fn forged_or_under_privileged_actions_are_refused_and_change_nothing() {
     let server = Server::start();
-    let gate = Arc::new(Gate::default());
-    let _fleet = SimFleet::start(&server.url, "robot", 2, |_| Behaviour {
-        unhealthy_versions: Default::default(),
-        gate: Some(gate.clone()),
-    });
-    // Declared after the fleet, so dropped before it: robots held in trial are let go even
-    // when an assertion fails, and the fleet's threads can end.
-    let _release_on_exit = OpenOnDrop(gate.clone());
+    let _fleet = GatedFleet::start(&server, 2);
     let release = publish_over_http(&server, "2.0.0");
     let created = as_admin(
         http()
@@ -341,6 +354,71 @@ fn forged_or_under_privileged_actions_are_refused_and_change_nothing() {
     );
 }
 
+/// The deployments list (what the page's list and fleet overview read) says when a running
+/// canary waits for an approve; before, only the deployment's own page could tell, from its
+/// robots, so Approve was offered nowhere else.
+#[test]
+fn the_deployments_list_says_when_a_canary_waits_for_approval() {
+    let server = Server::start();
+    let fleet = GatedFleet::start(&server, 4);
+    let release = publish_over_http(&server, "2.0.0");
+    let created = as_admin(http().post(server.api("/deployments")).json(&json!({
+        "release": release, "target": "all",
+        "strategy": {"kind": "canary", "count": 2},
+    })));
+    let id = created["id"].as_str().unwrap().to_string();
+    let (_, deployer_key) = new_key(&server, "dash deployer", "deployer");
+    let deployer = login(&server, &deployer_key);
+    let listed = || {
+        let list = json_ok(
+            http()
+                .get(ui(&server, "/api/deployments"))
+                .header(COOKIE, &deployer.cookie),
+        );
+        let entry = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["id"] == id.as_str())
+            .cloned()
+            .unwrap();
+        assert_eq!(
+            entry["stage_awaits_approval"],
+            server.get(&format!("/deployments/{id}"))["stage_awaits_approval"],
+            "the list and the deployment's own page agree"
+        );
+        entry
+    };
+
+    server.wait_for(&format!("/deployments/{id}"), "canaries in trial", |d| {
+        d["counts"]["trial"] == 2
+    });
+    assert_eq!(
+        listed()["stage_awaits_approval"],
+        false,
+        "canaries still in trial"
+    );
+
+    fleet.gate.open();
+    server.wait_for(&format!("/deployments/{id}"), "canaries committed", |d| {
+        d["counts"]["committed"] == 2
+    });
+    // The engine marks the stage done in the same step as the last canary's commit.
+    let waiting = listed();
+    assert_eq!(waiting["state"], "running");
+    assert_eq!(waiting["stage_awaits_approval"], true, "{waiting:#}");
+
+    let approve = format!("/api/deployments/{id}/approve");
+    let approved = json_ok(page_post(&server, &deployer, &approve, &deployer.csrf));
+    assert_eq!(approved["current_stage"], 1);
+    assert_eq!(listed()["stage_awaits_approval"], false, "approved");
+    let done = server.wait_for(&format!("/deployments/{id}"), "the rest", |d| {
+        d["state"] != "running"
+    });
+    assert_eq!(done["state"], "succeeded");
+    assert_eq!(done["stage_awaits_approval"], false);
+}
+
 #[test]
 fn logout_and_key_revocation_end_sessions_and_their_event_streams() {
     let server = Server::start();
@@ -457,7 +535,8 @@ fn the_page_is_served_whole_from_the_binary_under_a_strict_policy() {
 
 /// The person's view, in a real headless Chromium driven by playwright-core
 /// (fleet/dashboard-tests/dashboard.test.mjs): 20 simulated robots, releases 1.0.0 (what the
-/// robots run), 2.0.0 and 3.0.0 (whose health check fails on robot-001, a canary), groups
+/// robots run), 2.0.0, 3.0.0 (whose health check fails on robot-001, a canary), 4.0.0 and
+/// 5.0.0 (for the approval steps, which need versions no robot ran yet), groups
 /// `canary` (robot-001..003, environment staging) and `fleet` (the rest, production), and a
 /// deployer and a viewer key. The browser does the rest: log in, deploy, watch, roll back.
 #[test]
@@ -472,7 +551,7 @@ fn in_a_real_browser() {
     let server = Server::start();
     // 1.0.0 first: the robots report running it when they start, and the server links that
     // report to the release, so rolling a robot back to 1.0.0 is possible.
-    for version in ["1.0.0", "2.0.0", "3.0.0"] {
+    for version in ["1.0.0", "2.0.0", "3.0.0", "4.0.0", "5.0.0"] {
         publish_over_http(&server, version);
     }
     let _fleet = SimFleet::start(&server.url, "robot", 20, |n| Behaviour {

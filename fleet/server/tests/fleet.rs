@@ -375,12 +375,36 @@ fn cli_login_stores_the_key_owner_only_and_later_commands_use_it() {
         .unwrap()
         .trim()
         .starts_with("key_"));
-    let file = home.join(".config/rota/credentials.toml");
+    let file = home.join(".config/rota/config.toml");
     assert_eq!(
         std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
         0o600
     );
-    assert!(std::fs::read_to_string(&file).unwrap().contains(ADMIN_KEY));
+    let config = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        config.contains(ADMIN_KEY) && config.contains("current = \"default\""),
+        "{config}"
+    );
+
+    // A second profile for the same server under another name becomes the current one.
+    let lab = run(
+        &["login", "--server", &server.url, "--profile", "lab"],
+        Some(&format!("{ADMIN_KEY}\n")),
+    );
+    assert!(
+        lab.status.success(),
+        "{}",
+        String::from_utf8_lossy(&lab.stderr)
+    );
+    let profiles = run(&["profiles", "--json"], None);
+    let profiles: Value = serde_json::from_slice(&profiles.stdout).unwrap();
+    let names: Vec<(&str, bool)> = profiles
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap(), p["current"] == true))
+        .collect();
+    assert_eq!(names, [("default", false), ("lab", true)]);
 
     let me = run(&["whoami", "--json"], None);
     assert!(

@@ -7,8 +7,8 @@ use std::io;
 use std::path::Path;
 use thiserror::Error;
 
-/// Below this size the boot partition is FAT16: mtools refuses FAT32 on small volumes (see
-/// shared/qemu-notes.md) and FAT32 needs at least 65525 clusters anyway.
+/// Below this size the boot partition is FAT16: mtools refuses FAT32 on small volumes (32 MiB
+/// was refused) and FAT32 needs at least 65525 clusters anyway.
 pub const FAT32_MIN: u64 = 64 << 20;
 
 /// Why the FAT image could not be made.

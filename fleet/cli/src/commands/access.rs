@@ -1,4 +1,4 @@
-//! login, whoami, keys.
+//! login, profiles, whoami, keys.
 
 use std::io::{BufRead as _, IsTerminal as _};
 
@@ -6,17 +6,18 @@ use anyhow::{bail, Context as _};
 use reqwest::Method;
 use rota_protocol::operator::{ApiKeyInfo, CreateApiKeyRequest, CreatedApiKey, WhoAmI};
 
-use crate::cli::KeysCommand;
+use crate::cli::{KeysCommand, ProfilesCommand};
 use crate::client::Api;
 use crate::commands::show_list;
-use crate::credentials::{self, Credentials};
 use crate::output;
+use crate::profiles::{self, Overrides, Profile};
 
-pub fn login(server: Option<&str>, key: Option<String>, json: bool) -> anyhow::Result<()> {
-    let server = match server {
-        Some(server) => server.to_string(),
-        None => match credentials::load()? {
-            Some(stored) => stored.server,
+pub fn login(overrides: &Overrides, key: Option<String>, json: bool) -> anyhow::Result<()> {
+    let mut config = profiles::load()?;
+    let server = match &overrides.server {
+        Some(server) => server.clone(),
+        None => match config.selected(overrides.profile.as_deref())? {
+            Some((_, profile)) => profile.server.clone(),
             None => bail!("which server? pass --server URL"),
         },
     };
@@ -43,12 +44,19 @@ pub fn login(server: Option<&str>, key: Option<String>, json: bool) -> anyhow::R
     }
     let api = Api::new(&server, &key)?;
     let me: WhoAmI = api.get("/whoami").context("checking the key")?;
-    let path = credentials::store(&Credentials {
-        server: api.server().to_string(),
-        key,
-    })?;
+    let name = config.name_for_login(overrides.profile.as_deref(), api.server());
+    config.profiles.insert(
+        name.clone(),
+        Profile {
+            server: api.server().to_string(),
+            key: Some(key),
+            key_file: None,
+        },
+    );
+    config.current = Some(name.clone());
+    let path = profiles::store(&config)?;
     note!(
-        "logged in to {} as {} ({}, {}); credentials in {}",
+        "logged in to {} as {} ({}, {}); profile {name} (current) in {}",
         api.server(),
         me.name,
         me.key_id,
@@ -61,6 +69,65 @@ pub fn login(server: Option<&str>, key: Option<String>, json: bool) -> anyhow::R
         outln!("{}", me.key_id);
     }
     Ok(())
+}
+
+/// One profile as `rota profiles --json` lists it: never the key.
+#[derive(serde::Serialize)]
+struct ProfileEntry<'a> {
+    name: &'a str,
+    server: &'a str,
+    current: bool,
+    key: String,
+}
+
+pub fn profiles(action: Option<ProfilesCommand>, json: bool) -> anyhow::Result<()> {
+    let mut config = profiles::load()?;
+    match action {
+        None => {
+            let entries: Vec<ProfileEntry> = config
+                .profiles
+                .iter()
+                .map(|(name, p)| ProfileEntry {
+                    name,
+                    server: &p.server,
+                    current: config.current.as_deref() == Some(name.as_str()),
+                    key: p.key_source(),
+                })
+                .collect();
+            if json {
+                return output::json(&entries);
+            }
+            let rows: Vec<Vec<String>> = entries
+                .iter()
+                .map(|e| {
+                    let marker = if e.current { "*" } else { "" };
+                    vec![marker.into(), e.name.into(), e.server.into(), e.key.clone()]
+                })
+                .collect();
+            output::table(
+                &["", "PROFILE", "SERVER", "KEY"],
+                &rows,
+                Some("no profiles yet: rota login --server URL"),
+            )
+        }
+        Some(ProfilesCommand::Use { name }) => {
+            config.require(&name)?;
+            config.current = Some(name.clone());
+            profiles::store(&config)?;
+            note!("profile {name} is now current");
+            Ok(())
+        }
+        Some(ProfilesCommand::Remove { name }) => {
+            config.require(&name)?;
+            config.profiles.remove(&name);
+            if config.current.as_deref() == Some(name.as_str()) {
+                config.current = None;
+            }
+            profiles::store(&config)?;
+            note!("profile {name} removed");
+            Ok(())
+        }
+    }
 }
 
 pub fn whoami(api: &Api, json: bool) -> anyhow::Result<()> {
@@ -87,8 +154,8 @@ pub fn keys(api: &Api, command: KeysCommand, json: bool) -> anyhow::Result<()> {
                         k.id.clone(),
                         k.role.to_string(),
                         k.name.clone(),
-                        output::time(&k.created_at),
-                        k.revoked_at.as_deref().map_or("-".into(), output::time),
+                        output::ago(&k.created_at),
+                        k.revoked_at.as_deref().map_or("-".into(), output::ago),
                     ]
                 },
             )?;

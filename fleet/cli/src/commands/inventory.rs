@@ -1,5 +1,7 @@
 //! Read-mostly views: status, deployments, robots (with their inventory and tags), groups.
 
+use std::io::IsTerminal as _;
+
 use reqwest::Method;
 use rota_protocol::operator::{Deployment, FleetStatus, Group, GroupQuery, Robot, TagsRequest};
 use rota_protocol::robot::Inventory;
@@ -23,6 +25,46 @@ pub fn status(api: &Api, json: bool) -> anyhow::Result<()> {
     if json {
         return output::json(&status);
     }
+    print_status(&status)
+}
+
+/// `rota status --watch`: on a terminal the screen is redrawn every `every`; into a pipe or a
+/// file the status is printed again only when it changed (one JSON line each with --json), so
+/// a log of it holds no control characters and no repeats. A failed poll after the first is
+/// reported and retried: a watch outlives a server restart.
+pub fn watch_status(api: &Api, every: std::time::Duration, json: bool) -> anyhow::Result<()> {
+    let redraw = !json && std::io::stdout().is_terminal();
+    let mut last: Option<serde_json::Value> = None;
+    loop {
+        match api.get::<FleetStatus>("/status") {
+            Ok(status) => {
+                let value = serde_json::to_value(&status)?;
+                let at = output::now_text();
+                if redraw {
+                    // Home and clear, then the whole status: one frame per poll.
+                    outln!(
+                        "\x1b[H\x1b[2J{at}  (every {}; Ctrl-C stops)",
+                        output::duration(every)
+                    );
+                    print_status(&status)?;
+                } else if last.as_ref() != Some(&value) {
+                    if json {
+                        outln!("{}", serde_json::to_string(&value)?);
+                    } else {
+                        outln!("-- {at}");
+                        print_status(&status)?;
+                    }
+                }
+                last = Some(value);
+            }
+            Err(err) if last.is_some() => note!("rota: {err:#} (retrying)"),
+            Err(err) => return Err(err),
+        }
+        std::thread::sleep(every);
+    }
+}
+
+fn print_status(status: &FleetStatus) -> anyhow::Result<()> {
     outln!("robots: {}", status.robots);
     outln!("  by state:   {}", counts_text(&status.robots_by_state));
     outln!("  by version: {}", counts_text(&status.robots_by_version));
@@ -95,7 +137,7 @@ pub fn deployments(api: &Api, id: Option<&str>, json: bool) -> anyhow::Result<()
                         d.target.to_string(),
                         d.state.as_str().into(),
                         counts_text(&d.counts),
-                        output::time(&d.created_at),
+                        output::ago(&d.created_at),
                     ]
                 },
             )?;
@@ -314,7 +356,7 @@ pub fn robots(
                         .map_or("-".into(), |board| compact(board, 24)),
                     inventory.map_or("-".into(), os_short),
                     r.compatible.clone(),
-                    r.last_seen.as_deref().map_or("-".into(), output::time),
+                    r.last_seen.as_deref().map_or("-".into(), output::ago),
                 ]
             })?;
         }

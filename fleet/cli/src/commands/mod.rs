@@ -5,26 +5,18 @@ pub mod audit;
 pub mod deploy;
 pub mod history;
 pub mod inventory;
+pub mod open;
 pub mod release;
 pub mod rollout;
 
-use anyhow::Context as _;
-
 use crate::client::Api;
-use crate::credentials;
+use crate::profiles::{self, Overrides};
 
-/// The API client from --server/ROTA_SERVER, ROTA_API_KEY and the stored credentials.
-pub fn api(server: Option<&str>) -> anyhow::Result<Api> {
-    let stored = credentials::load()?;
-    let key = std::env::var("ROTA_API_KEY").ok().filter(|k| !k.is_empty());
-    let server = server
-        .map(str::to_string)
-        .or_else(|| stored.as_ref().map(|c| c.server.clone()))
-        .context("no server: run `rota login --server URL` or set ROTA_SERVER")?;
-    let key = key
-        .or_else(|| stored.map(|c| c.key))
-        .context("no API key: run `rota login` or set ROTA_API_KEY")?;
-    Api::new(&server, &key)
+/// The API client for the server and key that --server, --profile, the environment and the
+/// config file choose.
+pub fn api(overrides: &Overrides) -> anyhow::Result<Api> {
+    let resolved = profiles::load()?.resolve(overrides)?;
+    Api::new(&resolved.server, &resolved.key)
 }
 
 /// Fetches a list and prints it: JSON with --json, else a table of `row(item)` lines, or

@@ -128,7 +128,7 @@ pub fn list(api: &Api, json: bool) -> anyhow::Result<()> {
                 .as_deref()
                 .map_or("-".into(), |c| c.chars().take(12).collect()),
             output::size(r.size),
-            output::time(&r.created_at),
+            output::ago(&r.created_at),
         ]
     })
 }

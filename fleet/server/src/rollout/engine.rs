@@ -144,6 +144,22 @@ pub async fn evaluate(
     Ok(Evaluation { state, offered })
 }
 
+/// Whether only an operator's `approve` can move the deployment on: it runs, its current stage
+/// finished (`stage_done_at`, set by [`evaluate`]), a later stage exists, and the strategy sets
+/// no wait after which the engine would start it by itself.
+pub fn stage_awaits_approval(
+    strategy: &Strategy,
+    state: DeploymentState,
+    current_stage: u32,
+    stage_count: u32,
+    stage_done_at: Option<i64>,
+) -> bool {
+    state == DeploymentState::Running
+        && stage_done_at.is_some()
+        && current_stage + 1 < stage_count
+        && strategy.wait_after_stage().is_none()
+}
+
 /// Offers stage `stage` (and any robot still waiting in an earlier one) if it has not started
 /// yet; returns the robots offered. The compare-and-set on `current_stage` makes a second
 /// replica's attempt at the same advance a no-op.
@@ -446,4 +462,69 @@ pub async fn running(conn: &mut AnyConnection) -> ApiResult<Vec<String>> {
         .fetch_all(&mut *conn)
         .await?,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strategy(json: serde_json::Value) -> Strategy {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn only_a_finished_stage_with_no_wait_awaits_approval() {
+        let manual = strategy(serde_json::json!({"kind": "canary", "count": 2}));
+        let timed = strategy(serde_json::json!({"kind": "canary", "count": 2, "wait_secs": 60}));
+        let staged = strategy(serde_json::json!({"kind": "staged", "percents": [50, 100]}));
+        let running = DeploymentState::Running;
+        let done = Some(1_000);
+        for (what, strategy, state, current, count, done_at, expected) in [
+            ("manual canary done", &manual, running, 0, 2, done, true),
+            (
+                "canaries still updating",
+                &manual,
+                running,
+                0,
+                2,
+                None,
+                false,
+            ),
+            ("last stage done", &manual, running, 1, 2, done, false),
+            (
+                "paused",
+                &manual,
+                DeploymentState::Paused,
+                0,
+                2,
+                done,
+                false,
+            ),
+            (
+                "halted",
+                &manual,
+                DeploymentState::Halted,
+                0,
+                2,
+                done,
+                false,
+            ),
+            ("canary with a wait", &timed, running, 0, 2, done, false),
+            (
+                "staged waits on its own",
+                &staged,
+                running,
+                0,
+                2,
+                done,
+                false,
+            ),
+        ] {
+            assert_eq!(
+                stage_awaits_approval(strategy, state, current, count, done_at),
+                expected,
+                "{what}"
+            );
+        }
+    }
 }

@@ -4,7 +4,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use rota_protocol::operator::{
     CreateDeploymentRequest, Deployment, DeploymentKind, DeploymentLogEntry, DeploymentState,
-    DeploymentVerb, ErrorBody, RobotAssignment, Role,
+    DeploymentVerb, ErrorBody, RobotAssignment, Role, Strategy,
 };
 use rota_protocol::robot::AssignmentState;
 use serde::Deserialize;
@@ -32,6 +32,7 @@ struct DeploymentRow {
     update_window: Option<String>,
     current_stage: i64,
     stage_count: i64,
+    stage_done_at: Option<i64>,
     halt_reason: Option<String>,
     approved_by: Option<String>,
     parent_id: Option<String>,
@@ -39,7 +40,7 @@ struct DeploymentRow {
 const DEPLOYMENT_SELECT: &str =
     "SELECT d.id, d.release_id, r.version, d.target, d.strategy, d.forced,
             d.state, d.created_by, d.created_at, d.kind, d.environment, d.update_window,
-            d.current_stage, d.stage_count, d.halt_reason, d.approved_by, d.parent_id
+            d.current_stage, d.stage_count, d.stage_done_at, d.halt_reason, d.approved_by, d.parent_id
      FROM deployments d JOIN releases r ON r.id = d.release_id";
 
 async fn deployment_from_row(
@@ -62,6 +63,7 @@ async fn deployment_from_row(
         update_window,
         current_stage,
         stage_count,
+        stage_done_at,
         halt_reason,
         approved_by,
         parent_id,
@@ -122,23 +124,34 @@ async fn deployment_from_row(
     } else {
         None
     };
+    let strategy: Strategy = serde_json::from_str(&strategy).map_err(ApiError::internal)?;
+    let deployment_state = DeploymentState::parse(&deployment_state).ok_or_else(|| {
+        ApiError::internal(format!("unknown deployment state {deployment_state:?}"))
+    })?;
+    let current_stage = u32::try_from(current_stage).unwrap_or(0);
+    let stage_count = u32::try_from(stage_count).unwrap_or(1);
     Ok(Deployment {
         release_id,
         version,
         target: target.parse().map_err(ApiError::internal)?,
-        strategy: serde_json::from_str(&strategy).map_err(ApiError::internal)?,
+        stage_awaits_approval: rollout::engine::stage_awaits_approval(
+            &strategy,
+            deployment_state,
+            current_stage,
+            stage_count,
+            stage_done_at,
+        ),
+        strategy,
         force: forced != 0,
-        state: DeploymentState::parse(&deployment_state).ok_or_else(|| {
-            ApiError::internal(format!("unknown deployment state {deployment_state:?}"))
-        })?,
+        state: deployment_state,
         kind: DeploymentKind::parse(&kind).unwrap_or_default(),
         environment,
         update_window: update_window
             .map(|json| serde_json::from_str(&json))
             .transpose()
             .map_err(ApiError::internal)?,
-        current_stage: u32::try_from(current_stage).unwrap_or(0),
-        stage_count: u32::try_from(stage_count).unwrap_or(1),
+        current_stage,
+        stage_count,
         halt_reason,
         approved_by,
         parent_id,
