@@ -50,6 +50,10 @@ pub enum Field {
     Tag(String),
 }
 
+/// Longer queries are refused: the parser and the matcher recurse once per parenthesis and
+/// `not`, and a request must not be able to exhaust a server thread's stack.
+pub const MAX_QUERY_CHARS: usize = 1000;
+
 const FIELDS: &str =
     "id, compatible, version, state, board, os, os_version, kernel, address or tag.NAME";
 
@@ -132,6 +136,12 @@ impl Facts<'_> {
 
 impl Query {
     pub fn parse(text: &str) -> Result<Query, QueryError> {
+        if text.chars().count() > MAX_QUERY_CHARS {
+            return Err(QueryError {
+                column: MAX_QUERY_CHARS + 1,
+                message: format!("a query is at most {MAX_QUERY_CHARS} characters"),
+            });
+        }
         let tokens = lex(text)?;
         let mut parser = Parser {
             tokens,
@@ -463,5 +473,10 @@ mod tests {
             assert_eq!(error.column, column, "{query}: {error}");
             assert!(error.message.contains(says), "{query}: {error}");
         }
+        let deep = format!("{}id = \"x\"{}", "(".repeat(600), ")".repeat(600));
+        let error = Query::parse(&deep).unwrap_err();
+        assert_eq!(error.column, MAX_QUERY_CHARS + 1, "{error}");
+        let nested = format!("{}id = \"x\"{}", "(".repeat(400), ")".repeat(400));
+        assert!(Query::parse(&nested).is_ok());
     }
 }

@@ -19,7 +19,7 @@ use crate::state::AppState;
 use crate::time::now_ms;
 
 /// Every group (`None`) or one, with its robots.
-async fn groups(conn: &mut AnyConnection, name: Option<&str>) -> ApiResult<Vec<Group>> {
+async fn read_groups(conn: &mut AnyConnection, name: Option<&str>) -> ApiResult<Vec<Group>> {
     let rows: Vec<(String, Option<String>)> = sqlx::query_as(
         "SELECT name, member_query FROM robot_groups WHERE ($1 = '' OR name = $2) ORDER BY name",
     )
@@ -69,7 +69,7 @@ async fn groups(conn: &mut AnyConnection, name: Option<&str>) -> ApiResult<Vec<G
 
 async fn load(state: &AppState, name: &str) -> ApiResult<Option<Group>> {
     let mut conn = state.db.pool().acquire().await?;
-    Ok(groups(&mut conn, Some(name)).await?.pop())
+    Ok(read_groups(&mut conn, Some(name)).await?.pop())
 }
 
 /// List groups with their robots (a dynamic group's: the robots its query matches now).
@@ -81,7 +81,7 @@ pub async fn list(
     _operator: Operator,
 ) -> ApiResult<ApiJson<Vec<Group>>> {
     let mut conn = state.db.pool().acquire().await?;
-    Ok(ApiJson(groups(&mut conn, None).await?))
+    Ok(ApiJson(read_groups(&mut conn, None).await?))
 }
 
 /// Read one group and its robots (a dynamic group's: the robots its query matches now).
