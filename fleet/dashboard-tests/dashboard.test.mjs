@@ -220,13 +220,17 @@ test("rollback from the halted deployment brings the canaries back", async () =>
   assert.ok(robots.every((r) => r.version === "2.0.0"), JSON.stringify(robots.map((r) => [r.id, r.version])));
 });
 
-test("a robot's page shows its history, slots and events, and rolls it back", async () => {
+test("a robot's page shows its history, slots, events and inventory, and rolls it back", async () => {
   await go("#/robots/robot-001");
   await page.waitForSelector("#main :text('rolled back: health check failed')");
   assert.equal(await page.locator("section:has(h2:text-is('Slots')) tbody tr").count(), 2);
   await shot("08-robot-001");
   await go("#/robots/robot-010");
   await page.waitForSelector("#robot[data-version='2.0.0']");
+  await page.waitForSelector("#robot-inventory[data-board='Raspberry Pi 5 Model B Rev 1.0']");
+  assert.match(await page.textContent("#robot-inventory"), /6\.6\.31\+rpt-rpi-2712/);
+  assert.equal(await page.textContent("[data-tag=site]"), "site=lab");
+  assert.equal(await page.textContent("[data-tag=arm]"), "arm=so-100 (robot)");
   await page.selectOption("#robot-rollback-to", "1.0.0");
   page.once("dialog", (dialog) => dialog.accept());
   await page.click("[data-action=rollback-robot]");

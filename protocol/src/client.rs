@@ -15,6 +15,7 @@
 //!    assignment already ended differently). Reports are idempotent, so resending is safe.
 //! 4. After a reboot, report `trial`, then `committed` or `rolled_back { reason }` for the same
 //!    `deployment_id`, and [`RobotClient::report_slots`].
+//! 5. At start-up and whenever it changed, [`RobotClient::report_inventory`]; not on every poll.
 //!
 //! Downloads: [`RobotClient::open_bundle`] from offset 0, or from the bytes already on disk to
 //! resume; it sends the token only when the assignment says the URL wants it.
@@ -28,7 +29,7 @@ use reqwest::StatusCode;
 
 use crate::operator::ErrorBody;
 use crate::robot::{
-    Assignment, EnrollRequest, EnrollResponse, EventReport, RobotEvent, SlotsReport,
+    Assignment, EnrollRequest, EnrollResponse, EventReport, Inventory, RobotEvent, SlotsReport,
 };
 
 /// How long a request without long-poll may take before it counts as a transport failure.
@@ -236,6 +237,18 @@ impl RobotClient {
     pub fn report_slots(&self, slots: &SlotsReport) -> Result<(), ClientError> {
         let url = self.url("/api/v1/robot/slots");
         send("PUT", &url, self.authed(self.http.put(&url).json(slots))?)?;
+        Ok(())
+    }
+
+    /// Reports what the robot is and has. A server older than this route answers 404
+    /// ([`ClientError::status`]): the robot works on without it.
+    pub fn report_inventory(&self, inventory: &Inventory) -> Result<(), ClientError> {
+        let url = self.url("/api/v1/robot/inventory");
+        send(
+            "PUT",
+            &url,
+            self.authed(self.http.put(&url).json(inventory))?,
+        )?;
         Ok(())
     }
 

@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::robot::{AssignmentState, SlotsReport};
+use crate::robot::{AssignmentState, Inventory, SlotsReport};
 
 /// What an operator API key may do; each role includes the ones before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -134,13 +134,61 @@ pub struct Robot {
     pub enrolled_at: String,
     pub last_seen: Option<String>,
     pub slots: Option<SlotsReport>,
+    /// What the robot last reported about itself; absent until it does (older robots never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inventory: Option<Inventory>,
+    /// When the robot last reported a changed inventory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inventory_at: Option<String>,
+    /// Tags operators set on the server (`rota robots tag`). The robot's own tags are in
+    /// `inventory.tags`; where both name a tag, this one counts.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    /// The robot's latest rollback or failure, if it ever had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<RobotFailure>,
+}
+
+/// A rollback or failure a robot reported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RobotFailure {
+    /// `rolled_back` or `failed`.
+    pub event: String,
+    pub deployment_id: Option<String>,
+    pub version: Option<String>,
+    pub detail: Option<String>,
+    pub at: String,
+}
+
+/// `PATCH /api/v1/robots/{id}/tags`: sets and removes operator tags in one step.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TagsRequest {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    /// Names of operator tags to remove; removing one that is not set is not an error.
+    #[serde(default)]
+    pub remove: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Group {
     pub name: String,
+    /// Members: added by hand, or for a dynamic group, the robots its query matches now.
     pub robots: Vec<String>,
+    /// A dynamic group's query over inventory and tags (see the fleet README's grammar).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+}
+
+/// `PUT /api/v1/groups/{name}/query`: makes a group dynamic, or changes its query.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct GroupQuery {
+    /// For example `board ~ "Raspberry Pi 5" and tag.site = "lab"`.
+    pub query: String,
 }
 
 /// Which robots a deployment is for, written `all`, `group:NAME`, `env:NAME`, `robot:ID` or

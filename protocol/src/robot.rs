@@ -5,10 +5,17 @@
 //! GET  /api/v1/robot/assignment   ?wait=SECS, If-None-Match -> 200 Assignment | 204 | 304
 //! POST /api/v1/robot/events       EventReport    -> 204                     (robot token)
 //! PUT  /api/v1/robot/slots        SlotsReport    -> 204                     (robot token)
+//! PUT  /api/v1/robot/inventory    Inventory      -> 204                     (robot token)
 //! GET  <Assignment::bundle_url>   Range: bytes=N-  -> 206 bundle bytes
 //! ```
 //!
 //! A deployment counts as succeeded on a robot only once it reports [`RobotEvent::Committed`].
+//!
+//! The inventory route came later than the others: a robot sends it at start-up and when its
+//! inventory changed, and carries on when an older server answers 404. Every field of
+//! [`Inventory`] is optional, so robots and servers of different ages read each other.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -315,6 +322,67 @@ impl SlotsReport {
     }
 }
 
+/// What a robot is and has: the facts operators filter and group robots by.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Inventory {
+    /// Board model: the device tree's `model`, else DMI's product name, else the robot's
+    /// configured `compatible`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub board: Option<String>,
+    /// `PRETTY_NAME` of the running slot's `/etc/os-release`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os: Option<String>,
+    /// `VERSION_ID` of the running slot's `/etc/os-release`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os_version: Option<String>,
+    /// Kernel release, as `uname -r` prints it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+    /// IP addresses other than loopback and IPv6 link-local ones, sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<DiskInfo>,
+    /// Tags from the robot's own config (`[server] tags`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+}
+
+/// Sizes in bytes; a size the robot could not read is absent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DiskInfo {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot_a_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot_b_bytes: Option<u64>,
+    /// The file system holding the updater's state (the data partition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_free_bytes: Option<u64>,
+}
+
+/// Tag names: 1 to 64 of `[A-Za-z0-9._-]`, so that `tag.NAME` reads unambiguously in a group
+/// query. Values: up to 256 characters, no control characters.
+pub fn validate_tag(name: &str, value: &str) -> Result<(), String> {
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if name.is_empty() || name.len() > 64 || !ok_chars {
+        return Err(format!(
+            "tag name {name:?} must be 1 to 64 characters of A-Z a-z 0-9 . _ -"
+        ));
+    }
+    if value.chars().count() > 256 || value.chars().any(char::is_control) {
+        return Err(format!(
+            "tag {name}: value must be at most 256 characters without control characters"
+        ));
+    }
+    Ok(())
+}
+
 /// Where one robot stands in one deployment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -522,6 +590,27 @@ mod tests {
         for bad in ["", "-x", ".x", "a/b", "a b", "ü", &"x".repeat(65)] {
             assert!(validate_robot_id(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn an_empty_inventory_is_an_empty_object_and_unknown_fields_are_ignored() {
+        assert_eq!(serde_json::to_string(&Inventory::default()).unwrap(), "{}");
+        let newer: Inventory =
+            serde_json::from_str(r#"{"kernel":"6.6.31","gpu":"none","disk":{"cache_bytes":1}}"#)
+                .unwrap();
+        assert_eq!(newer.kernel.as_deref(), Some("6.6.31"));
+        assert_eq!(newer.disk, Some(DiskInfo::default()));
+    }
+
+    #[test]
+    fn tags_are_validated() {
+        for (name, value) in [("site", "lab"), ("rack.row-2_a", ""), ("x", "Zürich 3")] {
+            assert!(validate_tag(name, value).is_ok(), "{name}={value}");
+        }
+        for (name, value) in [("", "x"), ("a b", "x"), ("a=b", "x"), ("ok", "new\nline")] {
+            assert!(validate_tag(name, value).is_err(), "{name}={value}");
+        }
+        assert!(validate_tag("long", &"v".repeat(257)).is_err());
     }
 
     #[test]

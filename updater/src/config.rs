@@ -5,6 +5,7 @@
 //! merged, remembering which file set each key → validated [`Config`] whose errors name the file
 //! and the key. Every path is configurable so tests and developers run without root.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -40,6 +41,8 @@ pub const DEFAULT_POLL_INTERVAL_SECS: u64 = 60;
 pub const DEFAULT_POLL_JITTER_SECS: u64 = 10;
 pub const DEFAULT_SERVER_BACKOFF_INITIAL_MS: u64 = 1_000;
 pub const DEFAULT_SERVER_BACKOFF_MAX_MS: u64 = 60_000;
+/// How often the daemon looks at its inventory again (it sends it only when it changed).
+pub const DEFAULT_INVENTORY_INTERVAL_SECS: u64 = 600;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -139,6 +142,9 @@ pub struct RawServer {
     pub backoff_initial_ms: Option<u64>,
     pub backoff_max_ms: Option<u64>,
     pub reboot: Option<String>,
+    /// Merged tag by tag across files: a drop-in can add or change one tag.
+    pub tags: Option<BTreeMap<String, String>>,
+    pub inventory_interval_secs: Option<u64>,
 }
 
 impl RawConfig {
@@ -253,6 +259,11 @@ pub struct ServerConfig {
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
     pub reboot: RebootPolicy,
+    /// The robot's own tags, reported with its inventory; operators add theirs on the server.
+    pub tags: BTreeMap<String, String>,
+    /// How often the inventory is collected again and, when it changed, sent; zero: only at
+    /// start-up.
+    pub inventory_interval: Duration,
 }
 
 /// When the daemon reboots into an installed update.
@@ -438,6 +449,9 @@ pub fn merge_and_validate(layers: Vec<(String, RawConfig)>) -> Result<Config, Co
     let mut server_backoff_initial = Sourced::new();
     let mut server_backoff_max = Sourced::new();
     let mut reboot = Sourced::new();
+    let mut inventory_interval = Sourced::new();
+    // Tag name -> (value, the file that set it).
+    let mut tags: BTreeMap<String, (String, String)> = BTreeMap::new();
     // In order of first appearance; a later check with the same name replaces the earlier one.
     let mut checks: Vec<(String, RawCheck)> = Vec::new();
 
@@ -495,6 +509,10 @@ pub fn merge_and_validate(layers: Vec<(String, RawConfig)>) -> Result<Config, Co
             server_backoff_initial.set(server.backoff_initial_ms, file);
             server_backoff_max.set(server.backoff_max_ms, file);
             reboot.set(server.reboot, file);
+            inventory_interval.set(server.inventory_interval_secs, file);
+            for (name, value) in server.tags.unwrap_or_default() {
+                tags.insert(name, (value, file.to_owned()));
+            }
         }
     }
 
@@ -576,6 +594,15 @@ pub fn merge_and_validate(layers: Vec<(String, RawConfig)>) -> Result<Config, Co
                     .map_err(|message| reboot.invalid("server.reboot", message))?,
                 None => RebootPolicy::Now,
             };
+            for (name, (value, file)) in &tags {
+                rota_protocol::robot::validate_tag(name, value).map_err(|message| {
+                    ConfigError::Invalid {
+                        file: file.clone(),
+                        key: format!("server.tags.{name}"),
+                        message,
+                    }
+                })?;
+            }
             Some(ServerConfig {
                 url,
                 robot_id: robot_id.value.clone(),
@@ -599,6 +626,15 @@ pub fn merge_and_validate(layers: Vec<(String, RawConfig)>) -> Result<Config, Co
                 backoff_initial: Duration::from_millis(backoff_initial_ms),
                 backoff_max: Duration::from_millis(backoff_max_ms),
                 reboot: reboot_policy,
+                tags: tags
+                    .iter()
+                    .map(|(name, (value, _))| (name.clone(), value.clone()))
+                    .collect(),
+                inventory_interval: Duration::from_secs(
+                    inventory_interval
+                        .value
+                        .unwrap_or(DEFAULT_INVENTORY_INTERVAL_SECS),
+                ),
             })
         }
         Some(url) => {
@@ -809,6 +845,7 @@ mod tests {
             ("reboot policy", &[("/etc/a.toml", "compatible = \"x\"\n[server]\nurl = \"http://s\"\nreboot = \"later\"")], &["/etc/a.toml", "server.reboot", "later"]),
             ("robot id", &[("/etc/a.toml", "compatible = \"x\"\n[server]\nurl = \"http://s\"\nrobot_id = \"a/b\"")], &["/etc/a.toml", "server.robot_id"]),
             ("long poll", &[("/etc/a.toml", "compatible = \"x\"\n[server]\nurl = \"http://s\"\nlong_poll_secs = 61")], &["/etc/a.toml", "server.long_poll_secs"]),
+            ("tag name", &[("/etc/a.toml", "compatible = \"x\"\n[server]\nurl = \"http://s\""), ("/etc/d/1.toml", "[server]\ntags = { \"a b\" = \"x\" }")], &["/etc/d/1.toml", "server.tags.a b"]),
         ];
         for (name, files, needles) in cases {
             let error = layers(files).expect_err(name).to_string();
@@ -816,6 +853,29 @@ mod tests {
                 assert!(error.contains(needle), "{name}: {error:?} lacks {needle:?}");
             }
         }
+    }
+
+    #[test]
+    fn server_tags_merge_tag_by_tag() {
+        let config = layers(&[
+            (
+                "/usr/lib/rota/updater.toml",
+                "compatible = \"x\"\n[server]\nurl = \"http://s\"\ntags = { site = \"factory\", arm = \"so-100\" }",
+            ),
+            ("/etc/rota/updater.d/10-site.toml", "[server.tags]\nsite = \"lab\""),
+        ])
+        .unwrap();
+        let server = config.server.unwrap();
+        let tags: Vec<_> = server
+            .tags
+            .iter()
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect();
+        assert_eq!(tags, ["arm=so-100", "site=lab"]);
+        assert_eq!(
+            server.inventory_interval,
+            Duration::from_secs(DEFAULT_INVENTORY_INTERVAL_SECS)
+        );
     }
 
     #[test]

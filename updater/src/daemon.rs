@@ -5,7 +5,9 @@
 //! 1. enroll when there is no token (the token is written 0600 on the data partition);
 //! 2. act on the local state first: an installed update waiting for its reboot reboots when the
 //!    reboot policy allows, whether or not the server answers;
-//! 3. send the queued reports ([`crate::outbox`]), then what each slot holds when it changed;
+//! 3. send the queued reports ([`crate::outbox`]), then what each slot holds when it changed,
+//!    and the inventory ([`crate::inventory`]) at start-up and, looked at again every
+//!    `server.inventory_interval`, when it changed;
 //! 4. poll (long-poll or interval with jitter) and work on the assignment: record its
 //!    deployment id in the state file, download, install through [`crate::install`], report.
 //!    When the inactive slot still holds the assigned bundle (a rollback to the release the
@@ -32,18 +34,21 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rota_bootctl::{BootCtl, SlotState};
 use rota_bundle::Keyring;
 use rota_protocol::client::{ClientError, Poll, RobotClient};
-use rota_protocol::robot::{self, Assignment, EventReport, RobotEvent, SlotsReport, UpdateWindow};
+use rota_protocol::robot::{
+    self, Assignment, EventReport, Inventory, RobotEvent, SlotsReport, UpdateWindow,
+};
 
 use crate::atomic_file;
 use crate::commit::{self, CommitError, CommitOutcome};
 use crate::config::{Config, RebootPolicy, ServerConfig};
 use crate::failpoint;
 use crate::install::{self, Context, InstallError, InstallOptions};
+use crate::inventory::Probe;
 use crate::local_time;
 use crate::outbox::{Outbox, OutboxError};
 use crate::progress::Progress;
@@ -334,6 +339,12 @@ pub struct Daemon<'a> {
     etag: Option<String>,
     /// The last slots report the server acknowledged.
     slots_sent: Option<SlotsReport>,
+    /// When the inventory was last collected; `None` until the first round.
+    inventory_checked: Option<Instant>,
+    /// The last inventory the server took (or refused for good: sent again only once changed).
+    inventory_sent: Option<Inventory>,
+    /// A collected inventory that differs from the one sent and is not delivered yet.
+    inventory_pending: Option<Inventory>,
     /// The deployment this process already asked to reboot for (the reboot is on its way).
     reboot_requested_for: Option<String>,
     window_logged: bool,
@@ -357,6 +368,9 @@ impl<'a> Daemon<'a> {
             outbox: Outbox::new(&server.outbox_path),
             etag: None,
             slots_sent: None,
+            inventory_checked: None,
+            inventory_sent: None,
+            inventory_pending: None,
             reboot_requested_for: None,
             window_logged: false,
             waiting: None,
@@ -400,6 +414,7 @@ impl<'a> Daemon<'a> {
         self.reboot_if_due()?;
         self.flush()?;
         self.send_slots()?;
+        self.send_inventory();
         let wait = (!self.server.long_poll.is_zero()).then_some(self.server.long_poll);
         let poll = match self.client.poll(self.etag.as_deref(), wait) {
             Err(error) if error.is_unauthorized() => {
@@ -471,6 +486,8 @@ impl<'a> Daemon<'a> {
 
     fn forget_token(&mut self) -> Result<(), DaemonError> {
         self.client = RobotClient::new(&self.server.url)?;
+        // A server that forgot the robot forgot its inventory too.
+        self.inventory_pending = self.inventory_sent.take().or(self.inventory_pending.take());
         match fs::remove_file(&self.server.token_path) {
             Err(error) if error.kind() != io::ErrorKind::NotFound => {
                 Err(io_error("remove", &self.server.token_path)(error))
@@ -507,6 +524,41 @@ impl<'a> Daemon<'a> {
             self.slots_sent = Some(report);
         }
         Ok(())
+    }
+
+    /// Collects the inventory when due and sends it when it changed. Never fails the round:
+    /// polling for updates matters more, and a server older than the inventory route says 404.
+    fn send_inventory(&mut self) {
+        let interval = self.server.inventory_interval;
+        let due = self
+            .inventory_checked
+            .is_none_or(|at| !interval.is_zero() && at.elapsed() >= interval);
+        if due {
+            let inventory = Probe::default().collect(self.ctx.config);
+            self.inventory_checked = Some(Instant::now());
+            if self.inventory_sent.as_ref() != Some(&inventory) {
+                self.inventory_pending = Some(inventory);
+            }
+        }
+        let Some(inventory) = self.inventory_pending.take() else {
+            return;
+        };
+        match self.client.report_inventory(&inventory) {
+            Ok(()) => {
+                log::debug!("inventory sent");
+                self.inventory_sent = Some(inventory);
+            }
+            Err(error) if error.is_retryable() || error.is_unauthorized() => {
+                log::debug!("inventory not sent yet: {error}");
+                self.inventory_pending = Some(inventory);
+            }
+            Err(error) => {
+                log::warn!(
+                    "the server did not take the inventory (sent again once it changes): {error}"
+                );
+                self.inventory_sent = Some(inventory);
+            }
+        }
     }
 
     fn queue(&self, deployment_id: &str, event: RobotEvent) -> Result<(), DaemonError> {

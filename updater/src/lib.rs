@@ -3,7 +3,8 @@
 //!
 //! One module per concept; the byte path is `source` → `rota_bundle` (verify, decompress, hash)
 //! → `sink`, driven by `install`. The lifecycle is `state` (diagram in `STATE.md`), persisted by
-//! `store`. `daemon` talks to the fleet server, queuing its reports in `outbox`.
+//! `store`. `daemon` talks to the fleet server, queuing its reports in `outbox` and describing the
+//! robot with `inventory`.
 
 pub mod atomic_file;
 pub mod commit;
@@ -12,6 +13,7 @@ pub mod daemon;
 pub mod failpoint;
 pub mod health;
 pub mod install;
+pub mod inventory;
 pub mod local_time;
 pub mod logging;
 pub mod notify;

@@ -192,7 +192,7 @@ pub enum Command {
         /// Show this deployment instead of the list.
         id: Option<String>,
     },
-    /// List robots, or approve or remove one.
+    /// List robots, or show, tag, approve or remove one.
     Robots {
         #[command(subcommand)]
         action: Option<RobotsCommand>,
@@ -200,7 +200,8 @@ pub enum Command {
         #[arg(long)]
         group: Option<String>,
     },
-    /// List groups, or change them.
+    /// List groups, show one, or change them; a dynamic group is a query over inventory and
+    /// tags.
     Groups {
         #[command(subcommand)]
         action: Option<GroupsCommand>,
@@ -433,10 +434,28 @@ pub enum ReleaseCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum RobotsCommand {
-    /// Show one robot with its slots.
+    /// Show one robot: health, last failure, addresses, board, OS, kernel, disk, tags, slots.
     Show {
         /// The robot's id, as it enrolled.
         id: String,
+    },
+    /// Set or remove operator tags on a robot; dynamic groups select robots by them.
+    ///
+    /// Operator tags live on the server. A robot may also carry tags from its own config
+    /// (`[server] tags` in updater.toml); where both name a tag, the operator's counts.
+    #[command(
+        after_help = "Examples:\n  rota robots tag robot-007 site=lab arm=so-100\n  \
+                            rota robots tag robot-007 --remove site\n"
+    )]
+    Tag {
+        /// The robot's id.
+        id: String,
+        /// Tags to set, as NAME=VALUE.
+        #[arg(value_parser = parse_tag)]
+        tags: Vec<(String, String)>,
+        /// Names of operator tags to remove (repeatable). [default: none]
+        #[arg(long = "remove", value_name = "NAME")]
+        remove: Vec<String>,
     },
     /// Let a robot that enrolled under approval receive deployments (admin).
     Approve {
@@ -452,8 +471,24 @@ pub enum RobotsCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum GroupsCommand {
-    /// Create a group (no-op if it exists).
+    /// Create a group (no-op if it exists), or with --query a dynamic one (or change its query).
+    ///
+    /// A dynamic group's robots are the ones its query matches, worked out when asked for; a
+    /// deployment to it reaches those that match when it is created. Query grammar: fields
+    /// id, compatible, version, state, board, os, os_version, kernel, address, tag.NAME;
+    /// operators = (exact), != and ~ (contains, ignoring case); values in double quotes;
+    /// and, or, not, parentheses.
+    #[command(after_help = "Examples:\n  rota groups create lab\n  \
+                            rota groups create lab-pis --query 'board ~ \"Raspberry Pi 5\" and tag.site = \"lab\"'\n")]
     Create {
+        /// The group's name.
+        name: String,
+        /// Make it a dynamic group with this query. [default: robots are added by hand]
+        #[arg(long)]
+        query: Option<String>,
+    },
+    /// Show a group: its query, if dynamic, and the robots in it now.
+    Show {
         /// The group's name.
         name: String,
     },
@@ -499,4 +534,13 @@ pub enum KeysCommand {
         /// The key's id, as `rota keys list` shows it.
         id: String,
     },
+}
+
+/// `NAME=VALUE`, for `rota robots tag`.
+fn parse_tag(text: &str) -> Result<(String, String), String> {
+    let (name, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not NAME=VALUE"))?;
+    rota_protocol::robot::validate_tag(name, value)?;
+    Ok((name.to_string(), value.to_string()))
 }

@@ -576,6 +576,54 @@ function endText(end) {
   }
 }
 
+function diskText(disk) {
+  if (!disk) return "";
+  const parts = [];
+  if (disk.slot_a_bytes != null) parts.push("slot A " + bytes(disk.slot_a_bytes));
+  if (disk.slot_b_bytes != null) parts.push("slot B " + bytes(disk.slot_b_bytes));
+  if (disk.data_bytes != null) {
+    parts.push("data " + bytes(disk.data_bytes) + (disk.data_free_bytes != null ? " (" + bytes(disk.data_free_bytes) + " free)" : ""));
+  }
+  return parts.join(", ");
+}
+
+// Operator tags win over the robot's own of the same name, as group queries see them.
+function tagList(robot) {
+  const own = (robot.inventory && robot.inventory.tags) || {};
+  const operator = robot.tags || {};
+  const items = Object.entries(operator).map(([name, value]) =>
+    el("li", { "data-tag": name, title: "set by an operator" }, name + "=" + value));
+  for (const [name, value] of Object.entries(own)) {
+    const overridden = name in operator;
+    items.push(el("li", { "data-tag": overridden ? null : name, class: overridden ? "muted" : null,
+      title: overridden ? "from the robot's config, overridden" : "from the robot's config" }, name + "=" + value + " (robot)"));
+  }
+  return items.length ? el("ul", { class: "tags" }, items) : el("span", { class: "muted" }, "none");
+}
+
+function inventorySection(robot) {
+  const inv = robot.inventory;
+  const failure = robot.last_failure;
+  const facts = [];
+  if (failure) {
+    facts.push(fact("Last failure", el("span", { class: "bad-text", id: "robot-last-failure" },
+      words(failure.event) + (failure.version ? " " + failure.version : "") + ", " + when(failure.at) + (failure.detail ? ": " + failure.detail : ""))));
+  }
+  facts.push(fact("Tags", tagList(robot)));
+  if (!inv) {
+    return section("Inventory", el("dl", { class: "facts" }, facts),
+      el("p", { class: "muted" }, "The robot has not reported its inventory yet (robots older than the inventory never do)."));
+  }
+  facts.push(
+    fact("Board", inv.board || "?"),
+    fact("OS", (inv.os || "?") + (inv.os_version && !(inv.os || "").includes(inv.os_version) ? " (" + inv.os_version + ")" : "")),
+    fact("Kernel", inv.kernel || "?"),
+    fact("Addresses", (inv.addresses || []).join(", ") || "none"),
+    fact("Disk", diskText(inv.disk) || "?"),
+    fact("Reported", robot.inventory_at ? timeEl(robot.inventory_at) : "?"));
+  return section("Inventory", el("dl", { class: "facts", id: "robot-inventory", "data-board": inv.board || "" }, facts));
+}
+
 function robotView(main, id) {
   const body = el("div");
   const result = el("p", { id: "robot-rollback-result", role: "status" });
@@ -617,9 +665,10 @@ function robotView(main, id) {
           el("dl", { class: "facts" },
             fact("State", el("span", { class: "badge " + toneOf(robot.state) }, robotStateText(robot))),
             fact("Version", robot.version || "?"), fact("Groups", robot.groups.join(", ") || "none"),
-            fact("Environment", environmentOf(robot, environments) || "none"), fact("Board", robot.compatible),
+            fact("Environment", environmentOf(robot, environments) || "none"), fact("Compatible", robot.compatible),
             fact("Enrolled", when(robot.enrolled_at)), fact("Last seen", timeEl(robot.last_seen))),
           rollback),
+        inventorySection(robot),
         section("Slots", robot.slots ? table("Slots", ["Slot", "Version", "State", ""],
           robot.slots.slots.map((s) => [s.slot, s.version || "unknown", badge(s.state), s.slot === robot.slots.booted ? "booted" : ""])) :
           el("p", { class: "muted" }, "The robot has not reported its slots yet.")),

@@ -71,6 +71,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0005_dashboard_sessions.sql"),
         postgres: include_str!("../migrations/postgres/0005_dashboard_sessions.sql"),
     },
+    Migration {
+        version: 6,
+        name: "inventory_tags_dynamic_groups",
+        sqlite: include_str!("../migrations/sqlite/0006_inventory.sql"),
+        postgres: include_str!("../migrations/postgres/0006_inventory.sql"),
+    },
 ];
 
 pub struct Db {

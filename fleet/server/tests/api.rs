@@ -91,6 +91,42 @@ fn authz_matrix() {
         ("viewer", Method::PUT, "/groups/lab".into(), None, 403),
         ("deployer", Method::PUT, "/groups/lab".into(), None, 201),
         (
+            "viewer",
+            Method::PUT,
+            "/groups/pis/query".into(),
+            Some(json!({"query": "board ~ \"Pi\""})),
+            403,
+        ),
+        (
+            "deployer",
+            Method::PUT,
+            "/groups/pis/query".into(),
+            Some(json!({"query": "board ~ \"Pi\""})),
+            201,
+        ),
+        ("viewer", Method::GET, "/groups/pis".into(), None, 200),
+        (
+            "viewer",
+            Method::PATCH,
+            "/robots/robot-001/tags".into(),
+            Some(json!({"set": {"site": "lab"}})),
+            403,
+        ),
+        (
+            "deployer",
+            Method::PATCH,
+            "/robots/robot-001/tags".into(),
+            Some(json!({"set": {"site": "lab"}})),
+            200,
+        ),
+        (
+            "robot",
+            Method::PATCH,
+            "/robots/robot-001/tags".into(),
+            Some(json!({"set": {"site": "lab"}})),
+            403,
+        ),
+        (
             "deployer",
             Method::POST,
             "/deployments".into(),
@@ -130,6 +166,20 @@ fn authz_matrix() {
         ),
         ("robot", Method::GET, "/whoami".into(), None, 403),
         ("robot", Method::GET, "/robot/assignment".into(), None, 200),
+        (
+            "robot",
+            Method::PUT,
+            "/robot/inventory".into(),
+            Some(json!({"kernel": "6.6.31"})),
+            204,
+        ),
+        (
+            "viewer",
+            Method::PUT,
+            "/robot/inventory".into(),
+            Some(json!({"kernel": "6.6.31"})),
+            403,
+        ),
         ("admin", Method::GET, "/robot/assignment".into(), None, 403),
         (
             "viewer",
@@ -647,6 +697,10 @@ fn openapi_document_describes_exactly_the_served_routes() {
         ("GET", "/api/v1/robot/assignment"),
         ("POST", "/api/v1/robot/events"),
         ("PUT", "/api/v1/robot/slots"),
+        ("PUT", "/api/v1/robot/inventory"),
+        ("PATCH", "/api/v1/robots/{id}/tags"),
+        ("PUT", "/api/v1/groups/{name}/query"),
+        ("GET", "/api/v1/groups/{name}"),
         ("POST", "/api/v1/releases"),
         ("GET", "/api/v1/releases/{id}/bundle"),
         ("POST", "/api/v1/deployments"),
@@ -671,7 +725,7 @@ fn openapi_document_describes_exactly_the_served_routes() {
     }
     assert_eq!(
         operations.len(),
-        35,
+        39,
         "routes added or removed: update this test's count"
     );
     let schemas = document["components"]["schemas"].as_object().unwrap();

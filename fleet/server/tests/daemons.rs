@@ -1,5 +1,6 @@
 //! The fleet with real robots' updaters: a real rota-server and 20 `rota-updater daemon`
-//! processes on file-backed slots with a real GRUB environment (grub-editenv). The harness is
+//! processes on file-backed slots with a real GRUB environment (grub-editenv); and one daemon
+//! whose inventory reaches `rota robots show`. The harness is
 //! the robots' hardware: when a daemon runs its reboot command (a script that records the
 //! request), the harness kills it, boots by grub.cfg's rules (picks the slot, writes the kernel
 //! command line), runs `rota-updater commit` as rota-commit.service would, and starts the
@@ -741,4 +742,61 @@ fn bundles_on_a_cdn_stream_straight_into_the_slot_without_the_robot_token() {
         );
         assert_eq!(robot.status()["booted"], "B");
     }
+}
+
+/// What a real daemon says about its robot reaches `rota robots show --json`, and a dynamic
+/// group selects the robot by it: its config's tags, the kernel it runs, its slot sizes.
+#[test]
+fn a_daemons_inventory_reaches_robots_show_and_dynamic_groups() {
+    let server = Server::start();
+    let root = tempfile::tempdir().unwrap();
+    let mut robot = Robot::new(root.path(), "robot-001", &server.url, true);
+    // [server] is the config's last section.
+    let mut config = fs::read_to_string(robot.path("updater.toml")).unwrap();
+    config.push_str("tags = { site = \"lab\", arm = \"so-100\" }\n");
+    fs::write(robot.path("updater.toml"), config).unwrap();
+    robot.start_daemon();
+
+    // The list, not the robot: it is 404 until the daemon enrolled.
+    let listed = server.wait_for("/robots", "the inventory", |robots| {
+        robots[0]["inventory"].is_object()
+    });
+    let via_cli = server.rota_json(&["robots", "show", "robot-001"]);
+    assert_eq!(via_cli["inventory"], listed[0]["inventory"]);
+    let inventory = &via_cli["inventory"];
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert_eq!(inventory["kernel"], kernel.trim());
+    assert_eq!(
+        inventory["tags"],
+        serde_json::json!({"arm": "so-100", "site": "lab"})
+    );
+    assert_eq!(inventory["disk"]["slot_a_bytes"], SLOT_SIZE as u64);
+    assert_eq!(inventory["disk"]["slot_b_bytes"], SLOT_SIZE as u64);
+    assert!(inventory["disk"]["data_bytes"].as_u64().unwrap() > 0);
+    // Whatever this machine is, the board is named: device tree, DMI, or the compatible.
+    let board = inventory["board"].as_str().unwrap();
+    let host_board = ["/proc/device-tree/model", "/sys/class/dmi/id/product_name"]
+        .iter()
+        .filter_map(|path| fs::read_to_string(path).ok())
+        .map(|text| {
+            text.trim_matches(|c: char| c == '\0' || c.is_whitespace())
+                .to_string()
+        })
+        .find(|text| !text.is_empty())
+        .unwrap_or_else(|| COMPATIBLE.to_string());
+    assert_eq!(board, host_board);
+
+    let query = format!(
+        "tag.site = \"lab\" and kernel = \"{}\" and compatible = \"{COMPATIBLE}\"",
+        kernel.trim()
+    );
+    let group = server.rota_json(&["groups", "create", "lab", "--query", &query]);
+    assert_eq!(group["robots"], serde_json::json!(["robot-001"]));
+    let text = server.rota_ok(&["robots", "show", "robot-001"]);
+    assert!(text.contains("groups: lab"), "{text}");
+    assert!(
+        text.contains("tags: arm=so-100 (robot), site=lab (robot)"),
+        "{text}"
+    );
+    robot.kill_daemon();
 }

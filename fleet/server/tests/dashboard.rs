@@ -575,6 +575,25 @@ fn in_a_real_browser() {
                 .json(&json!({"groups": [group]})),
         );
     }
+    // robot-010 reports its inventory as a daemon does, and an operator tags it.
+    let robot_010 = &_fleet.robots[9];
+    rota_protocol::client::RobotClient::new(&server.url)
+        .unwrap()
+        .with_token(&robot_010.token)
+        .report_inventory(&rota_protocol::robot::Inventory {
+            board: Some("Raspberry Pi 5 Model B Rev 1.0".into()),
+            os: Some("Debian GNU/Linux 12 (bookworm)".into()),
+            kernel: Some("6.6.31+rpt-rpi-2712".into()),
+            addresses: vec!["10.0.4.10".into()],
+            tags: [("arm".to_string(), "so-100".to_string())].into(),
+            ..Default::default()
+        })
+        .unwrap();
+    as_admin(
+        http()
+            .patch(server.api("/robots/robot-010/tags"))
+            .json(&json!({"set": {"site": "lab"}})),
+    );
     let (_, deployer_key) = new_key(&server, "alice", "deployer");
     let (_, viewer_key) = new_key(&server, "victor", "viewer");
 

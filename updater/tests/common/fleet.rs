@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rota_protocol::robot::{Assignment, EventReport, RobotEvent};
+use rota_protocol::robot::{Assignment, EventReport, Inventory, RobotEvent};
 use tiny_http::{Header, Method, Request, Response};
 
 use super::Robot;
@@ -22,6 +22,9 @@ struct Shared {
     generation: u64,
     events: Vec<EventReport>,
     polls: usize,
+    /// Off: answers the inventory route 404, as a server older than it does.
+    inventory_route: bool,
+    inventories: Vec<Inventory>,
 }
 
 pub struct Fleet {
@@ -35,9 +38,21 @@ const HOLD: Duration = Duration::from_millis(100);
 
 impl Fleet {
     pub fn start() -> Fleet {
+        Fleet::start_with(true)
+    }
+
+    /// A fleet server from before the inventory route: it answers it 404.
+    pub fn start_without_inventory() -> Fleet {
+        Fleet::start_with(false)
+    }
+
+    fn start_with(inventory_route: bool) -> Fleet {
         let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
         let url = format!("http://{}", server.server_addr().to_ip().unwrap());
-        let shared = Arc::new(Mutex::new(Shared::default()));
+        let shared = Arc::new(Mutex::new(Shared {
+            inventory_route,
+            ..Shared::default()
+        }));
         let state = shared.clone();
         thread::spawn(move || {
             for request in server.incoming_requests() {
@@ -74,6 +89,11 @@ impl Fleet {
     pub fn polls(&self) -> usize {
         self.shared.lock().unwrap().polls
     }
+
+    /// The inventories the daemon sent, in order.
+    pub fn inventories(&self) -> Vec<Inventory> {
+        self.shared.lock().unwrap().inventories.clone()
+    }
 }
 
 fn answer(mut request: Request, shared: &Mutex<Shared>) {
@@ -102,6 +122,11 @@ fn answer(mut request: Request, shared: &Mutex<Shared>) {
             Response::from_string("").with_status_code(204)
         }
         (Method::Put, "/api/v1/robot/slots") => Response::from_string("").with_status_code(204),
+        (Method::Put, "/api/v1/robot/inventory") if shared.lock().unwrap().inventory_route => {
+            let inventory: Inventory = serde_json::from_str(&body).unwrap();
+            shared.lock().unwrap().inventories.push(inventory);
+            Response::from_string("").with_status_code(204)
+        }
         (Method::Get, "/api/v1/robot/assignment") => {
             let if_none_match = request
                 .headers()

@@ -1,9 +1,10 @@
-//! Read-mostly views: status, deployments, robots, groups.
+//! Read-mostly views: status, deployments, robots (with their inventory and tags), groups.
 
 use std::io::IsTerminal as _;
 
 use reqwest::Method;
-use rota_protocol::operator::{Deployment, FleetStatus, Group, Robot};
+use rota_protocol::operator::{Deployment, FleetStatus, Group, GroupQuery, Robot, TagsRequest};
+use rota_protocol::robot::Inventory;
 
 use crate::cli::{GroupsCommand, RobotsCommand};
 use crate::client::Api;
@@ -150,15 +151,147 @@ pub fn deployments(api: &Api, id: Option<&str>, json: bool) -> anyhow::Result<()
     Ok(())
 }
 
+/// One word for how the robot is doing, from what the server knows.
+fn health(robot: &Robot) -> &'static str {
+    match robot.state.as_str() {
+        _ if !robot.approved => "waiting for approval",
+        "idle" => "ok",
+        "rolled_back" | "failed" => "needs attention",
+        _ => "updating",
+    }
+}
+
+/// `a, b, c`, or `-` for none.
+fn joined(items: &[String]) -> String {
+    if items.is_empty() {
+        "-".into()
+    } else {
+        items.join(", ")
+    }
+}
+
+/// At most `max` characters, with an ellipsis when cut: list columns stay narrow.
+fn compact(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let mut cut: String = text.chars().take(max - 1).collect();
+    cut.push('…');
+    cut
+}
+
+/// `Debian 12` for `Debian GNU/Linux 12 (bookworm)` with VERSION_ID 12.
+fn os_short(inventory: &Inventory) -> String {
+    match (&inventory.os, &inventory.os_version) {
+        (Some(os), Some(version)) => {
+            let name = os.split_whitespace().next().unwrap_or(os);
+            format!("{name} {version}")
+        }
+        (Some(os), None) => compact(os, 20),
+        (None, version) => or_dash(version.as_deref()),
+    }
+}
+
+fn disk_text(disk: &rota_protocol::robot::DiskInfo) -> String {
+    let mut parts = Vec::new();
+    for (name, bytes) in [("slot A", disk.slot_a_bytes), ("slot B", disk.slot_b_bytes)] {
+        if let Some(bytes) = bytes {
+            parts.push(format!("{name} {}", output::size(bytes)));
+        }
+    }
+    match (disk.data_bytes, disk.data_free_bytes) {
+        (Some(size), Some(free)) => parts.push(format!(
+            "data {} ({} free)",
+            output::size(size),
+            output::size(free)
+        )),
+        (Some(size), None) => parts.push(format!("data {}", output::size(size))),
+        (None, Some(free)) => parts.push(format!("data {} free", output::size(free))),
+        (None, None) => {}
+    }
+    joined(&parts)
+}
+
+fn show_inventory(robot: &Robot) -> anyhow::Result<()> {
+    let Some(inventory) = &robot.inventory else {
+        outln!("  inventory: not reported yet (robots older than the inventory never report one)");
+        return Ok(());
+    };
+    let os = match (&inventory.os, &inventory.os_version) {
+        (Some(os), Some(version)) if !os.contains(version.as_str()) => {
+            format!("{os} (version {version})")
+        }
+        (Some(os), _) => os.clone(),
+        (None, version) => or_dash(version.as_deref()),
+    };
+    outln!("  board: {}", or_dash(inventory.board.as_deref()));
+    outln!("  os: {os}");
+    outln!("  kernel: {}", or_dash(inventory.kernel.as_deref()));
+    outln!("  addresses: {}", joined(&inventory.addresses));
+    outln!(
+        "  disk: {}",
+        inventory.disk.as_ref().map_or("-".into(), disk_text)
+    );
+    if let Some(at) = &robot.inventory_at {
+        outln!("  inventory changed: {}", output::time(at));
+    }
+    Ok(())
+}
+
+fn tags_text(robot: &Robot) -> String {
+    let robot_tags = robot
+        .inventory
+        .as_ref()
+        .map(|inventory| &inventory.tags)
+        .filter(|tags| !tags.is_empty());
+    let mut parts: Vec<String> = robot
+        .tags
+        .iter()
+        .map(|(name, value)| format!("{name}={value} (operator)"))
+        .collect();
+    for (name, value) in robot_tags.into_iter().flatten() {
+        let overridden = if robot.tags.contains_key(name) {
+            ", overridden"
+        } else {
+            ""
+        };
+        parts.push(format!("{name}={value} (robot{overridden})"));
+    }
+    joined(&parts)
+}
+
 fn show_robot(robot: &Robot) -> anyhow::Result<()> {
     outln!("{} ({}) {}", robot.id, robot.compatible, robot.state);
-    outln!("  version: {}", or_dash(robot.version.as_deref()));
-    outln!("  groups: {}", robot.groups.join(", "));
     outln!(
-        "  enrolled: {}, last seen: {}",
-        output::time(&robot.enrolled_at),
-        robot.last_seen.as_deref().map_or("-".into(), output::time)
+        "  health: {}, last seen {}",
+        health(robot),
+        robot
+            .last_seen
+            .as_deref()
+            .map_or("never".into(), output::time)
     );
+    if let Some(failure) = &robot.last_failure {
+        let what = failure.event.replace('_', " ");
+        let version = failure
+            .version
+            .as_deref()
+            .map(|v| format!(" v{v}"))
+            .unwrap_or_default();
+        let detail = failure
+            .detail
+            .as_deref()
+            .map(|d| format!(": {d}"))
+            .unwrap_or_default();
+        outln!(
+            "  last failure: {what}{version} at {}{detail}",
+            output::time(&failure.at)
+        );
+    }
+    outln!("  version: {}", or_dash(robot.version.as_deref()));
+    outln!("  groups: {}", joined(&robot.groups));
+    outln!("  tags: {}", tags_text(robot));
+    show_inventory(robot)?;
+    outln!("  enrolled: {}", output::time(&robot.enrolled_at));
     if let Some(slots) = &robot.slots {
         for slot in &slots.slots {
             let booted = if slot.slot == slots.booted {
@@ -199,6 +332,8 @@ pub fn robots(
                 "VERSION",
                 "STATE",
                 "GROUPS",
+                "BOARD",
+                "OS",
                 "COMPATIBLE",
                 "LAST SEEN",
             ];
@@ -215,11 +350,16 @@ pub fn robots(
                     Some(p) => format!("{} {p}%", r.state),
                     None => r.state.clone(),
                 };
+                let inventory = r.inventory.as_ref();
                 vec![
                     r.id.clone(),
                     or_dash(r.version.as_deref()),
                     state,
                     r.groups.join(","),
+                    inventory
+                        .and_then(|i| i.board.as_deref())
+                        .map_or("-".into(), |board| compact(board, 24)),
+                    inventory.map_or("-".into(), os_short),
                     r.compatible.clone(),
                     r.last_seen.as_deref().map_or("-".into(), output::ago),
                 ]
@@ -231,6 +371,21 @@ pub fn robots(
                 return output::json(&robot);
             }
             show_robot(&robot)?;
+        }
+        Some(RobotsCommand::Tag { id, tags, remove }) => {
+            let request = TagsRequest {
+                set: tags.into_iter().collect(),
+                remove,
+            };
+            if request.set.is_empty() && request.remove.is_empty() {
+                anyhow::bail!("name tags to set (NAME=VALUE) or to remove (--remove NAME)");
+            }
+            let robot: Robot =
+                api.send_json(Method::PATCH, &format!("/robots/{id}/tags"), Some(&request))?;
+            note!("{}: {}", robot.id, tags_text(&robot));
+            if json {
+                return output::json(&robot);
+            }
         }
         Some(RobotsCommand::Approve { id }) => {
             let robot: Robot =
@@ -255,28 +410,64 @@ pub fn groups(api: &Api, action: Option<GroupsCommand>, json: bool) -> anyhow::R
                 api,
                 "/groups",
                 json,
-                &["GROUP", "ROBOTS", "MEMBERS"],
+                &["GROUP", "ROBOTS", "MEMBERS", "QUERY"],
                 "no groups yet: create one with `rota groups create NAME`, then \
-                 `rota groups add NAME ROBOT...`",
+                 `rota groups add NAME ROBOT...`, or a dynamic one with \
+                 `rota groups create NAME --query QUERY`",
                 |g: &Group| {
                     vec![
                         g.name.clone(),
                         g.robots.len().to_string(),
                         g.robots.join(","),
+                        or_dash(g.query.as_deref()),
                     ]
                 },
             )?;
         }
-        Some(GroupsCommand::Create { name }) => {
-            let group: Group =
-                api.send_json::<(), _>(Method::PUT, &format!("/groups/{name}"), None)?;
+        Some(GroupsCommand::Create { name, query }) => {
+            let group: Group = match query {
+                Some(query) => api.send_json(
+                    Method::PUT,
+                    &format!("/groups/{name}/query"),
+                    Some(&GroupQuery { query }),
+                )?,
+                None => api.send_json::<(), _>(Method::PUT, &format!("/groups/{name}"), None)?,
+            };
             note!(
-                "group {} has {}",
+                "group {} has {}{}",
                 group.name,
-                output::count(group.robots.len(), "robot", "robots")
+                output::count(group.robots.len(), "robot", "robots"),
+                if group.query.is_some() {
+                    " matching its query now"
+                } else {
+                    ""
+                }
             );
             if json {
                 return output::json(&group);
+            }
+        }
+        Some(GroupsCommand::Show { name }) => {
+            let group: Group = api.get(&format!("/groups/{name}"))?;
+            if json {
+                return output::json(&group);
+            }
+            match &group.query {
+                Some(query) => {
+                    outln!("{} (dynamic): {query}", group.name);
+                    outln!(
+                        "  {} matching now; a deployment reaches those matching when it is created",
+                        output::count(group.robots.len(), "robot", "robots")
+                    );
+                }
+                None => outln!(
+                    "{}: {}",
+                    group.name,
+                    output::count(group.robots.len(), "robot", "robots")
+                ),
+            }
+            for robot in &group.robots {
+                outln!("  {robot}");
             }
         }
         Some(GroupsCommand::Delete { name }) => {

@@ -117,7 +117,9 @@ pub async fn join_open_deployments(
     Ok(offered)
 }
 
-/// Whether a deployment to `target` reaches `robot_id` today. Explicit robot lists never grow.
+/// Whether a deployment to `target` reaches `robot_id` today. Explicit robot lists never grow,
+/// and neither do dynamic groups: they have no member rows, and their deployments reach the
+/// robots that matched when they were created.
 async fn targets(
     conn: &mut AnyConnection,
     target: &DeploymentTarget,

@@ -28,6 +28,7 @@ use sqlx::AnyConnection;
 
 use crate::db::Backend;
 use crate::error::{ApiError, ApiResult};
+use crate::inventory;
 use crate::time::now_ms;
 
 /// The states in which an assignment is offered to its robot, as SQL.
@@ -83,37 +84,55 @@ async fn robots_where(
     .await?)
 }
 
+fn facts_rows(robots: Vec<inventory::RobotFacts>) -> Vec<RobotRow> {
+    robots
+        .into_iter()
+        .map(|robot| (robot.id, robot.compatible, i64::from(robot.approved)))
+        .collect()
+}
+
 pub async fn target_robots(
     conn: &mut AnyConnection,
     target: &DeploymentTarget,
 ) -> ApiResult<Vec<TargetRobot>> {
     let rows = match target {
         DeploymentTarget::All => robots_where(conn, "$1 = ''", "").await?,
-        DeploymentTarget::Group(name) => {
-            let exists: Option<String> =
-                sqlx::query_scalar("SELECT name FROM robot_groups WHERE name = $1")
-                    .bind(name)
-                    .fetch_optional(&mut *conn)
-                    .await?;
-            if exists.is_none() {
-                return Err(ApiError::not_found(format!("no group named {name:?}")));
+        DeploymentTarget::Group(name) => match inventory::group_kind(conn, name).await? {
+            None => return Err(ApiError::not_found(format!("no group named {name:?}"))),
+            // Dynamic: whoever matches now, at deploy time.
+            Some(Some(query)) => facts_rows(inventory::matching(conn, &query).await?),
+            Some(None) => {
+                robots_where(
+                    conn,
+                    "r.id IN (SELECT robot_id FROM group_members WHERE group_name = $1)",
+                    name,
+                )
+                .await?
             }
-            robots_where(
-                conn,
-                "r.id IN (SELECT robot_id FROM group_members WHERE group_name = $1)",
-                name,
-            )
-            .await?
-        }
+        },
         DeploymentTarget::Env(name) => {
             environment_rules(conn, name).await?;
-            robots_where(
+            let mut rows = robots_where(
                 conn,
                 "r.id IN (SELECT m.robot_id FROM group_members m
                           JOIN robot_groups g ON g.name = m.group_name WHERE g.environment = $1)",
                 name,
             )
-            .await?
+            .await?;
+            let dynamic: Vec<String> = sqlx::query_scalar(
+                "SELECT name FROM robot_groups WHERE environment = $1 AND member_query IS NOT NULL",
+            )
+            .bind(name)
+            .fetch_all(&mut *conn)
+            .await?;
+            for group in dynamic {
+                if let Some(Some(query)) = inventory::group_kind(conn, &group).await? {
+                    rows.extend(facts_rows(inventory::matching(conn, &query).await?));
+                }
+            }
+            rows.sort();
+            rows.dedup();
+            rows
         }
         DeploymentTarget::Robot(id) => {
             let rows = robots_where(conn, "r.id = $1", id).await?;
@@ -252,14 +271,7 @@ pub(crate) async fn in_canary_group(
     else {
         return Ok(false);
     };
-    let found: Option<String> = sqlx::query_scalar(
-        "SELECT robot_id FROM group_members WHERE group_name = $1 AND robot_id = $2",
-    )
-    .bind(group)
-    .bind(robot_id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    Ok(found.is_some())
+    inventory::group_contains(conn, group, robot_id).await
 }
 
 pub async fn create_deployment(

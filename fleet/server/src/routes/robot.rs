@@ -1,5 +1,5 @@
-//! Robot-facing routes: enroll, poll for the assignment (ETag and long-poll), report events
-//! and slot contents.
+//! Robot-facing routes: enroll, poll for the assignment (ETag and long-poll), report events,
+//! slot contents and inventory.
 
 use std::time::Duration;
 
@@ -9,8 +9,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use rota_protocol::operator::{DeploymentKind, ErrorBody};
 use rota_protocol::robot::{
-    validate_robot_id, Assignment, EnrollRequest, EnrollResponse, EventReport, SlotsReport,
-    MAX_WAIT_SECS,
+    validate_robot_id, validate_tag, Assignment, EnrollRequest, EnrollResponse, EventReport,
+    Inventory, SlotsReport, MAX_WAIT_SECS,
 };
 use serde::Deserialize;
 use tokio::time::Instant;
@@ -380,5 +380,43 @@ pub async fn report_slots(
         .execute(&mut *write.tx)
         .await?;
     write.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Report what the robot is and has: board, OS, kernel, addresses, disk, its own tags. Robots
+/// send it at start-up and when it changed; the time it was stored moves only on a change.
+#[utoipa::path(put, path = "/api/v1/robot/inventory", tag = "robot",
+    request_body = Inventory,
+    responses(
+        (status = 204, description = "recorded"),
+        (status = 401, body = ErrorBody),
+        (status = 422, description = "an invalid tag", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn report_inventory(
+    State(state): State<AppState>,
+    robot: RobotCaller,
+    ApiJson(inventory): ApiJson<Inventory>,
+) -> ApiResult<StatusCode> {
+    for (name, value) in &inventory.tags {
+        validate_tag(name, value).map_err(ApiError::unprocessable)?;
+    }
+    let json = serde_json::to_string(&inventory).map_err(ApiError::internal)?;
+    let now = now_ms();
+    state.last_seen.touch(&robot.id, now);
+    let mut write = state.db.begin_write().await?;
+    sqlx::query(
+        "UPDATE robots SET inventory_at = CASE WHEN inventory_json = $1 THEN inventory_at ELSE $2 END,
+                           inventory_json = $3
+         WHERE id = $4",
+    )
+    .bind(&json)
+    .bind(now)
+    .bind(&json)
+    .bind(&robot.id)
+    .execute(&mut *write.tx)
+    .await?;
+    write.commit().await?;
+    tracing::debug!(robot = %robot.id, "inventory reported");
     Ok(StatusCode::NO_CONTENT)
 }
