@@ -6,6 +6,7 @@
 //! `store`. `daemon` talks to the fleet server, queuing its reports in `outbox`.
 
 pub mod atomic_file;
+pub mod cli;
 pub mod commit;
 pub mod config;
 pub mod daemon;
