@@ -61,11 +61,17 @@ def target_dir():
 
 
 def host_tools():
-    """rota-image and rota-bootctl for the host, in debug mode: the workspace tests build them
-    anyway, and their dependencies are optimised (profile.dev). Every binary of the workspace,
-    as `scripts/package --dev` builds them: the same command resolves the same features, so the
-    x86_64 packages built next reuse this build instead of compiling their own."""
-    run(["cargo", "build", "--locked", "-q", "--workspace", "--bins"], cwd=ROOT)
+    """rota-image and rota-bootctl for the host, in debug mode (their dependencies are optimised,
+    profile.dev), built exactly as the workspace tests build them: after scripts/test's nextest
+    run nothing compiles, and `scripts/package --dev` (the x86_64 packages) runs the same
+    command. A `cargo build` resolves features without the dev-dependencies' and would rebuild
+    most dependencies a second time."""
+    # Quiet unless it fails: it lists every test executable on stderr.
+    built = subprocess.run(["cargo", "test", "--locked", "-q", "--workspace", "--no-run"],
+                           cwd=ROOT, capture_output=True, text=True)
+    if built.returncode != 0:
+        sys.stderr.write(built.stderr)
+        raise RuntimeError("cargo test --no-run failed")
     return target_dir() / "debug"
 
 
