@@ -1,6 +1,8 @@
-"""Builds every input of a setup with the project's own tools: the robot binaries (aarch64 through
-scripts/aarch64, the host's for x86_64), rootfs images (`rota-image rootfs`), signed bundles
-(`rota-image bundle`) and the golden disk (`rota-image golden`).
+"""Builds every input of a setup with the project's own tools: the Debian packages
+(`scripts/package`: rota-robot for both guests, installed into every rootfs by the rootfs's own
+dpkg in a chroot; rota-server and rota-cli for the x86_64 guest to install while it runs),
+rootfs images (`rota-image rootfs`), signed bundles (`rota-image bundle`) and the golden disk
+(`rota-image golden`).
 
 Versions, all built from the same cached Debian base:
   1.0.0  the golden image's slot A
@@ -11,7 +13,7 @@ Versions, all built from the same cached Debian base:
   6.0.0  a good update whose commit is interrupted by power cuts
 
 Built images are cached under the cache dir, keyed by everything that goes into them (base
-rootfs, kernel, binaries, boot scripts, these recipes), so a warm run only boots.
+rootfs, kernel, the rota-robot package, boot scripts, these recipes), so a warm run only boots.
 """
 
 import hashlib
@@ -59,24 +61,39 @@ def target_dir():
 
 
 def host_tools():
-    """rota-image (and the host's robot binaries, used by the x86_64 guests) in debug mode: the
-    workspace tests build them anyway, and their dependencies are optimised (profile.dev)."""
-    run(["cargo", "build", "--locked", "-q", "-p", "rota-image", "-p", "rota-bootctl",
-         "-p", "rota-updater"], cwd=ROOT)
+    """rota-image and rota-bootctl for the host, in debug mode (their dependencies are optimised,
+    profile.dev), built exactly as the workspace tests build them: after scripts/test's nextest
+    run nothing compiles, and `scripts/package --dev` (the x86_64 packages) runs the same
+    command. A `cargo build` resolves features without the dev-dependencies' and would rebuild
+    most dependencies a second time."""
+    # Quiet unless it fails: it lists every test executable on stderr.
+    built = subprocess.run(["cargo", "test", "--locked", "-q", "--workspace", "--no-run"],
+                           cwd=ROOT, capture_output=True, text=True)
+    if built.returncode != 0:
+        sys.stderr.write(built.stderr)
+        raise RuntimeError("cargo test --no-run failed")
     return target_dir() / "debug"
 
 
-def robot_binaries(arch):
-    """Directory holding rota-bootctl and rota-updater for the guest architecture."""
-    if arch == "arm64":
-        run([ROOT / "scripts/aarch64", "build"], cwd=ROOT)
-        d = ROOT / "target/aarch64-unknown-linux-gnu/release"
-    else:
-        d = host_tools()
-    for b in ("rota-bootctl", "rota-updater"):
-        if not (d / b).is_file():
-            raise RuntimeError(f"{d / b} was not built")
-    return d
+def packages(arch, only):
+    """scripts/package's Debian packages for the guest architecture: {name: path of the .deb}.
+
+    arm64 packages are cross-built release builds (as shipped); the x86_64 guests get --dev
+    packages of the host's debug build, which the workspace tests build anyway. A fixed
+    SOURCE_DATE_EPOCH makes the packages depend on their contents only, so an image built from
+    them stays cached across commits that change nothing in them."""
+    cmd = [ROOT / "scripts/package", "--arch", arch]
+    for o in only:
+        cmd += ["--only", o]
+    if arch == "amd64":
+        cmd.append("--dev")
+    out = run(cmd, cwd=ROOT, capture_output=True, text=True,
+              env={**os.environ, "SOURCE_DATE_EPOCH": "0"}).stdout
+    debs = {Path(line).name.split("_")[0]: ROOT / line for line in out.split()}
+    for name, deb in debs.items():
+        if not deb.is_file():
+            raise RuntimeError(f"{deb} was not built")
+    return debs
 
 
 def file_digest(*paths):
@@ -94,32 +111,6 @@ def keys(rota_image):
         run([rota_image, "keygen", "--out", tmp / "test"], stdout=subprocess.DEVNULL)
     return cache.entry("keys", "any", "v1", build)
 
-
-def shipped_unit(name):
-    """A systemd unit shipped by the updater crate, if it ships one."""
-    found = sorted(ROOT.glob(f"updater/**/{name}"))
-    found = [f for f in found if "target" not in f.parts]
-    return found[0] if found else None
-
-
-# Used only when the updater crate ships no unit of its own.
-FALLBACK_COMMIT_UNIT = """[Unit]
-Description=Rota: health-check and commit the trial boot, or record a rollback
-RequiresMountsFor=/data {boot_mount}
-Before=boot-complete.target
-Wants=boot-complete.target
-
-[Service]
-Type=notify
-ExecStart=/usr/bin/rota-updater commit
-WatchdogSec=60
-TimeoutStartSec=600
-FailureAction=reboot
-
-[Install]
-WantedBy=multi-user.target
-RequiredBy=boot-complete.target
-"""
 
 ROBOT_APP_UNIT = """[Unit]
 Description=The robot's application (its start is this test image's health check)
@@ -162,18 +153,16 @@ unit = "robot-app.service"
 """
 
 
-def robot_overlay(setup, bindir, pubkey, variant):
-    """Returns overlay(root): the robot layer of a rootfs (binaries, units, config)."""
+def robot_overlay(setup, robot_deb, pubkey, variant):
+    """Returns overlay(root): the robot layer of a rootfs (the rota-robot package, config)."""
 
     def overlay(root):
-        for b in ("rota-bootctl", "rota-updater"):
-            if setup.arch == "amd64":
-                # Host debug builds carry ~100 MB of debug info a slot image does not need
-                # (the aarch64 release builds are stripped already).
-                run(["strip", "--strip-debug", "-o", root / "usr/bin" / b, bindir / b])
-            else:
-                shutil.copy2(bindir / b, root / "usr/bin" / b)
-            (root / "usr/bin" / b).chmod(0o755)
+        # As an image recipe would: the rootfs's own dpkg (arm64's through binfmt; the host's
+        # would refuse a foreign architecture) installs it, and its maintainer scripts enable
+        # rota-commit.service for the first boot and start nothing.
+        shutil.copy2(robot_deb, root / "tmp" / robot_deb.name)
+        run(["chroot", root, "dpkg", "-i", f"/tmp/{robot_deb.name}"], stdout=subprocess.DEVNULL)
+        (root / "tmp" / robot_deb.name).unlink()
         images.write(root / "etc/rota/keys/test.pub", Path(pubkey).read_text())
         images.write(root / "etc/rota/updater.toml", updater_toml(setup))
         for path, text in setup.robot_files().items():
@@ -181,14 +170,14 @@ def robot_overlay(setup, bindir, pubkey, variant):
         (root / "data").mkdir(exist_ok=True)
         (root / setup.boot_mount.lstrip("/")).mkdir(parents=True, exist_ok=True)
         sd = root / "etc/systemd/system"
-        unit = shipped_unit("rota-commit.service")
-        if unit:
-            shutil.copy2(unit, sd / "rota-commit.service")
-        else:
-            images.write(sd / "rota-commit.service",
-                         FALLBACK_COMMIT_UNIT.format(boot_mount=setup.boot_mount))
-        images.symlink("../rota-commit.service", sd / "multi-user.target.wants/rota-commit.service")
-        images.symlink("../rota-commit.service", sd / "boot-complete.target.requires/rota-commit.service")
+        for link in ("multi-user.target.wants", "boot-complete.target.requires"):
+            if not (sd / link / "rota-commit.service").is_symlink():
+                raise RuntimeError(f"rota-robot's postinst did not enable rota-commit.service"
+                                   f" ({link})")
+        # The scenarios install and resume by hand and check the state between steps; the fleet
+        # daemon would resume an interrupted install at boot behind their back (there is no
+        # server to poll here).
+        images.symlink("/dev/null", sd / "rota-updater.service")
         images.write(sd / "rota-commit.service.d/test-hooks.conf", COMMIT_TEST_DROPIN)
         images.write(sd / "robot-app.service", ROBOT_APP_UNIT)
         images.symlink("../robot-app.service", sd / "multi-user.target.wants/robot-app.service")
@@ -210,6 +199,7 @@ class Artifacts:
     keyring: Path = None
     partitions: dict = field(default_factory=dict)  # name -> (byte offset, byte size)
     rota_image: Path = None
+    fleet_debs: list = field(default_factory=list)  # rota-server and rota-cli, where tested
 
     def image_digest(self, version):
         """(size, sha256) of the rootfs image in version's bundle, from its verified manifest."""
@@ -237,9 +227,9 @@ def rootfs_digest(manifest):
     raise RuntimeError(f"no image size and sha256 in the bundle's manifest: {manifest}")
 
 
-def build_setup(setup, rota_image, bindir):
+def build_setup(setup, rota_image, debs):
     """Builds (or takes from the cache) the bundles and the golden disk of one setup."""
-    versions = build_versions(setup, rota_image, bindir)
+    versions = build_versions(setup, rota_image, debs["rota-robot"], "rota-server" in debs)
     golden = build_golden(setup, rota_image, versions)
     report = json.loads((golden / "golden.json").read_text())
     boot = next(p for p in report["partitions"] if p["name"] == "boot")
@@ -250,20 +240,19 @@ def build_setup(setup, rota_image, bindir):
                      keyring=keys(rota_image),
                      partitions={p["name"]: (int(p["offset"]), int(p["size"]))
                                  for p in report["partitions"]},
-                     rota_image=rota_image)
+                     rota_image=rota_image,
+                     fleet_debs=[debs[n] for n in ("rota-server", "rota-cli") if n in debs])
 
 
-def build_versions(setup, rota_image, bindir):
+def build_versions(setup, rota_image, robot_deb, room_for_fleet):
     """Slot A's image of the golden disk (1.0.0) and the signed bundles of the other versions."""
     keydir = keys(rota_image)
-    unit = shipped_unit("rota-commit.service")
-    key = cache.digest(
+    key = cache.digest(room_for_fleet, 
         cache.RECIPE_VERSION,
         cache.base_rootfs(setup.arch).name, cache.kernel(setup.arch).name,
         cache.initramfs(setup.arch).name,
-        file_digest(bindir / "rota-bootctl", bindir / "rota-updater", rota_image,
-                    keydir / "test.pub", HERE / "build.py", HERE / "images.py",
-                    *([unit] if unit else [])),
+        file_digest(robot_deb, rota_image, keydir / "test.pub", HERE / "build.py",
+                    HERE / "images.py"),
         setup.name, sorted(setup.robot_files().items()), sorted(VERSIONS.items()))
 
     def build(tmp):
@@ -271,10 +260,13 @@ def build_versions(setup, rota_image, bindir):
         secret = keydir / "test.key"
         for version, variant in VERSIONS.items():
             tree = images.rootfs_tree(setup.arch, tmp / "tree", version, variant,
-                                      robot_overlay(setup, bindir, pub, variant))
+                                      robot_overlay(setup, robot_deb, pub, variant))
             img = tmp / f"rootfs-{version}.ext4"
-            run([rota_image, "rootfs", tree, "-o", img, "--fs", "ext4", "--label", "rootfs"],
-                stdout=subprocess.DEVNULL)
+            # The golden slot A, where the fleet's packages get installed while it runs, fills
+            # its partition: sized from its tree, it has ~40 MiB free, less than they take.
+            size = ["--size", f"{SLOT_MIB}MiB"] if version == "1.0.0" and room_for_fleet else []
+            run([rota_image, "rootfs", tree, "-o", img, "--fs", "ext4", "--label", "rootfs",
+                 *size], stdout=subprocess.DEVNULL)
             shutil.rmtree(tree)
             if version != "1.0.0":
                 run([rota_image, "bundle", "--compatible", f"rota-qemu-{setup.name}",

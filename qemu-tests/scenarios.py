@@ -56,11 +56,12 @@ class Result:
 class Robot:
     """One virtual robot: a Machine plus the Rota-specific ways to look at it."""
 
-    def __init__(self, setup, artifacts, machine, server, log, cuts=None):
+    def __init__(self, setup, artifacts, machine, server, log, cuts=None, packages=None):
         self.setup = setup
         self.art = artifacts
         self.m = machine
         self.server = server
+        self.packages = packages  # BundleServer of the fleet's .debs, when this setup tests them
         self.log = log
         self.cuts = cuts or CutPlan()
         self.tally = []  # one dict per power cut of scenario 6, in order
@@ -164,6 +165,56 @@ def install_and_reboot(robot, version, *extra):
     return pend["slot"], secs
 
 
+def fetch(robot, url, dest):
+    """Downloads url to dest on the guest with bash alone (the minimal rootfs has no curl)."""
+    host, port, path = re.fullmatch(r"http://([^:/]+):(\d+)(/.*)", url).groups()
+    robot.m.sh(f"exec 3<>/dev/tcp/{host}/{port} && printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' >&3"
+               # Header lines end in CR: the blank line that ends them is the CR alone.
+               " && while IFS= read -r l <&3 && [ ${#l} -gt 1 ]; do :; done"
+               f" && cat <&3 > {dest}; rc=$?; exec 3<&-; (exit $rc)")
+
+
+def fleet_packages(robot, res):
+    """rota-server and rota-cli on a running Debian with systemd: `dpkg -i` creates the system
+    user, enables and starts rota-server.service, which answers /healthz; `rota whoami` works
+    with the admin key its first start left in the journal; a purge stops the server and keeps
+    its data."""
+    t = time.monotonic()
+    debs = robot.art.fleet_debs
+    robot.m.sh("mkdir -p /run/rota-test/debs")
+    for deb in debs:
+        fetch(robot, robot.packages.url(deb.name), f"/run/rota-test/debs/{deb.name}")
+    _, sums = robot.m.sh("cd /run/rota-test/debs && sha256sum *.deb")
+    for deb in debs:
+        digest = subprocess.run(["sha256sum", str(deb)], check=True, capture_output=True,
+                                text=True).stdout.split()[0]
+        check(f"{digest}  {deb.name}" in sums, f"{deb.name} arrived damaged: {sums}")
+    robot.m.sh("dpkg -i /run/rota-test/debs/*.deb", timeout=300)
+    _, owner = robot.m.sh("systemctl is-enabled rota-server; getent passwd rota-server;"
+                          " stat -c '%U:%G %a' /etc/rota/server.toml")
+    check("enabled" in owner and "rota-server:" in owner and "root:rota-server 640" in owner,
+          f"after dpkg -i: {owner}")
+    _, health = robot.m.sh(
+        "for i in $(seq 90); do if exec 3<>/dev/tcp/127.0.0.1/8080; then"
+        " printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3; exec 3<&-; break; fi;"
+        " sleep 1; done 2>/dev/null; systemctl is-active rota-server", timeout=180, check=False)
+    if not (" 200 " in health and "ok" in health and health.split()[-1] == "active"):
+        _, journal = robot.m.sh("journalctl -u rota-server -o cat --no-pager | tail -n 20",
+                                check=False)
+        check(False, f"rota-server after install: {health}; its journal: {journal}")
+    _, whoami = robot.m.sh(
+        "key=$(journalctl -u rota-server -o cat | sed -n 's/.*bootstrap admin API key"
+        " (shown only now): //p' | head -n1);"
+        " ROTA_API_KEY=$key rota --server http://127.0.0.1:8080 --json whoami")
+    check(parse_json(whoami).get("role") == "admin", f"rota whoami: {whoami}")
+    robot.m.sh("dpkg --purge rota-server rota-cli", timeout=300)
+    rc, after = robot.m.sh("systemctl is-active rota-server; test -e /var/lib/rota-server/rota.db",
+                           check=False)
+    check(rc == 0 and "inactive" in after, f"after purge: rc {rc}, {after}")
+    res.notes.append(f"fleet packages {time.monotonic() - t:.0f}s")
+    robot.log("fleet packages: installed, rota-server active and answering, purged")
+
+
 # --- scenarios -----------------------------------------------------------------------------
 def s1_update(robot, res):
     slot = robot.boot()
@@ -172,6 +223,8 @@ def s1_update(robot, res):
     st = robot.status()
     robot.log(f"fresh status: {json.dumps(st)}")
     check(st.get("booted") == "A", f"status says booted {st.get('booted')}")
+    if robot.art.fleet_debs:
+        fleet_packages(robot, res)
     target, secs = install_and_reboot(robot, "2.0.0")
     res.notes.append(f"install {secs:.0f}s")
     check(target == "B", f"2.0.0 went to {target}, expected B")

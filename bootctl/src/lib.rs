@@ -19,6 +19,7 @@
 //! map RAUC's variables to [`SlotState`]s and back; [`BootCtl`] ties a backend to the kernel
 //! command line.
 
+pub mod args;
 pub mod backend;
 pub mod cmdline;
 pub mod config;

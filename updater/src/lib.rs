@@ -7,6 +7,7 @@
 //! robot with `inventory`.
 
 pub mod atomic_file;
+pub mod cli;
 pub mod commit;
 pub mod config;
 pub mod daemon;

@@ -275,7 +275,24 @@ Examples:
     /// Manage operator API keys (admin).
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Print a shell completion script on stdout.
+    #[command(after_help = COMPLETIONS_EXAMPLES)]
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
 }
+
+const COMPLETIONS_EXAMPLES: &str = "\
+Examples:
+  rota completions bash
+  rota completions zsh
+  rota completions fish
+
+Save the script where the shell looks for it: for bash
+~/.local/share/bash-completion/completions/rota, for zsh _rota in a directory of $fpath, for
+fish ~/.config/fish/completions/rota.fish. The rota-cli Debian package installs all three.
+";
 
 const DEPLOY_EXAMPLES: &str = "\
 Examples:

@@ -234,6 +234,14 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             audit::audit(&commands::api(&overrides)?, &filter, limit, json)?
         }
         Command::Keys(command) => access::keys(&commands::api(&overrides)?, command, json)?,
+        Command::Completions { shell } => {
+            // Through a buffer: clap_complete panics on a write error, and `| head` is not one.
+            let mut script = Vec::new();
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "rota", &mut script);
+            let script = String::from_utf8(script)?;
+            output::line(format_args!("{}", script.trim_end()))?;
+        }
     }
     Ok(0)
 }

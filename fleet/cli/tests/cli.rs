@@ -409,3 +409,29 @@ fn without_a_home_the_environment_is_enough() {
         "{stderr}"
     );
 }
+
+#[test]
+fn completions_cover_every_subcommand_and_bash_parses_them() {
+    let home = tempfile::tempdir().unwrap();
+    let bash = rota(home.path(), &["completions", "bash"]);
+    assert!(bash.status.success(), "{bash:?}");
+    let script = String::from_utf8(bash.stdout).unwrap();
+    for sub in ["deploy", "rollback", "release", "completions", "keys"] {
+        assert!(script.contains(sub), "bash completion lacks {sub}");
+    }
+    let path = home.path().join("rota.bash");
+    std::fs::write(&path, &script).unwrap();
+    let syntax = Command::new("bash").arg("-n").arg(&path).output().unwrap();
+    assert!(syntax.status.success(), "{syntax:?}");
+    for shell in ["zsh", "fish"] {
+        let out = rota(home.path(), &["completions", shell]);
+        assert!(
+            out.status.success() && !out.stdout.is_empty(),
+            "{shell}: {out:?}"
+        );
+    }
+    assert_eq!(
+        rota(home.path(), &["completions", "tcsh"]).status.code(),
+        Some(2)
+    );
+}

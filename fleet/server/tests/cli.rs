@@ -522,9 +522,15 @@ fn every_command_with_help_json_a_closed_pipe_and_an_unreachable_server() {
         vec!["profiles", "use", "nope"],
         vec!["profiles", "remove", "nope"],
         vec!["open", "--print"],
+        vec!["completions", "bash"],
     ];
     // Commands that never call the server: an unreachable one changes nothing for them.
-    let local = |args: &[&str]| matches!(args.first(), Some(&"profiles") | Some(&"open"));
+    let local = |args: &[&str]| {
+        matches!(
+            args.first(),
+            Some(&"profiles") | Some(&"open") | Some(&"completions")
+        )
+    };
     // The table covers every command `rota --help` lists, nested ones included.
     let mut listed = Vec::new();
     for top in subcommands(&server.url, &[]) {
