@@ -240,7 +240,11 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "rota", &mut script);
             let script = String::from_utf8(script)?;
-            output::line(format_args!("{}", script.trim_end()))?;
+            if json {
+                output::json(&serde_json::json!({ "shell": shell.to_string(), "script": script }))?;
+            } else {
+                output::line(format_args!("{}", script.trim_end()))?;
+            }
         }
     }
     Ok(0)
