@@ -185,12 +185,8 @@ pub fn render(report: &StatusReport) -> String {
     );
     let _ = writeln!(out, "state:  {}", report.state);
     for slot in &report.slots {
-        let marker = if Some(slot.slot) == report.booted {
-            "*"
-        } else {
-            " "
-        };
         let booted = Some(slot.slot) == report.booted;
+        let marker = if booted { "*" } else { " " };
         let boot_state = slot
             .boot_state
             .map_or("unknown".into(), |state| state.describe(booted));

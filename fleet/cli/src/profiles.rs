@@ -219,13 +219,9 @@ impl Overrides {
             server_flag,
             profile,
             server_env: non_empty_env("ROTA_SERVER"),
-            key: Overrides::key_from_env(),
+            // ROTA_API_KEY, else ROTA_KEY.
+            key: non_empty_env("ROTA_API_KEY").or_else(|| non_empty_env("ROTA_KEY")),
         }
-    }
-
-    /// The key from the environment: ROTA_API_KEY, else ROTA_KEY.
-    pub fn key_from_env() -> Option<String> {
-        non_empty_env("ROTA_API_KEY").or_else(|| non_empty_env("ROTA_KEY"))
     }
 }
 
