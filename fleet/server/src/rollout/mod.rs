@@ -119,16 +119,25 @@ pub async fn target_robots(
                 name,
             )
             .await?;
-            let dynamic: Vec<String> = sqlx::query_scalar(
-                "SELECT name FROM robot_groups WHERE environment = $1 AND member_query IS NOT NULL",
+            let dynamic: Vec<(String, String)> = sqlx::query_as(
+                "SELECT name, member_query FROM robot_groups
+                 WHERE environment = $1 AND member_query IS NOT NULL",
             )
             .bind(name)
             .fetch_all(&mut *conn)
             .await?;
-            for group in dynamic {
-                if let Some(Some(query)) = inventory::group_kind(conn, &group).await? {
-                    rows.extend(facts_rows(inventory::matching(conn, &query).await?));
-                }
+            if !dynamic.is_empty() {
+                // The fleet's facts once, whatever the number of dynamic groups.
+                let queries = dynamic
+                    .iter()
+                    .map(|(group, text)| inventory::parse_stored(group, text))
+                    .collect::<ApiResult<Vec<_>>>()?;
+                let matched = inventory::facts(conn, None)
+                    .await?
+                    .into_iter()
+                    .filter(|robot| queries.iter().any(|query| query.matches(&robot.facts())))
+                    .collect();
+                rows.extend(facts_rows(matched));
             }
             rows.sort();
             rows.dedup();
