@@ -198,6 +198,31 @@ fn inventory_and_tags_show_and_dynamic_groups_select_by_them_at_deploy_time() {
 }
 
 #[test]
+fn an_environment_reaches_the_robots_its_dynamic_groups_match() {
+    let server = Server::start();
+    let _fleet = fleet_with_inventory(&server);
+    server.rota_json(&[
+        "groups",
+        "create",
+        "pis",
+        "--query",
+        r#"board ~ "raspberry pi 5""#,
+    ]);
+    // robot-002 matches both groups: it is offered once.
+    server.rota_json(&["groups", "create", "lab", "--query", r#"tag.site = "lab""#]);
+    server.rota_ok(&["env", "set", "field", "--groups", "pis,lab"]);
+    server.publish("2.1.0");
+    let deployment = server.rota_json(&["deploy", "2.1.0", "--to", "env:field"]);
+    let read = server.get(&format!(
+        "/deployments/{}",
+        deployment["id"].as_str().unwrap()
+    ));
+    let mut robots = column(&read["robots"], "robot_id");
+    robots.sort();
+    assert_eq!(robots, ["robot-001", "robot-002"]);
+}
+
+#[test]
 fn bad_queries_bad_tags_and_hand_picked_members_of_dynamic_groups_are_refused() {
     let server = Server::start();
     let fleet = fleet_with_inventory(&server);
