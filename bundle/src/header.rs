@@ -21,7 +21,7 @@ pub const MAX_MANIFEST_LENGTH: u32 = 64 << 20;
 pub const MAX_SIGNATURE_BLOCK_LENGTH: u32 = 64 << 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Header {
+pub struct Header {
     pub payload_length: u64,
     pub manifest_length: u32,
     pub signature_block_length: u32,

@@ -126,6 +126,8 @@ pub struct ImageReader<'a> {
     image: usize,
     next_to_read: usize,
     next_to_deliver: usize,
+    /// One past the last chunk to read: the image's chunk count, or less for a range.
+    end: usize,
     read_ahead: usize,
     run_bytes: usize,
     checks: ChunkChecks,
@@ -149,15 +151,18 @@ impl<'a> ImageReader<'a> {
     pub(crate) fn new(
         verified: VerifiedManifest,
         image: usize,
-        first_chunk: usize,
+        chunks: Range<usize>,
         source: &'a mut dyn Read,
         options: &ReadOptions,
     ) -> Self {
+        let whole_image =
+            chunks.start == 0 && chunks.end == verified.manifest().images[image].chunks.len();
         ImageReader {
             source,
             image,
-            next_to_read: first_chunk,
-            next_to_deliver: first_chunk,
+            next_to_read: chunks.start,
+            next_to_deliver: chunks.start,
+            end: chunks.end,
             read_ahead: options.read_ahead.max(1),
             run_bytes: match verified.manifest().images[image].compression {
                 Compression::None => options.run_bytes,
@@ -169,7 +174,7 @@ impl<'a> ImageReader<'a> {
             sink: None,
             pool: OrderedPool::new(options.workers, verify_job),
             spare_buffers: Vec::new(),
-            image_hasher: (options.check_image_sha256 && first_chunk == 0).then(Sha256::new),
+            image_hasher: (options.check_image_sha256 && whole_image).then(Sha256::new),
             verified,
             pending_error: None,
             read_error: None,
@@ -189,7 +194,7 @@ impl<'a> ImageReader<'a> {
         self.image
     }
 
-    /// The next verified run of chunks, or `None` once the whole image was handed out.
+    /// The next verified run of chunks, or `None` once the whole image (or range) was handed out.
     pub fn next_run(&mut self) -> Result<Option<VerifiedRun>> {
         let run = self.next_result()?;
         Ok(run.map(|(chunks, data)| VerifiedRun {
@@ -236,7 +241,7 @@ impl<'a> ImageReader<'a> {
         if let Some(error) = self.pending_error.take() {
             return Err(error);
         }
-        let chunk_count = self.entry().chunks.len();
+        let chunk_count = self.end;
         if self.next_to_deliver >= chunk_count {
             // Only an empty image gets here with the digest unchecked.
             if self.image_hasher.is_some() {
@@ -280,7 +285,7 @@ impl<'a> ImageReader<'a> {
         let size = |index: usize| chunks[index].length.max(chunks[index].stored_length) as usize;
         let mut end = first + 1;
         let mut bytes = size(first);
-        while end < chunks.len() && bytes + size(end) <= self.run_bytes {
+        while end < self.end && bytes + size(end) <= self.run_bytes {
             bytes += size(end);
             end += 1;
         }
@@ -289,7 +294,7 @@ impl<'a> ImageReader<'a> {
 
     /// Reads runs of stored chunks from the source and queues them until the window is full.
     fn fill_read_ahead(&mut self) {
-        let chunk_count = self.entry().chunks.len();
+        let chunk_count = self.end;
         while self.pool.in_flight() < self.read_ahead
             && self.next_to_read < chunk_count
             && self.read_error.is_none()

@@ -54,7 +54,7 @@ pub use chunk::{CHUNK_AVERAGE_LENGTH, CHUNK_MAX_LENGTH, CHUNK_MIN_LENGTH, DEFAUL
 pub use digest::Sha256Digest;
 pub use error::{Error, Part, Result};
 pub use header::{
-    FORMAT_VERSION, HEADER_LENGTH, MAGIC, MAX_MANIFEST_LENGTH, MAX_SIGNATURE_BLOCK_LENGTH,
+    Header, FORMAT_VERSION, HEADER_LENGTH, MAGIC, MAX_MANIFEST_LENGTH, MAX_SIGNATURE_BLOCK_LENGTH,
 };
 pub use image_reader::{ImageReader, PositionedSink, VerifiedRun, WrittenRun};
 pub use keys::{KeyError, KeyId, Keyring, PublicKey, SigningKey, PUBLIC_KEY_EXTENSION};

@@ -242,18 +242,33 @@ impl VerifiedManifest {
         source: &'a mut dyn Read,
         options: &ReadOptions,
     ) -> Result<ImageReader<'a>> {
+        let count = self.image(image)?.chunks.len();
+        self.image_range_reader(image, first_chunk..count.max(first_chunk), source, options)
+    }
+
+    /// Streams chunks `chunks` of image `image` and reads nothing past their stored bytes
+    /// (which `source` must start at), e.g. the body of a Range request for
+    /// `chunk_file_range(image, chunks.start).start .. chunk_file_range(image, chunks.end - 1).end`.
+    /// The whole-image digest is checked only for the whole image.
+    pub fn image_range_reader<'a>(
+        &self,
+        image: usize,
+        chunks: Range<usize>,
+        source: &'a mut dyn Read,
+        options: &ReadOptions,
+    ) -> Result<ImageReader<'a>> {
         let entry = self.image(image)?;
-        if first_chunk > entry.chunks.len() {
+        if chunks.end > entry.chunks.len() || chunks.start > chunks.end {
             return Err(Error::NoSuchChunk {
                 image: entry.name.clone(),
-                index: first_chunk,
+                index: chunks.end.max(chunks.start),
                 count: entry.chunks.len(),
             });
         }
         Ok(ImageReader::new(
             self.clone(),
             image,
-            first_chunk,
+            chunks,
             source,
             options,
         ))
@@ -335,10 +350,11 @@ impl<R: Read> VerifiedBundle<R> {
         self.skip_to(start)?;
         self.next_image = image + 1;
         let verified = self.verified.clone();
+        let chunks = 0..verified.image(image)?.chunks.len();
         Ok(ImageReader::new(
             verified,
             image,
-            0,
+            chunks,
             &mut self.source,
             &self.options,
         ))

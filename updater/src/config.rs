@@ -35,7 +35,6 @@ pub const DEFAULT_SELF_UNIT: &str = "rota-commit.service";
 pub const DEFAULT_ENROLLMENT_KEY_FILE: &str = "/etc/rota/enrollment-key";
 pub const DEFAULT_TOKEN_PATH: &str = "/data/rota/token";
 pub const DEFAULT_OUTBOX_PATH: &str = "/data/rota/outbox.json";
-pub const DEFAULT_DOWNLOAD_DIR: &str = "/data/rota/download";
 pub const DEFAULT_LONG_POLL_SECS: u64 = 30;
 pub const DEFAULT_POLL_INTERVAL_SECS: u64 = 60;
 pub const DEFAULT_POLL_JITTER_SECS: u64 = 10;
@@ -135,6 +134,8 @@ pub struct RawServer {
     pub enrollment_key_file: Option<PathBuf>,
     pub token_path: Option<PathBuf>,
     pub outbox_path: Option<PathBuf>,
+    /// Accepted and ignored: bundles stream into the slot; none is copied to the data
+    /// partition any more.
     pub download_dir: Option<PathBuf>,
     pub long_poll_secs: Option<u64>,
     pub poll_interval_secs: Option<u64>,
@@ -248,8 +249,6 @@ pub struct ServerConfig {
     pub token_path: PathBuf,
     /// Reports not yet acknowledged by the server.
     pub outbox_path: PathBuf,
-    /// Bundles the server serves only with the robot token are downloaded here first.
-    pub download_dir: PathBuf,
     /// Long-poll: how long the server may hold a poll; zero polls every `poll_interval`.
     pub long_poll: Duration,
     pub poll_interval: Duration,
@@ -442,7 +441,6 @@ pub fn merge_and_validate(layers: Vec<(String, RawConfig)>) -> Result<Config, Co
     let mut enrollment_key_file = Sourced::new();
     let mut token_path = Sourced::new();
     let mut outbox_path = Sourced::new();
-    let mut download_dir = Sourced::new();
     let mut long_poll = Sourced::new();
     let mut poll_interval = Sourced::new();
     let mut poll_jitter = Sourced::new();
@@ -502,7 +500,12 @@ pub fn merge_and_validate(layers: Vec<(String, RawConfig)>) -> Result<Config, Co
             enrollment_key_file.set(server.enrollment_key_file, file);
             token_path.set(server.token_path, file);
             outbox_path.set(server.outbox_path, file);
-            download_dir.set(server.download_dir, file);
+            if server.download_dir.is_some() {
+                log::info!(
+                    "{}: server.download_dir is no longer used (bundles stream into the slot)",
+                    file
+                );
+            }
             long_poll.set(server.long_poll_secs, file);
             poll_interval.set(server.poll_interval_secs, file);
             poll_jitter.set(server.poll_jitter_secs, file);
@@ -615,9 +618,6 @@ pub fn merge_and_validate(layers: Vec<(String, RawConfig)>) -> Result<Config, Co
                 outbox_path: outbox_path
                     .value
                     .unwrap_or_else(|| DEFAULT_OUTBOX_PATH.into()),
-                download_dir: download_dir
-                    .value
-                    .unwrap_or_else(|| DEFAULT_DOWNLOAD_DIR.into()),
                 long_poll: Duration::from_secs(long_poll_secs),
                 poll_interval: Duration::from_secs(interval_secs),
                 poll_jitter: Duration::from_secs(

@@ -29,8 +29,8 @@
 //! `rota-updater commit` queues `trial` and `committed` / `rolled_back` after the trial boot
 //! ([`queue_commit_reports`]); the daemon sends them once it runs.
 
-use std::fs::{self, OpenOptions};
-use std::io::{self, Read, Write};
+use std::fs;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
@@ -46,13 +46,13 @@ use rota_protocol::robot::{
 use crate::atomic_file;
 use crate::commit::{self, CommitError, CommitOutcome};
 use crate::config::{Config, RebootPolicy, ServerConfig};
-use crate::failpoint;
+use crate::install::source::{BundleSource, SourceError};
 use crate::install::{self, Context, InstallError, InstallOptions};
 use crate::inventory::Probe;
 use crate::local_time;
 use crate::outbox::{Outbox, OutboxError};
 use crate::progress::Progress;
-use crate::source::{BundleSource, SourceError};
+use crate::retry::Backoff;
 use crate::state::{Lifecycle, Sha256Digest, State};
 use crate::store::{Store, StoreError, StoreLock};
 
@@ -113,32 +113,6 @@ pub fn robot_id(server: &ServerConfig) -> Result<String, DaemonError> {
     };
     robot::validate_robot_id(&id).map_err(DaemonError::NoRobotId)?;
     Ok(id)
-}
-
-/// Doubling delay for a server that does not answer, reset by the first success.
-struct Backoff {
-    initial: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    fn new(server: &ServerConfig) -> Backoff {
-        Backoff {
-            initial: server.backoff_initial,
-            max: server.backoff_max,
-            next: server.backoff_initial,
-        }
-    }
-
-    fn reset(&mut self) {
-        self.next = self.initial;
-    }
-
-    fn wait(&mut self) {
-        thread::sleep(self.next);
-        self.next = (self.next * 2).min(self.max);
-    }
 }
 
 /// A little randomness without a dependency: the clock's nanoseconds mixed with the pid.
@@ -277,9 +251,6 @@ struct ReportingProgress<'a> {
     deployment_id: &'a str,
     total: u64,
     last_step: u64,
-    /// Streaming into the slot: downloading and writing are one step, and "installing" is
-    /// what follows the last byte (fsync, trial set).
-    installing_at_end: bool,
 }
 
 impl ReportingProgress<'_> {
@@ -288,7 +259,9 @@ impl ReportingProgress<'_> {
             bytes_done: done,
             bytes_total: self.total,
         });
-        if self.installing_at_end && done >= self.total {
+        // Downloading and writing are one step; "installing" is what follows the last byte
+        // (fsync, trial set).
+        if done >= self.total {
             self.queue_event(RobotEvent::Installing);
         }
     }
@@ -390,7 +363,7 @@ impl<'a> Daemon<'a> {
                 format!("long-poll {:?}", self.server.long_poll)
             }
         );
-        let mut backoff = Backoff::new(self.server);
+        let mut backoff = Backoff::new(self.server.backoff_initial, self.server.backoff_max);
         loop {
             match self.step() {
                 Ok(()) => {
@@ -400,9 +373,9 @@ impl<'a> Daemon<'a> {
                     }
                 }
                 Err(error) => {
-                    log::warn!("{error}; retrying in {:?}", backoff.next);
+                    log::warn!("{error}; retrying in {:?}", backoff.delay(None));
                     self.etag = None;
-                    backoff.wait();
+                    backoff.wait(None);
                 }
             }
         }
@@ -782,6 +755,7 @@ impl<'a> Daemon<'a> {
             bootctl: self.ctx.bootctl,
             keyring: self.ctx.keyring,
             store: lock,
+            bearer_token: None,
         }
     }
 
@@ -796,45 +770,32 @@ impl<'a> Daemon<'a> {
             assignment.version,
             assignment.bundle_url
         );
-        let downloaded = if assignment.bundle_requires_token {
-            // The install path's HTTP source sends no credentials, so a bundle behind the
-            // robot token is fetched to the data partition first (resumable), then installed
-            // from the file.
-            match self.download(assignment) {
-                Ok(path) => Some(path),
-                Err(error @ DaemonError::Client(_)) => return Ok(Worked::Retry(error)),
-                Err(error @ DaemonError::Download { .. }) => return Ok(Worked::Retry(error)),
-                Err(error) => return Err(error),
-            }
-        } else {
-            None
-        };
-        let streaming = downloaded.is_none();
-        let source = match &downloaded {
-            Some(path) => BundleSource::File(path.clone()),
-            None => BundleSource::Http(assignment.bundle_url.clone()),
-        };
-        if !streaming {
-            self.queue(deployment_id, RobotEvent::Installing)?;
-        }
+        // A bundle the fleet server hosts streams with the robot's token, exactly like a CDN
+        // URL without one: one route for the bytes, and no copy of the bundle on /data.
+        let source = BundleSource::Http(assignment.bundle_url.clone());
         let options = install_options(assignment);
-        let context = self.install_context(lock);
+        let mut context = self.install_context(lock);
+        if assignment.bundle_requires_token {
+            context.bearer_token =
+                bearer_for(self.server, self.client.token(), &assignment.bundle_url);
+            if context.bearer_token.is_none() {
+                log::warn!(
+                    "{} is not on the fleet server {}: fetched without the robot's token",
+                    assignment.bundle_url,
+                    self.server.url
+                );
+            }
+        }
         let mut progress = ReportingProgress {
             outbox: &self.outbox,
             deployment_id,
             total: assignment.bundle_size,
             last_step: 0,
-            installing_at_end: true,
         };
-        let mut quiet = NoProgress;
-        let progress: &mut dyn Progress = if streaming { &mut progress } else { &mut quiet };
-        let result =
-            self.while_sending_reports(|| install::install(&context, &source, &options, progress));
+        let result = self
+            .while_sending_reports(|| install::install(&context, &source, &options, &mut progress));
         match result {
             Ok(report) => {
-                if let Some(path) = &downloaded {
-                    remove_download(path);
-                }
                 log::info!(
                     "deployment {deployment_id}: {} installed into slot {}",
                     report.bundle.version,
@@ -849,9 +810,6 @@ impl<'a> Daemon<'a> {
             }
             Err(error) if is_worth_retrying(&error) => Ok(Worked::Retry(error.into())),
             Err(error) => {
-                if let Some(path) = &downloaded {
-                    remove_download(path);
-                }
                 log::error!("deployment {deployment_id}: install failed: {error}");
                 self.queue(
                     deployment_id,
@@ -886,114 +844,6 @@ impl<'a> Daemon<'a> {
             result
         })
     }
-
-    /// Fetches the bundle to `download_dir`, resuming a partial file; reports progress.
-    fn download(&self, assignment: &Assignment) -> Result<PathBuf, DaemonError> {
-        let url = &assignment.bundle_url;
-        let fail = |what: String| DaemonError::Download {
-            url: url.clone(),
-            what,
-        };
-        if assignment.manifest_hash.len() != 64
-            || !assignment
-                .manifest_hash
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit())
-        {
-            return Err(fail(format!(
-                "manifest hash {:?} is not 64 hex digits",
-                assignment.manifest_hash
-            )));
-        }
-        let dir = &self.server.download_dir;
-        fs::create_dir_all(dir).map_err(io_error("create directory", dir))?;
-        let name = format!("{}.rota", assignment.manifest_hash);
-        let path = dir.join(&name);
-        // Only one download is kept: others are leftovers of replaced assignments.
-        for entry in fs::read_dir(dir).map_err(io_error("list", dir))?.flatten() {
-            if entry.file_name() != name.as_str() {
-                remove_download(&entry.path());
-            }
-        }
-        let total = assignment.bundle_size;
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(io_error("open", &path))?;
-        let mut have = file.metadata().map_err(io_error("stat", &path))?.len();
-        if have > total {
-            file.set_len(0).map_err(io_error("truncate", &path))?;
-            have = 0;
-        }
-        let mut progress = ReportingProgress {
-            outbox: &self.outbox,
-            deployment_id: &assignment.deployment_id,
-            total,
-            last_step: 0,
-            installing_at_end: false,
-        };
-        if have > 0 {
-            log::info!("resuming the download of {url} at byte {have} of {total}");
-        }
-        progress.start(total, have);
-        let mut retries_left = self.ctx.config.download.retries;
-        let mut delay = self.ctx.config.download.backoff_initial;
-        let mut buffer = vec![0u8; 256 << 10];
-        while have < total {
-            let before = have;
-            let result = self.while_sending_reports(|| -> Result<(), DaemonError> {
-                let mut stream = self.client.open_bundle(assignment, have)?;
-                loop {
-                    let read = stream
-                        .read(&mut buffer)
-                        .map_err(|error| fail(format!("read at byte {have}: {error}")))?;
-                    if read == 0 {
-                        return Ok(());
-                    }
-                    file.write_all(&buffer[..read])
-                        .map_err(io_error("write", &path))?;
-                    failpoint::hit("after-download-write");
-                    have += read as u64;
-                    progress.advance(have);
-                }
-            });
-            match result {
-                Ok(()) if have >= total => break,
-                Ok(()) => log::warn!("{url}: body ended at byte {have} of {total}"),
-                Err(error @ (DaemonError::Client(_) | DaemonError::Download { .. })) => {
-                    let retryable = match &error {
-                        DaemonError::Client(client) => client.is_retryable(),
-                        _ => true,
-                    };
-                    if !retryable {
-                        return Err(error);
-                    }
-                    if have > before {
-                        retries_left = self.ctx.config.download.retries;
-                        delay = self.ctx.config.download.backoff_initial;
-                    }
-                    if retries_left == 0 {
-                        return Err(error);
-                    }
-                    log::warn!("{error}; resuming from byte {have}");
-                }
-                Err(error) => return Err(error),
-            }
-            retries_left = retries_left.saturating_sub(1);
-            thread::sleep(delay);
-            delay = (delay * 2).min(self.ctx.config.download.backoff_max);
-        }
-        if have != total {
-            return Err(fail(format!(
-                "{have} bytes arrived, the assignment says {total}"
-            )));
-        }
-        // Durable before the install reads it: a power cut must not leave a file whose length
-        // says complete but whose tail is zeros.
-        file.sync_all().map_err(io_error("fsync", &path))?;
-        Ok(path)
-    }
 }
 
 /// A rollback assignment may install a lower version (never below the security floor); a
@@ -1025,19 +875,13 @@ fn window_closed_until(stored: Option<&str>) -> Option<String> {
     }
 }
 
-struct NoProgress;
-
-impl Progress for NoProgress {
-    fn start(&mut self, _: u64, _: u64) {}
-    fn advance(&mut self, _: u64) {}
-    fn finish(&mut self) {}
-}
-
-fn remove_download(path: &Path) {
-    if let Err(error) = fs::remove_file(path) {
-        if error.kind() != io::ErrorKind::NotFound {
-            log::warn!("remove {}: {error}", path.display());
-        }
+/// The robot's token, for a bundle URL on the fleet server that issued it; `None` for any
+/// other origin (a CDN, another host), which must never see the token.
+pub fn bearer_for(server: &ServerConfig, token: Option<&str>, bundle_url: &str) -> Option<String> {
+    let origin = |url: &str| reqwest::Url::parse(url).ok().map(|url| url.origin());
+    match (origin(&server.url), origin(bundle_url)) {
+        (Some(server), Some(bundle)) if server == bundle => token.map(str::to_owned),
+        _ => None,
     }
 }
 

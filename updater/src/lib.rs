@@ -1,8 +1,8 @@
 //! rota-updater: streams a signed bundle into the inactive slot, trial-boots it, and commits it
 //! only after health checks pass, rolling back otherwise.
 //!
-//! One module per concept; the byte path is `source` → `rota_bundle` (verify, decompress, hash)
-//! → `sink`, driven by `install`. The lifecycle is `state` (diagram in `STATE.md`), persisted by
+//! One module per concept; the byte path is `install`: source → plan (reuse from
+//! the booted slot or fetch) → `rota_bundle` (verify, decompress) → sink. The lifecycle is `state` (diagram in `STATE.md`), persisted by
 //! `store`. `daemon` talks to the fleet server, queuing its reports in `outbox` and describing the
 //! robot with `inventory`.
 
@@ -20,8 +20,7 @@ pub mod logging;
 pub mod notify;
 pub mod outbox;
 pub mod progress;
-pub mod sink;
-pub mod source;
+pub mod retry;
 pub mod state;
 pub mod status;
 pub mod store;

@@ -6,17 +6,18 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 use clap::Parser;
+use indicatif::HumanBytes;
 use rota_bootctl::{BootConfig, BootCtl};
 use rota_bundle::Keyring;
 use rota_updater::cli::{Cli, Command};
 use rota_updater::commit::{self, CommitContext, CommitOutcome};
 use rota_updater::config::{self, Config, ConfigPaths};
 use rota_updater::daemon::{self, Daemon, DaemonContext};
+use rota_updater::install::source::BundleSource;
 use rota_updater::install::{
     self, Context, FailureKind, InstallError, InstallOptions, InstallReport,
 };
 use rota_updater::notify::Notifier;
-use rota_updater::source::BundleSource;
 use rota_updater::state::{Lifecycle, State};
 use rota_updater::store::{Store, StoreError, StoreLock};
 use rota_updater::{logging, progress, status};
@@ -268,6 +269,7 @@ fn install_locked(
                 bootctl: &loaded.bootctl,
                 keyring: &keyring,
                 store: lock,
+                bearer_token: None,
             };
             let report =
                 install::arm_installed(&context).context("setting the installed slot's trial")?;
@@ -318,11 +320,22 @@ fn run_install(
         bootctl: &loaded.bootctl,
         keyring: &keyring,
         store: lock,
+        bearer_token: robot_token_for(&loaded.config, source),
     };
     let mut progress = progress::for_stderr("install");
     let report = install::install(&context, source, options, progress.as_mut())
         .with_context(|| format!("installing {}", source.describe()))?;
     finish(loaded, &report, reboot, json)
+}
+
+/// The robot's fleet token for a bundle on its fleet server (an install the daemon started
+/// and a power cut interrupted, or one by hand), read from where the daemon keeps it.
+fn robot_token_for(config: &Config, source: &BundleSource) -> Option<String> {
+    let (Some(server), BundleSource::Http(url)) = (&config.server, source) else {
+        return None;
+    };
+    let token = std::fs::read_to_string(&server.token_path).ok()?;
+    daemon::bearer_for(server, Some(token.trim()), url)
 }
 
 fn finish(loaded: &Loaded, report: &InstallReport, reboot: bool, json: bool) -> Result<u8> {
@@ -335,12 +348,17 @@ fn finish(loaded: &Loaded, report: &InstallReport, reboot: bool, json: bool) -> 
                 "bundle_digest": report.bundle.digest,
                 "resumed_at_chunk": report.resumed_at_chunk,
                 "reconnects": report.reconnects,
+                "fetched_bytes": report.fetched_bytes,
+                "reused_bytes": report.reused_bytes,
             })
         );
     } else {
         println!(
-            "installed {} into slot {}",
-            report.bundle.version, report.slot
+            "installed {} into slot {} ({} fetched, {} reused from the booted slot)",
+            report.bundle.version,
+            report.slot,
+            HumanBytes(report.fetched_bytes),
+            HumanBytes(report.reused_bytes)
         );
     }
     if reboot {

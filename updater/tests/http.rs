@@ -1,5 +1,6 @@
 //! Installs over HTTP from a loopback server that cuts connections and answers 5xx: the
-//! updater resumes with Range requests that start at chunk boundaries, also after it was
+//! updater reads the header and the manifest with two Range requests, fetches the payload by
+//! Range, and resumes with Range requests that start at chunk boundaries, also after it was
 //! killed and restarted.
 
 mod common;
@@ -7,7 +8,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::fs;
 
-use common::http::{Action, Server};
+use common::http::{Action, Request, Server};
 use common::*;
 use rota_bundle::{BundleReader, Keyring};
 
@@ -19,6 +20,20 @@ fn chunk_starts(robot: &Robot, bundle: &[u8]) -> BTreeSet<u64> {
     (0..manifest.manifest().images[0].chunks.len())
         .map(|index| manifest.chunk_file_range(0, index).unwrap().start)
         .collect()
+}
+
+/// The two requests that read the header and then the manifest and signatures.
+fn assert_reads_header_then_manifest(requests: &[Request]) {
+    assert_eq!(
+        (requests[0].range_start, requests[0].range_end),
+        (Some(0), Some(31)),
+        "the header first: {requests:?}"
+    );
+    assert_eq!(
+        requests[1].range_start,
+        Some(32),
+        "then the manifest: {requests:?}"
+    );
 }
 
 fn setup(seed: u64) -> (Robot, Vec<u8>, Vec<u8>) {
@@ -37,6 +52,8 @@ fn cut_connections_and_server_errors_resume_from_chunk_boundaries() {
     let server = Server::start(
         bundle.clone(),
         vec![
+            Action::Serve,
+            Action::Serve,
             Action::CutAfter(length / 3),
             Action::Status(503),
             Action::CutAfter(length / 4),
@@ -53,11 +70,8 @@ fn cut_connections_and_server_errors_resume_from_chunk_boundaries() {
     assert_eq!(robot.state_name(), "reboot-pending");
 
     let requests = server.requests();
-    assert_eq!(
-        requests[0].range_start, None,
-        "the first request reads from the start"
-    );
-    let ranged: Vec<u64> = requests
+    assert_reads_header_then_manifest(&requests);
+    let ranged: Vec<u64> = requests[2..]
         .iter()
         .filter_map(|request| request.range_start)
         .collect();
@@ -99,10 +113,11 @@ fn killed_install_resumes_by_range_after_restart() {
     let requests = server.requests();
     assert_eq!(
         requests.len(),
-        3,
-        "first run, resume's signature check, resume's Range: {requests:?}"
+        6,
+        "first run (header, manifest, payload), resume's signature check (header, manifest), resume's Range: {requests:?}"
     );
-    let resumed_at = requests[2].range_start.expect("resume uses Range");
+    assert_reads_header_then_manifest(&requests[3..]);
+    let resumed_at = requests[5].range_start.expect("resume uses Range");
     assert!(
         starts.contains(&resumed_at),
         "Range from {resumed_at}, not a chunk boundary"
@@ -183,7 +198,9 @@ fn a_link_that_breaks_every_mebibyte_still_completes_refetching_only_the_cut_chu
     assert_eq!(robot.state_name(), "reboot-pending");
 
     let requests = server.requests();
-    let cut = requests.len() as u64 - 1;
+    assert_reads_header_then_manifest(&requests);
+    // The header and the manifest fit in what their (planned) cuts let through.
+    let cut = requests.len() as u64 - 3;
     assert!(cut >= 6, "{requests:?}");
     assert_eq!(report["reconnects"].as_u64().unwrap(), cut, "{report}");
     // What arrived twice: at most the partial chunk of each cut.
@@ -197,7 +214,7 @@ fn a_link_that_breaks_every_mebibyte_still_completes_refetching_only_the_cut_chu
         "{refetched} bytes fetched again over {cut} cuts"
     );
     let starts = chunk_starts(&robot, &bundle);
-    let ranged: Vec<u64> = requests.iter().filter_map(|r| r.range_start).collect();
+    let ranged: Vec<u64> = requests[2..].iter().filter_map(|r| r.range_start).collect();
     assert!(
         ranged.iter().all(|start| starts.contains(start)),
         "{ranged:?}"
@@ -214,7 +231,11 @@ fn a_link_that_breaks_every_mebibyte_still_completes_refetching_only_the_cut_chu
 fn a_stalled_server_gives_an_error_that_says_it_timed_out() {
     let (robot, _, bundle) = setup(24);
     set_download(&robot, &[("timeout_secs", "1"), ("retry_budget_secs", "3")]);
-    let mut plan = vec![Action::StallAfter(bundle.len() / 3)];
+    let mut plan = vec![
+        Action::Serve,
+        Action::Serve,
+        Action::StallAfter(bundle.len() / 3),
+    ];
     plan.extend(vec![Action::StallAfter(0); 20]);
     let server = Server::start(bundle, plan);
     let started = std::time::Instant::now();
@@ -230,7 +251,7 @@ fn a_stalled_server_gives_an_error_that_says_it_timed_out() {
     assert!(error.contains("retry_budget_secs = 3"), "{stderr}");
     // The budget counts from the last verified chunk: a few seconds, not retries × timeout.
     assert!(started.elapsed().as_secs() < 15, "{:?}", started.elapsed());
-    assert!(server.requests().len() >= 2);
+    assert!(server.requests().len() >= 4);
     assert_eq!(robot.state_name(), "installing");
 }
 
@@ -260,7 +281,11 @@ fn a_content_length_other_than_the_signed_length_is_refused_before_the_slot_is_t
         );
         assert_eq!(robot.slot("B"), slot_b, "{name}: slot written");
         assert_eq!(robot.env(), env, "{name}: boot env changed");
-        assert_eq!(server.requests().len(), 1, "{name}: not retried");
+        assert_eq!(
+            server.requests().len(),
+            2,
+            "{name}: header and manifest, not retried"
+        );
     }
 }
 
@@ -270,12 +295,16 @@ fn a_content_length_other_than_the_signed_length_is_refused_before_the_slot_is_t
 #[test]
 fn a_cut_before_the_payload_is_retried_not_rejected() {
     let (robot, image, bundle) = setup(26);
-    let server = Server::start(bundle, vec![Action::CutAfter(20), Action::CutAfter(100)]);
+    let server = Server::start(
+        bundle,
+        vec![Action::CutAfter(20), Action::Serve, Action::CutAfter(100)],
+    );
     ok(robot.run(&["install", &server.url]), "install");
     assert_eq!(&robot.slot("B")[..image.len()], &image[..]);
     let requests = server.requests();
-    assert_eq!(requests.len(), 3, "{requests:?}");
-    assert!(requests.iter().all(|request| request.range_start.is_none()));
+    // Header cut, header, manifest cut, header, manifest, payload.
+    assert_eq!(requests.len(), 6, "{requests:?}");
+    assert_reads_header_then_manifest(&requests[3..]);
 }
 
 /// An answer without a Content-Length cannot be checked up front: bytes after the bundle are
@@ -315,5 +344,5 @@ fn an_answer_that_ends_inside_the_manifest_as_promised_is_refused_not_retried() 
         stderr.contains("the source has 200 bytes and ends inside the bundle's manifest"),
         "{stderr}"
     );
-    assert_eq!(server.requests().len(), 1);
+    assert_eq!(server.requests().len(), 2, "header, manifest; not retried");
 }

@@ -151,7 +151,6 @@ robot_id = "{id}"
 enrollment_key_file = "{key}"
 token_path = "{data}/token"
 outbox_path = "{data}/outbox.json"
-download_dir = "{data}/download"
 long_poll_secs = 10
 backoff_initial_ms = 100
 backoff_max_ms = 1000

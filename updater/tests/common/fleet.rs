@@ -242,7 +242,6 @@ robot_id = "robot-1"
 enrollment_key_file = "{key}"
 token_path = "{token}"
 outbox_path = "{outbox}"
-download_dir = "{downloads}"
 long_poll_secs = 1
 backoff_initial_ms = 20
 backoff_max_ms = 200
@@ -251,7 +250,6 @@ reboot = "{reboot}"
             key = path("enrollment.key"),
             token = path("data/rota/token"),
             outbox = path("data/rota/outbox"),
-            downloads = path("data/rota/downloads"),
         ));
     }
 

@@ -19,14 +19,20 @@ pub enum Action {
     /// Send headers for the whole answer, then this many body bytes, then nothing more while
     /// keeping the connection open (for a minute).
     StallAfter(usize),
-    /// Serve without a Content-Length: the body ends when the connection closes.
+    /// Serve the whole file without a Content-Length, ignoring Range: the body ends when the
+    /// connection closes.
     ServeWithoutLength,
+    /// Serve the whole file (200, with its length), ignoring Range, as a server without Range
+    /// support does.
+    IgnoreRange,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
-    /// Start of `Range: bytes=N-`, if the request had one.
+    /// Start of `Range: bytes=N-` or `bytes=N-M`, if the request had one.
     pub range_start: Option<u64>,
+    /// `M` of `Range: bytes=N-M` (the last byte asked for), if the range had an end.
+    pub range_end: Option<u64>,
     /// Body bytes the server wrote to the connection (all were accepted by the socket, so the
     /// client received them or hung up first).
     pub sent: u64,
@@ -74,6 +80,7 @@ fn serve(
 ) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut range_start = None;
+    let mut range_end = None;
     let mut line = String::new();
     loop {
         line.clear();
@@ -86,25 +93,31 @@ fn serve(
         }
         let lower = trimmed.to_ascii_lowercase();
         if let Some(value) = lower.strip_prefix("range: bytes=") {
-            range_start = value
-                .split('-')
-                .next()
-                .and_then(|start| start.parse::<u64>().ok());
+            let (start, end) = value.split_once('-').unwrap_or((value, ""));
+            range_start = start.parse::<u64>().ok();
+            range_end = end.parse::<u64>().ok();
         }
     }
     let index = {
         let mut recorded = recorded.lock().unwrap();
         recorded.push(Request {
             range_start,
+            range_end,
             sent: 0,
         });
         recorded.len() - 1
     };
     let action = plan.lock().unwrap().pop_front().unwrap_or(Action::Serve);
     let mut stream = stream;
+    if let Action::ServeWithoutLength | Action::IgnoreRange = action {
+        range_start = None;
+        range_end = None;
+    }
     let start = range_start.unwrap_or(0) as usize;
+    // One past the last byte served: a range past the end gets what there is.
+    let end = range_end.map_or(body.len(), |last| (last as usize + 1).min(body.len()));
     let head = match (&action, range_start) {
-        (Action::ServeWithoutLength, None) => {
+        (Action::ServeWithoutLength, _) => {
             "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n".to_owned()
         }
         (Action::Status(status), _) => {
@@ -112,9 +125,9 @@ fn serve(
         }
         (_, Some(_)) => format!(
             "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {start}-{}/{}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len() - 1,
+            end - 1,
             body.len(),
-            body.len() - start
+            end - start
         ),
         (_, None) => format!(
             "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nAccept-Ranges: bytes\r\nConnection: close\r\n\r\n",
@@ -124,11 +137,11 @@ fn serve(
     if stream.write_all(head.as_bytes()).is_err() {
         return;
     }
-    let rest = &body[start.min(body.len())..];
+    let rest = &body[start.min(end)..end];
     let sent = match action {
         Action::Status(_) => &rest[..0],
         Action::CutAfter(bytes) | Action::StallAfter(bytes) => &rest[..bytes.min(rest.len())],
-        Action::Serve | Action::ServeWithoutLength => rest,
+        Action::Serve | Action::ServeWithoutLength | Action::IgnoreRange => rest,
     };
     // The client may hang up early (it saw enough or failed): not the server's problem.
     if stream.write_all(sent).is_ok() {

@@ -1,7 +1,9 @@
 //! Where bundle bytes come from: a file, stdin, or HTTP(S).
 //!
-//! A source is opened at a byte offset: 0 for a fresh install, the start of the first chunk not
-//! yet in the slot for a resume (an HTTP Range request). Opening retries transport errors and
+//! A source is opened at a byte range: the header, the manifest, and then each run of chunks the
+//! plan fetches (an HTTP Range request, or a seek in a file). A source that cannot seek (stdin,
+//! a server that ignores Range) answers with the rest of the bundle from the start asked for,
+//! and says so ([`Opened::ranged`]). Opening retries transport errors and
 //! 408/429/5xx answers with exponential backoff (`download.retries` times, or until a deadline);
 //! errors in the middle of a body are retried by the installer, which reopens at the first
 //! chunk that did not arrive whole, within `download.retry_budget_secs` of the last verified
@@ -10,13 +12,13 @@
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::PathBuf;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, RANGE, RETRY_AFTER};
 use reqwest::StatusCode;
 
 use crate::config::DownloadConfig;
+use crate::retry::Backoff;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -59,6 +61,8 @@ pub enum SourceError {
 pub struct Opened {
     pub reader: Box<dyn Read + Send>,
     pub length: Option<u64>,
+    /// The reader ends at the end asked for; otherwise it goes on to the end of the bundle.
+    pub ranged: bool,
 }
 
 /// A bundle location as given on the command line.
@@ -100,13 +104,14 @@ impl BundleSource {
         matches!(self, BundleSource::Http(_))
     }
 
-    /// A reader positioned at byte `offset` of the bundle. `http` is needed for URLs only
-    /// (building it starts reqwest's I/O thread, so file installs do without). A URL is asked
-    /// again after errors worth retrying up to `download.retries` times, or, with `until`,
-    /// until then.
-    pub fn open_at(
+    /// A reader positioned at byte `offset` of the bundle, which ends at `end` when the source
+    /// can tell ranges apart ([`Opened::ranged`]). `http` is needed for URLs only (building it
+    /// starts reqwest's I/O thread, so file installs do without). A URL is asked again after
+    /// errors worth retrying up to `download.retries` times, or, with `until`, until then.
+    pub fn open_range(
         &self,
         offset: u64,
+        end: Option<u64>,
         http: Option<&HttpFetcher>,
         until: Option<Instant>,
     ) -> Result<Opened, SourceError> {
@@ -122,18 +127,28 @@ impl BundleSource {
                     return Err(SourceError::IsDirectory { path: path.clone() });
                 }
                 file.seek(SeekFrom::Start(offset)).map_err(file_error)?;
-                Ok(Opened {
-                    reader: Box::new(file),
-                    length: metadata.is_file().then_some(metadata.len()),
+                let length = metadata.is_file().then_some(metadata.len());
+                Ok(match end {
+                    Some(end) => Opened {
+                        reader: Box::new(file.take(end.saturating_sub(offset))),
+                        length,
+                        ranged: true,
+                    },
+                    None => Opened {
+                        reader: Box::new(file),
+                        length,
+                        ranged: false,
+                    },
                 })
             }
             BundleSource::Stdin if offset == 0 => Ok(Opened {
                 reader: Box::new(io::stdin()),
                 length: None,
+                ranged: false,
             }),
             BundleSource::Stdin => Err(SourceError::StdinNotSeekable { offset }),
             BundleSource::Http(url) => match http {
-                Some(http) => http.get_from(url, offset, until),
+                Some(http) => http.get_range(url, offset, end, until),
                 None => Err(SourceError::Client(
                     "no HTTP client for a URL source".into(),
                 )),
@@ -142,38 +157,12 @@ impl BundleSource {
     }
 }
 
-/// Exponential backoff: initial, doubled per attempt, capped.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    pub fn new(config: &DownloadConfig) -> Backoff {
-        Backoff {
-            next: config.backoff_initial,
-            max: config.backoff_max,
-        }
-    }
-
-    /// Sleeps for the current delay (or `hint`, e.g. Retry-After, if shorter than the cap) and
-    /// doubles it.
-    pub fn wait(&mut self, hint: Option<Duration>) {
-        thread::sleep(self.delay(hint));
-        self.next = (self.next * 2).min(self.max);
-    }
-
-    /// What [`Self::wait`] would sleep.
-    pub fn delay(&self, hint: Option<Duration>) -> Duration {
-        hint.map_or(self.next, |hint| hint.min(self.max))
-    }
-}
-
 /// HTTP(S) client: rustls with the system's CA store (plus an optional extra CA), blocking.
 pub struct HttpFetcher {
     client: reqwest::blocking::Client,
     config: DownloadConfig,
+    /// Sent with every request (the robot's token, for a bundle the fleet server hosts).
+    bearer: Option<String>,
 }
 
 impl HttpFetcher {
@@ -197,30 +186,47 @@ impl HttpFetcher {
         Ok(HttpFetcher {
             client,
             config: config.clone(),
+            bearer: None,
         })
     }
 
-    /// GET `url` from byte `offset` (a Range request when `offset > 0`), retrying what may pass:
-    /// `download.retries` times, or with `until`, as long as the next attempt starts before it.
-    pub fn get_from(
+    /// Sends `token` as a bearer token with every request. Only for URLs of the server that
+    /// issued it: the caller checks the origin.
+    pub fn with_bearer(mut self, token: Option<String>) -> HttpFetcher {
+        self.bearer = token;
+        self
+    }
+
+    /// GET `url` from byte `offset` to `end` (a Range request unless that is the whole file),
+    /// retrying what may pass: `download.retries` times, or with `until`, as long as the next
+    /// attempt starts before it.
+    pub fn get_range(
         &self,
         url: &str,
         offset: u64,
+        end: Option<u64>,
         until: Option<Instant>,
     ) -> Result<Opened, SourceError> {
-        let mut backoff = Backoff::new(&self.config);
+        let mut backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max);
         let mut attempts = 0u32;
         loop {
             attempts += 1;
             let mut request = self.client.get(url);
-            if offset > 0 {
-                request = request.header(RANGE, format!("bytes={offset}-"));
+            if let Some(token) = &self.bearer {
+                request = request.bearer_auth(token);
+            }
+            match end {
+                Some(end) if end > offset => {
+                    request = request.header(RANGE, format!("bytes={offset}-{}", end - 1));
+                }
+                _ if offset > 0 => request = request.header(RANGE, format!("bytes={offset}-")),
+                _ => {}
             }
             let (last, hint) = match request.send() {
                 Ok(response) => {
                     let status = response.status();
                     if status.is_success() {
-                        return self.positioned(url, offset, response);
+                        return self.positioned(url, offset, end, response);
                     }
                     if !retryable(status) {
                         return Err(SourceError::Status {
@@ -261,9 +267,10 @@ impl HttpFetcher {
         &self,
         url: &str,
         offset: u64,
+        end: Option<u64>,
         response: reqwest::blocking::Response,
     ) -> Result<Opened, SourceError> {
-        if offset == 0 || response.status() != StatusCode::PARTIAL_CONTENT {
+        if response.status() != StatusCode::PARTIAL_CONTENT {
             // The whole file: its length is the Content-Length (absent when chunked).
             let length = response
                 .headers()
@@ -273,6 +280,7 @@ impl HttpFetcher {
                 return Ok(Opened {
                     reader: Box::new(response),
                     length,
+                    ranged: false,
                 });
             }
             return self.skip_ignored_range(url, offset, response, length);
@@ -284,11 +292,21 @@ impl HttpFetcher {
                 .and_then(|value| value.to_str().ok())
                 .unwrap_or("")
                 .to_owned();
-            let start = content_range
+            let bounds = content_range
                 .strip_prefix("bytes ")
-                .and_then(|range| range.split('-').next())
-                .and_then(|start| start.parse::<u64>().ok());
-            if start != Some(offset) {
+                .and_then(|range| range.split('/').next())
+                .and_then(|range| range.split_once('-'))
+                .and_then(|(start, last)| {
+                    Some((start.parse::<u64>().ok()?, last.parse::<u64>().ok()?))
+                });
+            // A server may answer a shorter range than asked, never another start or more.
+            let wrong = match (bounds, end) {
+                (Some((start, _)), _) if start != offset => true,
+                (Some((_, last)), Some(end)) => last >= end,
+                (Some(_), None) => false,
+                (None, _) => true,
+            };
+            if wrong {
                 return Err(SourceError::WrongRange {
                     url: url.into(),
                     offset,
@@ -303,6 +321,7 @@ impl HttpFetcher {
             Ok(Opened {
                 reader: Box::new(response),
                 length,
+                ranged: end.is_some(),
             })
         }
     }
@@ -328,6 +347,7 @@ impl HttpFetcher {
         Ok(Opened {
             reader: Box::new(response),
             length,
+            ranged: false,
         })
     }
 }
