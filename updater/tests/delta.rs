@@ -1,0 +1,339 @@
+//! Delta installs: the updater copies every chunk the booted slot already holds (found through
+//! the chunk index the install that wrote it left) and fetches only the others by Range. Each
+//! test first installs, boots and commits release 1 into slot B, so that the update under test
+//! goes into slot A, planned against B.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::Duration;
+
+use common::http::{Action, Request, Server};
+use common::*;
+
+/// The two requests that read the header, then the manifest and signatures.
+const MANIFEST_REQUESTS: usize = 2;
+
+/// A robot that booted and committed release 1.0.0 (`image`) in slot B.
+fn robot_running(image: &[u8]) -> Robot {
+    let robot = Robot::new(Backend::Uboot);
+    let v1 = robot.bundle("v1.rota", &BundleSpec::new("1.0.0", image.to_vec()));
+    ok(
+        robot.run(&["install", v1.to_str().unwrap()]),
+        "install 1.0.0",
+    );
+    assert_eq!(robot.boot(), "B");
+    ok(robot.run(&["commit"]), "commit 1.0.0");
+    assert!(robot.path("data/rota/slot-b.chunks").exists());
+    robot
+}
+
+fn install_json(robot: &Robot, source: &str) -> serde_json::Value {
+    let stdout = ok(robot.run(&["install", "--json", source]), "delta install");
+    serde_json::from_str(&stdout).unwrap()
+}
+
+fn payload_requests(requests: &[Request]) -> &[Request] {
+    &requests[MANIFEST_REQUESTS..]
+}
+
+/// A 6 MiB ext4 image of `dir`, with everything pinned that mkfs would take from the clock or
+/// the random pool (as `rota-image rootfs` does).
+fn ext4_image(dir: &Path, out: &Path) -> Vec<u8> {
+    let file = fs::File::create(out).unwrap();
+    file.set_len(6 << 20).unwrap();
+    drop(file);
+    let status = Command::new("mkfs.ext4")
+        .args(["-F", "-q", "-b", "4096", "-L", "rootfs"])
+        .args(["-U", "6b3b6c2e-6e0b-4c55-9a57-2f1f6e0c7a10"])
+        .args([
+            "-E",
+            "hash_seed=0c9f3e6a-1d55-4f37-8e5b-0d8f4f6c2b11,nodiscard",
+        ])
+        .arg("-d")
+        .arg(dir)
+        .arg(out)
+        .env("E2FSPROGS_FAKE_TIME", "1700000000")
+        .stdout(Stdio::null())
+        .status()
+        .expect("mkfs.ext4 runs");
+    assert!(status.success(), "mkfs.ext4 failed");
+    fs::read(out).unwrap()
+}
+
+/// A tree of 24 files of 128 KiB, each with its own bytes, all with one mtime.
+fn write_tree(dir: &Path, changed: Option<usize>) {
+    fs::create_dir_all(dir.join("usr/lib")).unwrap();
+    for index in 0..24 {
+        let seed = if Some(index) == changed { 1000 } else { 100 } + index as u64;
+        let path = dir.join(format!("usr/lib/lib{index}.so"));
+        fs::write(&path, image_bytes(128 << 10, seed)).unwrap();
+        let status = Command::new("touch")
+            .args(["-d", "@1700000000"])
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+#[test]
+fn an_identical_image_fetches_no_payload_byte() {
+    let image = image_bytes(5 << 20, 60);
+    let robot = robot_running(&image);
+    // Another release with the same image: a rebuild with only the version changed.
+    let v2 = robot.bundle("v2.rota", &BundleSpec::new("1.0.1", image.clone()));
+    let server = Server::start(fs::read(&v2).unwrap(), Vec::new());
+    let report = install_json(&robot, &server.url);
+    assert_eq!(report["slot"], "A", "{report}");
+    assert_eq!(report["fetched_bytes"], 0, "{report}");
+    assert_eq!(report["reused_bytes"], image.len() as u64, "{report}");
+    assert_eq!(&robot.slot("A")[..image.len()], &image[..]);
+    let requests = server.requests();
+    assert_eq!(requests.len(), MANIFEST_REQUESTS, "{requests:?}");
+}
+
+#[test]
+fn one_changed_file_in_an_ext4_image_fetches_only_the_chunks_covering_it() {
+    let work = tempfile::tempdir().unwrap();
+    write_tree(&work.path().join("v1"), None);
+    write_tree(&work.path().join("v2"), Some(7));
+    let old = ext4_image(&work.path().join("v1"), &work.path().join("v1.ext4"));
+    let new = ext4_image(&work.path().join("v2"), &work.path().join("v2.ext4"));
+    assert_ne!(old, new);
+    let robot = robot_running(&old);
+    let full = robot.bundle("full.rota", &BundleSpec::new("2.0.0", new.clone()));
+    let full_length = fs::metadata(&full).unwrap().len();
+    let server = Server::start(fs::read(&full).unwrap(), Vec::new());
+
+    let report = install_json(&robot, &server.url);
+    assert_eq!(&robot.slot("A")[..new.len()], &new[..], "byte-exact");
+    let fetched = report["fetched_bytes"].as_u64().unwrap();
+    let payload_sent: u64 = payload_requests(&server.requests())
+        .iter()
+        .map(|request| request.sent)
+        .sum();
+    assert_eq!(
+        fetched, payload_sent,
+        "the report counts what crossed the wire"
+    );
+    eprintln!(
+        "one 128 KiB file changed in a 6 MiB ext4 image: {fetched} of {full_length} bundle bytes fetched ({:.1} %), {} requests",
+        fetched as f64 * 100.0 / full_length as f64,
+        server.requests().len()
+    );
+    // The changed file (128 KiB of data) plus its chunks' edges and some metadata blocks: a
+    // few chunks of at most 256 KiB each, never the image.
+    assert!(fetched > 0);
+    assert!(
+        fetched <= 4 * u64::from(rota_bundle::CHUNK_MAX_LENGTH),
+        "{fetched} bytes fetched"
+    );
+    assert_eq!(
+        report["reused_bytes"].as_u64().unwrap() + fetched_image_bytes(&robot, &full, &old),
+        new.len() as u64
+    );
+}
+
+/// Image bytes of the chunks of `bundle` whose content `old` does not have (by the signed
+/// chunk table, independently of the updater's plan), plus what coalescing adds: at most that.
+fn fetched_image_bytes(robot: &Robot, bundle: &Path, old: &[u8]) -> u64 {
+    let keyring = rota_bundle::Keyring::from_keys([robot.key.public_key()]);
+    let reader =
+        rota_bundle::BundleReader::open(fs::File::open(bundle).unwrap(), &keyring).unwrap();
+    let old_index = robot.bundle("old.rota", &BundleSpec::new("1.0.0", old.to_vec()));
+    let old_reader =
+        rota_bundle::BundleReader::open(fs::File::open(old_index).unwrap(), &keyring).unwrap();
+    let have: std::collections::HashSet<_> = old_reader.manifest().images[0]
+        .chunks
+        .iter()
+        .map(|chunk| chunk.sha256)
+        .collect();
+    let chunks = &reader.manifest().images[0].chunks;
+    // Runs of new chunks with short reused gaps between them fetched too, as the plan does.
+    let missing: Vec<bool> = chunks
+        .iter()
+        .map(|chunk| !have.contains(&chunk.sha256))
+        .collect();
+    let first = missing.iter().position(|&m| m);
+    let last = missing.iter().rposition(|&m| m);
+    let mut total = 0u64;
+    if let (Some(first), Some(last)) = (first, last) {
+        let mut index = first;
+        while index <= last {
+            if missing[index] {
+                total += u64::from(chunks[index].length);
+                index += 1;
+                continue;
+            }
+            let gap_end = (index..=last).find(|&i| missing[i]).unwrap();
+            let gap_stored: u64 = chunks[index..gap_end]
+                .iter()
+                .map(|chunk| u64::from(chunk.stored_length))
+                .sum();
+            if gap_stored <= rota_updater::install::plan::COALESCE_GAP_BYTES {
+                total += chunks[index..gap_end]
+                    .iter()
+                    .map(|chunk| u64::from(chunk.length))
+                    .sum::<u64>();
+            }
+            index = gap_end;
+        }
+    }
+    total
+}
+
+#[test]
+fn a_booted_slot_changed_under_its_index_costs_a_download_never_a_wrong_byte() {
+    let image = image_bytes(5 << 20, 61);
+    let robot = robot_running(&image);
+    // Something wrote into the running slot (a read-write mount, a bad block): 1 MiB in.
+    let mut slot_b = robot.slot("B");
+    for byte in &mut slot_b[(1 << 20) + 100..(1 << 20) + 200] {
+        *byte ^= 0xff;
+    }
+    fs::write(robot.path("slot-b"), &slot_b).unwrap();
+    let v2 = robot.bundle("v2.rota", &BundleSpec::new("1.0.1", image.clone()));
+    let server = Server::start(fs::read(&v2).unwrap(), Vec::new());
+
+    let output = robot.run(&["install", "--json", &server.url]);
+    let log = stderr(&output);
+    let report: serde_json::Value = serde_json::from_str(&ok(output, "install")).unwrap();
+    assert_eq!(&robot.slot("A")[..image.len()], &image[..], "byte-exact");
+    assert!(
+        log.contains("is not what its index says: fetching it instead"),
+        "{log}"
+    );
+    let fetched = report["fetched_bytes"].as_u64().unwrap();
+    assert!(fetched > 0, "{report}");
+    assert!(
+        fetched <= u64::from(rota_bundle::CHUNK_MAX_LENGTH),
+        "only the damaged chunk: {report}"
+    );
+    assert_eq!(server.requests().len(), MANIFEST_REQUESTS + 1);
+    assert_eq!(robot.slot("B"), slot_b, "the booted slot is only read");
+}
+
+#[test]
+fn a_server_that_ignores_range_gets_a_full_download_and_a_correct_slot() {
+    let old = image_bytes(5 << 20, 62);
+    let mut new = old.clone();
+    new[3 << 20..(3 << 20) + 5000].fill(7);
+    for (name, plan) in [
+        ("from the first request", vec![Action::IgnoreRange; 10]),
+        (
+            "from the payload on",
+            vec![
+                Action::Serve,
+                Action::Serve,
+                Action::IgnoreRange,
+                Action::IgnoreRange,
+            ],
+        ),
+    ] {
+        let robot = robot_running(&old);
+        let v2 = robot.bundle("v2.rota", &BundleSpec::new("2.0.0", new.clone()));
+        let bundle = fs::read(&v2).unwrap();
+        let server = Server::start(bundle.clone(), plan);
+        let report = install_json(&robot, &server.url);
+        assert_eq!(
+            &robot.slot("A")[..new.len()],
+            &new[..],
+            "{name}: byte-exact"
+        );
+        assert_eq!(robot.state_name(), "reboot-pending", "{name}");
+        // Everything went over the wire once, in one answer that was read on.
+        assert!(server.bytes_sent() >= bundle.len() as u64, "{name}");
+        assert!(
+            report["fetched_bytes"].as_u64().unwrap() > 0,
+            "{name}: {report}"
+        );
+    }
+}
+
+/// Three regions changed far apart: three ranged requests, each cut once on its first try.
+#[test]
+fn a_connection_cut_on_every_other_request_resumes_to_a_byte_exact_slot() {
+    let old = image_bytes(6 << 20, 63);
+    let mut new = old.clone();
+    for at in [1usize << 20, 3 << 20, 5 << 20] {
+        new[at..at + 3000].fill(9);
+    }
+    let robot = robot_running(&old);
+    let v2 = robot.bundle("v2.rota", &BundleSpec::new("2.0.0", new.clone()));
+    let mut plan = vec![Action::Serve, Action::Serve];
+    for _ in 0..3 {
+        plan.push(Action::CutAfter(10_000));
+        plan.push(Action::Serve);
+    }
+    let server = Server::start(fs::read(&v2).unwrap(), plan);
+    let report = install_json(&robot, &server.url);
+    assert_eq!(&robot.slot("A")[..new.len()], &new[..], "byte-exact");
+    assert_eq!(report["reconnects"], 3, "{report}");
+    let requests = server.requests();
+    let payload = payload_requests(&requests);
+    assert_eq!(payload.len(), 6, "{requests:?}");
+    for pair in payload.chunks(2) {
+        // The cut request's chunks that arrived whole are kept: the retry starts after them.
+        assert!(pair[1].range_start >= pair[0].range_start, "{requests:?}");
+        assert_eq!(pair[1].range_end, pair[0].range_end, "{requests:?}");
+    }
+}
+
+/// 60 on the x86_64 host; under qemu-user (aarch64 CI) every process costs ~10x, and the logic
+/// under test is the same, so fewer suffice there.
+const KILLS: u64 = if cfg!(target_arch = "x86_64") { 60 } else { 20 };
+
+#[test]
+fn sigkill_at_random_moments_of_a_delta_install_then_retry_is_byte_exact() {
+    let old = image_bytes(6 << 20, 64);
+    let mut new = old.clone();
+    for at in [1usize << 20, 2 << 20, 4 << 20] {
+        new[at..at + 70_000].fill(3);
+    }
+    // Ed25519 signatures are deterministic: every robot's v2 bundle is these bytes.
+    let builder = Robot::new(Backend::Uboot);
+    let v2 = builder.bundle("v2.rota", &BundleSpec::new("2.0.0", new.clone()));
+    let server = Server::start(fs::read(&v2).unwrap(), Vec::new());
+    let mut seed = 0x5eedu64;
+    let mut landed = std::collections::BTreeMap::new();
+    for kill in 0..KILLS {
+        let robot = robot_running(&old);
+        let slot_b = robot.slot("B");
+        let mut child = robot
+            .updater()
+            .args(["install", "--checkpoint-bytes", "262144", &server.url])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        thread::sleep(Duration::from_micros((seed >> 33) % 60_000));
+        let _ = child.kill();
+        child.wait().unwrap();
+        assert_eq!(
+            robot.slot("B"),
+            slot_b,
+            "kill {kill}: the booted slot was written"
+        );
+        let state = robot.state_name();
+        let next = if state == "reboot-pending" { "A" } else { "B" };
+        assert_eq!(robot.next_boot(), next, "kill {kill}: {state}");
+        *landed.entry(state).or_insert(0) += 1;
+        // The retry completes it, and reuses what it can.
+        let report = install_json(&robot, &server.url);
+        assert_eq!(
+            &robot.slot("A")[..new.len()],
+            &new[..],
+            "kill {kill}: {report}"
+        );
+        assert_eq!(robot.state_name(), "reboot-pending");
+        assert_eq!(robot.slot("B"), slot_b, "kill {kill}");
+    }
+    eprintln!("states right after the kills: {landed:?}");
+}
