@@ -205,8 +205,16 @@ pub enum RobotEvent {
         bytes_total: u64,
     },
     Installing,
-    /// Written and verified; not success yet: the trial boot and commit decide.
-    Installed,
+    /// Written and verified; not success yet: the trial boot and commit decide. A robot that
+    /// plans against its booted slot says how the image arrived (absent from older robots).
+    Installed {
+        /// Stored bundle bytes downloaded for the image.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fetched_bytes: Option<u64>,
+        /// Image bytes copied from the booted slot instead of downloaded.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reused_bytes: Option<u64>,
+    },
     Rebooting,
     /// Booted into the new slot, health checks running.
     Trial,
@@ -235,7 +243,7 @@ impl RobotEvent {
         match self {
             RobotEvent::Downloading { .. } => AssignmentState::Downloading,
             RobotEvent::Installing => AssignmentState::Installing,
-            RobotEvent::Installed => AssignmentState::Installed,
+            RobotEvent::Installed { .. } => AssignmentState::Installed,
             RobotEvent::Rebooting => AssignmentState::Rebooting,
             RobotEvent::Trial => AssignmentState::Trial,
             RobotEvent::Committed => AssignmentState::Committed,
@@ -269,6 +277,17 @@ impl RobotEvent {
             )),
             RobotEvent::WaitingForWindow { opens_at } => {
                 Some(format!("outside the update window; it opens at {opens_at}"))
+            }
+            RobotEvent::Installed {
+                fetched_bytes: Some(fetched),
+                reused_bytes: Some(reused),
+            } => {
+                let mib = |bytes: &u64| *bytes as f64 / f64::from(1 << 20);
+                Some(format!(
+                    "{:.1} MiB fetched, {:.1} MiB reused from the booted slot",
+                    mib(fetched),
+                    mib(reused)
+                ))
             }
             _ => None,
         }
@@ -553,6 +572,33 @@ mod tests {
                 bytes_total: 10
             }
         );
+    }
+
+    #[test]
+    fn installed_says_what_was_fetched_and_older_robots_need_not() {
+        let old: EventReport =
+            serde_json::from_str(r#"{"deployment_id":"d","event":"installed"}"#).unwrap();
+        assert_eq!(
+            old.event,
+            RobotEvent::Installed {
+                fetched_bytes: None,
+                reused_bytes: None
+            }
+        );
+        assert_eq!(old.event.detail(), None);
+        assert_eq!(
+            serde_json::to_string(&old).unwrap(),
+            r#"{"deployment_id":"d","event":"installed"}"#
+        );
+        let delta = RobotEvent::Installed {
+            fetched_bytes: Some(3 << 20),
+            reused_bytes: Some(700 << 20),
+        };
+        assert_eq!(
+            delta.detail().as_deref(),
+            Some("3.0 MiB fetched, 700.0 MiB reused from the booted slot")
+        );
+        assert_eq!(delta.name(), "installed");
     }
 
     #[test]

@@ -36,8 +36,10 @@ pub enum Command {
     /// Stream a bundle into the inactive slot and set a one-shot trial boot of it.
     ///
     /// The signature is checked before anything else; a refused bundle leaves the slot and the
-    /// boot environment untouched. An interrupted install of the same bundle resumes from the
-    /// last verified chunk.
+    /// boot environment untouched. Chunks the booted slot already holds (by the chunk index its
+    /// own install left) are copied from it, each checked against the new signed manifest;
+    /// only the others are fetched, by Range requests (see `plan`). An interrupted install of
+    /// the same bundle resumes from the last verified chunk.
     Install {
         /// Bundle: a file path, an http(s):// URL, or - for stdin.
         source: String,
@@ -55,6 +57,19 @@ pub enum Command {
         #[arg(long, value_name = "BYTES", default_value_t = install::DEFAULT_CHECKPOINT_BYTES)]
         checkpoint_bytes: u64,
         /// Print the result as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what installing a bundle would fetch and what it would copy from the booted slot,
+    /// without writing anything.
+    ///
+    /// Reads only the bundle's header and manifest (two Range requests for a URL), checks the
+    /// signature and everything that would refuse the bundle, and plans against the chunk index
+    /// of the booted slot.
+    Plan {
+        /// Bundle: a file path or an http(s):// URL.
+        source: String,
+        /// Print the plan as JSON on stdout.
         #[arg(long)]
         json: bool,
     },

@@ -801,7 +801,13 @@ impl<'a> Daemon<'a> {
                     report.bundle.version,
                     report.slot
                 );
-                self.queue(deployment_id, RobotEvent::Installed)?;
+                self.queue(
+                    deployment_id,
+                    RobotEvent::Installed {
+                        fetched_bytes: Some(report.fetched_bytes),
+                        reused_bytes: Some(report.reused_bytes),
+                    },
+                )?;
                 if let Err(error) = self.flush() {
                     log::info!("reports queued: {error}");
                 }

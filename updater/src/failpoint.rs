@@ -26,7 +26,6 @@ pub const ALL: &[&str] = &[
     "after-mark-good",
     "after-mark-bad-trial",
     "after-mark-bad-unverified",
-    "after-download-write",
 ];
 
 fn armed() -> &'static Option<(String, u64)> {

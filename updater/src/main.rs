@@ -132,6 +132,40 @@ fn run(cli: Cli) -> Result<u8> {
                 json,
             )
         }
+        Command::Plan { source, json } => {
+            let loaded = load(cli.config)?;
+            let lock = lock(&loaded)?;
+            let source = BundleSource::parse(&source);
+            let keyring =
+                Keyring::load_dir(&loaded.config.keyring_dir).context("loading the keyring")?;
+            let context = Context {
+                config: &loaded.config,
+                bootctl: &loaded.bootctl,
+                keyring: &keyring,
+                store: &lock,
+                bearer_token: robot_token_for(&loaded.config, &source),
+            };
+            let plan = install::dry_run(&context, &source)
+                .with_context(|| format!("planning the install of {}", source.describe()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&plan)?);
+            } else {
+                let share = |part: u64| part as f64 * 100.0 / plan.bundle_bytes.max(1) as f64;
+                println!(
+                    "{} {} into slot {}:\n  fetch  {} in {} request(s) ({:.1} % of the {} bundle)\n  reuse  {} of the {} image from the booted slot",
+                    plan.bundle.version,
+                    plan.bundle.digest,
+                    plan.slot,
+                    HumanBytes(plan.fetch_bytes),
+                    plan.requests,
+                    share(plan.fetch_bytes),
+                    HumanBytes(plan.bundle_bytes),
+                    HumanBytes(plan.reuse_bytes),
+                    HumanBytes(plan.image_bytes),
+                );
+            }
+            Ok(0)
+        }
         Command::Daemon => {
             let loaded = load(cli.config.clone())?;
             // An install by hand interrupted by a reboot or power cut is finished first (fleet

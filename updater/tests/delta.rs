@@ -109,10 +109,30 @@ fn one_changed_file_in_an_ext4_image_fetches_only_the_chunks_covering_it() {
     let full_length = fs::metadata(&full).unwrap().len();
     let server = Server::start(fs::read(&full).unwrap(), Vec::new());
 
+    // The dry run says what the install then does, and writes nothing.
+    let (slot_a, state) = (robot.slot("A"), robot.status_json());
+    let plan: serde_json::Value =
+        serde_json::from_str(&ok(robot.run(&["plan", "--json", &server.url]), "plan")).unwrap();
+    assert_eq!((robot.slot("A"), robot.status_json()), (slot_a, state));
+    let text = ok(robot.run(&["plan", full.to_str().unwrap()]), "plan (text)");
+    assert!(
+        text.contains("fetch") && text.contains("request(s)"),
+        "{text}"
+    );
+    let plan_requests = server.requests().len();
+
     let report = install_json(&robot, &server.url);
+    assert_eq!(
+        plan["fetch_bytes"], report["fetched_bytes"],
+        "{plan} {report}"
+    );
+    assert_eq!(
+        plan["reuse_bytes"], report["reused_bytes"],
+        "{plan} {report}"
+    );
     assert_eq!(&robot.slot("A")[..new.len()], &new[..], "byte-exact");
     let fetched = report["fetched_bytes"].as_u64().unwrap();
-    let payload_sent: u64 = payload_requests(&server.requests())
+    let payload_sent: u64 = payload_requests(&server.requests()[plan_requests..])
         .iter()
         .map(|request| request.sent)
         .sum();

@@ -294,7 +294,10 @@ fn deploy_bench(bin: &str, database: Option<&str>, robots: usize, bundle_mib: us
                 verified.verify_all().expect("bundle verifies");
                 for event in [
                     RobotEvent::Installing,
-                    RobotEvent::Installed,
+                    RobotEvent::Installed {
+                        fetched_bytes: None,
+                        reused_bytes: None,
+                    },
                     RobotEvent::Rebooting,
                     RobotEvent::Trial,
                     RobotEvent::Committed,

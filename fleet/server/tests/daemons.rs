@@ -424,6 +424,20 @@ fn start_fleet(
     robots
 }
 
+/// The size of the largest file under `dir`, at any depth.
+fn largest_file(dir: &Path) -> u64 {
+    let mut largest = 0;
+    for entry in fs::read_dir(dir).unwrap().flatten() {
+        let metadata = entry.metadata().unwrap();
+        largest = largest.max(if metadata.is_dir() {
+            largest_file(&entry.path())
+        } else {
+            metadata.len()
+        });
+    }
+    largest
+}
+
 fn outbox_events(robot: &Robot) -> Vec<String> {
     let text = fs::read_to_string(robot.path("data/outbox.json")).unwrap_or_default();
     let queue: Value = serde_json::from_str(&text).unwrap_or(Value::Array(Vec::new()));
@@ -453,9 +467,9 @@ fn twenty_updater_daemons_enroll_install_reboot_and_commit_and_a_failed_check_ro
     let server = Server::start();
     let root = tempfile::tempdir().unwrap();
     let mut robots = start_fleet(root.path(), &server, "robot", FLEET_SIZE, UNHEALTHY);
-    // robot-003's power goes after the first piece of its first download.
+    // robot-003's power goes after the first run of chunks reached its slot.
     robots[2].kill_daemon();
-    robots[2].start_daemon_with_failpoint(Some("after-download-write@1"));
+    robots[2].start_daemon_with_failpoint(Some("after-run-written@1"));
 
     // Enrollment: every daemon got a token, stored owner-only, and the server lists them all.
     let listed = server.wait_for("/robots", "every robot enrolled", |robots| {
@@ -496,10 +510,21 @@ fn twenty_updater_daemons_enroll_install_reboot_and_commit_and_a_failed_check_ro
         assert_eq!(events_of(&server, id), HEALTHY_SEQUENCE, "{id}");
     }
     assert!(
-        robots[2].log().contains("resuming the download"),
+        robots[2].log().contains("resuming the install"),
         "{}",
         robots[2].log()
     );
+    // The bundle behind the robot token streamed into the slot: nothing of its size was
+    // ever written to the data partition.
+    let bundle = largest_file(&server.data_dir().join("bundles"));
+    for robot in &robots {
+        let written = largest_file(&robot.path("data"));
+        assert!(
+            written < bundle / 2,
+            "{}: a {written}-byte file on /data (the bundle is {bundle} bytes)",
+            robot.id
+        );
+    }
     for robot in robots.iter().filter(|robot| robot.id != UNHEALTHY) {
         let status = robot.status();
         assert_eq!(status["booted"], "B", "{}", robot.id);
@@ -734,8 +759,9 @@ fn bundles_on_a_cdn_stream_straight_into_the_slot_without_the_robot_token() {
             robot.id,
             robot.log()
         );
+        let bundle = largest_file(&server.data_dir().join("bundles"));
         assert!(
-            !robot.path("data/download").exists(),
+            largest_file(&robot.path("data")) < bundle / 2,
             "{}: streamed, not downloaded to a file first",
             robot.id
         );

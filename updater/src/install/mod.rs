@@ -350,6 +350,71 @@ fn booted_chunks(ctx: &Context, state: &State, booted: Slot) -> HashMap<Sha256Di
         .map_or_else(HashMap::new, |index| index.locations())
 }
 
+/// What an install of a bundle would do, as `rota-updater plan` prints it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DryRun {
+    pub bundle: BundleInfo,
+    /// The slot it would be written to.
+    pub slot: Slot,
+    /// The whole bundle file, for comparison.
+    pub bundle_bytes: u64,
+    pub image_bytes: u64,
+    /// Image bytes that would be copied from the booted slot (each checked as it is read, so
+    /// a slot that changed since its index was written costs a download there).
+    pub reuse_bytes: u64,
+    /// Stored bytes that would be fetched.
+    pub fetch_bytes: u64,
+    /// Range requests (or reads of a file) for them.
+    pub requests: usize,
+}
+
+/// Plans an install of `source` without writing anything: reads and verifies the manifest,
+/// applies every check that could refuse the bundle, and plans against the booted slot.
+pub fn dry_run(ctx: &Context, source: &BundleSource) -> Result<DryRun, InstallError> {
+    let state = ctx.store.load()?;
+    let booted = ctx.bootctl.booted_slot()?;
+    let http = match source {
+        BundleSource::Http(_) => {
+            Some(HttpFetcher::new(&ctx.config.download)?.with_bearer(ctx.bearer_token.clone()))
+        }
+        _ => None,
+    };
+    let download = &ctx.config.download;
+    let classify = |error| from_bundle_error(error, source, download.timeout);
+    let mut reconnects = Reconnects::new(download, source);
+    let (verified, live, source_length) = open_manifest(
+        source,
+        http.as_ref(),
+        ctx.keyring,
+        &mut reconnects,
+        &classify,
+    )?;
+    let info = bundle_info(&verified);
+    check_bundle(
+        ctx.config,
+        &state,
+        booted,
+        &info,
+        &InstallOptions::default(),
+    )?;
+    check_length(source_length, &verified)?;
+    let entry = verified.image(rootfs_image(verified.manifest())?)?;
+    let have = match live {
+        None => booted_chunks(ctx, &state, booted),
+        Some(_) => HashMap::new(),
+    };
+    let plan = Plan::new(entry, 0, &have);
+    Ok(DryRun {
+        bundle: info,
+        slot: booted.other(),
+        bundle_bytes: verified.bundle_length(),
+        image_bytes: entry.size,
+        reuse_bytes: plan.reuse_bytes,
+        fetch_bytes: plan.fetch_bytes,
+        requests: plan.requests,
+    })
+}
+
 /// Installs the bundle at `source` into the slot that is not booted.
 pub fn install(
     ctx: &Context,

@@ -285,7 +285,10 @@ fn install(
         return event;
     }
     report(RobotEvent::Installing);
-    report(RobotEvent::Installed);
+    report(RobotEvent::Installed {
+        fetched_bytes: None,
+        reused_bytes: None,
+    });
     report(RobotEvent::Rebooting);
     report(RobotEvent::Trial);
     if let Some(gate) = &behaviour.gate {
