@@ -279,7 +279,9 @@ class _RangeHandler(http.server.SimpleHTTPRequestHandler):
         self.end_headers()
         srv = self.server
         length = end - start + 1
-        cut_at = srv.cut_point(length)
+        # Cuts land in payload bytes: the updater reads a bundle's header and manifest with
+        # two small requests first, and those must not take an armed cut.
+        cut_at = srv.cut_point(length) if start >= payload_start(path) else None
         with open(path, "rb") as f:
             f.seek(start)
             sent = 0
@@ -297,6 +299,21 @@ class _RangeHandler(http.server.SimpleHTTPRequestHandler):
                     cut_at = None
                 if srv.rate:
                     time.sleep(len(chunk) / srv.rate)
+
+
+ROTA_MAGIC = b"\x89ROTA\r\n\x1a"
+
+
+def payload_start(path):
+    """Offset of a Rota bundle's payload (header, manifest and signatures end there); 0 for a
+    file that is no bundle."""
+    with open(path, "rb") as f:
+        header = f.read(32)
+    if len(header) < 32 or header[:8] != ROTA_MAGIC:
+        return 0
+    manifest = int.from_bytes(header[24:28], "little")
+    signatures = int.from_bytes(header[28:32], "little")
+    return 32 + manifest + signatures
 
 
 class BundleServer(http.server.ThreadingHTTPServer):
@@ -327,9 +344,9 @@ class BundleServer(http.server.ThreadingHTTPServer):
 
         `amount` is a byte count or a fraction of a response's length, measured from that
         response's own start: a download that resumes with a Range request from its last
-        checkpoint is cut inside what it still fetches, never after it completed. The cut stays
-        armed across responses the client drops early (a resume reads the signed header from
-        byte 0, then asks for the rest with a Range).
+        checkpoint is cut inside what it still fetches, never after it completed. Only
+        responses of payload bytes take the cut: it stays armed across the requests for the
+        header and the manifest that every install and resume starts with.
         """
         with self._lock:
             self._cut = (amount, fn)

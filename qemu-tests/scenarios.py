@@ -63,6 +63,7 @@ class Robot:
         self.server = server
         self.packages = packages  # BundleServer of the fleet's .debs, when this setup tests them
         self.log = log
+        self.last_install_output = ""
         self.cuts = cuts or CutPlan()
         self.tally = []  # one dict per power cut of scenario 6, in order
 
@@ -162,7 +163,24 @@ def install_and_reboot(robot, version, *extra):
     pend = st.get("pending") or {}
     check(pend.get("stage") == "reboot-pending" and pend.get("version") == version,
           f"after install {version}: pending {pend}")
+    robot.last_install_output = out
     return pend["slot"], secs
+
+
+TRANSFER_RE = r"\((\S+ \S*B) fetched, (\S+ \S*B) reused from the booted slot\)"
+
+
+def expect_delta(robot, res, version):
+    """The last install copied from the booted slot: its bytes came mostly from there."""
+    m = re.search(TRANSFER_RE, robot.last_install_output)
+    check(m is not None, f"install {version} says nothing of fetched and reused bytes:"
+                         f" {robot.last_install_output[-1000:]}")
+    fetched, reused = m.groups()
+    robot.log(f"install {version}: {fetched} fetched, {reused} reused")
+    res.notes.append(f"delta: {fetched} fetched, {reused} reused")
+    check(not reused.startswith("0 "), f"install {version} reused nothing from the booted slot")
+    check(fetched.endswith(("KiB", " B")) or float(fetched.split()[0]) < 32,
+          f"install {version} fetched {fetched}: not a delta")
 
 
 def fetch(robot, url, dest):
@@ -243,8 +261,10 @@ def s1_update(robot, res):
 
 
 def s2_bad_health(robot, res):
+    # B runs 2.0.0, which this updater installed: 3.0.0 is planned against its chunk index.
     target, _ = install_and_reboot(robot, "3.0.0")
     check(target == "A", f"3.0.0 went to {target}, expected A")
+    expect_delta(robot, res, "3.0.0")
     robot.m.send_nowait("systemctl reboot")
     robot.m.wait_stopped(180)
     robot.power_on()
@@ -310,14 +330,14 @@ def s4_install_cut(robot, res):
         if how.startswith("fp:"):
             env = f"ROTA_FAILPOINT={how[3:]}"
             url = robot.server.url("rota-5.0.0.rota")
-            robot.m.send_nowait(f"{env} rota-updater install --checkpoint-bytes 16777216 {url}")
+            robot.m.send_nowait(f"{env} rota-updater install --full --checkpoint-bytes 16777216 {url}")
             robot.m.expect(r"failpoint \S+ reached", INSTALL_TIMEOUT)
             robot.m.power_cut()
         else:
             n = how[5:]
             robot.server.during_next_response(2 << 20 if n == "2MiB" else float(n), robot.m.power_cut)
             url = robot.server.url("rota-5.0.0.rota")
-            robot.m.send_nowait(f"rota-updater install --checkpoint-bytes 16777216 {url};"
+            robot.m.send_nowait(f"rota-updater install --full --checkpoint-bytes 16777216 {url};"
                                 " echo INSTALL''-ENDED $?")
             ended = robot.m.expect(r"^INSTALL-ENDED \d+", INSTALL_TIMEOUT, stop_ok=True)
             check(ended is None, f"the install ended ({ended and ended.group(0)}) before the"
@@ -580,7 +600,7 @@ class Campaign:
 
     def install_cmd(self, version, env=""):
         url = self.r.server.url(f"rota-{version}.rota")
-        return (f"{env} rota-updater install --allow-downgrade --allow-denied"
+        return (f"{env} rota-updater install --full --allow-downgrade --allow-denied"
                 f" --checkpoint-bytes {CUT_CHECKPOINT_BYTES} {url}")
 
     def step(self, st):

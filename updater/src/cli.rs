@@ -53,6 +53,10 @@ pub enum Command {
         /// Allow a bundle that rolled back before. Default: refused.
         #[arg(long)]
         allow_denied: bool,
+        /// Fetch every chunk; copy nothing from the booted slot. Default: chunks the booted slot
+        /// holds are copied (each checked first).
+        #[arg(long)]
+        full: bool,
         /// Bytes between durable progress checkpoints (each fsyncs the slot). Default: 128 MiB.
         #[arg(long, value_name = "BYTES", default_value_t = install::DEFAULT_CHECKPOINT_BYTES)]
         checkpoint_bytes: u64,
@@ -78,6 +82,9 @@ pub enum Command {
         /// Reboot into the new slot when the install succeeded. Default: do not reboot.
         #[arg(long)]
         reboot: bool,
+        /// Fetch every chunk still missing; copy nothing from the booted slot.
+        #[arg(long)]
+        full: bool,
     },
     /// Decide this boot: health-check and commit a trial slot, or record a rollback.
     ///

@@ -116,6 +116,7 @@ fn run(cli: Cli) -> Result<u8> {
             reboot,
             allow_downgrade,
             allow_denied,
+            full,
             checkpoint_bytes,
             json,
         } => {
@@ -123,6 +124,7 @@ fn run(cli: Cli) -> Result<u8> {
                 allow_downgrade,
                 allow_denied,
                 checkpoint_bytes,
+                reuse_booted_slot: !full,
             };
             install_from(
                 cli.config,
@@ -188,7 +190,7 @@ fn run(cli: Cli) -> Result<u8> {
             };
             Daemon::new(context).context("starting the daemon")?.run()
         }
-        Command::Resume { reboot } => {
+        Command::Resume { reboot, full } => {
             let loaded = load(cli.config.clone())?;
             let lock = lock(&loaded)?;
             let state = lock.load().context("reading the state file")?;
@@ -198,7 +200,9 @@ fn run(cli: Cli) -> Result<u8> {
             }
             // Continuing a fleet install keeps its deployment, and every install keeps what
             // it was allowed when it started.
-            install_locked(&loaded, &lock, &state, reboot, false)
+            let mut options = InstallOptions::resuming(&state);
+            options.reuse_booted_slot = !full;
+            install_locked(&loaded, &lock, &state, &options, reboot, false)
         }
         Command::Commit => {
             let loaded = load(cli.config)?;
@@ -271,7 +275,14 @@ fn resume_by_hand(loaded: &Loaded) -> Result<()> {
     if !is_interrupted(&state) || state.deployment_id.is_some() {
         return Ok(());
     }
-    match install_locked(loaded, &lock, &state, false, false) {
+    match install_locked(
+        loaded,
+        &lock,
+        &state,
+        &InstallOptions::resuming(&state),
+        false,
+        false,
+    ) {
         Ok(_) => Ok(()),
         Err(error) if exit_code(&error) == EXIT_BAD_BUNDLE => {
             let mut state = lock.load().context("reading the state file")?;
@@ -285,11 +296,12 @@ fn resume_by_hand(loaded: &Loaded) -> Result<()> {
     }
 }
 
-/// Continues the install `state` records, with the permissions it recorded.
+/// Continues the install `state` records, with `options` (the permissions it recorded).
 fn install_locked(
     loaded: &Loaded,
     lock: &StoreLock,
     state: &State,
+    options: &InstallOptions,
     reboot: bool,
     json: bool,
 ) -> Result<u8> {
@@ -315,7 +327,7 @@ fn install_locked(
         loaded,
         lock,
         &source,
-        &InstallOptions::resuming(state),
+        options,
         reboot,
         json,
     )

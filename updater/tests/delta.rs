@@ -87,13 +87,27 @@ fn an_identical_image_fetches_no_payload_byte() {
     // Another release with the same image: a rebuild with only the version changed.
     let v2 = robot.bundle("v2.rota", &BundleSpec::new("1.0.1", image.clone()));
     let server = Server::start(fs::read(&v2).unwrap(), Vec::new());
+    // --full copies nothing: every stored byte crosses the wire.
+    let full: serde_json::Value = serde_json::from_str(&ok(
+        robot.run(&["install", "--json", "--full", &server.url]),
+        "install --full",
+    ))
+    .unwrap();
+    assert_eq!(full["reused_bytes"], 0, "{full}");
+    let payload_sent: u64 = payload_requests(&server.requests())
+        .iter()
+        .map(|request| request.sent)
+        .sum();
+    assert_eq!(full["fetched_bytes"], payload_sent, "{full}");
+    let before = server.requests().len();
+
     let report = install_json(&robot, &server.url);
     assert_eq!(report["slot"], "A", "{report}");
     assert_eq!(report["fetched_bytes"], 0, "{report}");
     assert_eq!(report["reused_bytes"], image.len() as u64, "{report}");
     assert_eq!(&robot.slot("A")[..image.len()], &image[..]);
     let requests = server.requests();
-    assert_eq!(requests.len(), MANIFEST_REQUESTS, "{requests:?}");
+    assert_eq!(requests.len() - before, MANIFEST_REQUESTS, "{requests:?}");
 }
 
 #[test]

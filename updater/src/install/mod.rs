@@ -94,6 +94,8 @@ pub struct InstallOptions {
     /// Install a bundle on the denylist (an operator retrying a rolled-back release on purpose).
     pub allow_denied: bool,
     pub checkpoint_bytes: u64,
+    /// Copy chunks the booted slot holds instead of fetching them (a delta install).
+    pub reuse_booted_slot: bool,
 }
 
 impl Default for InstallOptions {
@@ -102,6 +104,7 @@ impl Default for InstallOptions {
             allow_downgrade: false,
             allow_denied: false,
             checkpoint_bytes: DEFAULT_CHECKPOINT_BYTES,
+            reuse_booted_slot: true,
         }
     }
 }
@@ -538,9 +541,9 @@ pub fn install(
 
     // 4. Plan: a stream that cannot skip without reading (stdin, a server ignoring Range)
     // gains nothing from the booted slot.
-    let have = match live {
-        None => booted_chunks(ctx, &state, booted),
-        Some(_) => HashMap::new(),
+    let have = match (&live, options.reuse_booted_slot) {
+        (None, true) => booted_chunks(ctx, &state, booted),
+        _ => HashMap::new(),
     };
     let plan = Plan::new(entry, first_chunk as usize, &have);
     log::info!(

@@ -25,10 +25,6 @@ use crate::state::Sha256Digest;
 /// ~100 ms, about what 64 KiB takes at 5 Mbit/s).
 pub const COALESCE_GAP_BYTES: u64 = 64 << 10;
 
-/// A fetched run is cut at this many stored bytes: a request that breaks costs at most this
-/// much again, and the next request can start while this one's bytes are verified.
-pub const MAX_FETCH_BYTES: u64 = 16 << 20;
-
 const INDEX_MAGIC: &[u8; 8] = b"ROTAIDX1";
 
 /// The chunk table of the image a slot holds, as written by the install that put it there.
@@ -152,9 +148,10 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Chunks from `first` on: those found in `have` are reused, the others fetched in runs
-    /// (gaps of at most [`COALESCE_GAP_BYTES`] stored bytes between fetched runs are fetched
-    /// too; runs are cut at [`MAX_FETCH_BYTES`]).
+    /// Chunks from `first` on: those found in `have` are reused, the others fetched in runs,
+    /// one request each (gaps of at most [`COALESCE_GAP_BYTES`] stored bytes between fetched
+    /// runs are fetched too). A request that breaks is resumed after its last whole chunk, so
+    /// a long run costs nothing more than several short ones.
     pub fn new(entry: &ImageEntry, first: usize, have: &HashMap<Sha256Digest, u64>) -> Plan {
         let chunks = &entry.chunks;
         let reusable = |index: usize| have.contains_key(&chunks[index].sha256);
@@ -193,20 +190,11 @@ impl Plan {
                 plan.steps.push(Step::Reuse(run));
                 continue;
             }
-            let mut start = run.start;
-            let mut bytes = 0u64;
-            for index in run.clone() {
-                let length = u64::from(chunks[index].stored_length);
-                if bytes > 0 && bytes + length > MAX_FETCH_BYTES {
-                    plan.steps.push(Step::Fetch(start..index));
-                    start = index;
-                    bytes = 0;
-                }
-                bytes += length;
-                plan.fetch_bytes += length;
-                plan.fetch_image_bytes += u64::from(chunks[index].length);
+            for chunk in &chunks[run.clone()] {
+                plan.fetch_bytes += u64::from(chunk.stored_length);
+                plan.fetch_image_bytes += u64::from(chunk.length);
             }
-            plan.steps.push(Step::Fetch(start..run.end));
+            plan.steps.push(Step::Fetch(run));
         }
         plan.requests = plan
             .steps
@@ -308,15 +296,6 @@ mod tests {
         let plan = Plan::fetch_all(&image(&[1, 2, 3]), 2);
         assert_eq!(plan.steps, [Step::Fetch(2..3)]);
         assert_eq!(Plan::fetch_all(&image(&[1, 2, 3]), 3).steps, []);
-    }
-
-    #[test]
-    fn fetches_are_cut_at_the_request_limit() {
-        let contents: Vec<u8> = (0..=255).cycle().take(1200).map(|n: u8| n).collect();
-        let plan = Plan::fetch_all(&image(&contents), 0);
-        let per_request = (MAX_FETCH_BYTES / 32768) as usize;
-        assert_eq!(plan.steps[0], Step::Fetch(0..per_request));
-        assert_eq!(plan.requests, 1200usize.div_ceil(per_request));
     }
 
     #[test]
