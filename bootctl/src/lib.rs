@@ -27,6 +27,7 @@ mod ctl;
 pub mod env;
 mod error;
 pub mod grub_backend;
+pub mod mountinfo;
 pub mod slot;
 pub mod uboot_backend;
 

@@ -8,6 +8,8 @@ use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use rota_bootctl::mountinfo;
+
 /// A block device number as `major:minor`, the form sysfs and mountinfo use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct DevNum {
@@ -55,40 +57,16 @@ pub struct Use {
 
 /// Parses `/proc/self/mountinfo` text into (device number, mount source, mount point).
 pub fn parse_mountinfo(text: &str) -> Vec<(DevNum, String, String)> {
-    text.lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split(' ').collect();
-            let dev = DevNum::parse(fields.get(2)?)?;
-            let mount_point = unescape(fields.get(4)?);
-            let dash = fields.iter().position(|f| *f == "-")?;
-            let source = unescape(fields.get(dash + 2)?);
-            Some((dev, source, mount_point))
+    mountinfo::parse(text)
+        .into_iter()
+        .map(|mount| {
+            let device = DevNum {
+                major: mount.major,
+                minor: mount.minor,
+            };
+            (device, mount.source, mount.mount_point)
         })
         .collect()
-}
-
-/// mountinfo escapes space, tab, newline and backslash as octal (`\040`).
-fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4]
-                .iter()
-                .all(|b| (b'0'..=b'7').contains(b))
-        {
-            let value =
-                (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
-            out.push(value);
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Every direct use of a block device on this system: mounts and swap.

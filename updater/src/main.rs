@@ -323,14 +323,7 @@ fn install_locked(
         }
         _ => return Ok(0),
     };
-    run_install(
-        loaded,
-        lock,
-        &source,
-        options,
-        reboot,
-        json,
-    )
+    run_install(loaded, lock, &source, options, reboot, json)
 }
 
 fn install_from(

@@ -9,6 +9,8 @@ use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use rota_bootctl::mountinfo;
+
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     #[error("{op} slot {}: {source}", path.display())]
@@ -49,60 +51,12 @@ fn identity(metadata: &fs::Metadata) -> Identity {
 }
 
 /// Linux's `makedev` for the `major:minor` of mountinfo.
-fn makedev(major: u64, minor: u64) -> u64 {
+fn makedev(major: u32, minor: u32) -> u64 {
+    let (major, minor) = (u64::from(major), u64::from(minor));
     ((major & 0xffff_f000) << 32)
         | ((major & 0x0000_0fff) << 8)
         | ((minor & 0xffff_ff00) << 12)
         | (minor & 0x0000_00ff)
-}
-
-/// One mount from `/proc/self/mountinfo`: device number, mount point and source.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mount {
-    pub device: u64,
-    pub mount_point: String,
-    pub source: String,
-}
-
-/// Parses mountinfo text (see proc(5)): `id parent major:minor root mount-point opts ... - fstype
-/// source superopts`.
-pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
-    text.lines()
-        .filter_map(|line| {
-            let mut fields = line.split(' ');
-            let devno = fields.nth(2)?;
-            let mount_point = fields.nth(1)?;
-            let (major, minor) = devno.split_once(':')?;
-            let after_separator = line.split_once(" - ")?.1;
-            let source = after_separator.split(' ').nth(1).unwrap_or("");
-            Some(Mount {
-                device: makedev(major.parse().ok()?, minor.parse().ok()?),
-                mount_point: unescape(mount_point),
-                source: unescape(source),
-            })
-        })
-        .collect()
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4].iter().all(u8::is_ascii_digit)
-        {
-            let octal = std::str::from_utf8(&bytes[i + 1..i + 4]).unwrap_or("0");
-            out.push(u8::from_str_radix(octal, 8).unwrap_or(b'?'));
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// What a slot must not be.
@@ -154,8 +108,8 @@ impl Guard {
         // No mountinfo (not Linux, odd sandbox): nothing to compare against.
         let mounts = fs::read_to_string(&self.mountinfo).unwrap_or_default();
         let canonical = fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
-        for mount in parse_mountinfo(&mounts) {
-            let same_device = matches!(target_id, Identity::Device(rdev) if rdev == mount.device);
+        for mount in mountinfo::parse(&mounts) {
+            let same_device = matches!(target_id, Identity::Device(rdev) if rdev == makedev(mount.major, mount.minor));
             let same_source = mount.source.starts_with('/')
                 && fs::canonicalize(&mount.source).is_ok_and(|source| source == canonical);
             if same_device || same_source {
@@ -253,20 +207,6 @@ impl SlotWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_mountinfo_lines() {
-        let text = "22 1 259:2 / / rw,relatime shared:1 - ext4 /dev/nvme0n1p2 rw\n\
-                    40 22 7:0 / /mnt/with\\040space rw - squashfs /data/slot\\040b.img ro\n\
-                    garbage\n";
-        let mounts = parse_mountinfo(text);
-        assert_eq!(mounts.len(), 2);
-        assert_eq!(mounts[0].device, makedev(259, 2));
-        assert_eq!(mounts[0].mount_point, "/");
-        assert_eq!(mounts[0].source, "/dev/nvme0n1p2");
-        assert_eq!(mounts[1].mount_point, "/mnt/with space");
-        assert_eq!(mounts[1].source, "/data/slot b.img");
-    }
 
     fn guard(dir: &Path) -> Guard {
         Guard {
