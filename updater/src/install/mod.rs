@@ -56,7 +56,7 @@ use errors::from_bundle_error;
 pub use errors::{FailureKind, InstallError, Refusal, TransportError};
 use plan::{ChunkIndex, Plan, Step};
 use sink::{Guard, SinkError, SlotWriter};
-use source::{BundleSource, HttpFetcher};
+use source::{BundleSource, HttpFetcher, Opened, SourceError};
 use switch::arm_trial;
 pub use switch::{arm_installed, switch_to_inactive_slot};
 
@@ -601,10 +601,14 @@ pub fn install(
         verified: &verified,
         image,
         fetched: 0,
+        prefetch: None,
     };
     let mut reused = 0u64;
     let mut steps: VecDeque<Step> = plan.steps.into();
     while let Some(step) = steps.pop_front() {
+        if live.is_none() {
+            fetch.prefetch_next(&steps, reconnects.deadline());
+        }
         match step {
             Step::Reuse(chunks) => {
                 let booted_device = booted_device
@@ -730,9 +734,58 @@ struct Fetcher<'a> {
     image: usize,
     /// Stored bytes that arrived and were verified.
     fetched: u64,
+    prefetch: Option<Prefetch>,
+}
+
+/// The next fetch's request, sent while the current step runs, so that its round trip and the
+/// server's first bytes overlap this step's work: two requests in flight, at no cost in memory
+/// (what arrives early waits in the socket's buffer).
+struct Prefetch {
+    chunks: Range<usize>,
+    opened: std::thread::JoinHandle<Result<Opened, SourceError>>,
 }
 
 impl Fetcher<'_> {
+    /// Sends the request of the first fetch in `steps` ahead, unless one is in flight already
+    /// (network sources only: a file needs no head start).
+    fn prefetch_next(&mut self, steps: &VecDeque<Step>, until: Instant) {
+        if self.prefetch.is_some() || !self.source.is_network() {
+            return;
+        }
+        let Some(chunks) = steps.iter().find_map(|step| match step {
+            Step::Fetch(chunks) if !chunks.is_empty() => Some(chunks.clone()),
+            _ => None,
+        }) else {
+            return;
+        };
+        let (Ok(first), Ok(last)) = (
+            self.verified.chunk_file_range(self.image, chunks.start),
+            self.verified.chunk_file_range(self.image, chunks.end - 1),
+        ) else {
+            return;
+        };
+        let source = self.source.clone();
+        let http = self.http.cloned();
+        let opened = std::thread::spawn(move || {
+            source.open_range(first.start, Some(last.end), http.as_ref(), Some(until))
+        });
+        self.prefetch = Some(Prefetch { chunks, opened });
+    }
+
+    /// The prefetched request for `chunks`, if that is what is in flight.
+    fn take_prefetched(&mut self, chunks: &Range<usize>) -> Option<Result<Opened, SourceError>> {
+        if self.prefetch.as_ref()?.chunks != *chunks {
+            return None;
+        }
+        let prefetch = self.prefetch.take()?;
+        Some(
+            prefetch
+                .opened
+                .join()
+                .unwrap_or_else(|_| Err(SourceError::Client("the request thread panicked".into()))),
+        )
+    }
+
     fn run(
         &mut self,
         chunks: Range<usize>,
@@ -758,9 +811,12 @@ impl Fetcher<'_> {
                 (stream.reader, false)
             }
             _ => {
-                let opened = self
-                    .source
-                    .open_range(start, Some(end), self.http, Some(until))?;
+                let opened = match self.take_prefetched(&chunks) {
+                    Some(opened) => opened?,
+                    None => self
+                        .source
+                        .open_range(start, Some(end), self.http, Some(until))?,
+                };
                 // The same file as the one verified, or none of it is.
                 check_length(opened.length, self.verified)?;
                 if !opened.ranged && self.source.is_network() {

@@ -158,6 +158,8 @@ impl BundleSource {
 }
 
 /// HTTP(S) client: rustls with the system's CA store (plus an optional extra CA), blocking.
+/// Clones share the connection pool.
+#[derive(Clone)]
 pub struct HttpFetcher {
     client: reqwest::blocking::Client,
     config: DownloadConfig,
