@@ -388,3 +388,23 @@ fn sigkill_at_random_moments_of_a_delta_install_then_retry_is_byte_exact() {
     }
     eprintln!("states right after the kills: {landed:?}");
 }
+
+/// Free space is all-zero chunks: their content is known from the signed hash alone, so they
+/// are written without reading the booted slot (where that space may hold anything by now).
+#[test]
+fn zero_chunks_are_written_from_the_manifest_not_read_from_the_booted_slot() {
+    let mut image = image_bytes(4 << 20, 65);
+    image[1 << 20..3 << 20].fill(0);
+    let robot = robot_running(&image);
+    // Something wrote into the running slot's free space since its install.
+    let mut slot_b = robot.slot("B");
+    slot_b[(3 << 19)..(5 << 19)].fill(0x5a);
+    fs::write(robot.path("slot-b"), &slot_b).unwrap();
+    let v2 = robot.bundle("v2.rota", &BundleSpec::new("1.0.1", image.clone()));
+    let output = robot.run(&["install", "--json", v2.to_str().unwrap()]);
+    let log = stderr(&output);
+    let report: serde_json::Value = serde_json::from_str(&ok(output, "install")).unwrap();
+    assert_eq!(&robot.slot("A")[..image.len()], &image[..], "byte-exact");
+    assert_eq!(report["fetched_bytes"], 0, "{report}\n{log}");
+    assert!(!log.contains("not what its index says"), "{log}");
+}

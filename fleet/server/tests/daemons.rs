@@ -508,6 +508,20 @@ fn twenty_updater_daemons_enroll_install_reboot_and_commit_and_a_failed_check_ro
         }
         assert_eq!(entry["state"], "committed", "{id}");
         assert_eq!(events_of(&server, id), HEALTHY_SEQUENCE, "{id}");
+        // How the image arrived reaches the robot's history (the dashboard's robot page):
+        // slot A was never installed by the updater, so nothing was there to reuse.
+        let history = server.get(&format!("/history?robot={id}&limit=1000"));
+        let installed = history
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|event| event["event"] == "installed")
+            .unwrap();
+        let detail = installed["detail"].as_str().unwrap_or_default();
+        assert!(
+            detail.contains("MiB fetched, 0.0 MiB reused from the booted slot"),
+            "{id}: {installed}"
+        );
     }
     assert!(
         robots[2].log().contains("resuming the install"),

@@ -691,7 +691,8 @@ pub fn install(
 
 /// Copies chunks `chunks` from the booted slot (each from where `have` says its content is),
 /// checking each against the signed chunk table before writing it; returns the first chunk not
-/// copied (`chunks.end` when all were).
+/// copied (`chunks.end` when all were). A chunk whose signed hash is that of zeros (free space)
+/// is written without reading: its content is known from the manifest alone.
 fn copy_from_booted(
     booted: &File,
     have: &HashMap<Sha256Digest, u64>,
@@ -701,18 +702,27 @@ fn copy_from_booted(
     progress: &mut dyn Progress,
 ) -> Result<usize, InstallError> {
     let mut buffer = Vec::new();
+    // The digest of zeros per chunk length seen (free space is mostly maximum-length chunks).
+    let mut zero_digests: HashMap<u32, Sha256Digest> = HashMap::new();
     for index in chunks.clone() {
         let chunk = &entry.chunks[index];
         let Some(&from) = have.get(&chunk.sha256) else {
             return Ok(index);
         };
+        let zero_digest = *zero_digests
+            .entry(chunk.length)
+            .or_insert_with(|| Sha256Digest::of(&vec![0u8; chunk.length as usize]));
         buffer.resize(chunk.length as usize, 0);
-        if let Err(error) = booted.read_exact_at(&mut buffer, from) {
-            log::warn!("reading chunk {index} from the booted slot: {error}");
-            return Ok(index);
-        }
-        if Sha256Digest::of(&buffer) != chunk.sha256 {
-            return Ok(index);
+        if chunk.sha256 == zero_digest {
+            buffer.fill(0);
+        } else {
+            if let Err(error) = booted.read_exact_at(&mut buffer, from) {
+                log::warn!("reading chunk {index} from the booted slot: {error}");
+                return Ok(index);
+            }
+            if Sha256Digest::of(&buffer) != chunk.sha256 {
+                return Ok(index);
+            }
         }
         checkpoint
             .slot
