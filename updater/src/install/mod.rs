@@ -342,6 +342,17 @@ fn open_manifest(
     }
 }
 
+/// The HTTP client a URL source needs (building one starts reqwest's I/O thread: file installs
+/// do without).
+fn http_client(ctx: &Context, source: &BundleSource) -> Result<Option<HttpFetcher>, InstallError> {
+    Ok(match source {
+        BundleSource::Http(_) => {
+            Some(HttpFetcher::new(&ctx.config.download)?.with_bearer(ctx.bearer_token.clone()))
+        }
+        _ => None,
+    })
+}
+
 /// What the booted slot holds, by content hash, when its chunk index is there and about the
 /// bundle the state file says it runs.
 fn booted_chunks(ctx: &Context, state: &State, booted: Slot) -> HashMap<Sha256Digest, u64> {
@@ -376,12 +387,7 @@ pub struct DryRun {
 pub fn dry_run(ctx: &Context, source: &BundleSource) -> Result<DryRun, InstallError> {
     let state = ctx.store.load()?;
     let booted = ctx.bootctl.booted_slot()?;
-    let http = match source {
-        BundleSource::Http(_) => {
-            Some(HttpFetcher::new(&ctx.config.download)?.with_bearer(ctx.bearer_token.clone()))
-        }
-        _ => None,
-    };
+    let http = http_client(ctx, source)?;
     let download = &ctx.config.download;
     let classify = |error| from_bundle_error(error, source, download.timeout);
     let mut reconnects = Reconnects::new(download, source);
@@ -431,12 +437,7 @@ pub fn install(
     }
     let booted = ctx.bootctl.booted_slot()?;
     let target = booted.other();
-    let http = match source {
-        BundleSource::Http(_) => {
-            Some(HttpFetcher::new(&ctx.config.download)?.with_bearer(ctx.bearer_token.clone()))
-        }
-        _ => None,
-    };
+    let http = http_client(ctx, source)?;
 
     // 1. Signature first: BundleReader decodes nothing it has not verified.
     let download = &ctx.config.download;
