@@ -10,11 +10,45 @@ use crate::digest::Sha256Digest;
 use crate::error::{Error, Result};
 use crate::manifest::{Compression, ImageEntry};
 
-/// Content-defined chunking parameters (FastCDC 2020, normalisation level 1). Part of the
-/// format's reproducibility: changing them changes every bundle's chunk table.
+/// Content-defined chunking parameters (FastCDC 2020, normalisation level 1) unless the writer is
+/// told otherwise. Part of the format's reproducibility: changing them changes every bundle's
+/// chunk table.
 pub const CHUNK_MIN_LENGTH: u32 = 16 << 10;
 pub const CHUNK_AVERAGE_LENGTH: u32 = 64 << 10;
 pub const CHUNK_MAX_LENGTH: u32 = 256 << 10;
+
+/// The sizes content-defined chunking aims at. Smaller chunks make a delta update fetch less
+/// around each change and make the manifest, which every update fetches whole, larger (about
+/// 80 bytes per chunk); `scripts/bench delta` measures both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkSizes {
+    pub min: u32,
+    pub average: u32,
+    pub max: u32,
+}
+
+impl ChunkSizes {
+    /// 16, 64 and 256 KiB.
+    pub const DEFAULT: ChunkSizes = ChunkSizes {
+        min: CHUNK_MIN_LENGTH,
+        average: CHUNK_AVERAGE_LENGTH,
+        max: CHUNK_MAX_LENGTH,
+    };
+
+    /// A quarter of `average` to four times it, as the default: `average` a power of two from
+    /// 4 KiB to 1 MiB (FastCDC's limits, and the format's 4 MiB per chunk).
+    pub fn around(average: u64) -> Result<ChunkSizes> {
+        if !average.is_power_of_two() || !(4 << 10..=1 << 20).contains(&average) {
+            return Err(Error::InvalidChunkSize { average });
+        }
+        let average = average as u32;
+        Ok(ChunkSizes {
+            min: average / 4,
+            average,
+            max: average * 4,
+        })
+    }
+}
 /// zstd level used unless the builder is told otherwise (zstd's own default).
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
 

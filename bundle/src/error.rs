@@ -136,6 +136,8 @@ pub enum Error {
     #[error("image {image:?} lies before the current stream position; open the bundle again")]
     ImageAlreadyPassed { image: String },
 
+    #[error("average chunk size {average} is not a power of two from 4 KiB to 1 MiB")]
+    InvalidChunkSize { average: u64 },
     #[error("a bundle needs at least one signing key")]
     NoSigningKey,
     #[error("a chunk worker thread stopped unexpectedly")]

@@ -50,7 +50,9 @@ mod reader;
 mod signature;
 mod writer;
 
-pub use chunk::{CHUNK_AVERAGE_LENGTH, CHUNK_MAX_LENGTH, CHUNK_MIN_LENGTH, DEFAULT_ZSTD_LEVEL};
+pub use chunk::{
+    ChunkSizes, CHUNK_AVERAGE_LENGTH, CHUNK_MAX_LENGTH, CHUNK_MIN_LENGTH, DEFAULT_ZSTD_LEVEL,
+};
 pub use digest::Sha256Digest;
 pub use error::{Error, Part, Result};
 pub use header::{

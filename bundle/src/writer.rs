@@ -8,8 +8,8 @@ use std::path::PathBuf;
 
 use sha2::{Digest, Sha256};
 
+use crate::chunk::ChunkSizes;
 use crate::chunk::{prepare_chunk, PreparedChunk, DEFAULT_ZSTD_LEVEL};
-use crate::chunk::{CHUNK_AVERAGE_LENGTH, CHUNK_MAX_LENGTH, CHUNK_MIN_LENGTH};
 use crate::digest::Sha256Digest;
 use crate::error::{Error, Part, Result};
 use crate::header::{Header, MAX_MANIFEST_LENGTH};
@@ -44,6 +44,7 @@ pub struct BundleBuilder<'a> {
     description: String,
     compression: Compression,
     zstd_level: i32,
+    chunk_sizes: ChunkSizes,
     keys: Vec<SigningKey>,
     images: Vec<PendingImage<'a>>,
     workers: usize,
@@ -71,6 +72,7 @@ impl<'a> BundleBuilder<'a> {
             description: String::new(),
             compression: Compression::None,
             zstd_level: DEFAULT_ZSTD_LEVEL,
+            chunk_sizes: ChunkSizes::DEFAULT,
             keys: Vec::new(),
             images: Vec::new(),
             workers: default_workers(),
@@ -111,6 +113,12 @@ impl<'a> BundleBuilder<'a> {
     }
 
     /// Threads that hash and compress chunks; 0 does it all on the calling thread.
+    /// Chunk sizes other than [`ChunkSizes::DEFAULT`].
+    pub fn chunk_sizes(&mut self, sizes: ChunkSizes) -> &mut Self {
+        self.chunk_sizes = sizes;
+        self
+    }
+
     pub fn workers(&mut self, workers: usize) -> &mut Self {
         self.workers = workers;
         self
@@ -179,6 +187,7 @@ impl<'a> BundleBuilder<'a> {
                 payload_length,
                 self.compression,
                 self.zstd_level,
+                self.chunk_sizes,
                 self.workers,
                 &mut spool_writer,
             )?;
@@ -311,6 +320,7 @@ fn chunk_image(
     payload_offset: u64,
     compression: Compression,
     zstd_level: i32,
+    sizes: ChunkSizes,
     workers: usize,
     spool: &mut dyn Write,
 ) -> Result<(ImageEntry, StoredBytes)> {
@@ -354,12 +364,7 @@ fn chunk_image(
     };
     let mut image_hasher = Sha256::new();
     let window = 4 * workers.max(1);
-    let chunker = fastcdc::v2020::StreamCDC::new(
-        reader,
-        CHUNK_MIN_LENGTH,
-        CHUNK_AVERAGE_LENGTH,
-        CHUNK_MAX_LENGTH,
-    );
+    let chunker = fastcdc::v2020::StreamCDC::new(reader, sizes.min, sizes.average, sizes.max);
     for piece in chunker {
         let piece = piece.map_err(|e| input_error(&path, cdc_error_to_io(e)))?;
         image_hasher.update(&piece.data);

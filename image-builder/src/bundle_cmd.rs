@@ -2,7 +2,9 @@
 //! from `SOURCE_DATE_EPOCH`, and rota-bundle uses no clock or randomness, so the same inputs
 //! give the same bytes.
 
-use rota_bundle::{BundleBuilder, BundleSummary, Compression, SigningKey, SlotClass, SourceInfo};
+use rota_bundle::{
+    BundleBuilder, BundleSummary, ChunkSizes, Compression, SigningKey, SlotClass, SourceInfo,
+};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -50,6 +52,8 @@ pub struct BundleOptions {
     pub keys: Vec<PathBuf>,
     pub images: Vec<ImageSpec>,
     pub zstd_level: Option<i32>,
+    /// Average chunk size (see [`ChunkSizes::around`]).
+    pub chunk_size: u64,
     pub security_version: u32,
     pub git_commit: Option<String>,
     pub git_branch: Option<String>,
@@ -115,6 +119,7 @@ pub fn build(options: &BundleOptions) -> Result<BundleSummary, BundleCmdError> {
     if let Some(level) = options.zstd_level {
         builder.compression(Compression::Zstd).zstd_level(level);
     }
+    builder.chunk_sizes(ChunkSizes::around(options.chunk_size)?);
     for key in &keys {
         builder.sign_with(key);
     }

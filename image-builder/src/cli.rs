@@ -74,6 +74,11 @@ pub struct BundleArgs {
     /// zstd level with --zstd.
     #[arg(long, default_value_t = 3, requires = "zstd")]
     pub zstd_level: i32,
+    /// Average content-defined chunk size, a power of two from 4KiB to 1MiB (chunks range from
+    /// a quarter of it to four times it). Smaller: a delta update fetches less around each
+    /// change, and every update fetches a larger manifest (about 80 bytes per chunk).
+    #[arg(long, value_name = "SIZE", default_value = "64KiB", value_parser = parse_chunk_size)]
+    pub chunk_size: u64,
     /// Anti-rollback counter; robots refuse bundles below the one they run.
     #[arg(long, default_value_t = 0)]
     pub security_version: u32,
@@ -209,6 +214,13 @@ pub struct FlashArgs {
 
 fn parse_size_arg(text: &str) -> Result<u64, String> {
     crate::size::parse_size(text).map_err(|e| e.to_string())
+}
+
+/// A size that is a valid average chunk size: refused as a usage error (exit 2) before any work.
+fn parse_chunk_size(text: &str) -> Result<u64, String> {
+    let size = parse_size_arg(text)?;
+    rota_bundle::ChunkSizes::around(size).map_err(|e| e.to_string())?;
+    Ok(size)
 }
 
 #[cfg(test)]

@@ -187,6 +187,7 @@ pub fn bundle(args: BundleArgs) -> Result<ExitCode> {
         keys: args.keys,
         images: args.images,
         zstd_level: args.zstd.then_some(args.zstd_level),
+        chunk_size: args.chunk_size,
         security_version: args.security_version,
         git_commit: args.git_commit,
         git_branch: args.git_branch,

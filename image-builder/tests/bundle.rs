@@ -257,3 +257,82 @@ fn bundle_with_two_keys_verifies_with_either() {
     assert!(message.contains("missing.img"), "{message}");
     assert!(!dir.path().join("x.rota").exists());
 }
+
+/// Random bytes, so that content-defined chunking has something to cut on.
+fn random_image(path: &Path, len: usize) {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let data: Vec<u8> = (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    fs::write(path, data).unwrap();
+}
+
+#[test]
+fn chunk_size_trades_chunk_count_and_a_bad_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    random_image(&dir.path().join("rootfs.img"), 4 << 20);
+    keygen(dir.path(), "keys/release");
+    let chunks = |size: &str| -> u64 {
+        let out = format!("{size}.rota");
+        ok(
+            dir.path(),
+            &[
+                "bundle",
+                "--compatible",
+                "b",
+                "--version",
+                "1.0.0",
+                "--key",
+                "keys/release.key",
+                "--image",
+                "rootfs=rootfs.img",
+                "--zstd",
+                "--chunk-size",
+                size,
+                "-o",
+                &out,
+            ],
+        );
+        ok(dir.path(), &["verify", &out, "--keyring", "keys"]);
+        let json = ok(
+            dir.path(),
+            &["inspect", &out, "--keyring", "keys", "--json"],
+        );
+        let found: serde_json::Value = serde_json::from_str(&json).unwrap();
+        found["manifest"]["images"][0]["chunks"].as_u64().unwrap()
+    };
+    let (small, default, large) = (chunks("16KiB"), chunks("64KiB"), chunks("256KiB"));
+    assert!(
+        small > 2 * default && default > 2 * large,
+        "{small} {default} {large}"
+    );
+    let error = fails_with(
+        dir.path(),
+        2,
+        &[
+            "bundle",
+            "--compatible",
+            "b",
+            "--version",
+            "1.0.0",
+            "--key",
+            "keys/release.key",
+            "--image",
+            "rootfs=rootfs.img",
+            "--chunk-size",
+            "48KiB",
+            "-o",
+            "bad.rota",
+        ],
+    );
+    assert!(
+        error.contains("not a power of two from 4 KiB to 1 MiB"),
+        "{error}"
+    );
+    assert!(!dir.path().join("bad.rota").exists());
+}

@@ -393,8 +393,8 @@ fn sigkill_at_random_moments_of_a_delta_install_then_retry_is_byte_exact() {
 /// are written without reading the booted slot (where that space may hold anything by now).
 #[test]
 fn zero_chunks_are_written_from_the_manifest_not_read_from_the_booted_slot() {
-    let mut image = image_bytes(4 << 20, 65);
-    image[1 << 20..3 << 20].fill(0);
+    let mut image = image_bytes(6 << 20, 65);
+    image[1 << 20..5 << 20].fill(0);
     let robot = robot_running(&image);
     // Something wrote into the running slot's free space since its install.
     let mut slot_b = robot.slot("B");

@@ -554,6 +554,7 @@ pub fn install(
         HumanBytes(plan.fetch_image_bytes),
         plan.requests
     );
+    let zeros = zero_digests(entry);
     let booted_device = match plan.reuse_bytes {
         0 => None,
         _ => {
@@ -618,6 +619,7 @@ pub fn install(
                 let copied = copy_from_booted(
                     booted_device,
                     &have,
+                    &zeros,
                     entry,
                     chunks.clone(),
                     &mut checkpoint,
@@ -690,6 +692,32 @@ pub fn install(
     })
 }
 
+/// Image bytes copied from the booted slot per hand-off to the checkpoint: each batch is split
+/// among the workers, so reading, hashing and writing run on every core.
+const REUSE_BATCH_BYTES: u64 = 8 << 20;
+
+/// The digests of all-zero chunks of the lengths free space comes in: lengths that at least 8
+/// chunks of the image share (content-defined chunking cuts zeros at one length), so that
+/// checking a chunk for zeros costs a lookup, not a hash.
+fn zero_digests(entry: &ImageEntry) -> HashMap<u32, Sha256Digest> {
+    let mut counts: HashMap<u32, usize> = HashMap::new();
+    for chunk in &entry.chunks {
+        *counts.entry(chunk.length).or_default() += 1;
+    }
+    counts
+        .into_iter()
+        .filter(|&(_, count)| count >= 8)
+        .map(|(length, _)| (length, Sha256Digest::of(&vec![0u8; length as usize])))
+        .collect()
+}
+
+/// What copying one chunk from the booted slot came to.
+enum Copied {
+    Written,
+    /// Unreadable, or not what the index says: fetch it instead.
+    Mismatch,
+}
+
 /// Copies chunks `chunks` from the booted slot (each from where `have` says its content is),
 /// checking each against the signed chunk table before writing it; returns the first chunk not
 /// copied (`chunks.end` when all were). A chunk whose signed hash is that of zeros (free space)
@@ -697,41 +725,86 @@ pub fn install(
 fn copy_from_booted(
     booted: &File,
     have: &HashMap<Sha256Digest, u64>,
+    zeros: &HashMap<u32, Sha256Digest>,
     entry: &ImageEntry,
     chunks: Range<usize>,
     checkpoint: &mut Checkpointer,
     progress: &mut dyn Progress,
 ) -> Result<usize, InstallError> {
-    let mut buffer = Vec::new();
-    // The digest of zeros per chunk length seen (free space is mostly maximum-length chunks).
-    let mut zero_digests: HashMap<u32, Sha256Digest> = HashMap::new();
-    for index in chunks.clone() {
+    let workers = std::thread::available_parallelism().map_or(1, |cores| cores.get().min(4));
+    let slot = checkpoint.slot.clone();
+    let copy_one = |index: usize, buffer: &mut Vec<u8>| -> io::Result<Copied> {
         let chunk = &entry.chunks[index];
         let Some(&from) = have.get(&chunk.sha256) else {
-            return Ok(index);
+            return Ok(Copied::Mismatch);
         };
-        let zero_digest = *zero_digests
-            .entry(chunk.length)
-            .or_insert_with(|| Sha256Digest::of(&vec![0u8; chunk.length as usize]));
         buffer.resize(chunk.length as usize, 0);
-        if chunk.sha256 == zero_digest {
+        if zeros.get(&chunk.length) == Some(&chunk.sha256) {
             buffer.fill(0);
         } else {
-            if let Err(error) = booted.read_exact_at(&mut buffer, from) {
+            if let Err(error) = booted.read_exact_at(buffer, from) {
                 log::warn!("reading chunk {index} from the booted slot: {error}");
-                return Ok(index);
+                return Ok(Copied::Mismatch);
             }
-            if Sha256Digest::of(&buffer) != chunk.sha256 {
-                return Ok(index);
+            if Sha256Digest::of(buffer) != chunk.sha256 {
+                return Ok(Copied::Mismatch);
             }
         }
-        checkpoint
-            .slot
-            .write_all_at(&buffer, chunk.offset)
-            .map_err(|source| checkpoint.slot_error("write", source))?;
-        let end = chunk.offset + u64::from(chunk.length);
-        checkpoint.run_written(index + 1, end)?;
-        progress.advance(end);
+        slot.write_all_at(buffer, chunk.offset)?;
+        Ok(Copied::Written)
+    };
+    let mut start = chunks.start;
+    while start < chunks.end {
+        let mut end = start;
+        let mut bytes = 0u64;
+        while end < chunks.end && (end == start || bytes < REUSE_BATCH_BYTES) {
+            bytes += u64::from(entry.chunks[end].length);
+            end += 1;
+        }
+        // Worker `w` copies chunks start + w, start + w + workers, ...; each stops at its
+        // first mismatch. Chunks after a mismatch may be written too: they were verified.
+        let outcomes: Vec<io::Result<Option<usize>>> = std::thread::scope(|scope| {
+            let copy_one = &copy_one;
+            let handles: Vec<_> = (0..workers)
+                .map(|worker| {
+                    scope.spawn(move || {
+                        let mut buffer = Vec::new();
+                        for index in (start + worker..end).step_by(workers) {
+                            if let Copied::Mismatch = copy_one(index, &mut buffer)? {
+                                return Ok(Some(index));
+                            }
+                        }
+                        Ok(None)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|handle| {
+                    handle
+                        .join()
+                        .unwrap_or_else(|_| Err(io::Error::other("a copy thread panicked")))
+                })
+                .collect()
+        });
+        let mut first_mismatch = end;
+        for outcome in outcomes {
+            match outcome {
+                Ok(Some(index)) => first_mismatch = first_mismatch.min(index),
+                Ok(None) => {}
+                Err(source) => return Err(checkpoint.slot_error("write", source).into()),
+            }
+        }
+        if first_mismatch > start {
+            let last = &entry.chunks[first_mismatch - 1];
+            let done = last.offset + u64::from(last.length);
+            checkpoint.run_written(first_mismatch, done)?;
+            progress.advance(done);
+        }
+        if first_mismatch < end {
+            return Ok(first_mismatch);
+        }
+        start = end;
     }
     Ok(chunks.end)
 }
