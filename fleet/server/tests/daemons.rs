@@ -783,6 +783,52 @@ fn bundles_on_a_cdn_stream_straight_into_the_slot_without_the_robot_token() {
     }
 }
 
+/// The second release a robot gets from rota-server (behind the robot token) is a delta: the
+/// daemon copies what its booted slot holds and fetches only the changed chunks by Range.
+#[test]
+fn a_second_release_from_the_server_is_a_delta_install() {
+    let server = Server::start();
+    let root = tempfile::tempdir().unwrap();
+    let mut robots = start_fleet(root.path(), &server, "delta", 1, "");
+    let old = common::random_image("2.0.0", 960 << 10);
+    let mut new = old.clone();
+    new[512 << 10..(512 << 10) + 4096].fill(0x42);
+    for (version, image) in [("2.0.0", old), ("2.1.0", new.clone())] {
+        let bytes = common::bundle_of(version, common::COMPATIBLE, &common::trusted_key(), image);
+        let path = server.write_bundle(version, &bytes);
+        server.rota_ok(&["release", "publish", path.to_str().unwrap()]);
+        let deployment = deploy_to_all(&server, &mut robots, version);
+        assert_eq!(
+            deployment["state"], "succeeded",
+            "{version}: {deployment:#}"
+        );
+    }
+    let robot = &robots[0];
+    assert_eq!(robot.status()["booted"], "A");
+    assert_eq!(
+        &fs::read(robot.path("slot-a")).unwrap()[..new.len()],
+        &new[..]
+    );
+    let history = server.get(&format!("/history?robot={}&limit=1000", robot.id));
+    let details: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|event| event["event"] == "installed")
+        .filter_map(|event| event["detail"].as_str())
+        .collect();
+    // Newest first: 2.1.0 reused most of 2.0.0's 960 KiB from slot B.
+    assert_eq!(details.len(), 2, "{history:#}");
+    let reused: f64 = details[0]
+        .split(" MiB reused")
+        .next()
+        .and_then(|text| text.rsplit(' ').next())
+        .and_then(|mib| mib.parse().ok())
+        .unwrap_or_default();
+    assert!(reused >= 0.5, "{}", details[0]);
+    assert!(details[1].contains("0.0 MiB reused"), "{}", details[1]);
+}
+
 /// What a real daemon says about its robot reaches `rota robots show --json`, and a dynamic
 /// group selects the robot by it: its config's tags, the kernel it runs, its slot sizes.
 #[test]

@@ -30,8 +30,13 @@ pub fn stranger_key() -> SigningKey {
 
 /// A bundle of `image_len` pseudo-random bytes (different per version), signed by `key`.
 pub fn bundle(version: &str, compatible: &str, key: &SigningKey, image_len: usize) -> Vec<u8> {
-    let mut image = vec![0u8; image_len];
-    let mut x: u64 = version.bytes().fold(0xcbf29ce484222325, |h, b| {
+    bundle_of(version, compatible, key, random_image(version, image_len))
+}
+
+/// Pseudo-random image bytes, the same for the same seed.
+pub fn random_image(seed: &str, len: usize) -> Vec<u8> {
+    let mut image = vec![0u8; len];
+    let mut x: u64 = seed.bytes().fold(0xcbf29ce484222325, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
     });
     for byte in image.iter_mut() {
@@ -40,6 +45,11 @@ pub fn bundle(version: &str, compatible: &str, key: &SigningKey, image_len: usiz
         x ^= x << 17;
         *byte = x as u8;
     }
+    image
+}
+
+/// A bundle of `image`, uncompressed, signed with `key`.
+pub fn bundle_of(version: &str, compatible: &str, key: &SigningKey, image: Vec<u8>) -> Vec<u8> {
     let mut builder = BundleBuilder::new(compatible, version.parse().unwrap());
     builder
         .build_time(1_700_000_000)
