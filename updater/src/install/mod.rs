@@ -753,6 +753,9 @@ fn copy_from_booted(
         slot.write_all_at(buffer, chunk.offset)?;
         Ok(Copied::Written)
     };
+    // One buffer per worker for the whole step: allocating per batch made the allocator keep
+    // freed buffers around (peak RSS 6.2 MiB against 5.2 MiB).
+    let mut buffers: Vec<Vec<u8>> = vec![Vec::new(); workers];
     let mut start = chunks.start;
     while start < chunks.end {
         let mut end = start;
@@ -765,12 +768,13 @@ fn copy_from_booted(
         // first mismatch. Chunks after a mismatch may be written too: they were verified.
         let outcomes: Vec<io::Result<Option<usize>>> = std::thread::scope(|scope| {
             let copy_one = &copy_one;
-            let handles: Vec<_> = (0..workers)
-                .map(|worker| {
+            let handles: Vec<_> = buffers
+                .iter_mut()
+                .enumerate()
+                .map(|(worker, buffer)| {
                     scope.spawn(move || {
-                        let mut buffer = Vec::new();
                         for index in (start + worker..end).step_by(workers) {
-                            if let Copied::Mismatch = copy_one(index, &mut buffer)? {
+                            if let Copied::Mismatch = copy_one(index, buffer)? {
                                 return Ok(Some(index));
                             }
                         }
