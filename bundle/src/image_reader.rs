@@ -111,6 +111,46 @@ fn verify_job(job: RunJob) -> RunResult {
     }
 }
 
+/// The worker threads that verify and decompress chunks, and the buffers they hand back, kept
+/// across image readers: a caller that reads many ranges of an image (a delta install, one
+/// request per run of missing chunks) starts threads and allocates buffers once, which keeps
+/// its peak memory down (each new thread's allocator arena kept freed buffers).
+pub struct VerifyPool {
+    pool: OrderedPool<RunJob, RunResult>,
+    /// Buffers to reuse: allocating two fresh ones per run costs page faults that show up
+    /// next to SHA-256 in a profile.
+    spare_buffers: Vec<Vec<u8>>,
+}
+
+impl VerifyPool {
+    /// `workers` threads (0: on the reading thread).
+    pub fn new(workers: usize) -> VerifyPool {
+        VerifyPool {
+            pool: OrderedPool::new(workers, verify_job),
+            spare_buffers: Vec::new(),
+        }
+    }
+}
+
+/// An image reader's workers: its own, or a pool lent to it.
+enum Workers<'a> {
+    Own(VerifyPool),
+    Lent(&'a mut VerifyPool),
+}
+
+impl Workers<'_> {
+    fn get(&mut self) -> &mut VerifyPool {
+        match self {
+            Workers::Own(pool) => pool,
+            Workers::Lent(pool) => pool,
+        }
+    }
+
+    fn pool(&mut self) -> &mut OrderedPool<RunJob, RunResult> {
+        &mut self.get().pool
+    }
+}
+
 /// Yields an image's bytes, verified. Use [`Self::next_run`] for whole verified runs of
 /// chunks (no copy) or the `Read` impl; after an error every later call fails too. A chunk
 /// that fails its checks ends the image right before it: every chunk before it is handed out.
@@ -132,10 +172,7 @@ pub struct ImageReader<'a> {
     run_bytes: usize,
     checks: ChunkChecks,
     sink: Option<Arc<dyn PositionedSink>>,
-    pool: OrderedPool<RunJob, RunResult>,
-    /// Buffers to reuse: allocating two fresh ones per run costs page faults that show
-    /// up next to SHA-256 in a profile.
-    spare_buffers: Vec<Vec<u8>>,
+    workers: Workers<'a>,
     image_hasher: Option<Sha256>,
     /// A verification failure to report once the chunks before it were handed out.
     pending_error: Option<Error>,
@@ -172,8 +209,7 @@ impl<'a> ImageReader<'a> {
                 decompressed_sha256: options.check_decompressed_sha256,
             },
             sink: None,
-            pool: OrderedPool::new(options.workers, verify_job),
-            spare_buffers: Vec::new(),
+            workers: Workers::Own(VerifyPool::new(options.workers)),
             image_hasher: (options.check_image_sha256 && whole_image).then(Sha256::new),
             verified,
             pending_error: None,
@@ -182,6 +218,12 @@ impl<'a> ImageReader<'a> {
             current_position: 0,
             failed: false,
         }
+    }
+
+    /// Verifies with `pool`'s workers instead of starting its own.
+    pub(crate) fn lend(mut self, pool: &'a mut VerifyPool) -> Self {
+        self.workers = Workers::Lent(pool);
+        self
     }
 
     /// The manifest entry of this image.
@@ -250,13 +292,14 @@ impl<'a> ImageReader<'a> {
             return Ok(None);
         }
         self.fill_read_ahead();
-        if self.pool.in_flight() == 0 {
+        if self.workers.pool().in_flight() == 0 {
             if let Some(error) = self.read_error.take() {
                 return Err(error);
             }
         }
         let result = self
-            .pool
+            .workers
+            .pool()
             .next()
             .ok_or(Error::WorkerLost)?
             .map_err(|()| Error::WorkerLost)?;
@@ -295,12 +338,12 @@ impl<'a> ImageReader<'a> {
     /// Reads runs of stored chunks from the source and queues them until the window is full.
     fn fill_read_ahead(&mut self) {
         let chunk_count = self.end;
-        while self.pool.in_flight() < self.read_ahead
+        while self.workers.pool().in_flight() < self.read_ahead
             && self.next_to_read < chunk_count
             && self.read_error.is_none()
         {
             let run = self.run_from(self.next_to_read);
-            let mut stored = self.spare_buffers.pop().unwrap_or_default();
+            let mut stored = self.workers.get().spare_buffers.pop().unwrap_or_default();
             fit_length(&mut stored, stored_run_length(self.entry(), run.clone()));
             // A run's stored chunks are contiguous in the payload: one read for all of them.
             let run = match read_fully(self.source, &mut stored) {
@@ -342,11 +385,11 @@ impl<'a> ImageReader<'a> {
             // per run in flight would only add to peak memory.
             scratch: match self.entry().compression {
                 Compression::None => Vec::new(),
-                Compression::Zstd => self.spare_buffers.pop().unwrap_or_default(),
+                Compression::Zstd => self.workers.get().spare_buffers.pop().unwrap_or_default(),
             },
             checks: self.checks,
         };
-        self.pool.submit(job);
+        self.workers.pool().submit(job);
     }
 
     /// The chunk of `run` that holds stored byte `position` of the run.
@@ -375,8 +418,10 @@ impl<'a> ImageReader<'a> {
     /// Gives a buffer (such as a [`VerifiedRun`]'s data, once used) back for reuse.
     pub fn recycle(&mut self, buffer: Vec<u8>) {
         // Enough for every run in flight, its scratch buffer, and the one being read.
-        if self.spare_buffers.len() < 2 * self.read_ahead + 2 && buffer.capacity() > 0 {
-            self.spare_buffers.push(buffer);
+        let limit = 2 * self.read_ahead + 2;
+        let spare = &mut self.workers.get().spare_buffers;
+        if spare.len() < limit && buffer.capacity() > 0 {
+            spare.push(buffer);
         }
     }
 
@@ -395,6 +440,21 @@ impl<'a> ImageReader<'a> {
             self.recycle(run.data);
         }
         Ok(written)
+    }
+}
+
+impl Drop for ImageReader<'_> {
+    /// A lent pool goes back with nothing in flight, whatever stopped the reader early.
+    fn drop(&mut self) {
+        if let Workers::Lent(pool) = &mut self.workers {
+            while let Some(Ok(result)) = pool.pool.next() {
+                for buffer in [result.spare, result.data] {
+                    if buffer.capacity() > 0 && pool.spare_buffers.len() < 16 {
+                        pool.spare_buffers.push(buffer);
+                    }
+                }
+            }
+        }
     }
 }
 

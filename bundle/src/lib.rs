@@ -58,7 +58,7 @@ pub use error::{Error, Part, Result};
 pub use header::{
     Header, FORMAT_VERSION, HEADER_LENGTH, MAGIC, MAX_MANIFEST_LENGTH, MAX_SIGNATURE_BLOCK_LENGTH,
 };
-pub use image_reader::{ImageReader, PositionedSink, VerifiedRun, WrittenRun};
+pub use image_reader::{ImageReader, PositionedSink, VerifiedRun, VerifyPool, WrittenRun};
 pub use keys::{KeyError, KeyId, Keyring, PublicKey, SigningKey, PUBLIC_KEY_EXTENSION};
 pub use manifest::{
     Chunk, Compression, ImageEntry, Manifest, SlotClass, SourceInfo, MAX_CHUNK_LENGTH,

@@ -9,7 +9,7 @@ use crate::chunk::verify_stored_chunk;
 use crate::digest::Sha256Digest;
 use crate::error::{Error, Part, Result};
 use crate::header::Header;
-use crate::image_reader::ImageReader;
+use crate::image_reader::{ImageReader, VerifyPool};
 use crate::keys::{KeyId, Keyring};
 use crate::manifest::{ImageEntry, Manifest};
 use crate::signature::{signed_message, verify_signatures};
@@ -244,6 +244,24 @@ impl VerifiedManifest {
     ) -> Result<ImageReader<'a>> {
         let count = self.image(image)?.chunks.len();
         self.image_range_reader(image, first_chunk..count.max(first_chunk), source, options)
+    }
+
+    /// [`Self::image_range_reader`] verifying with `pool`'s workers (see [`VerifyPool`]).
+    pub fn image_range_reader_in<'a>(
+        &self,
+        image: usize,
+        chunks: Range<usize>,
+        source: &'a mut dyn Read,
+        options: &ReadOptions,
+        pool: &'a mut VerifyPool,
+    ) -> Result<ImageReader<'a>> {
+        let no_workers = ReadOptions {
+            workers: 0,
+            ..options.clone()
+        };
+        Ok(self
+            .image_range_reader(image, chunks, source, &no_workers)?
+            .lend(pool))
     }
 
     /// Streams chunks `chunks` of image `image` and reads nothing past their stored bytes

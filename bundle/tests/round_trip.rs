@@ -452,3 +452,46 @@ fn a_sink_that_cannot_be_written_ends_the_image_with_a_write_error() {
     assert!(matches!(error, Error::Write(_)), "{error:?}");
     assert!(image.next_written_run().is_err(), "the reader stays failed");
 }
+
+/// A delta install reads many ranges of one image with one pool of workers: every range comes
+/// out verified and right, also after a reader was dropped half-way with runs in flight.
+#[test]
+fn ranges_read_with_one_lent_pool_match_the_image() {
+    let key = key(1);
+    let image = image_data(7, 3 << 20);
+    let bundle = build(&[("rootfs", &image)], Compression::Zstd, &[&key]);
+    let reader = BundleReader::open(&bundle[..], &keyring(&[&key])).unwrap();
+    let verified = reader.verified_manifest().clone();
+    let chunks = &verified.manifest().images[0].chunks;
+    let options = ReadOptions {
+        workers: 2,
+        read_ahead: 3,
+        ..ReadOptions::default()
+    };
+    let mut pool = VerifyPool::new(2);
+    let count = chunks.len();
+    for (round, range) in [0..count / 3, count / 3..count / 2, count / 2..count]
+        .into_iter()
+        .enumerate()
+    {
+        let start = verified.chunk_file_range(0, range.start).unwrap().start as usize;
+        let end = verified.chunk_file_range(0, range.end - 1).unwrap().end as usize;
+        let mut source = &bundle[start..end];
+        let mut ranged = verified
+            .image_range_reader_in(0, range.clone(), &mut source, &options, &mut pool)
+            .unwrap();
+        if round == 1 {
+            // Dropped after one run: the pool goes back with nothing in flight.
+            ranged.next_run().unwrap().unwrap();
+            continue;
+        }
+        let mut out = Vec::new();
+        ranged.copy_to(&mut out).unwrap();
+        let from = chunks[range.start].offset as usize;
+        assert_eq!(out, image[from..from + out.len()], "range {range:?}");
+        assert_eq!(
+            from + out.len(),
+            (chunks[range.end - 1].offset + u64::from(chunks[range.end - 1].length)) as usize
+        );
+    }
+}

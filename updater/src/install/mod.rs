@@ -31,7 +31,8 @@ use std::time::Instant;
 use indicatif::HumanBytes;
 use rota_bootctl::{BootCtl, Slot};
 use rota_bundle::{
-    BundleReader, Header, ImageEntry, Keyring, Part, ReadOptions, VerifiedManifest, HEADER_LENGTH,
+    BundleReader, Header, ImageEntry, Keyring, Part, ReadOptions, VerifiedManifest, VerifyPool,
+    HEADER_LENGTH,
 };
 
 use crate::config::{Config, DownloadConfig};
@@ -604,6 +605,7 @@ pub fn install(
         image,
         fetched: 0,
         prefetch: None,
+        workers: VerifyPool::new(read_options().workers),
     };
     let mut reused = 0u64;
     let mut steps: VecDeque<Step> = plan.steps.into();
@@ -823,6 +825,8 @@ struct Fetcher<'a> {
     /// Stored bytes that arrived and were verified.
     fetched: u64,
     prefetch: Option<Prefetch>,
+    /// One set of verifying workers for every request of the install.
+    workers: VerifyPool,
 }
 
 /// The next fetch's request, sent while the current step runs, so that its round trip and the
@@ -916,11 +920,12 @@ impl Fetcher<'_> {
             }
         };
         let result = {
-            let mut image_reader = self.verified.image_range_reader(
+            let mut image_reader = self.verified.image_range_reader_in(
                 self.image,
                 chunks.clone(),
                 &mut reader,
                 &read_options(),
+                &mut self.workers,
             )?;
             pump(&mut image_reader, checkpoint, progress)
         };
