@@ -81,8 +81,6 @@ pub enum DaemonError {
     Install(#[from] InstallError),
     #[error(transparent)]
     Reboot(#[from] CommitError),
-    #[error("download of {url}: {what}")]
-    Download { url: String, what: String },
 }
 
 fn io_error<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> DaemonError + 'a {
