@@ -52,6 +52,22 @@ impl ChunkSizes {
 /// zstd level used unless the builder is told otherwise (zstd's own default).
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
 
+/// Cuts `reader`'s bytes as the writer cuts an image with `sizes`, so the same content gives the
+/// same chunks wherever it is, and calls `each(offset, bytes)` for every chunk in order. What a
+/// robot uses to find reusable chunks in a slot that no install of its own wrote (a slot
+/// flashed from a golden image).
+pub fn for_each_chunk(
+    reader: impl io::Read,
+    sizes: ChunkSizes,
+    mut each: impl FnMut(u64, &[u8]),
+) -> io::Result<()> {
+    for piece in fastcdc::v2020::StreamCDC::new(reader, sizes.min, sizes.average, sizes.max) {
+        let piece = piece.map_err(crate::writer::cdc_error_to_io)?;
+        each(piece.offset, &piece.data);
+    }
+    Ok(())
+}
+
 pub(crate) struct PreparedChunk {
     pub length: u32,
     pub sha256: Sha256Digest,

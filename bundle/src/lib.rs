@@ -51,7 +51,8 @@ mod signature;
 mod writer;
 
 pub use chunk::{
-    ChunkSizes, CHUNK_AVERAGE_LENGTH, CHUNK_MAX_LENGTH, CHUNK_MIN_LENGTH, DEFAULT_ZSTD_LEVEL,
+    for_each_chunk, ChunkSizes, CHUNK_AVERAGE_LENGTH, CHUNK_MAX_LENGTH, CHUNK_MIN_LENGTH,
+    DEFAULT_ZSTD_LEVEL,
 };
 pub use digest::Sha256Digest;
 pub use error::{Error, Part, Result};

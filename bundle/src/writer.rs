@@ -429,7 +429,7 @@ impl OrderedChunks {
     }
 }
 
-fn cdc_error_to_io(error: fastcdc::v2020::Error) -> io::Error {
+pub(crate) fn cdc_error_to_io(error: fastcdc::v2020::Error) -> io::Error {
     match error {
         fastcdc::v2020::Error::IoError(error) => error,
         other => io::Error::other(other.to_string()),

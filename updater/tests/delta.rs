@@ -408,3 +408,36 @@ fn zero_chunks_are_written_from_the_manifest_not_read_from_the_booted_slot() {
     assert_eq!(report["fetched_bytes"], 0, "{report}\n{log}");
     assert!(!log.contains("not what its index says"), "{log}");
 }
+
+/// A robot flashed from a golden image has no chunk index for its booted slot: its first update
+/// reads the slot to find the chunks it can reuse, and is a delta too.
+#[test]
+fn a_slot_flashed_without_an_index_is_read_for_chunks_to_reuse() {
+    let old = image_bytes(5 << 20, 66);
+    let mut new = old.clone();
+    new[2 << 20..(2 << 20) + 5000].fill(1);
+    let robot = Robot::new(Backend::Uboot);
+    // Flashed, not installed: slot A (booted) holds the image, the state knows nothing of it.
+    let mut slot_a = robot.slot("A");
+    slot_a[..old.len()].copy_from_slice(&old);
+    fs::write(robot.path("slot-a"), &slot_a).unwrap();
+    assert!(!robot.path("data/rota/slot-a.chunks").exists());
+    let v2 = robot.bundle("v2.rota", &BundleSpec::new("2.0.0", new.clone()));
+    let bundle_length = fs::metadata(&v2).unwrap().len();
+    let server = Server::start(fs::read(&v2).unwrap(), Vec::new());
+    let output = robot.run(&["install", "--json", &server.url]);
+    let log = stderr(&output);
+    let report: serde_json::Value = serde_json::from_str(&ok(output, "install")).unwrap();
+    assert_eq!(&robot.slot("B")[..new.len()], &new[..], "byte-exact");
+    assert!(
+        log.contains("no chunk index for slot A: reading it"),
+        "{log}"
+    );
+    let fetched = report["fetched_bytes"].as_u64().unwrap();
+    assert!(fetched > 0 && fetched < bundle_length / 4, "{report}");
+    assert!(
+        report["reused_bytes"].as_u64().unwrap() > 4 << 20,
+        "{report}"
+    );
+    assert_eq!(robot.slot("A"), slot_a, "the booted slot is only read");
+}

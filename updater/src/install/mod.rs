@@ -354,15 +354,34 @@ fn http_client(ctx: &Context, source: &BundleSource) -> Result<Option<HttpFetche
     })
 }
 
-/// What the booted slot holds, by content hash, when its chunk index is there and about the
-/// bundle the state file says it runs.
-fn booted_chunks(ctx: &Context, state: &State, booted: Slot) -> HashMap<Sha256Digest, u64> {
-    let Some(content) = state.slot(booted) else {
-        return HashMap::new();
-    };
+/// What the booted slot holds, by content hash: from its chunk index when there is one about the
+/// bundle the state file says it runs, else (a slot flashed from a golden image, or one whose
+/// index is gone) by reading the slot up to `image_size` bytes.
+fn booted_chunks(
+    ctx: &Context,
+    state: &State,
+    booted: Slot,
+    image_size: u64,
+) -> HashMap<Sha256Digest, u64> {
     let path = ChunkIndex::path(ctx.store.store().path(), booted);
-    ChunkIndex::load(&path, &content.bundle_digest)
-        .map_or_else(HashMap::new, |index| index.locations())
+    if let Some(index) = state
+        .slot(booted)
+        .and_then(|content| ChunkIndex::load(&path, &content.bundle_digest))
+    {
+        return index.locations();
+    }
+    let device = ctx.config.slot_device(booted);
+    log::info!(
+        "no chunk index for slot {booted}: reading it to find chunks to reuse ({})",
+        HumanBytes(image_size)
+    );
+    plan::scan_slot(device, image_size).unwrap_or_else(|error| {
+        log::warn!(
+            "reading slot {booted} ({}): {error}; nothing reused",
+            device.display()
+        );
+        HashMap::new()
+    })
 }
 
 /// What an install of a bundle would do, as `rota-updater plan` prints it.
@@ -410,7 +429,7 @@ pub fn dry_run(ctx: &Context, source: &BundleSource) -> Result<DryRun, InstallEr
     check_length(source_length, &verified)?;
     let entry = verified.image(rootfs_image(verified.manifest())?)?;
     let have = match live {
-        None => booted_chunks(ctx, &state, booted),
+        None => booted_chunks(ctx, &state, booted, entry.size),
         Some(_) => HashMap::new(),
     };
     let plan = Plan::new(entry, 0, &have);
@@ -544,7 +563,7 @@ pub fn install(
     // 4. Plan: a stream that cannot skip without reading (stdin, a server ignoring Range)
     // gains nothing from the booted slot.
     let have = match (&live, options.reuse_booted_slot) {
-        (None, true) => booted_chunks(ctx, &state, booted),
+        (None, true) => booted_chunks(ctx, &state, booted, entry.size),
         _ => HashMap::new(),
     };
     let plan = Plan::new(entry, first_chunk as usize, &have);

@@ -119,6 +119,23 @@ impl ChunkIndex {
     }
 }
 
+/// Where each content hash can be read in the first `limit` bytes of the slot at `device`,
+/// found by cutting them into chunks as a bundle writer with the default sizes does: for a
+/// booted slot that has no index (flashed from a golden image, not installed). Costs one read
+/// and one SHA-256 pass of those bytes; chunks of a bundle cut with other sizes mostly do not
+/// match, and are fetched.
+pub fn scan_slot(device: &Path, limit: u64) -> io::Result<HashMap<Sha256Digest, u64>> {
+    use std::io::Read;
+    let file = fs::File::open(device)?;
+    let mut map = HashMap::new();
+    // Large reads: the chunker's own buffer is small, and a slot is read sequentially once.
+    let reader = io::BufReader::with_capacity(1 << 20, file.take(limit));
+    rota_bundle::for_each_chunk(reader, rota_bundle::ChunkSizes::DEFAULT, |offset, bytes| {
+        map.entry(Sha256Digest::of(bytes)).or_insert(offset);
+    })?;
+    Ok(map)
+}
+
 /// Removes the index of a slot about to be overwritten.
 pub fn forget(path: &Path) -> io::Result<()> {
     match fs::remove_file(path) {
