@@ -272,6 +272,16 @@ fn random_image(path: &Path, len: usize) {
     fs::write(path, data).unwrap();
 }
 
+/// `rota-image bundle` of rootfs.img with `--chunk-size SIZE`, signed with keys/release.key.
+fn bundle_with_chunk_size<'a>(size: &'a str, out: &'a str) -> Vec<&'a str> {
+    let mut args: Vec<&str> = "bundle --compatible b --version 1.0.0 --key keys/release.key \
+         --image rootfs=rootfs.img --zstd --chunk-size"
+        .split_whitespace()
+        .collect();
+    args.extend([size, "-o", out]);
+    args
+}
+
 #[test]
 fn chunk_size_trades_chunk_count_and_a_bad_one_is_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -279,25 +289,7 @@ fn chunk_size_trades_chunk_count_and_a_bad_one_is_refused() {
     keygen(dir.path(), "keys/release");
     let chunks = |size: &str| -> u64 {
         let out = format!("{size}.rota");
-        ok(
-            dir.path(),
-            &[
-                "bundle",
-                "--compatible",
-                "b",
-                "--version",
-                "1.0.0",
-                "--key",
-                "keys/release.key",
-                "--image",
-                "rootfs=rootfs.img",
-                "--zstd",
-                "--chunk-size",
-                size,
-                "-o",
-                &out,
-            ],
-        );
+        ok(dir.path(), &bundle_with_chunk_size(size, &out));
         ok(dir.path(), &["verify", &out, "--keyring", "keys"]);
         let json = ok(
             dir.path(),
@@ -311,25 +303,7 @@ fn chunk_size_trades_chunk_count_and_a_bad_one_is_refused() {
         small > 2 * default && default > 2 * large,
         "{small} {default} {large}"
     );
-    let error = fails_with(
-        dir.path(),
-        2,
-        &[
-            "bundle",
-            "--compatible",
-            "b",
-            "--version",
-            "1.0.0",
-            "--key",
-            "keys/release.key",
-            "--image",
-            "rootfs=rootfs.img",
-            "--chunk-size",
-            "48KiB",
-            "-o",
-            "bad.rota",
-        ],
-    );
+    let error = fails_with(dir.path(), 2, &bundle_with_chunk_size("48KiB", "bad.rota"));
     assert!(
         error.contains("not a power of two from 4 KiB to 1 MiB"),
         "{error}"

@@ -155,15 +155,8 @@ fn run(cli: Cli) -> Result<u8> {
             let loaded = load(cli.config)?;
             let lock = lock(&loaded)?;
             let source = BundleSource::parse(&source);
-            let keyring =
-                Keyring::load_dir(&loaded.config.keyring_dir).context("loading the keyring")?;
-            let context = Context {
-                config: &loaded.config,
-                bootctl: &loaded.bootctl,
-                keyring: &keyring,
-                store: &lock,
-                bearer_token: robot_token_for(&loaded.config, &source),
-            };
+            let keyring = load_keyring(&loaded)?;
+            let context = install_context(&loaded, &lock, &keyring, Some(&source));
             let plan = install::dry_run(&context, &source)
                 .with_context(|| format!("planning the install of {}", source.describe()))?;
             if json {
@@ -197,8 +190,7 @@ fn run(cli: Cli) -> Result<u8> {
                 log::info!("no [server] in the config: no fleet to poll");
                 return Ok(0);
             }
-            let keyring =
-                Keyring::load_dir(&loaded.config.keyring_dir).context("loading the keyring")?;
+            let keyring = load_keyring(&loaded)?;
             let context = DaemonContext {
                 config: &loaded.config,
                 bootctl: &loaded.bootctl,
@@ -325,15 +317,8 @@ fn install_locked(
     let source = match &state.lifecycle {
         Lifecycle::Installing { source, .. } => BundleSource::parse(source),
         Lifecycle::Installed { .. } => {
-            let keyring =
-                Keyring::load_dir(&loaded.config.keyring_dir).context("loading the keyring")?;
-            let context = Context {
-                config: &loaded.config,
-                bootctl: &loaded.bootctl,
-                keyring: &keyring,
-                store: lock,
-                bearer_token: None,
-            };
+            let keyring = load_keyring(loaded)?;
+            let context = install_context(loaded, lock, &keyring, None);
             let report =
                 install::arm_installed(&context).context("setting the installed slot's trial")?;
             return finish(loaded, &report, reboot, json);
@@ -370,18 +355,33 @@ fn run_install(
     reboot: bool,
     json: bool,
 ) -> Result<u8> {
-    let keyring = Keyring::load_dir(&loaded.config.keyring_dir).context("loading the keyring")?;
-    let context = Context {
-        config: &loaded.config,
-        bootctl: &loaded.bootctl,
-        keyring: &keyring,
-        store: lock,
-        bearer_token: robot_token_for(&loaded.config, source),
-    };
+    let keyring = load_keyring(loaded)?;
+    let context = install_context(loaded, lock, &keyring, Some(source));
     let mut progress = progress::for_stderr("install");
     let report = install::install(&context, source, options, progress.as_mut())
         .with_context(|| format!("installing {}", source.describe()))?;
     finish(loaded, &report, reboot, json)
+}
+
+fn load_keyring(loaded: &Loaded) -> Result<Keyring> {
+    Keyring::load_dir(&loaded.config.keyring_dir).context("loading the keyring")
+}
+
+/// What an install, a plan or arming a trial works with; the robot's token goes with `source`
+/// only when it is a URL on the robot's fleet server.
+fn install_context<'a>(
+    loaded: &'a Loaded,
+    lock: &'a StoreLock,
+    keyring: &'a Keyring,
+    source: Option<&BundleSource>,
+) -> Context<'a> {
+    Context {
+        config: &loaded.config,
+        bootctl: &loaded.bootctl,
+        keyring,
+        store: lock,
+        bearer_token: source.and_then(|source| robot_token_for(&loaded.config, source)),
+    }
 }
 
 /// The robot's fleet token for a bundle on its fleet server (an install the daemon started

@@ -220,18 +220,7 @@ impl<R: Read> Read for Counted<R> {
 /// After the last chunk of the image at `position`: skips to the bundle's `end` and checks
 /// that the stream ends there (for a source that cannot tell its length up front).
 fn expect_end(reader: &mut dyn Read, position: u64, end: u64) -> Result<(), rota_bundle::Error> {
-    let gap = end.saturating_sub(position);
-    let skipped = io::copy(&mut reader.take(gap), &mut io::sink()).map_err(|source| {
-        rota_bundle::Error::Read {
-            part: Part::Payload,
-            source,
-        }
-    })?;
-    if skipped != gap {
-        return Err(rota_bundle::Error::Truncated {
-            part: Part::Payload,
-        });
-    }
+    skip(reader, end.saturating_sub(position))?;
     let mut probe = [0u8; 1];
     loop {
         match reader.read(&mut probe) {
@@ -574,16 +563,16 @@ pub fn install(
         HumanBytes(plan.fetch_image_bytes),
         plan.requests
     );
-    let zeros = zero_digests(entry);
-    let booted_device = match plan.reuse_bytes {
-        0 => None,
+    let (zeros, booted_device) = match plan.reuse_bytes {
+        0 => (HashMap::new(), None),
         _ => {
             let path = ctx.config.slot_device(booted);
-            Some(File::open(path).map_err(|source| SinkError::Io {
+            let device = File::open(path).map_err(|source| SinkError::Io {
                 op: "open",
                 path: path.to_path_buf(),
                 source,
-            })?)
+            })?;
+            (zero_digests(entry), Some(device))
         }
     };
 
