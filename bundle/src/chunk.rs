@@ -97,7 +97,7 @@ pub(crate) fn prepare_chunk(
             stored: data,
             stored_sha256: sha256,
         }),
-        Compression::Zstd => {
+        Compression::Zstd | Compression::ZstdPrefixed { .. } => {
             let stored = compress(&data, level)?;
             Ok(PreparedChunk {
                 length,
@@ -122,6 +122,42 @@ fn compress(data: &[u8], level: i32) -> io::Result<Vec<u8>> {
     })
 }
 
+/// Hashes and compresses the chunks `chunks` of `block`, each as one zstd frame against the up
+/// to `window` bytes of `block` before it (its prefix). `block` starts with the image bytes
+/// before its first chunk, as many as a prefix can reach, so each chunk's prefix is in it.
+pub(crate) fn prepare_prefixed_chunks(
+    block: &[u8],
+    chunks: &[Range<usize>],
+    window: usize,
+    level: i32,
+) -> io::Result<Vec<PreparedChunk>> {
+    use zstd::zstd_safe::{CCtx, CParameter};
+    let failed = |code| io::Error::other(zstd::zstd_safe::get_error_name(code));
+    // One context per call: it borrows `block` for its prefixes, so it cannot outlive it.
+    let mut context = CCtx::create();
+    context
+        .set_parameter(CParameter::CompressionLevel(level))
+        .map_err(failed)?;
+    chunks
+        .iter()
+        .map(|range| {
+            let data = &block[range.clone()];
+            let prefix = &block[range.start.saturating_sub(window)..range.start];
+            if !prefix.is_empty() {
+                context.ref_prefix(prefix).map_err(failed)?;
+            }
+            let mut stored = Vec::with_capacity(zstd::zstd_safe::compress_bound(data.len()));
+            context.compress2(&mut stored, data).map_err(failed)?;
+            Ok(PreparedChunk {
+                length: u32::try_from(data.len()).expect("chunks are at most CHUNK_MAX_LENGTH"),
+                sha256: Sha256Digest::of(data),
+                stored_sha256: Sha256Digest::of(&stored),
+                stored,
+            })
+        })
+        .collect()
+}
+
 /// Checks one chunk's stored bytes against the manifest and returns its image bytes.
 pub(crate) fn verify_stored_chunk(
     image: &ImageEntry,
@@ -132,6 +168,17 @@ pub(crate) fn verify_stored_chunk(
         decompressed_sha256: true,
     };
     let mut data = Vec::new();
+    if image.compression.prefix_window() > 0 {
+        if image.chunks[index].offset > 0 {
+            return Err(Error::NeedsPrecedingBytes {
+                image: image.name.clone(),
+                index,
+            });
+        }
+        verify_prefixed_run(image, index..index + 1, &stored, &mut data, checks)
+            .map_err(|e| e.error)?;
+        return Ok(data);
+    }
     verify_run(image, index..index + 1, &stored, &mut data, checks).map_err(|e| e.error)?;
     Ok(image_bytes(image.compression, stored, data).0)
 }
@@ -144,7 +191,7 @@ pub(crate) fn image_bytes(
 ) -> (Vec<u8>, Vec<u8>) {
     match compression {
         Compression::None => (stored, data),
-        Compression::Zstd => (data, stored),
+        Compression::Zstd | Compression::ZstdPrefixed { .. } => (data, stored),
     }
 }
 
@@ -207,7 +254,12 @@ pub(crate) fn verify_run(
             },
         });
     }
-    if image.compression == Compression::Zstd {
+    debug_assert_eq!(
+        image.compression.prefix_window(),
+        0,
+        "verify_prefixed_run's"
+    );
+    if image.compression.is_zstd() {
         fit_length(data, run_length(image, chunks.clone()));
     }
     let (mut stored_at, mut data_at) = (0, 0);
@@ -218,15 +270,67 @@ pub(crate) fn verify_run(
         let stored_bytes = &stored[stored_at..stored_at + stored_length];
         check_digest(image, index, stored_bytes, &chunk.stored_sha256).map_err(failed)?;
         // Validation made `sha256 == stored_sha256` for uncompressed images: one hash suffices.
-        if image.compression == Compression::Zstd {
+        if image.compression.is_zstd() {
             let out = &mut data[data_at..data_at + length];
-            decompress_exact(stored_bytes, out, image, index).map_err(failed)?;
+            decompress_exact(stored_bytes, out, &[], image, index).map_err(failed)?;
             if checks.decompressed_sha256 {
                 check_digest(image, index, out, &chunk.sha256).map_err(failed)?;
             }
         }
         stored_at += stored_length;
         data_at += length;
+    }
+    Ok(())
+}
+
+/// [`verify_run`] for an image of prefixed zstd frames: each chunk is decompressed onto the
+/// end of `window`, which must hold the image bytes right before the run (as many as a prefix
+/// reaches, or all of them when fewer). A failed chunk leaves nothing of itself in `window`.
+///
+/// The stored digest of every chunk pins its output only when its prefix is right: the
+/// caller vouches for the bytes it put in `window`, and everything decompressed here builds
+/// on them.
+pub(crate) fn verify_prefixed_run(
+    image: &ImageEntry,
+    chunks: Range<usize>,
+    stored: &[u8],
+    window: &mut Vec<u8>,
+    checks: ChunkChecks,
+) -> std::result::Result<(), RunError> {
+    let reach = image.compression.prefix_window();
+    let expected = stored_run_length(image, chunks.clone());
+    if stored.len() != expected {
+        return Err(RunError {
+            verified: 0,
+            error: Error::ChunkSizeMismatch {
+                image: image.name.clone(),
+                index: chunks.start,
+                expected: expected as u64,
+                found: stored.len() as u64,
+            },
+        });
+    }
+    let mut stored_at = 0;
+    for (verified, index) in chunks.enumerate() {
+        let chunk = &image.chunks[index];
+        let stored_bytes = &stored[stored_at..stored_at + chunk.stored_length as usize];
+        let start = window.len();
+        let outcome =
+            check_digest(image, index, stored_bytes, &chunk.stored_sha256).and_then(|()| {
+                window.resize(start + chunk.length as usize, 0);
+                let (before, out) = window.split_at_mut(start);
+                let prefix = &before[start.saturating_sub(reach)..];
+                decompress_exact(stored_bytes, out, prefix, image, index)?;
+                if checks.decompressed_sha256 {
+                    check_digest(image, index, out, &chunk.sha256)?;
+                }
+                Ok(())
+            });
+        if let Err(error) = outcome {
+            window.truncate(start);
+            return Err(RunError { verified, error });
+        }
+        stored_at += chunk.stored_length as usize;
     }
     Ok(())
 }
@@ -246,8 +350,15 @@ fn check_digest(
     Ok(())
 }
 
-/// Decompresses one chunk's zstd frame into `out`, which must come out exactly full.
-fn decompress_exact(stored: &[u8], out: &mut [u8], image: &ImageEntry, index: usize) -> Result<()> {
+/// Decompresses one chunk's zstd frame into `out`, which must come out exactly full; `prefix`
+/// is what the frame was compressed against (empty for an independent frame).
+fn decompress_exact(
+    stored: &[u8],
+    out: &mut [u8],
+    prefix: &[u8],
+    image: &ImageEntry,
+    index: usize,
+) -> Result<()> {
     let failed = |reason: String| Error::ChunkDecompress {
         image: image.name.clone(),
         index,
@@ -267,20 +378,40 @@ fn decompress_exact(stored: &[u8], out: &mut [u8], image: &ImageEntry, index: us
         }
     }
     // Writing past `out` is an error, not a reallocation.
-    let written = DECOMPRESSOR.with(|cell| {
-        let mut cell = cell.borrow_mut();
-        if cell.is_none() {
-            *cell = Some(zstd::bulk::Decompressor::new().map_err(|e| failed(e.to_string()))?);
-        }
-        let decompressor = cell.as_mut().expect("set above");
-        decompressor
-            .decompress_to_buffer(stored, &mut *out)
-            .map_err(|e| failed(e.to_string()))
-    })?;
+    let written = if prefix.is_empty() {
+        decompress_alone(stored, out).map_err(failed)?
+    } else {
+        decompress_after(stored, out, prefix).map_err(failed)?
+    };
     if written != out.len() {
         return Err(size_mismatch(written as u64));
     }
     Ok(())
+}
+
+fn decompress_alone(stored: &[u8], out: &mut [u8]) -> std::result::Result<usize, String> {
+    DECOMPRESSOR.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.is_none() {
+            *cell = Some(zstd::bulk::Decompressor::new().map_err(|e| e.to_string())?);
+        }
+        let decompressor = cell.as_mut().expect("set above");
+        decompressor
+            .decompress_to_buffer(stored, out)
+            .map_err(|e| e.to_string())
+    })
+}
+
+/// A context per frame: it borrows `prefix`, which the next frame's output overwrites.
+fn decompress_after(
+    stored: &[u8],
+    out: &mut [u8],
+    prefix: &[u8],
+) -> std::result::Result<usize, String> {
+    let failed = |code| zstd::zstd_safe::get_error_name(code).to_owned();
+    let mut context = zstd::zstd_safe::DCtx::create();
+    context.ref_prefix(prefix).map_err(failed)?;
+    context.decompress(out, stored).map_err(failed)
 }
 
 /// Makes `buffer` exactly `length` bytes long, zeroing only bytes it never held, so a reused

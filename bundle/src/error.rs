@@ -57,9 +57,14 @@ pub enum Error {
     #[error("not a Rota bundle: the first 8 bytes are {found:02x?}")]
     BadMagic { found: [u8; 8] },
     #[error(
-        "unsupported bundle format version {found} (this reader supports version {supported})"
+        "unsupported bundle format version {found} (this reader supports versions 1 to {supported})"
     )]
     UnsupportedVersion { found: u32, supported: u32 },
+    #[error(
+        "chunk {index} of image {image:?} is compressed against the image bytes before it: \
+         read it with an image reader that has them"
+    )]
+    NeedsPrecedingBytes { image: String, index: usize },
     #[error("unsupported header flags {flags:#010x} (format version 1 defines none)")]
     UnsupportedFlags { flags: u32 },
     #[error("the header declares a {what} of {length} bytes, above the limit of {limit}")]

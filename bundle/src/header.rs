@@ -7,9 +7,10 @@ use crate::error::{Error, Part, Result};
 /// First 8 bytes of every bundle. The high-bit byte and the CR LF / SUB bytes make transfers
 /// that mangle binary files (7-bit, newline conversion) fail at once, as PNG's magic does.
 pub const MAGIC: [u8; 8] = [0x89, b'R', b'O', b'T', b'A', b'\r', b'\n', 0x1a];
-/// The format version this crate writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
-/// Length of the version 1 header.
+/// The newest format version this crate writes and reads. It reads every version from 1 and
+/// writes the lowest one that can hold a bundle: 2 only for images with prefixed zstd frames.
+pub const FORMAT_VERSION: u32 = 2;
+/// Length of the header of versions 1 and 2.
 pub const HEADER_LENGTH: usize = 32;
 /// The header bytes covered by signatures: everything but the signature block length, so
 /// signatures can be added to a bundle later without invalidating those already there.
@@ -22,6 +23,8 @@ pub const MAX_SIGNATURE_BLOCK_LENGTH: u32 = 64 << 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
+    /// 1, or 2 when an image has prefixed zstd frames (a version 1 reader cannot read those).
+    pub version: u32,
     pub payload_length: u64,
     pub manifest_length: u32,
     pub signature_block_length: u32,
@@ -31,8 +34,8 @@ impl Header {
     pub fn encode(&self) -> [u8; HEADER_LENGTH] {
         let mut bytes = [0u8; HEADER_LENGTH];
         bytes[0..8].copy_from_slice(&MAGIC);
-        bytes[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-        // 12..16: flags, none defined in version 1.
+        bytes[8..12].copy_from_slice(&self.version.to_le_bytes());
+        // 12..16: flags, none defined in versions 1 and 2.
         bytes[16..24].copy_from_slice(&self.payload_length.to_le_bytes());
         bytes[24..28].copy_from_slice(&self.manifest_length.to_le_bytes());
         bytes[28..32].copy_from_slice(&self.signature_block_length.to_le_bytes());
@@ -52,7 +55,7 @@ impl Header {
             return Err(Error::BadMagic { found: magic });
         }
         let version = u32_at(&bytes, 8);
-        if version != FORMAT_VERSION {
+        if !(1..=FORMAT_VERSION).contains(&version) {
             return Err(Error::UnsupportedVersion {
                 found: version,
                 supported: FORMAT_VERSION,
@@ -70,6 +73,7 @@ impl Header {
             return Err(Error::UnsupportedFlags { flags });
         }
         let header = Header {
+            version: u32_at(bytes, 8),
             payload_length: u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes")),
             manifest_length: u32_at(bytes, 24),
             signature_block_length: u32_at(bytes, 28),
@@ -118,7 +122,7 @@ mod tests {
             manifest_length in 0..=MAX_MANIFEST_LENGTH,
             signature_block_length in 0..=MAX_SIGNATURE_BLOCK_LENGTH,
         ) {
-            let header = Header { payload_length, manifest_length, signature_block_length };
+            let header = Header { version: 1, payload_length, manifest_length, signature_block_length };
             let bytes = header.encode();
             let (decoded, raw) = Header::read_from(&mut &bytes[..]).unwrap();
             prop_assert_eq!(decoded, header);
@@ -134,6 +138,7 @@ mod tests {
     #[test]
     fn header_layout_is_little_endian_at_documented_offsets() {
         let header = Header {
+            version: 1,
             payload_length: 0x0102_0304_0506_0708,
             manifest_length: 0x1112_1314,
             signature_block_length: 0x2122_2324,

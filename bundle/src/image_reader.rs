@@ -11,7 +11,8 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use crate::chunk::{
-    fit_length, image_bytes, run_length, stored_run_length, verify_run, ChunkChecks, RunError,
+    fit_length, image_bytes, run_length, stored_run_length, verify_prefixed_run, verify_run,
+    ChunkChecks, RunError,
 };
 use crate::digest::Sha256Digest;
 use crate::error::{Error, Part, Result};
@@ -182,6 +183,10 @@ pub struct ImageReader<'a> {
     current: Vec<u8>,
     current_position: usize,
     failed: bool,
+    /// Prefixed zstd frames only: the image bytes decoded so far, at least the last
+    /// `prefix_window` of them (all when fewer), which the next chunk's frame refers to.
+    /// `None` until a range that starts after chunk 0 was given them ([`Self::with_history`]).
+    window: Option<Vec<u8>>,
 }
 
 impl<'a> ImageReader<'a> {
@@ -203,7 +208,9 @@ impl<'a> ImageReader<'a> {
             read_ahead: options.read_ahead.max(1),
             run_bytes: match verified.manifest().images[image].compression {
                 Compression::None => options.run_bytes,
-                Compression::Zstd => options.compressed_run_bytes.unwrap_or(options.run_bytes),
+                Compression::Zstd | Compression::ZstdPrefixed { .. } => {
+                    options.compressed_run_bytes.unwrap_or(options.run_bytes)
+                }
             },
             checks: ChunkChecks {
                 decompressed_sha256: options.check_decompressed_sha256,
@@ -217,6 +224,7 @@ impl<'a> ImageReader<'a> {
             current: Vec::new(),
             current_position: 0,
             failed: false,
+            window: (chunks.start == 0).then(Vec::new),
         }
     }
 
@@ -224,6 +232,53 @@ impl<'a> ImageReader<'a> {
     pub(crate) fn lend(mut self, pool: &'a mut VerifyPool) -> Self {
         self.workers = Workers::Lent(pool);
         self
+    }
+
+    /// The chunks whose image bytes this reader needs before its first one, given with
+    /// [`Self::with_history`]: for an image of prefixed zstd frames, those that the first
+    /// chunk's prefix reaches into; otherwise none.
+    pub fn history_chunks(&self) -> Range<usize> {
+        let first = self.next_to_read;
+        let entry = self.entry();
+        let reach = entry.compression.prefix_window() as u64;
+        let Some(chunk) = entry.chunks.get(first).filter(|_| reach > 0) else {
+            return first..first;
+        };
+        let from = chunk.offset.saturating_sub(reach);
+        // The last chunk that starts at or before `from`.
+        let start = entry.chunks[..first].partition_point(|chunk| chunk.offset <= from);
+        start.saturating_sub(1).min(first)..first
+    }
+
+    /// Gives the reader the image bytes of [`Self::history_chunks`], from wherever the caller
+    /// has them (a slot it wrote them to, say): each chunk is checked against the manifest
+    /// first, since everything decompressed after them builds on them.
+    pub fn with_history(&mut self, bytes: Vec<u8>) -> Result<()> {
+        let history = self.history_chunks();
+        let entry = self.entry();
+        let expected = run_length(entry, history.clone());
+        if bytes.len() != expected {
+            return Err(Error::ChunkSizeMismatch {
+                image: entry.name.clone(),
+                index: history.start,
+                expected: expected as u64,
+                found: bytes.len() as u64,
+            });
+        }
+        let mut at = 0;
+        for index in history {
+            let chunk = &entry.chunks[index];
+            let length = chunk.length as usize;
+            if Sha256Digest::of(&bytes[at..at + length]) != chunk.sha256 {
+                return Err(Error::ChunkHashMismatch {
+                    image: entry.name.clone(),
+                    index,
+                });
+            }
+            at += length;
+        }
+        self.window = Some(bytes);
+        Ok(())
     }
 
     /// The manifest entry of this image.
@@ -260,7 +315,8 @@ impl<'a> ImageReader<'a> {
     pub fn next_written_run(&mut self) -> Result<Option<WrittenRun>> {
         let run = self.next_result()?;
         Ok(run.map(|(chunks, data)| {
-            let end = self.entry().chunks[chunks.start].offset + data.len() as u64;
+            let last = &self.entry().chunks[chunks.end - 1];
+            let end = last.offset + u64::from(last.length);
             self.recycle(data);
             WrittenRun { chunks, end }
         }))
@@ -291,6 +347,9 @@ impl<'a> ImageReader<'a> {
             }
             return Ok(None);
         }
+        if self.entry().compression.prefix_window() > 0 {
+            return self.next_prefixed_run();
+        }
         self.fill_read_ahead();
         if self.workers.pool().in_flight() == 0 {
             if let Some(error) = self.read_error.take() {
@@ -319,6 +378,89 @@ impl<'a> ImageReader<'a> {
             }
         }
         Ok(Some((chunks, result.data)))
+    }
+
+    /// The next run of an image of prefixed zstd frames, read, verified, decompressed and
+    /// written on this thread: each chunk needs the one before it decompressed, so the
+    /// workers would only wait for each other.
+    fn next_prefixed_run(&mut self) -> Result<Option<(Range<usize>, Vec<u8>)>> {
+        if let Some(error) = self.read_error.take() {
+            return Err(error);
+        }
+        if self.window.is_none() {
+            return Err(Error::NeedsPrecedingBytes {
+                image: self.entry().name.clone(),
+                index: self.next_to_read,
+            });
+        }
+        let mut run = self.run_from(self.next_to_read);
+        let mut stored = self.workers.get().spare_buffers.pop().unwrap_or_default();
+        fit_length(&mut stored, stored_run_length(self.entry(), run.clone()));
+        if let Err((arrived, e)) = read_fully(self.source, &mut stored) {
+            let failed_at = self.chunk_at(run.clone(), arrived);
+            let error = Error::read(
+                Part::Chunk {
+                    image: self.entry().name.clone(),
+                    index: failed_at,
+                },
+                e,
+            );
+            if failed_at == run.start {
+                self.recycle(stored);
+                return Err(error);
+            }
+            // The chunks that arrived whole first, as from the workers.
+            self.read_error = Some(error);
+            stored.truncate(stored_run_length(self.entry(), run.start..failed_at));
+            run = run.start..failed_at;
+        }
+        let verified = self.verified.clone();
+        let entry = &verified.manifest().images[self.image];
+        let window = self.window.as_mut().expect("checked above");
+        let start = window.len();
+        let outcome = verify_prefixed_run(entry, run.clone(), &stored, window, self.checks);
+        self.recycle(stored);
+        let good = match outcome {
+            Ok(()) => run,
+            Err(RunError { verified, error }) => {
+                if verified == 0 {
+                    return Err(error);
+                }
+                self.pending_error = Some(error);
+                run.start..run.start + verified
+            }
+        };
+        let mut copy = match self.sink {
+            Some(_) => Vec::new(),
+            None => self.workers.get().spare_buffers.pop().unwrap_or_default(),
+        };
+        let window = self.window.as_mut().expect("checked above");
+        let data = &window[start..];
+        if let Some(hasher) = &mut self.image_hasher {
+            hasher.update(data);
+        }
+        match &self.sink {
+            Some(sink) => sink
+                .write_all_at(data, entry.chunks[good.start].offset)
+                .map_err(Error::Write)?,
+            None => {
+                copy.clear();
+                copy.extend_from_slice(data);
+            }
+        }
+        // Keep what the next prefix reaches; moving it down once per `reach` bytes decoded
+        // costs one copy of the image.
+        let reach = entry.compression.prefix_window();
+        let window = self.window.as_mut().expect("checked above");
+        if window.len() > 2 * reach {
+            window.drain(..window.len() - reach);
+        }
+        self.next_to_read = good.end;
+        self.next_to_deliver = good.end;
+        if self.image_hasher.is_some() && self.next_to_deliver == self.end {
+            self.check_image_digest()?;
+        }
+        Ok(Some((good, copy)))
     }
 
     /// The chunks from `first` on that make one job: at least one, then as many as fit in
@@ -385,7 +527,9 @@ impl<'a> ImageReader<'a> {
             // per run in flight would only add to peak memory.
             scratch: match self.entry().compression {
                 Compression::None => Vec::new(),
-                Compression::Zstd => self.workers.get().spare_buffers.pop().unwrap_or_default(),
+                Compression::Zstd | Compression::ZstdPrefixed { .. } => {
+                    self.workers.get().spare_buffers.pop().unwrap_or_default()
+                }
             },
             checks: self.checks,
         };

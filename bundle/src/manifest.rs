@@ -54,6 +54,30 @@ pub enum Compression {
     None,
     /// Each chunk is one independent zstd frame.
     Zstd,
+    /// Each chunk is one zstd frame compressed against the up to `window` image bytes right
+    /// before it (a zstd prefix), so a frame finds matches across chunk boundaries as one
+    /// stream would, and a reader decompresses chunks in image order. Format version 2.
+    #[serde(rename = "zstd-prefixed")]
+    ZstdPrefixed { window: u32 },
+}
+
+/// The largest prefix window a manifest may declare: bounds what a reader keeps of the image
+/// to decompress the next chunk.
+pub const MAX_PREFIX_WINDOW: u32 = 8 << 20;
+
+impl Compression {
+    /// zstd frames, prefixed or not.
+    pub fn is_zstd(self) -> bool {
+        !matches!(self, Compression::None)
+    }
+
+    /// Image bytes before a chunk that its frame was compressed against (0: none).
+    pub fn prefix_window(self) -> usize {
+        match self {
+            Compression::ZstdPrefixed { window } => window as usize,
+            Compression::None | Compression::Zstd => 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,7 +153,7 @@ impl Manifest {
     /// Checks that the chunk tables tile every image exactly and the images tile the payload
     /// exactly, in order. A reader relies on this to hand out exactly `size` verified bytes
     /// per image and to locate any chunk without scanning.
-    pub(crate) fn validate(&self, payload_length: u64) -> Result<()> {
+    pub(crate) fn validate(&self, payload_length: u64, format_version: u32) -> Result<()> {
         if self.compatible.is_empty() {
             return Err(Error::invalid("empty compatible string"));
         }
@@ -152,6 +176,12 @@ impl Manifest {
                 )));
             }
             image.validate_chunks()?;
+            if format_version < 2 && image.compression.prefix_window() > 0 {
+                return Err(Error::invalid(format!(
+                    "image {:?} has prefixed zstd frames, which format version {format_version} does not have",
+                    image.name
+                )));
+            }
             payload_position = payload_position
                 .checked_add(image.payload_length)
                 .ok_or_else(|| Error::invalid("payload length overflows"))?;
@@ -168,6 +198,13 @@ impl Manifest {
 impl ImageEntry {
     fn validate_chunks(&self) -> Result<()> {
         let lie = |what: String| Error::invalid(format!("image {:?}: {what}", self.name));
+        if let Compression::ZstdPrefixed { window } = self.compression {
+            if !window.is_power_of_two() || !(4 << 10..=MAX_PREFIX_WINDOW).contains(&window) {
+                return Err(lie(format!(
+                    "prefix window {window} is not a power of two from 4 KiB to 8 MiB"
+                )));
+            }
+        }
         let mut offset = 0u64;
         let mut stored_offset = self.payload_offset;
         for (index, chunk) in self.chunks.iter().enumerate() {

@@ -89,7 +89,7 @@ impl BundleReader {
         let signed_by = verify_signatures(&signature_block, &message, keyring)?;
         // Only now, with the bytes authenticated, is the manifest parsed at all.
         let manifest = Manifest::decode(&manifest_bytes)?;
-        manifest.validate(header.payload_length)?;
+        manifest.validate(header.payload_length, header.version)?;
         let verified = VerifiedManifest {
             inner: Arc::new(VerifiedInner {
                 digest: Sha256Digest::of(&manifest_bytes),

@@ -4,15 +4,17 @@
 
 use std::fs::File;
 use std::io::{self, Read, Seek, Write};
+use std::ops::Range;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
 use crate::chunk::ChunkSizes;
-use crate::chunk::{prepare_chunk, PreparedChunk, DEFAULT_ZSTD_LEVEL};
+use crate::chunk::{prepare_chunk, prepare_prefixed_chunks, PreparedChunk, DEFAULT_ZSTD_LEVEL};
 use crate::digest::Sha256Digest;
 use crate::error::{Error, Part, Result};
-use crate::header::{Header, MAX_MANIFEST_LENGTH};
+use crate::header::{Header, FORMAT_VERSION, MAX_MANIFEST_LENGTH};
 use crate::keys::{KeyId, SigningKey};
 use crate::manifest::{Chunk, Compression, ImageEntry, Manifest, SlotClass, SourceInfo};
 use crate::signature::{encode_signature_block, signature_block_length, signed_message};
@@ -205,7 +207,7 @@ impl<'a> BundleBuilder<'a> {
             description: self.description,
             images: entries,
         };
-        manifest.validate(payload_length)?;
+        manifest.validate(payload_length, FORMAT_VERSION)?;
         spool.rewind().map_err(Error::Spool)?;
         let mut payload = PayloadReader::new(&spool, &sources, &manifest.images)?;
         let bundle_length =
@@ -363,15 +365,26 @@ fn chunk_image(
         chunks: Vec::new(),
     };
     let mut image_hasher = Sha256::new();
-    let window = 4 * workers.max(1);
+    let in_flight = 4 * workers.max(1);
+    let mut blocks = PrefixedBlocks::new(compression.prefix_window());
     let chunker = fastcdc::v2020::StreamCDC::new(reader, sizes.min, sizes.average, sizes.max);
     for piece in chunker {
         let piece = piece.map_err(|e| input_error(&path, cdc_error_to_io(e)))?;
         image_hasher.update(&piece.data);
-        pool.pool.submit(piece.data);
-        while pool.pool.in_flight() >= window {
+        match &mut blocks {
+            None => pool.pool.submit(ChunkJob::Alone(piece.data)),
+            Some(blocks) => {
+                for job in blocks.push(&piece.data) {
+                    pool.pool.submit(job);
+                }
+            }
+        }
+        while pool.pool.in_flight() >= in_flight {
             pool.take_one(&mut entry, spool)?;
         }
+    }
+    if let Some(job) = blocks.as_mut().and_then(PrefixedBlocks::finish) {
+        pool.pool.submit(job);
     }
     while pool.pool.in_flight() > 0 {
         pool.take_one(&mut entry, spool)?;
@@ -390,20 +403,100 @@ fn chunk_image(
     Ok((entry, stored))
 }
 
+/// Work for a chunk-preparing thread.
+enum ChunkJob {
+    /// A chunk that is stored alone: uncompressed, or its own zstd frame.
+    Alone(Vec<u8>),
+    /// Chunks of a block of image bytes, each compressed against the bytes before it.
+    Prefixed {
+        block: Arc<Vec<u8>>,
+        chunks: Vec<Range<usize>>,
+    },
+}
+
+/// Image bytes gathered into blocks that start with what the first chunk's prefix reaches, so
+/// that the jobs of a block need nothing else; consecutive blocks overlap by one window.
+struct PrefixedBlocks {
+    window: usize,
+    block: Vec<u8>,
+    chunks: Vec<Range<usize>>,
+    /// Bytes of `block` that are the previous block's tail.
+    history: usize,
+}
+
+/// New image bytes per block, and per job (a compression context is set up per job).
+const PREFIXED_BLOCK_BYTES: usize = 8 << 20;
+const PREFIXED_JOB_BYTES: usize = 1 << 20;
+
+impl PrefixedBlocks {
+    fn new(window: usize) -> Option<PrefixedBlocks> {
+        (window > 0).then(|| PrefixedBlocks {
+            window,
+            block: Vec::new(),
+            chunks: Vec::new(),
+            history: 0,
+        })
+    }
+
+    /// Adds a chunk; returns the jobs of the block it completed, if it did.
+    fn push(&mut self, chunk: &[u8]) -> Vec<ChunkJob> {
+        let start = self.block.len();
+        self.block.extend_from_slice(chunk);
+        self.chunks.push(start..self.block.len());
+        if self.block.len() - self.history < PREFIXED_BLOCK_BYTES {
+            return Vec::new();
+        }
+        let tail = self.block.len().saturating_sub(self.window);
+        let next = self.block[tail..].to_vec();
+        let block = Arc::new(std::mem::replace(&mut self.block, next));
+        self.history = self.block.len();
+        let mut jobs = Vec::new();
+        let mut chunks = Vec::new();
+        let mut bytes = 0;
+        for chunk in self.chunks.drain(..) {
+            bytes += chunk.len();
+            chunks.push(chunk);
+            if bytes >= PREFIXED_JOB_BYTES {
+                jobs.push(ChunkJob::Prefixed {
+                    block: block.clone(),
+                    chunks: std::mem::take(&mut chunks),
+                });
+                bytes = 0;
+            }
+        }
+        if !chunks.is_empty() {
+            jobs.push(ChunkJob::Prefixed { block, chunks });
+        }
+        jobs
+    }
+
+    /// The job of the chunks not yet in one.
+    fn finish(&mut self) -> Option<ChunkJob> {
+        (!self.chunks.is_empty()).then(|| ChunkJob::Prefixed {
+            block: Arc::new(std::mem::take(&mut self.block)),
+            chunks: std::mem::take(&mut self.chunks),
+        })
+    }
+}
+
 struct OrderedChunks {
-    pool: crate::pool::OrderedPool<Vec<u8>, io::Result<PreparedChunk>>,
+    pool: crate::pool::OrderedPool<ChunkJob, io::Result<Vec<PreparedChunk>>>,
 }
 
 impl OrderedChunks {
     fn new(workers: usize, compression: Compression, level: i32) -> Self {
+        let window = compression.prefix_window();
         OrderedChunks {
-            pool: crate::pool::OrderedPool::new(workers, move |data| {
-                prepare_chunk(data, compression, level)
+            pool: crate::pool::OrderedPool::new(workers, move |job| match job {
+                ChunkJob::Alone(data) => prepare_chunk(data, compression, level).map(|c| vec![c]),
+                ChunkJob::Prefixed { block, chunks } => {
+                    prepare_prefixed_chunks(&block, &chunks, window, level)
+                }
             }),
         }
     }
 
-    /// Appends the next prepared chunk (in image order) to the spool and the chunk table.
+    /// Appends the next prepared chunks (in image order) to the spool and the chunk table.
     fn take_one(&mut self, entry: &mut ImageEntry, spool: &mut dyn Write) -> Result<()> {
         let prepared = match self.pool.next() {
             Some(Ok(prepared)) => prepared.map_err(|source| Error::ImageInput {
@@ -413,20 +506,31 @@ impl OrderedChunks {
             })?,
             Some(Err(())) | None => return Err(Error::WorkerLost),
         };
-        spool.write_all(&prepared.stored).map_err(Error::Spool)?;
-        let stored_length = u32::try_from(prepared.stored.len()).expect("chunk fits u32");
-        entry.chunks.push(Chunk {
-            offset: entry.size,
-            length: prepared.length,
-            sha256: prepared.sha256,
-            stored_offset: entry.payload_offset + entry.payload_length,
-            stored_length,
-            stored_sha256: prepared.stored_sha256,
-        });
-        entry.size += u64::from(prepared.length);
-        entry.payload_length += u64::from(stored_length);
+        for prepared in prepared {
+            append_chunk(entry, prepared, spool)?;
+        }
         Ok(())
     }
+}
+
+fn append_chunk(
+    entry: &mut ImageEntry,
+    prepared: PreparedChunk,
+    spool: &mut dyn Write,
+) -> Result<()> {
+    spool.write_all(&prepared.stored).map_err(Error::Spool)?;
+    let stored_length = u32::try_from(prepared.stored.len()).expect("chunk fits u32");
+    entry.chunks.push(Chunk {
+        offset: entry.size,
+        length: prepared.length,
+        sha256: prepared.sha256,
+        stored_offset: entry.payload_offset + entry.payload_length,
+        stored_length,
+        stored_sha256: prepared.stored_sha256,
+    });
+    entry.size += u64::from(prepared.length);
+    entry.payload_length += u64::from(stored_length);
+    Ok(())
 }
 
 pub(crate) fn cdc_error_to_io(error: fastcdc::v2020::Error) -> io::Error {
@@ -456,7 +560,12 @@ pub fn write_bundle_parts(
             length: manifest_bytes.len() as u64,
             limit: MAX_MANIFEST_LENGTH.into(),
         })?;
+    let prefixed = manifest
+        .images
+        .iter()
+        .any(|image| image.compression.prefix_window() > 0);
     let header = Header {
+        version: if prefixed { 2 } else { 1 },
         payload_length,
         manifest_length,
         signature_block_length: u32::try_from(signature_block_length(keys.len()))

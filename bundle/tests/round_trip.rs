@@ -13,7 +13,7 @@ use rota_bundle::*;
 fn round_trip_without_and_with_zstd() {
     let rootfs = image_data(1, 1_500_000);
     let app = image_data(2, 300_000);
-    for compression in [Compression::None, Compression::Zstd] {
+    for compression in ALL_COMPRESSIONS {
         let key = key(1);
         let bundle = build(&[("rootfs", &rootfs), ("app", &app)], compression, &[&key]);
         let images = read_all(&bundle, &keyring(&[&key])).unwrap();
@@ -45,7 +45,7 @@ fn round_trip_without_and_with_zstd() {
         for chunk in &entry.chunks {
             assert!(chunk.length <= CHUNK_MAX_LENGTH);
         }
-        if compression == Compression::Zstd {
+        if compression.is_zstd() {
             assert!(
                 entry.payload_length < entry.size,
                 "the repeated text compresses"
@@ -356,7 +356,7 @@ fn images_from_files_and_from_readers_give_the_same_bundle() {
     let paths = [dir.path().join("rootfs.img"), dir.path().join("app.img")];
     std::fs::write(&paths[0], &rootfs).unwrap();
     std::fs::write(&paths[1], &app).unwrap();
-    for compression in [Compression::None, Compression::Zstd] {
+    for compression in ALL_COMPRESSIONS {
         let from_readers = build(&[("rootfs", &rootfs), ("app", &app)], compression, &[&key]);
         let mut builder = builder(compression, &[&key]);
         builder
@@ -378,16 +378,17 @@ fn images_from_files_and_from_readers_give_the_same_bundle() {
 fn workers_write_verified_runs_to_a_positioned_sink_and_report_them_in_order() {
     let key = key(1);
     let data = image_data(10, 1_200_000);
-    for compression in [Compression::None, Compression::Zstd] {
+    for compression in ALL_COMPRESSIONS {
         let bundle = build(&[("rootfs", &data)], compression, &[&key]);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("slot");
         std::fs::write(&path, vec![0xeeu8; data.len() + 4096]).unwrap();
         let slot = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         // Compressed runs get their own, smaller budget.
-        let budget = match compression {
-            Compression::None => 300_000,
-            Compression::Zstd => 150_000,
+        let budget = if compression.is_zstd() {
+            150_000
+        } else {
+            300_000
         };
         let options = ReadOptions {
             workers: 3,
@@ -492,6 +493,136 @@ fn ranges_read_with_one_lent_pool_match_the_image() {
         assert_eq!(
             from + out.len(),
             (chunks[range.end - 1].offset + u64::from(chunks[range.end - 1].length)) as usize
+        );
+    }
+}
+
+/// Content that repeats across chunks (as files do in a root filesystem): prefixed frames find
+/// it, independent frames cannot. Such bundles say format version 2; others stay version 1, so
+/// updaters that predate prefixes still read them.
+#[test]
+fn prefixed_frames_find_repeats_across_chunks_and_make_a_version_2_bundle() {
+    let key = key(1);
+    let once = image_data(21, 200_000);
+    let repeated: Vec<u8> = once.iter().chain(&once).chain(&once).copied().collect();
+    let independent = build(&[("rootfs", &repeated)], Compression::Zstd, &[&key]);
+    let prefixed = build(
+        &[("rootfs", &repeated)],
+        Compression::ZstdPrefixed { window: 256 << 10 },
+        &[&key],
+    );
+    assert_eq!(independent[8..12], 1u32.to_le_bytes());
+    assert_eq!(prefixed[8..12], 2u32.to_le_bytes());
+    let payload = |bundle: &[u8]| manifest_of(bundle, &key).images[0].payload_length;
+    assert!(
+        payload(&prefixed) * 2 < payload(&independent),
+        "prefixed {} bytes, independent {}",
+        payload(&prefixed),
+        payload(&independent)
+    );
+    assert_eq!(
+        read_all(&prefixed, &keyring(&[&key])).unwrap()[0].1,
+        repeated
+    );
+
+    // A chunk alone decompresses only at the image start, where its prefix is empty.
+    let verified = BundleReader::open(&prefixed[..], &keyring(&[&key])).unwrap();
+    let manifest = verified.verified_manifest().clone();
+    let stored = |index| {
+        let range = manifest.chunk_file_range(0, index).unwrap();
+        &prefixed[range.start as usize..range.end as usize]
+    };
+    let first = &manifest.manifest().images[0].chunks[0];
+    assert_eq!(
+        manifest.verify_chunk(0, 0, stored(0)).unwrap(),
+        repeated[..first.length as usize]
+    );
+    assert!(matches!(
+        manifest.verify_chunk(0, 1, stored(1)),
+        Err(Error::NeedsPrecedingBytes { index: 1, .. })
+    ));
+}
+
+/// A delta install fetches a range of a prefixed image and gives the reader the image bytes
+/// before it from the slot it is writing: the reader asks for exactly the chunks the first
+/// prefix reaches, checks them, and refuses to start without them or with wrong ones.
+#[test]
+fn a_prefixed_range_reads_after_the_history_it_asks_for() {
+    let key = key(1);
+    let image = image_data(22, 1_500_000);
+    let window = 64usize << 10;
+    let bundle = build(&[("rootfs", &image)], PREFIXED, &[&key]);
+    let verified = BundleReader::open(&bundle[..], &keyring(&[&key])).unwrap();
+    let manifest = verified.verified_manifest().clone();
+    let chunks = manifest.manifest().images[0].chunks.clone();
+    let mut pool = VerifyPool::new(2);
+    let bytes_of = |range: std::ops::Range<usize>| {
+        let from = chunks[range.start].offset as usize;
+        let last = &chunks[range.end - 1];
+        image[from..(last.offset + u64::from(last.length)) as usize].to_vec()
+    };
+    for start in [1, 2, chunks.len() / 2, chunks.len() - 1] {
+        let range = start..chunks.len();
+        let body = manifest.chunk_file_range(0, start).unwrap().start as usize;
+        fn open<'a>(
+            manifest: &VerifiedManifest,
+            range: std::ops::Range<usize>,
+            source: &'a mut &[u8],
+            pool: &'a mut VerifyPool,
+        ) -> ImageReader<'a> {
+            manifest
+                .image_range_reader_in(0, range, source, &ReadOptions::default(), pool)
+                .unwrap()
+        }
+
+        let mut source = &bundle[body..];
+        let mut without = open(&manifest, range.clone(), &mut source, &mut pool);
+        let history = without.history_chunks();
+        assert_eq!(history.end, start);
+        let reach = chunks[start].offset - chunks[history.start].offset;
+        assert!(reach as usize >= window.min(chunks[start].offset as usize));
+        assert!(
+            history.len() == 1 || (reach - u64::from(chunks[history.start].length)) < window as u64
+        );
+        assert!(matches!(
+            without.next_run(),
+            Err(Error::NeedsPrecedingBytes { index, .. }) if index == start
+        ));
+        drop(without);
+
+        let mut source = &bundle[body..];
+        let mut damaged = open(&manifest, range.clone(), &mut source, &mut pool);
+        let mut wrong = bytes_of(history.clone());
+        wrong[0] ^= 1;
+        assert!(matches!(
+            damaged.with_history(wrong),
+            Err(Error::ChunkHashMismatch { index, .. }) if index == history.start
+        ));
+        drop(damaged);
+
+        let mut source = &bundle[body..];
+        let mut reader = open(&manifest, range.clone(), &mut source, &mut pool);
+        reader.with_history(bytes_of(history)).unwrap();
+        let mut out = Vec::new();
+        reader.copy_to(&mut out).unwrap();
+        assert_eq!(
+            out,
+            image[chunks[start].offset as usize..],
+            "from chunk {start}"
+        );
+    }
+}
+
+#[test]
+fn a_prefix_window_outside_the_format_limits_is_refused_when_writing() {
+    let key = key(1);
+    for window in [1000, 2 << 10, 16 << 20] {
+        let mut builder = builder(Compression::ZstdPrefixed { window }, &[&key]);
+        builder.add_image("rootfs", SlotClass::Rootfs, &[1u8; 5000][..]);
+        let error = builder.write_to(&mut Vec::new()).unwrap_err();
+        assert!(
+            error.to_string().contains("prefix window"),
+            "{window}: {error}"
         );
     }
 }

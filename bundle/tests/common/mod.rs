@@ -4,6 +4,13 @@
 
 use rota_bundle::*;
 
+/// Prefixed zstd frames with a window small enough that the test images' chunks reach back
+/// across several chunks.
+pub const PREFIXED: Compression = Compression::ZstdPrefixed { window: 64 << 10 };
+
+/// Every way a writer stores chunks.
+pub const ALL_COMPRESSIONS: [Compression; 3] = [Compression::None, Compression::Zstd, PREFIXED];
+
 /// Deterministic test data that has both incompressible stretches (xorshift noise) and
 /// compressible ones (repeated text), so zstd has something to do and chunk boundaries vary.
 pub fn image_data(seed: u64, length: usize) -> Vec<u8> {
