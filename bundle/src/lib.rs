@@ -63,6 +63,7 @@ pub use image_reader::{ImageReader, PositionedSink, VerifiedRun, VerifyPool, Wri
 pub use keys::{KeyError, KeyId, Keyring, PublicKey, SigningKey, PUBLIC_KEY_EXTENSION};
 pub use manifest::{
     Chunk, Compression, ImageEntry, Manifest, SlotClass, SourceInfo, MAX_CHUNK_LENGTH,
+    MAX_PREFIX_WINDOW,
 };
 pub use reader::{BundleReader, ReadOptions, VerifiedBundle, VerifiedImage, VerifiedManifest};
 pub use signature::ED25519_ENTRY_LENGTH;

@@ -269,9 +269,54 @@ fn the_image_digest_is_what_sha256sum_prints_and_chunks_are_plain_zstd_frames() 
         &bundle[range.start as usize..range.end as usize],
     )
     .unwrap();
+    let chunk = &summary.manifest.images[0].chunks[index];
+    assert_eq!(
+        zstd_decompress(&frame_path, &[]),
+        &data[chunk.offset as usize..][..chunk.length as usize]
+    );
+
+    // A prefixed frame decompresses with the zstd CLI given its prefix as --patch-from.
+    let window = 64usize << 10;
+    let mut prefixed_builder = common::builder(
+        Compression::ZstdPrefixed {
+            window: window as u32,
+        },
+        &[&key],
+    );
+    prefixed_builder.add_image_file("rootfs", SlotClass::Rootfs, &image_path);
+    let mut prefixed = Vec::new();
+    let summary = prefixed_builder.write_to(&mut prefixed).unwrap();
+    let verified = BundleReader::open(&prefixed[..], &keyring(&[&key])).unwrap();
+    let range = verified
+        .verified_manifest()
+        .chunk_file_range(0, index)
+        .unwrap();
+    std::fs::write(
+        &frame_path,
+        &prefixed[range.start as usize..range.end as usize],
+    )
+    .unwrap();
+    let chunk = &summary.manifest.images[0].chunks[index];
+    let start = chunk.offset as usize;
+    assert!(start > window, "the prefix is a whole window");
+    let prefix_path = dir.path().join("prefix");
+    std::fs::write(&prefix_path, &data[start - window..start]).unwrap();
+    let patch_from = [
+        std::ffi::OsStr::new("--patch-from"),
+        prefix_path.as_os_str(),
+    ];
+    assert_eq!(
+        zstd_decompress(&frame_path, &patch_from),
+        &data[start..][..chunk.length as usize]
+    );
+}
+
+/// `zstd -d` of one file with `options`, which must succeed.
+fn zstd_decompress(frame: &std::path::Path, options: &[&std::ffi::OsStr]) -> Vec<u8> {
     let zstd = std::process::Command::new("zstd")
         .args(["-d", "-c", "-q"])
-        .arg(&frame_path)
+        .args(options)
+        .arg(frame)
         .output()
         .unwrap();
     assert!(
@@ -279,11 +324,7 @@ fn the_image_digest_is_what_sha256sum_prints_and_chunks_are_plain_zstd_frames() 
         "{}",
         String::from_utf8_lossy(&zstd.stderr)
     );
-    let chunk = &summary.manifest.images[0].chunks[index];
-    assert_eq!(
-        zstd.stdout,
-        &data[chunk.offset as usize..][..chunk.length as usize]
-    );
+    zstd.stdout
 }
 
 /// compatible, version, security version, build time, source, description.

@@ -52,6 +52,8 @@ pub struct BundleOptions {
     pub keys: Vec<PathBuf>,
     pub images: Vec<ImageSpec>,
     pub zstd_level: Option<i32>,
+    /// Prefix window of zstd frames (0: independent frames).
+    pub zstd_window: u32,
     /// Average chunk size (see [`ChunkSizes::around`]).
     pub chunk_size: u64,
     pub security_version: u32,
@@ -117,7 +119,11 @@ pub fn build(options: &BundleOptions) -> Result<BundleSummary, BundleCmdError> {
         (None, None) => {}
     }
     if let Some(level) = options.zstd_level {
-        builder.compression(Compression::Zstd).zstd_level(level);
+        let compression = match options.zstd_window {
+            0 => Compression::Zstd,
+            window => Compression::ZstdPrefixed { window },
+        };
+        builder.compression(compression).zstd_level(level);
     }
     builder.chunk_sizes(ChunkSizes::around(options.chunk_size)?);
     for key in &keys {

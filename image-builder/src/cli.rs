@@ -74,6 +74,12 @@ pub struct BundleArgs {
     /// zstd level with --zstd.
     #[arg(long, default_value_t = 3, requires = "zstd")]
     pub zstd_level: i32,
+    /// With --zstd: image bytes before each chunk that its frame may refer to, a power of two
+    /// from 4KiB to 8MiB, or 0 for independent frames. A larger window makes the bundle
+    /// smaller and costs robots that much memory while they install; 0 writes format version
+    /// 1, which updaters older than version 2 bundles can read.
+    #[arg(long, value_name = "SIZE", default_value = "1MiB", requires = "zstd", value_parser = parse_zstd_window)]
+    pub zstd_window: u32,
     /// Average content-defined chunk size, a power of two from 4KiB to 1MiB (chunks range from
     /// a quarter of it to four times it). Smaller: a delta update fetches less around each
     /// change, and every update fetches a larger manifest (about 80 bytes per chunk).
@@ -221,6 +227,19 @@ fn parse_chunk_size(text: &str) -> Result<u64, String> {
     let size = parse_size_arg(text)?;
     rota_bundle::ChunkSizes::around(size).map_err(|e| e.to_string())?;
     Ok(size)
+}
+
+/// A prefix window the format allows, or 0: refused as a usage error (exit 2) before any work.
+fn parse_zstd_window(text: &str) -> Result<u32, String> {
+    let size = parse_size_arg(text)?;
+    let limit = u64::from(rota_bundle::MAX_PREFIX_WINDOW);
+    if size == 0 || (size.is_power_of_two() && (4 << 10..=limit).contains(&size)) {
+        Ok(size as u32)
+    } else {
+        Err(format!(
+            "{size} bytes is not 0 or a power of two from 4KiB to 8MiB"
+        ))
+    }
 }
 
 #[cfg(test)]

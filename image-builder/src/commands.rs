@@ -187,6 +187,7 @@ pub fn bundle(args: BundleArgs) -> Result<ExitCode> {
         keys: args.keys,
         images: args.images,
         zstd_level: args.zstd.then_some(args.zstd_level),
+        zstd_window: args.zstd_window,
         chunk_size: args.chunk_size,
         security_version: args.security_version,
         git_commit: args.git_commit,
@@ -267,12 +268,16 @@ pub fn inspect(args: InspectArgs) -> Result<ExitCode> {
         }
         for image in &manifest.images {
             println!(
-                "image:      {} ({:?}) {} stored as {} ({:?}), {} chunks, sha256 {}",
+                "image:      {} ({:?}) {} stored as {} ({}), {} chunks, sha256 {}",
                 image.name,
                 image.slot_class,
                 human(image.size),
                 human(image.stored_size),
-                image.compression,
+                match (image.compression, image.prefix_window) {
+                    ("zstd", 0) => "zstd".to_owned(),
+                    ("zstd", window) => format!("zstd, {} KiB prefixes", window >> 10),
+                    _ => "uncompressed".to_owned(),
+                },
                 image.chunks,
                 image.sha256
             );

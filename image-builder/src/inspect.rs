@@ -168,7 +168,10 @@ pub struct ImageView {
     pub slot_class: rota_bundle::SlotClass,
     pub size: u64,
     pub sha256: String,
-    pub compression: rota_bundle::Compression,
+    /// `none` or `zstd`.
+    pub compression: &'static str,
+    /// Image bytes before a chunk that its zstd frame refers to (0: independent frames).
+    pub prefix_window: usize,
     pub stored_size: u64,
     pub chunks: usize,
 }
@@ -191,7 +194,12 @@ impl From<&Manifest> for ManifestView {
                     slot_class: image.slot_class,
                     size: image.size,
                     sha256: image.sha256.to_string(),
-                    compression: image.compression,
+                    compression: if image.compression.is_zstd() {
+                        "zstd"
+                    } else {
+                        "none"
+                    },
+                    prefix_window: image.compression.prefix_window(),
                     stored_size: image.payload_length,
                     chunks: image.chunks.len(),
                 })

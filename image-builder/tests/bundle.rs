@@ -104,6 +104,7 @@ fn bundles_are_reproducible_and_inspectable() {
     assert_eq!(image["slot_class"], "rootfs");
     assert_eq!(image["size"], 3u64 << 20);
     assert_eq!(image["compression"], "zstd");
+    assert_eq!(image["prefix_window"], 1 << 20, "the default window");
     assert!(image["stored_size"].as_u64().unwrap() < 3 << 20);
     let sha = common::tool(
         "sha256sum",
@@ -309,4 +310,50 @@ fn chunk_size_trades_chunk_count_and_a_bad_one_is_refused() {
         "{error}"
     );
     assert!(!dir.path().join("bad.rota").exists());
+}
+
+/// `--zstd-window 0` writes independent frames, a version 1 bundle that updaters predating
+/// version 2 read; a window outside the format's limits is a usage error before any work.
+#[test]
+fn zstd_window_zero_writes_format_version_1_and_a_bad_window_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    random_image(&dir.path().join("rootfs.img"), 2 << 20);
+    keygen(dir.path(), "keys/release");
+    let with_window = |window: &str, out: &str| -> Vec<String> {
+        format!(
+            "bundle --compatible b --version 1.0.0 --key keys/release.key \
+             --image rootfs=rootfs.img --zstd --zstd-window {window} -o {out}"
+        )
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+    };
+    fn args(list: &[String]) -> Vec<&str> {
+        list.iter().map(String::as_str).collect()
+    }
+    for (window, version, prefix_window) in [("0", 1u32, 0u64), ("64KiB", 2, 64 << 10)] {
+        let out = format!("w{window}.rota");
+        ok(dir.path(), &args(&with_window(window, &out)));
+        ok(dir.path(), &["verify", &out, "--keyring", "keys"]);
+        let bytes = fs::read(dir.path().join(&out)).unwrap();
+        assert_eq!(
+            bytes[8..12],
+            version.to_le_bytes(),
+            "--zstd-window {window}"
+        );
+        let json = ok(
+            dir.path(),
+            &["inspect", &out, "--keyring", "keys", "--json"],
+        );
+        let found: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            found["manifest"]["images"][0]["prefix_window"],
+            prefix_window
+        );
+    }
+    for bad in ["3000", "16MiB"] {
+        let error = fails_with(dir.path(), 2, &args(&with_window(bad, "bad.rota")));
+        assert!(error.contains("not 0 or a power of two"), "{error}");
+        assert!(!dir.path().join("bad.rota").exists());
+    }
 }

@@ -198,7 +198,11 @@ fn bad_bundles_are_refused_without_touching_slot_env_or_state() {
 
 #[test]
 fn damaged_payload_is_refused_and_the_slot_never_made_bootable() {
-    for compression in [Compression::None, Compression::Zstd] {
+    for compression in [
+        Compression::None,
+        Compression::Zstd,
+        Compression::ZstdPrefixed { window: 128 << 10 },
+    ] {
         let robot = updated_robot(Backend::Uboot);
         let mut spec = BundleSpec::new("3.0.0", image_bytes(3 << 20, 8));
         spec.security_version = 5;

@@ -935,6 +935,7 @@ impl Fetcher<'_> {
                 &read_options(),
                 &mut self.workers,
             )?;
+            give_history(&mut image_reader, checkpoint)?;
             pump(&mut image_reader, checkpoint, progress)
         };
         let done = (checkpoint.next_chunk as usize).clamp(chunks.start, chunks.end);
@@ -951,6 +952,30 @@ impl Fetcher<'_> {
         }
         Ok(())
     }
+}
+
+/// A range of prefixed zstd frames decompresses against the image bytes before it: they are in
+/// the target slot already (every step before this one wrote its chunks, in image order, and
+/// a resumed install verified them), and the reader checks them against the manifest.
+fn give_history(
+    image: &mut rota_bundle::ImageReader<'_>,
+    checkpoint: &Checkpointer,
+) -> Result<(), InstallError> {
+    let history = image.history_chunks();
+    if history.is_empty() {
+        return Ok(());
+    }
+    let chunks = &image.entry().chunks[history];
+    let (first, last) = (&chunks[0], &chunks[chunks.len() - 1]);
+    let mut bytes = vec![0u8; (last.offset + u64::from(last.length) - first.offset) as usize];
+    checkpoint
+        .slot
+        .read_exact_at(&mut bytes, first.offset)
+        .map_err(|source| checkpoint.slot_error("read back", source))?;
+    image
+        .with_history(bytes)
+        .map_err(|error| checkpoint.slot_error("read back", io::Error::other(error.to_string())))?;
+    Ok(())
 }
 
 /// Reads and drops `count` bytes of a stream.

@@ -92,7 +92,9 @@ impl BundleSpec {
             version: version.into(),
             security_version: 1,
             image,
-            compression: Compression::Zstd,
+            // What `rota-image bundle --zstd` writes, with a window small enough that a
+            // fetched range's prefix reaches back over several chunks of these small images.
+            compression: Compression::ZstdPrefixed { window: 128 << 10 },
             signed: true,
         }
     }
