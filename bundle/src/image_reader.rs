@@ -121,6 +121,10 @@ pub struct VerifyPool {
     /// Buffers to reuse: allocating two fresh ones per run costs page faults that show up
     /// next to SHA-256 in a profile.
     spare_buffers: Vec<Vec<u8>>,
+    /// Prefixed zstd frames: the image bytes decoded last, at least the `prefix_window` before
+    /// the next chunk (all of them near the image start), which its frame refers to. One
+    /// allocation for every reader the pool is lent to.
+    window: Vec<u8>,
 }
 
 impl VerifyPool {
@@ -129,6 +133,7 @@ impl VerifyPool {
         VerifyPool {
             pool: OrderedPool::new(workers, verify_job),
             spare_buffers: Vec::new(),
+            window: Vec::new(),
         }
     }
 }
@@ -183,10 +188,9 @@ pub struct ImageReader<'a> {
     current: Vec<u8>,
     current_position: usize,
     failed: bool,
-    /// Prefixed zstd frames only: the image bytes decoded so far, at least the last
-    /// `prefix_window` of them (all when fewer), which the next chunk's frame refers to.
-    /// `None` until a range that starts after chunk 0 was given them ([`Self::with_history`]).
-    window: Option<Vec<u8>>,
+    /// Prefixed zstd frames only: whether the pool's `window` holds the image bytes right
+    /// before the next chunk to read (from the start; or after [`Self::read_history`]).
+    window_ready: bool,
 }
 
 impl<'a> ImageReader<'a> {
@@ -224,7 +228,7 @@ impl<'a> ImageReader<'a> {
             current: Vec::new(),
             current_position: 0,
             failed: false,
-            window: (chunks.start == 0).then(Vec::new),
+            window_ready: false,
         }
     }
 
@@ -235,7 +239,7 @@ impl<'a> ImageReader<'a> {
     }
 
     /// The chunks whose image bytes this reader needs before its first one, given with
-    /// [`Self::with_history`]: for an image of prefixed zstd frames, those that the first
+    /// [`Self::read_history`]: for an image of prefixed zstd frames, those that the first
     /// chunk's prefix reaches into; otherwise none.
     pub fn history_chunks(&self) -> Range<usize> {
         let first = self.next_to_read;
@@ -250,34 +254,48 @@ impl<'a> ImageReader<'a> {
         start.saturating_sub(1).min(first)..first
     }
 
-    /// Gives the reader the image bytes of [`Self::history_chunks`], from wherever the caller
-    /// has them (a slot it wrote them to, say): each chunk is checked against the manifest
-    /// first, since everything decompressed after them builds on them.
-    pub fn with_history(&mut self, bytes: Vec<u8>) -> Result<()> {
+    /// Reads the image bytes of [`Self::history_chunks`] with `read_at(buffer, image_offset)`
+    /// from wherever the caller has them (a slot it wrote them to, say), and checks each chunk
+    /// against the manifest: everything decompressed after them builds on them.
+    pub fn read_history(
+        &mut self,
+        read_at: &mut dyn FnMut(&mut [u8], u64) -> io::Result<()>,
+    ) -> Result<()> {
         let history = self.history_chunks();
-        let entry = self.entry();
-        let expected = run_length(entry, history.clone());
-        if bytes.len() != expected {
-            return Err(Error::ChunkSizeMismatch {
-                image: entry.name.clone(),
-                index: history.start,
-                expected: expected as u64,
-                found: bytes.len() as u64,
-            });
+        let verified = self.verified.clone();
+        let entry = &verified.manifest().images[self.image];
+        let reach = entry.compression.prefix_window();
+        let length = run_length(entry, history.clone());
+        let window = &mut self.workers.get().window;
+        window.clear();
+        reserve_window(window, length, reach, self.run_bytes);
+        window.resize(length, 0);
+        if let Some(first) = entry.chunks.get(history.start).filter(|_| length > 0) {
+            read_at(window, first.offset).map_err(|e| {
+                Error::read(
+                    Part::Chunk {
+                        image: entry.name.clone(),
+                        index: history.start,
+                    },
+                    e,
+                )
+            })?;
         }
         let mut at = 0;
         for index in history {
             let chunk = &entry.chunks[index];
-            let length = chunk.length as usize;
-            if Sha256Digest::of(&bytes[at..at + length]) != chunk.sha256 {
+            let bytes = &window[at..at + chunk.length as usize];
+            if Sha256Digest::of(bytes) != chunk.sha256 {
                 return Err(Error::ChunkHashMismatch {
                     image: entry.name.clone(),
                     index,
                 });
             }
-            at += length;
+            at += chunk.length as usize;
         }
-        self.window = Some(bytes);
+        // Only what the prefix reaches stays: the first chunk was there whole to be checked.
+        window.drain(..window.len().saturating_sub(reach));
+        self.window_ready = true;
         Ok(())
     }
 
@@ -387,11 +405,15 @@ impl<'a> ImageReader<'a> {
         if let Some(error) = self.read_error.take() {
             return Err(error);
         }
-        if self.window.is_none() {
-            return Err(Error::NeedsPrecedingBytes {
-                image: self.entry().name.clone(),
-                index: self.next_to_read,
-            });
+        if !self.window_ready {
+            if self.next_to_read > 0 {
+                return Err(Error::NeedsPrecedingBytes {
+                    image: self.entry().name.clone(),
+                    index: self.next_to_read,
+                });
+            }
+            self.workers.get().window.clear();
+            self.window_ready = true;
         }
         let mut run = self.run_from(self.next_to_read);
         let mut stored = self.workers.get().spare_buffers.pop().unwrap_or_default();
@@ -416,8 +438,15 @@ impl<'a> ImageReader<'a> {
         }
         let verified = self.verified.clone();
         let entry = &verified.manifest().images[self.image];
-        let window = self.window.as_mut().expect("checked above");
+        let reach = entry.compression.prefix_window();
+        let window = &mut self.workers.get().window;
         let start = window.len();
+        reserve_window(
+            window,
+            start + run_length(entry, run.clone()),
+            reach,
+            self.run_bytes,
+        );
         let outcome = verify_prefixed_run(entry, run.clone(), &stored, window, self.checks);
         self.recycle(stored);
         let good = match outcome {
@@ -434,7 +463,7 @@ impl<'a> ImageReader<'a> {
             Some(_) => Vec::new(),
             None => self.workers.get().spare_buffers.pop().unwrap_or_default(),
         };
-        let window = self.window.as_mut().expect("checked above");
+        let window = &mut self.workers.get().window;
         let data = &window[start..];
         if let Some(hasher) = &mut self.image_hasher {
             hasher.update(data);
@@ -450,8 +479,7 @@ impl<'a> ImageReader<'a> {
         }
         // Keep what the next prefix reaches; moving it down once per `reach` bytes decoded
         // costs one copy of the image.
-        let reach = entry.compression.prefix_window();
-        let window = self.window.as_mut().expect("checked above");
+        let window = &mut self.workers.get().window;
         if window.len() > 2 * reach {
             window.drain(..window.len() - reach);
         }
@@ -619,6 +647,14 @@ impl Read for ImageReader<'_> {
         buf[..n].copy_from_slice(&available[..n]);
         self.current_position += n;
         Ok(n)
+    }
+}
+
+/// Makes room in `window` for `needed` bytes, and at once for what later runs add before it is
+/// trimmed back to `reach`: growing by doubling would touch pages no run needs.
+fn reserve_window(window: &mut Vec<u8>, needed: usize, reach: usize, run_bytes: usize) {
+    if window.capacity() < needed {
+        window.reserve_exact(needed.max(2 * reach + run_bytes) - window.len());
     }
 }
 

@@ -584,6 +584,15 @@ fn prefixed_frames_find_repeats_across_chunks_and_make_a_version_2_bundle() {
     ));
 }
 
+/// What `ImageReader::read_history` reads from: `bytes`, which start at image offset `at`.
+fn read_from(bytes: &[u8], at: u64) -> impl FnMut(&mut [u8], u64) -> std::io::Result<()> + '_ {
+    move |buffer, offset| {
+        let from = (offset - at) as usize;
+        buffer.copy_from_slice(&bytes[from..from + buffer.len()]);
+        Ok(())
+    }
+}
+
 /// A delta install fetches a range of a prefixed image and gives the reader the image bytes
 /// before it from the slot it is writing: the reader asks for exactly the chunks the first
 /// prefix reaches, checks them, and refuses to start without them or with wrong ones.
@@ -636,14 +645,17 @@ fn a_prefixed_range_reads_after_the_history_it_asks_for() {
         let mut wrong = bytes_of(history.clone());
         wrong[0] ^= 1;
         assert!(matches!(
-            damaged.with_history(wrong),
+            damaged.read_history(&mut read_from(&wrong, chunks[history.start].offset)),
             Err(Error::ChunkHashMismatch { index, .. }) if index == history.start
         ));
         drop(damaged);
 
         let mut source = &bundle[body..];
         let mut reader = open(&manifest, range.clone(), &mut source, &mut pool);
-        reader.with_history(bytes_of(history)).unwrap();
+        let right = bytes_of(history.clone());
+        reader
+            .read_history(&mut read_from(&right, chunks[history.start].offset))
+            .unwrap();
         let mut out = Vec::new();
         reader.copy_to(&mut out).unwrap();
         assert_eq!(

@@ -961,19 +961,11 @@ fn give_history(
     image: &mut rota_bundle::ImageReader<'_>,
     checkpoint: &Checkpointer,
 ) -> Result<(), InstallError> {
-    let history = image.history_chunks();
-    if history.is_empty() {
+    if image.history_chunks().is_empty() {
         return Ok(());
     }
-    let chunks = &image.entry().chunks[history];
-    let (first, last) = (&chunks[0], &chunks[chunks.len() - 1]);
-    let mut bytes = vec![0u8; (last.offset + u64::from(last.length) - first.offset) as usize];
-    checkpoint
-        .slot
-        .read_exact_at(&mut bytes, first.offset)
-        .map_err(|source| checkpoint.slot_error("read back", source))?;
     image
-        .with_history(bytes)
+        .read_history(&mut |buffer, offset| checkpoint.slot.read_exact_at(buffer, offset))
         .map_err(|error| checkpoint.slot_error("read back", io::Error::other(error.to_string())))?;
     Ok(())
 }
