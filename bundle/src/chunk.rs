@@ -158,6 +158,20 @@ pub(crate) fn prepare_prefixed_chunks(
         .collect()
 }
 
+/// One zstd frame of `data` compressed against `prefix` (any bytes the reader will have).
+pub(crate) fn compress_against(prefix: &[u8], data: &[u8], level: i32) -> io::Result<Vec<u8>> {
+    use zstd::zstd_safe::{CCtx, CParameter};
+    let failed = |code| io::Error::other(zstd::zstd_safe::get_error_name(code));
+    let mut context = CCtx::create();
+    context
+        .set_parameter(CParameter::CompressionLevel(level))
+        .map_err(failed)?;
+    context.ref_prefix(prefix).map_err(failed)?;
+    let mut stored = Vec::with_capacity(zstd::zstd_safe::compress_bound(data.len()));
+    context.compress2(&mut stored, data).map_err(failed)?;
+    Ok(stored)
+}
+
 /// Checks one chunk's stored bytes against the manifest and returns its image bytes.
 pub(crate) fn verify_stored_chunk(
     image: &ImageEntry,
@@ -335,7 +349,7 @@ pub(crate) fn verify_prefixed_run(
     Ok(())
 }
 
-fn check_digest(
+pub(crate) fn check_digest(
     image: &ImageEntry,
     index: usize,
     bytes: &[u8],
@@ -352,7 +366,7 @@ fn check_digest(
 
 /// Decompresses one chunk's zstd frame into `out`, which must come out exactly full; `prefix`
 /// is what the frame was compressed against (empty for an independent frame).
-fn decompress_exact(
+pub(crate) fn decompress_exact(
     stored: &[u8],
     out: &mut [u8],
     prefix: &[u8],

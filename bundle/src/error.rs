@@ -60,6 +60,8 @@ pub enum Error {
         "unsupported bundle format version {found} (this reader supports versions 1 to {supported})"
     )]
     UnsupportedVersion { found: u32, supported: u32 },
+    #[error("delta: {0}")]
+    DeltaInvalid(String),
     #[error(
         "chunk {index} of image {image:?} is compressed against the image bytes before it: \
          read it with an image reader that has them"

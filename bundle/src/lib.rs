@@ -39,6 +39,7 @@
 //! ```
 
 mod chunk;
+pub mod delta;
 mod digest;
 mod error;
 mod header;

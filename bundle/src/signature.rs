@@ -20,11 +20,22 @@ struct SignatureEntry<'a> {
     signature: &'a [u8],
 }
 
+/// Prefix of every signed delta message (`delta.rs`): a bundle signature is never a delta's.
+pub(crate) const DELTA_SIGNATURE_CONTEXT: &[u8] = b"rota-delta signature v1\0";
+
 /// The bytes each signature signs: context, signed part of the header, manifest.
 pub(crate) fn signed_message(header: &[u8; HEADER_LENGTH], manifest: &[u8]) -> Vec<u8> {
-    let mut message =
-        Vec::with_capacity(SIGNATURE_CONTEXT.len() + SIGNED_HEADER_LENGTH + manifest.len());
-    message.extend_from_slice(SIGNATURE_CONTEXT);
+    signed_message_in(SIGNATURE_CONTEXT, header, manifest)
+}
+
+/// [`signed_message`] of another kind of file, told apart by `context`.
+pub(crate) fn signed_message_in(
+    context: &[u8],
+    header: &[u8; HEADER_LENGTH],
+    manifest: &[u8],
+) -> Vec<u8> {
+    let mut message = Vec::with_capacity(context.len() + SIGNED_HEADER_LENGTH + manifest.len());
+    message.extend_from_slice(context);
     message.extend_from_slice(&header[..SIGNED_HEADER_LENGTH]);
     message.extend_from_slice(manifest);
     message
