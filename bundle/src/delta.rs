@@ -179,9 +179,8 @@ impl DeltaManifest {
         let mut stored_at = 0u64;
         let mut previous: Option<u32> = None;
         for patch in &self.patches {
-            let invalid = |what: &str| {
-                Error::DeltaInvalid(format!("patch of chunk {}: {what}", patch.chunk))
-            };
+            let invalid =
+                |what: &str| Error::DeltaInvalid(format!("patch of chunk {}: {what}", patch.chunk));
             if previous.is_some_and(|previous| patch.chunk <= previous) {
                 return Err(invalid("not in ascending chunk order"));
             }
@@ -301,7 +300,9 @@ pub fn write_delta(
         return Err(Error::NoSigningKey);
     }
     let base = inputs.base.image(inputs.base.image_index(inputs.image)?)?;
-    let target = inputs.target.image(inputs.target.image_index(inputs.image)?)?;
+    let target = inputs
+        .target
+        .image(inputs.target.image_index(inputs.image)?)?;
     let have: HashMap<Sha256Digest, u64> = base
         .chunks
         .iter()
@@ -392,7 +393,9 @@ fn make_patches(
                     let mut data = vec![0u8; chunk.length as usize];
                     inputs.target_image.read_exact_at(&mut data, chunk.offset)?;
                     let mut prefix = vec![0u8; (reference.end - reference.start) as usize];
-                    inputs.base_image.read_exact_at(&mut prefix, reference.start)?;
+                    inputs
+                        .base_image
+                        .read_exact_at(&mut prefix, reference.start)?;
                     compress_against(&prefix, &data, level)
                 })();
                 match made {

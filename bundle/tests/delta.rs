@@ -94,7 +94,10 @@ fn a_delta_rebuilds_every_patched_chunk_exactly_in_fewer_bytes() {
         let reference = &pair.base[from..from + patch.reference_length as usize];
         let chunk = &entry.chunks[patch.chunk as usize];
         let expected = &pair.target[chunk.offset as usize..][..chunk.length as usize];
-        assert_eq!(opened.apply(patch, stored, reference, entry).unwrap(), expected);
+        assert_eq!(
+            opened.apply(patch, stored, reference, entry).unwrap(),
+            expected
+        );
     }
     // Patches of consecutive chunks sit back to back: one range fetches them.
     let all = opened.patches_file_range(0..opened.manifest().patches.len());
@@ -109,7 +112,10 @@ fn an_unsigned_damaged_or_misapplied_delta_is_refused() {
     let open = |bytes: &[u8], trusted: &Keyring| VerifiedDelta::open(&mut &bytes[..], trusted);
 
     let untrusted = open(&delta, &keyring(&[&key(2)])).unwrap_err();
-    assert!(matches!(untrusted, Error::NoTrustedSignature { .. }), "{untrusted}");
+    assert!(
+        matches!(untrusted, Error::NoTrustedSignature { .. }),
+        "{untrusted}"
+    );
     let mut manifest_flipped = delta.clone();
     manifest_flipped[40] ^= 1;
     let error = open(&manifest_flipped, &keyring(&[&key(1)])).unwrap_err();

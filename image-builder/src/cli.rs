@@ -34,6 +34,48 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Check a bundle's signature and every chunk; exit 0 valid, 1 invalid, 2 usage/I/O error.
     Verify(VerifyArgs),
+    /// Make a signed delta from one bundle to the next: what robots running the first fetch
+    /// instead of the chunks they lack (`rota-updater install NEW --delta DELTA`).
+    Delta(DeltaArgs),
+}
+
+/// `rota-image delta --from 1.2.0.rota --to 1.3.0.rota --key release.key -o 1.3.0.from-1.2.0.rdelta`
+///
+/// For each chunk of the new image that the old one lacks, a zstd frame compressed against
+/// the old image around where that content was (a robot reads it from its booted slot). Much
+/// smaller than the chunks for a package upgrade (the changed library against its old
+/// version); never needed: a robot without it, or running another version, fetches the chunks
+/// from the bundle. Every chunk a delta rebuilds is checked against the new bundle's signed
+/// chunk table on the robot.
+#[derive(Debug, Args)]
+pub struct DeltaArgs {
+    /// The bundle robots run now.
+    #[arg(long)]
+    pub from: PathBuf,
+    /// The bundle they install.
+    #[arg(long)]
+    pub to: PathBuf,
+    /// Secret key file to sign the delta with (robots trust it as they trust bundles); repeat
+    /// for several.
+    #[arg(long = "key", required = true)]
+    pub keys: Vec<PathBuf>,
+    /// Directory of public keys that both bundles must verify against (default: the public
+    /// keys of --key).
+    #[arg(long)]
+    pub keyring: Option<PathBuf>,
+    /// The image to make the delta of (default: the first root filesystem image).
+    #[arg(long)]
+    pub image: Option<String>,
+    /// zstd level of the patches (1-22): made once, fetched by every robot.
+    #[arg(long, default_value_t = rota_bundle::delta::DEFAULT_DELTA_LEVEL,
+          value_parser = clap::value_parser!(i32).range(1..=22))]
+    pub level: i32,
+    /// Where to write the delta.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Print what the delta holds as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `rota-image keygen --out keys/release`

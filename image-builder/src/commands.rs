@@ -3,8 +3,9 @@
 
 use crate::bundle_cmd::{self, BundleOptions};
 use crate::cli::{
-    BundleArgs, FlashArgs, GoldenArgs, InspectArgs, KeygenArgs, RootfsArgs, VerifyArgs,
+    BundleArgs, DeltaArgs, FlashArgs, GoldenArgs, InspectArgs, KeygenArgs, RootfsArgs, VerifyArgs,
 };
+use crate::delta_cmd::{self, DeltaOptions};
 use crate::flash::{self, FlashError, FlashOptions, TargetKind};
 use crate::golden::{self, GoldenOptions};
 use crate::inspect::{self, SignatureStatus};
@@ -328,6 +329,39 @@ pub fn verify(args: VerifyArgs) -> Result<ExitCode> {
     } else {
         VERIFY_INVALID
     }))
+}
+
+/// `rota-image delta`
+pub fn delta(args: DeltaArgs) -> Result<ExitCode> {
+    let options = DeltaOptions {
+        from: args.from,
+        to: args.to,
+        keys: args.keys,
+        keyring: args.keyring,
+        image: args.image,
+        level: args.level,
+        output: args.output,
+    };
+    let summary = delta_cmd::make(&options)
+        .with_context(|| format!("cannot make the delta {}", options.output.display()))?;
+    eprintln!(
+        "delta: {} ({}): {} of {} missing chunks patched, {} instead of {} of chunks",
+        options.output.display(),
+        human(summary.delta_length),
+        summary.patches,
+        summary.missing_chunks,
+        human(summary.patch_bytes),
+        human(summary.missing_stored_bytes)
+    );
+    if args.json {
+        print_json(&serde_json::json!({
+            "delta": options.output,
+            "summary": summary,
+        }))?;
+    } else {
+        println!("{}", options.output.display());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// A bundle's build time for people: UTC to the second (the manifest keeps Unix seconds).

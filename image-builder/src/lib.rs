@@ -5,6 +5,7 @@
 pub mod bundle_cmd;
 pub mod cli;
 pub mod commands;
+pub mod delta_cmd;
 pub mod ext4;
 pub mod flash;
 pub mod golden;

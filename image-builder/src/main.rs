@@ -15,6 +15,7 @@ fn main() -> ExitCode {
         Command::Bundle(args) => commands::bundle(args),
         Command::Inspect(args) => commands::inspect(args),
         Command::Verify(args) => commands::verify(args),
+        Command::Delta(args) => commands::delta(args),
     };
     result.unwrap_or_else(|error| {
         eprintln!("error: {error:#}");

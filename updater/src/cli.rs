@@ -57,6 +57,11 @@ pub enum Command {
         /// holds are copied (each checked first).
         #[arg(long)]
         full: bool,
+        /// A delta from the bundle the booted slot runs to this one (`rota-image delta`), file
+        /// or URL: chunks it has a patch for are rebuilt from the booted slot instead of
+        /// fetched. One for another pair of bundles is set aside with a warning.
+        #[arg(long, value_name = "SOURCE")]
+        delta: Option<String>,
         /// Bytes between durable progress checkpoints (each fsyncs the slot). Default: 128 MiB.
         #[arg(long, value_name = "BYTES", default_value_t = install::DEFAULT_CHECKPOINT_BYTES)]
         checkpoint_bytes: u64,
@@ -73,6 +78,9 @@ pub enum Command {
     Plan {
         /// Bundle: a file path or an http(s):// URL.
         source: String,
+        /// A delta to plan with, as `install --delta`.
+        #[arg(long, value_name = "SOURCE")]
+        delta: Option<String>,
         /// Print the plan as JSON on stdout.
         #[arg(long)]
         json: bool,

@@ -134,6 +134,7 @@ fn run(cli: Cli) -> Result<u8> {
             allow_downgrade,
             allow_denied,
             full,
+            delta,
             checkpoint_bytes,
             json,
         } => {
@@ -142,6 +143,7 @@ fn run(cli: Cli) -> Result<u8> {
                 allow_denied,
                 checkpoint_bytes,
                 reuse_booted_slot: !full,
+                delta: delta.as_deref().map(BundleSource::parse),
             };
             install_from(
                 cli.config,
@@ -151,13 +153,18 @@ fn run(cli: Cli) -> Result<u8> {
                 json,
             )
         }
-        Command::Plan { source, json } => {
+        Command::Plan {
+            source,
+            delta,
+            json,
+        } => {
             let loaded = load(cli.config)?;
             let lock = lock(&loaded)?;
             let source = BundleSource::parse(&source);
             let keyring = load_keyring(&loaded)?;
             let context = install_context(&loaded, &lock, &keyring, Some(&source));
-            let plan = install::dry_run(&context, &source)
+            let delta = delta.as_deref().map(BundleSource::parse);
+            let plan = install::dry_run(&context, &source, delta.as_ref())
                 .with_context(|| format!("planning the install of {}", source.describe()))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&plan)?);
@@ -168,9 +175,9 @@ fn run(cli: Cli) -> Result<u8> {
                     plan.bundle.version,
                     plan.bundle.digest,
                     plan.slot,
-                    HumanBytes(plan.fetch_bytes),
+                    HumanBytes(plan.fetch_bytes + plan.patch_bytes),
                     plan.requests,
-                    share(plan.fetch_bytes),
+                    share(plan.fetch_bytes + plan.patch_bytes),
                     HumanBytes(plan.bundle_bytes),
                     HumanBytes(plan.reuse_bytes),
                     HumanBytes(plan.image_bytes),

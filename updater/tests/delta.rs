@@ -441,3 +441,134 @@ fn a_slot_flashed_without_an_index_is_read_for_chunks_to_reuse() {
     );
     assert_eq!(robot.slot("A"), slot_a, "the booted slot is only read");
 }
+
+/// v1's tree with one library edited the way a package upgrade changes it: a few bytes here
+/// and there, and 12 KiB longer (every file after it in the image moves).
+fn edited_tree(dir: &Path, v1: &Path) {
+    write_tree(dir, None);
+    let path = dir.join("usr/lib/lib7.so");
+    let mut library = fs::read(v1.join("usr/lib/lib7.so")).unwrap();
+    for at in (1000..library.len()).step_by(9000) {
+        library[at] ^= 0x20;
+    }
+    library.extend(image_bytes(12 << 10, 77));
+    fs::write(&path, library).unwrap();
+    let status = Command::new("touch")
+        .args(["-d", "@1700000000"])
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// `rota-image delta` from `base` to `target` (bundles, and their images as files), signed
+/// with the robot's key, at `out`.
+fn make_delta(robot: &Robot, bundles: [&Path; 2], images: [&Path; 2], out: &Path) {
+    use rota_bundle::delta::{write_delta, DeltaInputs};
+    let keyring = rota_bundle::Keyring::from_keys([robot.key.public_key()]);
+    let verified = |bundle: &Path| {
+        rota_bundle::BundleReader::open(fs::File::open(bundle).unwrap(), &keyring)
+            .unwrap()
+            .verified_manifest()
+            .clone()
+    };
+    let (base, target) = (verified(bundles[0]), verified(bundles[1]));
+    let (base_image, target_image) = (
+        fs::File::open(images[0]).unwrap(),
+        fs::File::open(images[1]).unwrap(),
+    );
+    let inputs = DeltaInputs {
+        base: &base,
+        base_image: &base_image,
+        target: &target,
+        target_image: &target_image,
+        image: "rootfs",
+    };
+    let mut delta = Vec::new();
+    write_delta(&inputs, 19, 2, std::slice::from_ref(&robot.key), &mut delta).unwrap();
+    fs::write(out, delta).unwrap();
+}
+
+fn plan_json(robot: &Robot, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["plan", "--json"];
+    all.extend(args);
+    serde_json::from_str(&ok(robot.run(&all), "plan")).unwrap()
+}
+
+/// With a precomputed delta, the chunks the booted slot lacks are rebuilt from small patches
+/// against it: fewer bytes than fetching them, a byte-exact slot. A delta for another pair is
+/// set aside and a damaged one falls back to the bundle, both ending byte-exact too.
+#[test]
+fn a_precomputed_delta_rebuilds_missing_chunks_from_the_booted_slot() {
+    let work = tempfile::tempdir().unwrap();
+    let (v1, v2) = (work.path().join("v1"), work.path().join("v2"));
+    write_tree(&v1, None);
+    edited_tree(&v2, &v1);
+    let (old_path, new_path) = (work.path().join("v1.ext4"), work.path().join("v2.ext4"));
+    let old = ext4_image(&v1, &old_path);
+    let new = ext4_image(&v2, &new_path);
+    let robot = robot_running(&old);
+    let bundle = robot.bundle("v2.rota", &BundleSpec::new("2.0.0", new.clone()));
+    let delta = robot.path("v2.rdelta");
+    make_delta(
+        &robot,
+        [&robot.path("v1.rota"), &bundle],
+        [&old_path, &new_path],
+        &delta,
+    );
+    let (bundle_arg, delta_arg) = (bundle.to_str().unwrap(), delta.to_str().unwrap());
+
+    let without = plan_json(&robot, &[bundle_arg]);
+    let with = plan_json(&robot, &[bundle_arg, "--delta", delta_arg]);
+    let total = |plan: &serde_json::Value| {
+        plan["fetch_bytes"].as_u64().unwrap() + plan["patch_bytes"].as_u64().unwrap()
+    };
+    assert!(with["patch_bytes"].as_u64().unwrap() > 0, "{with}");
+    assert!(
+        2 * total(&with) < total(&without),
+        "with the delta {with}, without {without}"
+    );
+    assert_eq!(with["reuse_bytes"], without["reuse_bytes"]);
+
+    // Damaged: a patch fails its check, and the chunks from it on are fetched instead. For
+    // another pair (here one whose base is v2): set aside. Either way the slot is exact.
+    let mut damaged = fs::read(&delta).unwrap();
+    let last = damaged.len() - 1;
+    damaged[last - 10] ^= 1;
+    let damaged_path = robot.path("damaged.rdelta");
+    fs::write(&damaged_path, damaged).unwrap();
+    let other = robot.path("other.rdelta");
+    make_delta(&robot, [&bundle, &bundle], [&new_path, &new_path], &other);
+    for (delta, warning) in [
+        (&delta, None),
+        (&damaged_path, Some("from the bundle")),
+        (&other, Some("it applies to a slot holding bundle")),
+    ] {
+        // Each on a robot of its own running v1 (the same bundle: builds are reproducible).
+        let robot = robot_running(&old);
+        let bundle = robot.bundle("v2.rota", &BundleSpec::new("2.0.0", new.clone()));
+        let args = [
+            "install",
+            "--json",
+            bundle.to_str().unwrap(),
+            "--delta",
+            delta.to_str().unwrap(),
+        ];
+        let output = robot.run(&args);
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        let report: serde_json::Value = serde_json::from_str(&ok(output, "install")).unwrap();
+        assert_eq!(
+            &robot.slot("A")[..new.len()],
+            &new[..],
+            "byte-exact ({warning:?})"
+        );
+        match warning {
+            Some(warning) => assert!(stderr.contains(warning), "{stderr}"),
+            None => assert_eq!(
+                report["fetched_bytes"].as_u64(),
+                Some(total(&with)),
+                "{report}"
+            ),
+        }
+    }
+}

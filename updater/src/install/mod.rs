@@ -45,6 +45,7 @@ use crate::store::StoreLock;
 mod checkpoint;
 mod checks;
 mod errors;
+mod patch;
 pub mod plan;
 pub mod sink;
 pub mod source;
@@ -55,6 +56,7 @@ pub use checks::bundle_info;
 use checks::{check_bundle, check_length, rootfs_image};
 use errors::from_bundle_error;
 pub use errors::{FailureKind, InstallError, Refusal, TransportError};
+use patch::{Patches, Wanted};
 use plan::{ChunkIndex, Plan, Step};
 use sink::{Guard, SinkError, SlotWriter};
 use source::{BundleSource, HttpFetcher, Opened, SourceError};
@@ -97,6 +99,9 @@ pub struct InstallOptions {
     pub checkpoint_bytes: u64,
     /// Copy chunks the booted slot holds instead of fetching them (a delta install).
     pub reuse_booted_slot: bool,
+    /// A precomputed delta (`rota-image delta`) to rebuild missing chunks from, when it is for
+    /// this bundle and the booted slot's.
+    pub delta: Option<BundleSource>,
 }
 
 impl Default for InstallOptions {
@@ -106,6 +111,7 @@ impl Default for InstallOptions {
             allow_denied: false,
             checkpoint_bytes: DEFAULT_CHECKPOINT_BYTES,
             reuse_booted_slot: true,
+            delta: None,
         }
     }
 }
@@ -387,13 +393,19 @@ pub struct DryRun {
     pub reuse_bytes: u64,
     /// Stored bytes that would be fetched.
     pub fetch_bytes: u64,
+    /// Bytes of a delta's patches that would be fetched instead of chunks.
+    pub patch_bytes: u64,
     /// Range requests (or reads of a file) for them.
     pub requests: usize,
 }
 
 /// Plans an install of `source` without writing anything: reads and verifies the manifest,
 /// applies every check that could refuse the bundle, and plans against the booted slot.
-pub fn dry_run(ctx: &Context, source: &BundleSource) -> Result<DryRun, InstallError> {
+pub fn dry_run(
+    ctx: &Context,
+    source: &BundleSource,
+    delta: Option<&BundleSource>,
+) -> Result<DryRun, InstallError> {
     let state = ctx.store.load()?;
     let booted = ctx.bootctl.booted_slot()?;
     let http = http_client(ctx, source)?;
@@ -417,11 +429,14 @@ pub fn dry_run(ctx: &Context, source: &BundleSource) -> Result<DryRun, InstallEr
     )?;
     check_length(source_length, &verified)?;
     let entry = verified.image(rootfs_image(verified.manifest())?)?;
-    let have = match live {
-        None => booted_chunks(ctx, &state, booted, entry.size),
-        Some(_) => HashMap::new(),
+    let (have, patches) = match live {
+        None => (
+            booted_chunks(ctx, &state, booted, entry.size),
+            open_patches(ctx, delta, &state, booted, &info, entry),
+        ),
+        Some(_) => (HashMap::new(), None),
     };
-    let plan = Plan::new(entry, 0, &have);
+    let plan = plan_with(entry, 0, &have, patches.as_ref());
     Ok(DryRun {
         bundle: info,
         slot: booted.other(),
@@ -429,8 +444,42 @@ pub fn dry_run(ctx: &Context, source: &BundleSource) -> Result<DryRun, InstallEr
         image_bytes: entry.size,
         reuse_bytes: plan.reuse_bytes,
         fetch_bytes: plan.fetch_bytes,
+        patch_bytes: plan.patch_bytes,
         requests: plan.requests,
     })
+}
+
+/// The delta at `delta` when there is one and it applies to this install (see [`Patches`]).
+fn open_patches(
+    ctx: &Context,
+    delta: Option<&BundleSource>,
+    state: &State,
+    booted: Slot,
+    info: &BundleInfo,
+    entry: &ImageEntry,
+) -> Option<Patches> {
+    let download = &ctx.config.download;
+    let wanted = Wanted {
+        target: &info.digest,
+        booted: state.slot(booted).map(|content| &content.bundle_digest),
+        image: &entry.name,
+    };
+    let until = Instant::now() + download.timeout * (download.retries + 1);
+    Patches::open(delta?, download, ctx.keyring, &wanted, until)
+}
+
+/// Chunks from `first` on: reused from `have`, rebuilt from `patches`, or fetched.
+fn plan_with(
+    entry: &ImageEntry,
+    first: usize,
+    have: &HashMap<Sha256Digest, u64>,
+    patches: Option<&Patches>,
+) -> Plan {
+    let plan = Plan::new(entry, first, have);
+    match patches {
+        Some(patches) => plan.with_patches(entry, |index| patches.patch_bytes(index)),
+        None => plan,
+    }
 }
 
 /// Installs the bundle at `source` into the slot that is not booted.
@@ -555,15 +604,20 @@ pub fn install(
         (None, true) => booted_chunks(ctx, &state, booted, entry.size),
         _ => HashMap::new(),
     };
-    let plan = Plan::new(entry, first_chunk as usize, &have);
+    let patches = match (&live, options.reuse_booted_slot) {
+        (None, true) => open_patches(ctx, options.delta.as_ref(), &state, booted, &info, entry),
+        _ => None,
+    };
+    let plan = plan_with(entry, first_chunk as usize, &have, patches.as_ref());
     log::info!(
-        "plan: {} from slot {booted}, {} to fetch ({} of image) in {} request(s)",
+        "plan: {} from slot {booted}, {} to fetch ({} of image) and {} of patches in {} request(s)",
         HumanBytes(plan.reuse_bytes),
         HumanBytes(plan.fetch_bytes),
         HumanBytes(plan.fetch_image_bytes),
+        HumanBytes(plan.patch_bytes),
         plan.requests
     );
-    let (zeros, booted_device) = match plan.reuse_bytes {
+    let (zeros, booted_device) = match plan.reuse_bytes + plan.patch_bytes {
         0 => (HashMap::new(), None),
         _ => {
             let path = ctx.config.slot_device(booted);
@@ -645,6 +699,22 @@ pub fn install(
                         steps.push_front(Step::Reuse(copied + 1..chunks.end));
                     }
                     steps.push_front(Step::Fetch(copied..copied + 1));
+                }
+            }
+            Step::Patch(chunks) => {
+                let (next, arrived) = patches.as_ref().expect("planned with a delta").rebuild(
+                    chunks.clone(),
+                    entry,
+                    booted_device
+                        .as_ref()
+                        .expect("opened for a plan that patches"),
+                    &mut checkpoint,
+                    progress,
+                    reconnects.deadline(),
+                )?;
+                fetch.fetched += arrived;
+                if next < chunks.end {
+                    steps.push_front(Step::Fetch(next..chunks.end));
                 }
             }
             Step::Fetch(chunks) => {

@@ -151,6 +151,9 @@ pub enum Step {
     Reuse(Range<usize>),
     /// Fetch the chunks' stored bytes from the bundle in one request.
     Fetch(Range<usize>),
+    /// Rebuild the chunks from a precomputed delta and the booted slot, one request to the
+    /// delta for all of them.
+    Patch(Range<usize>),
 }
 
 /// Every chunk from the first one still missing to the image's end, in image order.
@@ -163,6 +166,8 @@ pub struct Plan {
     pub fetch_bytes: u64,
     /// Image bytes the fetched chunks decompress to.
     pub fetch_image_bytes: u64,
+    /// Stored bytes of the delta's patches fetched instead of chunks.
+    pub patch_bytes: u64,
     pub requests: usize,
 }
 
@@ -219,6 +224,50 @@ impl Plan {
             .steps
             .iter()
             .filter(|step| matches!(step, Step::Fetch(_)))
+            .count();
+        plan
+    }
+
+    /// The plan with every fetched chunk that has a patch (`patch_bytes(index)`: its stored
+    /// size) rebuilt from it instead, when the patch is smaller.
+    pub fn with_patches(
+        self,
+        entry: &ImageEntry,
+        patch_bytes: impl Fn(usize) -> Option<u64>,
+    ) -> Plan {
+        let mut plan = Plan {
+            steps: Vec::new(),
+            reuse_bytes: self.reuse_bytes,
+            ..Plan::default()
+        };
+        for step in self.steps {
+            let Step::Fetch(run) = step else {
+                plan.steps.push(step);
+                continue;
+            };
+            for index in run {
+                let chunk = &entry.chunks[index];
+                let patched =
+                    patch_bytes(index).filter(|&bytes| bytes < u64::from(chunk.stored_length));
+                match (patched, plan.steps.last_mut()) {
+                    (Some(_), Some(Step::Patch(last))) if last.end == index => last.end += 1,
+                    (None, Some(Step::Fetch(last))) if last.end == index => last.end += 1,
+                    (Some(_), _) => plan.steps.push(Step::Patch(index..index + 1)),
+                    (None, _) => plan.steps.push(Step::Fetch(index..index + 1)),
+                }
+                match patched {
+                    Some(bytes) => plan.patch_bytes += bytes,
+                    None => {
+                        plan.fetch_bytes += u64::from(chunk.stored_length);
+                        plan.fetch_image_bytes += u64::from(chunk.length);
+                    }
+                }
+            }
+        }
+        plan.requests = plan
+            .steps
+            .iter()
+            .filter(|step| !matches!(step, Step::Reuse(_)))
             .count();
         plan
     }
@@ -319,6 +368,37 @@ mod tests {
             [Step::Fetch(0..1), Step::Reuse(1..9), Step::Fetch(9..10)]
         );
         assert_eq!(plan.requests, 2);
+    }
+
+    #[test]
+    fn fetched_chunks_with_a_smaller_patch_are_rebuilt_from_it() {
+        // 30, 40 and 50 are new; 30 and 40 have patches, 50's is not smaller than the chunk.
+        let entry = image(&[1, 30, 40, 50, 5]);
+        let plan = Plan::new(&entry, 0, &have(&[1, 5]));
+        assert_eq!(
+            plan.steps,
+            [Step::Reuse(0..1), Step::Fetch(1..4), Step::Reuse(4..5)]
+        );
+        let patches = |index: usize| match index {
+            1 | 2 => Some(1000),
+            3 => Some(32768),
+            _ => None,
+        };
+        let plan = plan.with_patches(&entry, patches);
+        assert_eq!(
+            plan.steps,
+            [
+                Step::Reuse(0..1),
+                Step::Patch(1..3),
+                Step::Fetch(3..4),
+                Step::Reuse(4..5)
+            ]
+        );
+        assert_eq!(
+            (plan.patch_bytes, plan.fetch_bytes, plan.requests),
+            (2000, 32768, 2)
+        );
+        assert_eq!(plan.reuse_bytes, 2 * 65536);
     }
 
     #[test]
