@@ -149,6 +149,20 @@ impl VerifiedDelta {
         reference: &[u8],
         target: &ImageEntry,
     ) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.apply_into(patch, stored, reference, target, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Self::apply`] into `out` (resized to the chunk), reusing its allocation.
+    pub fn apply_into(
+        &self,
+        patch: &Patch,
+        stored: &[u8],
+        reference: &[u8],
+        target: &ImageEntry,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
         let index = patch.chunk as usize;
         let chunk = target.chunks.get(index).ok_or_else(|| Error::NoSuchChunk {
             image: target.name.clone(),
@@ -167,10 +181,9 @@ impl VerifiedDelta {
             )));
         }
         check_digest(target, index, stored, &patch.stored_sha256)?;
-        let mut out = vec![0u8; chunk.length as usize];
-        decompress_exact(stored, &mut out, reference, target, index)?;
-        check_digest(target, index, &out, &chunk.sha256)?;
-        Ok(out)
+        out.resize(chunk.length as usize, 0);
+        decompress_exact(stored, out, reference, target, index)?;
+        check_digest(target, index, out, &chunk.sha256)
     }
 }
 

@@ -136,6 +136,12 @@ impl VerifyPool {
             window: Vec::new(),
         }
     }
+
+    /// The pool's decoding window as a buffer to use between readers (a caller rebuilding
+    /// chunks some other way): no reader counts on what it holds, as each refills it.
+    pub fn spare_window(&mut self) -> &mut Vec<u8> {
+        &mut self.window
+    }
 }
 
 /// An image reader's workers: its own, or a pool lent to it.

@@ -357,3 +357,69 @@ fn zstd_window_zero_writes_format_version_1_and_a_bad_window_is_refused() {
         assert!(!dir.path().join("bad.rota").exists());
     }
 }
+
+/// `rota-image delta` between two bundles of one product: signed, smaller than the chunks it
+/// replaces, reported in --json; bundles of two products, or a key that signed neither bundle
+/// with no --keyring, are refused and write nothing.
+#[test]
+fn delta_joins_two_bundles_of_one_product() {
+    let dir = tempfile::tempdir().unwrap();
+    random_image(&dir.path().join("v1.img"), 3 << 20);
+    let mut v2 = fs::read(dir.path().join("v1.img")).unwrap();
+    for at in (100_000..2_000_000).step_by(50_000) {
+        v2[at] ^= 0xff;
+    }
+    fs::write(dir.path().join("v2.img"), v2).unwrap();
+    keygen(dir.path(), "keys/release");
+    keygen(dir.path(), "keys/other");
+    let bundle = |image: &str, compatible: &str, out: &str| {
+        let args = format!(
+            "bundle --compatible {compatible} --version 1.0.0 --key keys/release.key \
+             --image rootfs={image} --zstd -o {out}"
+        );
+        ok(dir.path(), &args.split_whitespace().collect::<Vec<_>>());
+    };
+    bundle("v1.img", "b", "v1.rota");
+    bundle("v2.img", "b", "v2.rota");
+    bundle("v2.img", "c", "c.rota");
+    let delta = |to: &str, key: &str, out: &str| -> Vec<String> {
+        format!("delta --from v1.rota --to {to} --key keys/{key}.key --level 3 -o {out} --json")
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    };
+    fn args(list: &[String]) -> Vec<&str> {
+        list.iter().map(String::as_str).collect()
+    }
+    let json = ok(dir.path(), &args(&delta("v2.rota", "release", "v2.rdelta")));
+    let found: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let summary = &found["summary"];
+    let patches = summary["patches"].as_u64().unwrap();
+    assert!(patches > 0 && patches <= summary["missing_chunks"].as_u64().unwrap());
+    assert!(
+        summary["patch_bytes"].as_u64().unwrap()
+            < summary["missing_stored_bytes"].as_u64().unwrap(),
+        "{summary}"
+    );
+    let written = fs::read(dir.path().join("v2.rdelta")).unwrap();
+    assert_eq!(
+        written.len() as u64,
+        summary["delta_length"].as_u64().unwrap()
+    );
+    assert_eq!(written[..8], rota_bundle::delta::DELTA_MAGIC);
+
+    let error = fails_with(
+        dir.path(),
+        1,
+        &args(&delta("c.rota", "release", "c.rdelta")),
+    );
+    assert!(
+        error.contains("a delta joins bundles of one product"),
+        "{error}"
+    );
+    let error = fails_with(dir.path(), 1, &args(&delta("v2.rota", "other", "o.rdelta")));
+    assert!(error.contains("does not verify"), "{error}");
+    for refused in ["c.rdelta", "o.rdelta"] {
+        assert!(!dir.path().join(refused).exists(), "{refused}");
+    }
+}

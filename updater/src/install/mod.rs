@@ -432,7 +432,7 @@ pub fn dry_run(
     let (have, patches) = match live {
         None => (
             booted_chunks(ctx, &state, booted, entry.size),
-            open_patches(ctx, delta, &state, booted, &info, entry),
+            open_patches(ctx, delta, http.as_ref(), &state, booted, &info, entry),
         ),
         Some(_) => (HashMap::new(), None),
     };
@@ -453,6 +453,7 @@ pub fn dry_run(
 fn open_patches(
     ctx: &Context,
     delta: Option<&BundleSource>,
+    bundle_http: Option<&HttpFetcher>,
     state: &State,
     booted: Slot,
     info: &BundleInfo,
@@ -465,7 +466,7 @@ fn open_patches(
         image: &entry.name,
     };
     let until = Instant::now() + download.timeout * (download.retries + 1);
-    Patches::open(delta?, download, ctx.keyring, &wanted, until)
+    Patches::open(delta?, download, bundle_http, ctx.keyring, &wanted, until)
 }
 
 /// Chunks from `first` on: reused from `have`, rebuilt from `patches`, or fetched.
@@ -605,7 +606,15 @@ pub fn install(
         _ => HashMap::new(),
     };
     let patches = match (&live, options.reuse_booted_slot) {
-        (None, true) => open_patches(ctx, options.delta.as_ref(), &state, booted, &info, entry),
+        (None, true) => open_patches(
+            ctx,
+            options.delta.as_ref(),
+            http.as_ref(),
+            &state,
+            booted,
+            &info,
+            entry,
+        ),
         _ => None,
     };
     let plan = plan_with(entry, first_chunk as usize, &have, patches.as_ref());
@@ -708,6 +717,7 @@ pub fn install(
                     booted_device
                         .as_ref()
                         .expect("opened for a plan that patches"),
+                    fetch.workers.spare_window(),
                     &mut checkpoint,
                     progress,
                     reconnects.deadline(),

@@ -41,16 +41,20 @@ pub(super) struct Wanted<'a> {
 
 impl Patches {
     /// The delta at `source` when it is usable for `wanted`; `None` (with the reason logged)
-    /// otherwise.
+    /// otherwise. `bundle_http` is the bundle's client, when it has one: the delta shares its
+    /// connection pool and I/O thread (without its bearer token, which is for the bundle's
+    /// origin).
     pub(super) fn open(
         source: &BundleSource,
         download: &DownloadConfig,
+        bundle_http: Option<&HttpFetcher>,
         keyring: &Keyring,
         wanted: &Wanted<'_>,
         until: Instant,
     ) -> Option<Patches> {
-        let http = match source {
-            BundleSource::Http(_) => match HttpFetcher::new(download) {
+        let http = match (source, bundle_http) {
+            (BundleSource::Http(_), Some(shared)) => Some(shared.clone().with_bearer(None)),
+            (BundleSource::Http(_), None) => match HttpFetcher::new(download) {
                 Ok(http) => Some(http),
                 Err(error) => {
                     log::warn!(
@@ -148,11 +152,16 @@ impl Patches {
     /// booted slot, writing each to the target slot; returns the first chunk not rebuilt
     /// (`chunks.end` when all were) and the delta bytes that arrived. Only a write to the target
     /// slot is an error: anything else leaves the rest of the run to be fetched.
+    ///
+    /// `reference` is a buffer to read references into (the verifying pool's window: the
+    /// largest buffer of the install, free between fetches).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn rebuild(
         &self,
         chunks: Range<usize>,
         entry: &ImageEntry,
         booted: &File,
+        reference: &mut Vec<u8>,
         checkpoint: &mut Checkpointer,
         progress: &mut dyn Progress,
         until: Instant,
@@ -178,7 +187,7 @@ impl Patches {
                 return Ok((chunks.start, 0));
             }
         };
-        let (mut stored, mut reference) = (Vec::new(), Vec::new());
+        let (mut stored, mut data) = (Vec::new(), Vec::new());
         let mut arrived = 0;
         for (index, patch) in chunks.clone().zip(&self.delta.manifest().patches[first..]) {
             stored.resize(patch.stored_length as usize, 0);
@@ -189,21 +198,18 @@ impl Patches {
                 .and_then(|()| {
                     arrived += stored.len() as u64;
                     booted
-                        .read_exact_at(&mut reference, patch.reference_offset)
+                        .read_exact_at(reference, patch.reference_offset)
                         .map_err(|e| format!("reading the booted slot: {e}"))
                 })
                 .and_then(|()| {
                     self.delta
-                        .apply(patch, &stored, &reference, entry)
+                        .apply_into(patch, &stored, reference, entry, &mut data)
                         .map_err(|e| e.to_string())
                 });
-            let data = match rebuilt {
-                Ok(data) => data,
-                Err(reason) => {
-                    log::warn!("delta: {reason}; fetching chunks {index}.. from the bundle");
-                    return Ok((index, arrived));
-                }
-            };
+            if let Err(reason) = rebuilt {
+                log::warn!("delta: {reason}; fetching chunks {index}.. from the bundle");
+                return Ok((index, arrived));
+            }
             let chunk = &entry.chunks[index];
             checkpoint
                 .slot

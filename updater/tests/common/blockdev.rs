@@ -34,8 +34,19 @@ impl Loop {
 }
 
 impl Drop for Loop {
+    /// Detaches, and waits until the kernel let go of the backing file: `losetup -d` only asks
+    /// for it, and while something still has the device open (udev probing it) the file stays
+    /// busy, which made unmounting the filesystem it lives on fail now and then.
     fn drop(&mut self) {
         let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
+        let Some(name) = self.0.file_name() else {
+            return;
+        };
+        let attached = Path::new("/sys/block").join(name).join("loop/backing_file");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while attached.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 }
 
