@@ -351,9 +351,11 @@ fn http_client(ctx: &Context, source: &BundleSource) -> Result<Option<HttpFetche
 
 /// What the booted slot holds, by content hash: from its chunk index when there is one about the
 /// bundle the state file says it runs, else (a slot flashed from a golden image, or one whose
-/// index is gone) by reading the slot up to `image_size` bytes.
+/// index is gone) by reading the slot up to `image_size` bytes, for a bundle that comes over the
+/// network: from a file, reading the bundle costs no more than reading the slot would.
 fn booted_chunks(
     ctx: &Context,
+    source: &BundleSource,
     state: &State,
     booted: Slot,
     image_size: u64,
@@ -364,6 +366,9 @@ fn booted_chunks(
         .and_then(|content| ChunkIndex::load(&path, &content.bundle_digest))
     {
         return index.locations();
+    }
+    if !source.is_network() {
+        return HashMap::new();
     }
     let device = ctx.config.slot_device(booted);
     log::info!(
@@ -431,7 +436,7 @@ pub fn dry_run(
     let entry = verified.image(rootfs_image(verified.manifest())?)?;
     let (have, patches) = match live {
         None => (
-            booted_chunks(ctx, &state, booted, entry.size),
+            booted_chunks(ctx, source, &state, booted, entry.size),
             open_patches(ctx, delta, http.as_ref(), &state, booted, &info, entry),
         ),
         Some(_) => (HashMap::new(), None),
@@ -602,7 +607,7 @@ pub fn install(
     // 4. Plan: a stream that cannot skip without reading (stdin, a server ignoring Range)
     // gains nothing from the booted slot.
     let have = match (&live, options.reuse_booted_slot) {
-        (None, true) => booted_chunks(ctx, &state, booted, entry.size),
+        (None, true) => booted_chunks(ctx, source, &state, booted, entry.size),
         _ => HashMap::new(),
     };
     let patches = match (&live, options.reuse_booted_slot) {
