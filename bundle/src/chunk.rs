@@ -131,23 +131,16 @@ pub(crate) fn prepare_prefixed_chunks(
     window: usize,
     level: i32,
 ) -> io::Result<Vec<PreparedChunk>> {
-    use zstd::zstd_safe::{CCtx, CParameter};
-    let failed = |code| io::Error::other(zstd::zstd_safe::get_error_name(code));
     // One context per call: it borrows `block` for its prefixes, so it cannot outlive it.
-    let mut context = CCtx::create();
-    context
-        .set_parameter(CParameter::CompressionLevel(level))
-        .map_err(failed)?;
+    let mut context = PrefixedCompressor::new(level)?;
     chunks
         .iter()
         .map(|range| {
             let data = &block[range.clone()];
-            let prefix = &block[range.start.saturating_sub(window)..range.start];
-            if !prefix.is_empty() {
-                context.ref_prefix(prefix).map_err(failed)?;
-            }
-            let mut stored = Vec::with_capacity(zstd::zstd_safe::compress_bound(data.len()));
-            context.compress2(&mut stored, data).map_err(failed)?;
+            let stored = context.compress(
+                &block[range.start.saturating_sub(window)..range.start],
+                data,
+            )?;
             Ok(PreparedChunk {
                 length: u32::try_from(data.len()).expect("chunks are at most CHUNK_MAX_LENGTH"),
                 sha256: Sha256Digest::of(data),
@@ -160,16 +153,38 @@ pub(crate) fn prepare_prefixed_chunks(
 
 /// One zstd frame of `data` compressed against `prefix` (any bytes the reader will have).
 pub(crate) fn compress_against(prefix: &[u8], data: &[u8], level: i32) -> io::Result<Vec<u8>> {
-    use zstd::zstd_safe::{CCtx, CParameter};
-    let failed = |code| io::Error::other(zstd::zstd_safe::get_error_name(code));
-    let mut context = CCtx::create();
-    context
-        .set_parameter(CParameter::CompressionLevel(level))
-        .map_err(failed)?;
-    context.ref_prefix(prefix).map_err(failed)?;
-    let mut stored = Vec::with_capacity(zstd::zstd_safe::compress_bound(data.len()));
-    context.compress2(&mut stored, data).map_err(failed)?;
-    Ok(stored)
+    PrefixedCompressor::new(level)?.compress(prefix, data)
+}
+
+/// A zstd context that compresses each frame against a prefix of its own.
+struct PrefixedCompressor<'a> {
+    context: zstd::zstd_safe::CCtx<'a>,
+}
+
+fn zstd_error(code: usize) -> io::Error {
+    io::Error::other(zstd::zstd_safe::get_error_name(code))
+}
+
+impl<'a> PrefixedCompressor<'a> {
+    fn new(level: i32) -> io::Result<Self> {
+        let mut context = zstd::zstd_safe::CCtx::create();
+        context
+            .set_parameter(zstd::zstd_safe::CParameter::CompressionLevel(level))
+            .map_err(zstd_error)?;
+        Ok(PrefixedCompressor { context })
+    }
+
+    /// A frame with the content size in its header and no zstd checksum, as every chunk's.
+    fn compress(&mut self, prefix: &'a [u8], data: &[u8]) -> io::Result<Vec<u8>> {
+        if !prefix.is_empty() {
+            self.context.ref_prefix(prefix).map_err(zstd_error)?;
+        }
+        let mut stored = Vec::with_capacity(zstd::zstd_safe::compress_bound(data.len()));
+        self.context
+            .compress2(&mut stored, data)
+            .map_err(zstd_error)?;
+        Ok(stored)
+    }
 }
 
 /// Checks one chunk's stored bytes against the manifest and returns its image bytes.
