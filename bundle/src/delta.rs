@@ -421,8 +421,12 @@ fn make_patches(
             });
         }
     });
-    if let Some(error) = failure.into_inner().expect("not poisoned") {
-        return Err(Error::Write(error));
+    if let Some(source) = failure.into_inner().expect("not poisoned") {
+        return Err(Error::ImageInput {
+            image: inputs.image.to_owned(),
+            path: None,
+            source,
+        });
     }
     Ok(results.into_inner().expect("not poisoned"))
 }
