@@ -204,7 +204,7 @@ pub(crate) fn verify_stored_chunk(
                 index,
             });
         }
-        verify_prefixed_run(image, index..index + 1, &stored, &mut data, checks)
+        verify_prefixed_run(image, index..index + 1, &stored, &mut data, checks, false)
             .map_err(|e| e.error)?;
         return Ok(data);
     }
@@ -271,18 +271,7 @@ pub(crate) fn verify_run(
     data: &mut Vec<u8>,
     checks: ChunkChecks,
 ) -> std::result::Result<(), RunError> {
-    let expected = stored_run_length(image, chunks.clone());
-    if stored.len() != expected {
-        return Err(RunError {
-            verified: 0,
-            error: Error::ChunkSizeMismatch {
-                image: image.name.clone(),
-                index: chunks.start,
-                expected: expected as u64,
-                found: stored.len() as u64,
-            },
-        });
-    }
+    check_stored_length(image, chunks.clone(), stored)?;
     debug_assert_eq!(
         image.compression.prefix_window(),
         0,
@@ -312,21 +301,31 @@ pub(crate) fn verify_run(
     Ok(())
 }
 
-/// [`verify_run`] for an image of prefixed zstd frames: each chunk is decompressed onto the
-/// end of `window`, which must hold the image bytes right before the run (as many as a prefix
-/// reaches, or all of them when fewer). A failed chunk leaves nothing of itself in `window`.
-///
-/// The stored digest of every chunk pins its output only when its prefix is right: the
-/// caller vouches for the bytes it put in `window`, and everything decompressed here builds
-/// on them.
-pub(crate) fn verify_prefixed_run(
+/// Checks the stored bytes of the consecutive chunks `chunks` (their lengths, then each one's
+/// stored digest), without decompressing them: the part of [`verify_prefixed_run`] that chunks
+/// need not wait for each other for, done by workers ahead of it.
+pub(crate) fn check_stored_run(
     image: &ImageEntry,
     chunks: Range<usize>,
     stored: &[u8],
-    window: &mut Vec<u8>,
-    checks: ChunkChecks,
 ) -> std::result::Result<(), RunError> {
-    let reach = image.compression.prefix_window();
+    check_stored_length(image, chunks.clone(), stored)?;
+    let mut stored_at = 0;
+    for (verified, index) in chunks.enumerate() {
+        let chunk = &image.chunks[index];
+        let stored_bytes = &stored[stored_at..stored_at + chunk.stored_length as usize];
+        check_digest(image, index, stored_bytes, &chunk.stored_sha256)
+            .map_err(|error| RunError { verified, error })?;
+        stored_at += chunk.stored_length as usize;
+    }
+    Ok(())
+}
+
+fn check_stored_length(
+    image: &ImageEntry,
+    chunks: Range<usize>,
+    stored: &[u8],
+) -> std::result::Result<(), RunError> {
     let expected = stored_run_length(image, chunks.clone());
     if stored.len() != expected {
         return Err(RunError {
@@ -339,22 +338,46 @@ pub(crate) fn verify_prefixed_run(
             },
         });
     }
+    Ok(())
+}
+
+/// [`verify_run`] for an image of prefixed zstd frames: each chunk is decompressed onto the
+/// end of `window`, which must hold the image bytes right before the run (as many as a prefix
+/// reaches, or all of them when fewer). A failed chunk leaves nothing of itself in `window`.
+/// `stored_checked`: [`check_stored_run`] passed for these stored bytes already.
+///
+/// The stored digest of every chunk pins its output only when its prefix is right: the
+/// caller vouches for the bytes it put in `window`, and everything decompressed here builds
+/// on them.
+pub(crate) fn verify_prefixed_run(
+    image: &ImageEntry,
+    chunks: Range<usize>,
+    stored: &[u8],
+    window: &mut Vec<u8>,
+    checks: ChunkChecks,
+    stored_checked: bool,
+) -> std::result::Result<(), RunError> {
+    let reach = image.compression.prefix_window();
+    check_stored_length(image, chunks.clone(), stored)?;
     let mut stored_at = 0;
     for (verified, index) in chunks.enumerate() {
         let chunk = &image.chunks[index];
         let stored_bytes = &stored[stored_at..stored_at + chunk.stored_length as usize];
         let start = window.len();
-        let outcome =
-            check_digest(image, index, stored_bytes, &chunk.stored_sha256).and_then(|()| {
-                window.resize(start + chunk.length as usize, 0);
-                let (before, out) = window.split_at_mut(start);
-                let prefix = &before[start.saturating_sub(reach)..];
-                decompress_exact(stored_bytes, out, prefix, image, index)?;
-                if checks.decompressed_sha256 {
-                    check_digest(image, index, out, &chunk.sha256)?;
-                }
-                Ok(())
-            });
+        let outcome = match stored_checked {
+            true => Ok(()),
+            false => check_digest(image, index, stored_bytes, &chunk.stored_sha256),
+        }
+        .and_then(|()| {
+            window.resize(start + chunk.length as usize, 0);
+            let (before, out) = window.split_at_mut(start);
+            let prefix = &before[start.saturating_sub(reach)..];
+            decompress_exact(stored_bytes, out, prefix, image, index)?;
+            if checks.decompressed_sha256 {
+                check_digest(image, index, out, &chunk.sha256)?;
+            }
+            Ok(())
+        });
         if let Err(error) = outcome {
             window.truncate(start);
             return Err(RunError { verified, error });

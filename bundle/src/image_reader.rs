@@ -11,8 +11,8 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use crate::chunk::{
-    fit_length, image_bytes, run_length, stored_run_length, verify_prefixed_run, verify_run,
-    ChunkChecks, RunError,
+    check_stored_run, fit_length, image_bytes, run_length, stored_run_length, verify_prefixed_run,
+    verify_run, ChunkChecks, RunError,
 };
 use crate::digest::Sha256Digest;
 use crate::error::{Error, Part, Result};
@@ -61,6 +61,9 @@ struct RunJob {
     /// A buffer to decompress into.
     scratch: Vec<u8>,
     checks: ChunkChecks,
+    /// Prefixed zstd frames: only check the stored bytes; the reading thread decompresses
+    /// them in order, and writes them.
+    stored_only: bool,
 }
 
 /// Verified image bytes of a run's first chunks (all of them, unless `error` says why not),
@@ -81,8 +84,23 @@ fn verify_job(job: RunJob) -> RunResult {
         stored,
         mut scratch,
         checks,
+        stored_only,
     } = job;
     let entry = &verified.manifest().images[image];
+    if stored_only {
+        let (chunks, error) = match check_stored_run(entry, chunks.clone(), &stored) {
+            Ok(()) => (chunks, None),
+            Err(RunError { verified, error }) => {
+                (chunks.start..chunks.start + verified, Some(error))
+            }
+        };
+        return RunResult {
+            chunks,
+            data: stored,
+            spare: scratch,
+            error,
+        };
+    }
     let outcome = verify_run(entry, chunks.clone(), &stored, &mut scratch, checks);
     let (mut data, spare) = image_bytes(entry.compression, stored, scratch);
     let (good, error) = match outcome {
@@ -404,44 +422,43 @@ impl<'a> ImageReader<'a> {
         Ok(Some((chunks, result.data)))
     }
 
-    /// The next run of an image of prefixed zstd frames, read, verified, decompressed and
-    /// written on this thread: each chunk needs the one before it decompressed, so the
-    /// workers would only wait for each other.
+    /// The next run of an image of prefixed zstd frames. The workers check stored bytes ahead
+    /// (as for other images); each chunk needs the one before it decompressed, so decompressing
+    /// and writing happen here, in order.
     fn next_prefixed_run(&mut self) -> Result<Option<(Range<usize>, Vec<u8>)>> {
-        if let Some(error) = self.read_error.take() {
-            return Err(error);
-        }
         if !self.window_ready {
-            if self.next_to_read > 0 {
+            if self.next_to_deliver > 0 {
                 return Err(Error::NeedsPrecedingBytes {
                     image: self.entry().name.clone(),
-                    index: self.next_to_read,
+                    index: self.next_to_deliver,
                 });
             }
             self.workers.get().window.clear();
             self.window_ready = true;
         }
-        let mut run = self.run_from(self.next_to_read);
-        let mut stored = self.workers.get().spare_buffers.pop().unwrap_or_default();
-        fit_length(&mut stored, stored_run_length(self.entry(), run.clone()));
-        if let Err((arrived, e)) = read_fully(self.source, &mut stored) {
-            let failed_at = self.chunk_at(run.clone(), arrived);
-            let error = Error::read(
-                Part::Chunk {
-                    image: self.entry().name.clone(),
-                    index: failed_at,
-                },
-                e,
-            );
-            if failed_at == run.start {
-                self.recycle(stored);
+        self.fill_read_ahead();
+        if self.workers.pool().in_flight() == 0 {
+            if let Some(error) = self.read_error.take() {
                 return Err(error);
             }
-            // The chunks that arrived whole first, as from the workers.
-            self.read_error = Some(error);
-            stored.truncate(stored_run_length(self.entry(), run.start..failed_at));
-            run = run.start..failed_at;
         }
+        let checked = self
+            .workers
+            .pool()
+            .next()
+            .ok_or(Error::WorkerLost)?
+            .map_err(|()| Error::WorkerLost)?;
+        self.recycle(checked.spare);
+        if let Some(error) = checked.error {
+            if checked.chunks.is_empty() {
+                self.recycle(checked.data);
+                return Err(error);
+            }
+            self.pending_error = Some(error);
+        }
+        let run = checked.chunks;
+        let mut stored = checked.data;
+        stored.truncate(stored_run_length(self.entry(), run.clone()));
         let verified = self.verified.clone();
         let entry = &verified.manifest().images[self.image];
         let reach = entry.compression.prefix_window();
@@ -453,7 +470,7 @@ impl<'a> ImageReader<'a> {
             reach,
             self.run_bytes,
         );
-        let outcome = verify_prefixed_run(entry, run.clone(), &stored, window, self.checks);
+        let outcome = verify_prefixed_run(entry, run.clone(), &stored, window, self.checks, true);
         self.recycle(stored);
         let good = match outcome {
             Ok(()) => run,
@@ -461,6 +478,7 @@ impl<'a> ImageReader<'a> {
                 if verified == 0 {
                     return Err(error);
                 }
+                // Before any error the workers found further on.
                 self.pending_error = Some(error);
                 run.start..run.start + verified
             }
@@ -489,7 +507,6 @@ impl<'a> ImageReader<'a> {
         if window.len() > 2 * reach {
             window.drain(..window.len() - reach);
         }
-        self.next_to_read = good.end;
         self.next_to_deliver = good.end;
         if self.image_hasher.is_some() && self.next_to_deliver == self.end {
             self.check_image_digest()?;
@@ -560,12 +577,11 @@ impl<'a> ImageReader<'a> {
             // Uncompressed chunks are handed out in their stored buffer: a second buffer
             // per run in flight would only add to peak memory.
             scratch: match self.entry().compression {
-                Compression::None => Vec::new(),
-                Compression::Zstd | Compression::ZstdPrefixed { .. } => {
-                    self.workers.get().spare_buffers.pop().unwrap_or_default()
-                }
+                Compression::None | Compression::ZstdPrefixed { .. } => Vec::new(),
+                Compression::Zstd => self.workers.get().spare_buffers.pop().unwrap_or_default(),
             },
             checks: self.checks,
+            stored_only: self.entry().compression.prefix_window() > 0,
         };
         self.workers.pool().submit(job);
     }
