@@ -392,6 +392,21 @@ impl<'a> ImageReader<'a> {
         if self.entry().compression.prefix_window() > 0 {
             return self.next_prefixed_run();
         }
+        let result = self.next_checked_run()?;
+        let chunks = result.chunks;
+        self.next_to_deliver = chunks.end;
+        if let Some(hasher) = &mut self.image_hasher {
+            hasher.update(&result.data);
+            if self.next_to_deliver == chunk_count {
+                self.check_image_digest()?;
+            }
+        }
+        Ok(Some((chunks, result.data)))
+    }
+
+    /// The workers' next result, in order, after queueing what the read-ahead window has room
+    /// for: at least one chunk that passed, with any error after it kept for the next call.
+    fn next_checked_run(&mut self) -> Result<RunResult> {
         self.fill_read_ahead();
         if self.workers.pool().in_flight() == 0 {
             if let Some(error) = self.read_error.take() {
@@ -407,19 +422,16 @@ impl<'a> ImageReader<'a> {
         self.recycle(result.spare);
         if let Some(error) = result.error {
             if result.chunks.is_empty() {
+                self.recycle(result.data);
                 return Err(error);
             }
             self.pending_error = Some(error);
         }
-        let chunks = result.chunks;
-        self.next_to_deliver = chunks.end;
-        if let Some(hasher) = &mut self.image_hasher {
-            hasher.update(&result.data);
-            if self.next_to_deliver == chunk_count {
-                self.check_image_digest()?;
-            }
-        }
-        Ok(Some((chunks, result.data)))
+        Ok(RunResult {
+            spare: Vec::new(),
+            error: None,
+            ..result
+        })
     }
 
     /// The next run of an image of prefixed zstd frames. The workers check stored bytes ahead
@@ -436,26 +448,7 @@ impl<'a> ImageReader<'a> {
             self.workers.get().window.clear();
             self.window_ready = true;
         }
-        self.fill_read_ahead();
-        if self.workers.pool().in_flight() == 0 {
-            if let Some(error) = self.read_error.take() {
-                return Err(error);
-            }
-        }
-        let checked = self
-            .workers
-            .pool()
-            .next()
-            .ok_or(Error::WorkerLost)?
-            .map_err(|()| Error::WorkerLost)?;
-        self.recycle(checked.spare);
-        if let Some(error) = checked.error {
-            if checked.chunks.is_empty() {
-                self.recycle(checked.data);
-                return Err(error);
-            }
-            self.pending_error = Some(error);
-        }
+        let checked = self.next_checked_run()?;
         let run = checked.chunks;
         let mut stored = checked.data;
         stored.truncate(stored_run_length(self.entry(), run.clone()));
