@@ -233,7 +233,15 @@ impl<'a> ImageReader<'a> {
             next_to_read: chunks.start,
             next_to_deliver: chunks.start,
             end: chunks.end,
-            read_ahead: options.read_ahead.max(1),
+            // Prefixed frames: one run checked ahead while the previous one is decompressed is
+            // all the reading thread can use; more would only hold buffers.
+            read_ahead: match verified.manifest().images[image]
+                .compression
+                .prefix_window()
+            {
+                0 => options.read_ahead.max(1),
+                _ => options.read_ahead.clamp(1, 2),
+            },
             run_bytes: match verified.manifest().images[image].compression {
                 Compression::None => options.run_bytes,
                 Compression::Zstd | Compression::ZstdPrefixed { .. } => {
