@@ -31,6 +31,23 @@ fn robot_running(image: &[u8]) -> Robot {
     robot
 }
 
+/// A robot whose booted slot A was flashed with `image`, not installed: the state knows
+/// nothing of it and there is no chunk index. Returns the robot and slot A's bytes.
+fn flashed_robot(image: &[u8]) -> (Robot, Vec<u8>) {
+    let robot = Robot::new(Backend::Uboot);
+    let mut slot_a = robot.slot("A");
+    slot_a[..image.len()].copy_from_slice(image);
+    fs::write(robot.path("slot-a"), &slot_a).unwrap();
+    (robot, slot_a)
+}
+
+/// `rota-updater ARGS` (an install with `--json`), which must succeed: its report and log.
+fn install_with_log(robot: &Robot, args: &[&str]) -> (serde_json::Value, String) {
+    let output = robot.run(args);
+    let log = stderr(&output);
+    (serde_json::from_str(&ok(output, "install")).unwrap(), log)
+}
+
 fn install_json(robot: &Robot, source: &str) -> serde_json::Value {
     let stdout = ok(robot.run(&["install", "--json", source]), "delta install");
     serde_json::from_str(&stdout).unwrap()
@@ -233,9 +250,7 @@ fn a_booted_slot_changed_under_its_index_costs_a_download_never_a_wrong_byte() {
     let v2 = robot.bundle("v2.rota", &BundleSpec::new("1.0.1", image.clone()));
     let server = Server::start(fs::read(&v2).unwrap(), Vec::new());
 
-    let output = robot.run(&["install", "--json", &server.url]);
-    let log = stderr(&output);
-    let report: serde_json::Value = serde_json::from_str(&ok(output, "install")).unwrap();
+    let (report, log) = install_with_log(&robot, &["install", "--json", &server.url]);
     assert_eq!(&robot.slot("A")[..image.len()], &image[..], "byte-exact");
     assert!(
         log.contains("is not what its index says: fetching it instead"),
@@ -420,9 +435,7 @@ fn zero_chunks_are_written_from_the_manifest_not_read_from_the_booted_slot() {
     slot_b[(3 << 19)..(5 << 19)].fill(0x5a);
     fs::write(robot.path("slot-b"), &slot_b).unwrap();
     let v2 = robot.bundle("v2.rota", &BundleSpec::new("1.0.1", image.clone()));
-    let output = robot.run(&["install", "--json", v2.to_str().unwrap()]);
-    let log = stderr(&output);
-    let report: serde_json::Value = serde_json::from_str(&ok(output, "install")).unwrap();
+    let (report, log) = install_with_log(&robot, &["install", "--json", v2.to_str().unwrap()]);
     assert_eq!(&robot.slot("A")[..image.len()], &image[..], "byte-exact");
     assert_eq!(report["fetched_bytes"], 0, "{report}\n{log}");
     assert!(!log.contains("not what its index says"), "{log}");
@@ -435,18 +448,12 @@ fn a_slot_flashed_without_an_index_is_read_for_chunks_to_reuse() {
     let old = image_bytes(5 << 20, 66);
     let mut new = old.clone();
     new[2 << 20..(2 << 20) + 5000].fill(1);
-    let robot = Robot::new(Backend::Uboot);
-    // Flashed, not installed: slot A (booted) holds the image, the state knows nothing of it.
-    let mut slot_a = robot.slot("A");
-    slot_a[..old.len()].copy_from_slice(&old);
-    fs::write(robot.path("slot-a"), &slot_a).unwrap();
+    let (robot, slot_a) = flashed_robot(&old);
     assert!(!robot.path("data/rota/slot-a.chunks").exists());
     let v2 = robot.bundle("v2.rota", &BundleSpec::new("2.0.0", new.clone()));
     let bundle_length = fs::metadata(&v2).unwrap().len();
     let server = Server::start(fs::read(&v2).unwrap(), Vec::new());
-    let output = robot.run(&["install", "--json", &server.url]);
-    let log = stderr(&output);
-    let report: serde_json::Value = serde_json::from_str(&ok(output, "install")).unwrap();
+    let (report, log) = install_with_log(&robot, &["install", "--json", &server.url]);
     assert_eq!(&robot.slot("B")[..new.len()], &new[..], "byte-exact");
     assert!(
         log.contains("no chunk index for slot A: reading it"),
@@ -467,14 +474,9 @@ fn a_slot_flashed_without_an_index_is_read_for_chunks_to_reuse() {
 #[test]
 fn a_file_install_does_not_read_a_booted_slot_without_an_index() {
     let image = image_bytes(5 << 20, 67);
-    let robot = Robot::new(Backend::Uboot);
-    let mut slot_a = robot.slot("A");
-    slot_a[..image.len()].copy_from_slice(&image);
-    fs::write(robot.path("slot-a"), &slot_a).unwrap();
+    let (robot, _) = flashed_robot(&image);
     let v2 = robot.bundle("v2.rota", &BundleSpec::new("2.0.0", image.clone()));
-    let output = robot.run(&["install", "--json", v2.to_str().unwrap()]);
-    let log = stderr(&output);
-    let report: serde_json::Value = serde_json::from_str(&ok(output, "install")).unwrap();
+    let (report, log) = install_with_log(&robot, &["install", "--json", v2.to_str().unwrap()]);
     assert_eq!(&robot.slot("B")[..image.len()], &image[..], "byte-exact");
     assert!(!log.contains("reading it to find chunks"), "{log}");
     assert_eq!(report["reused_bytes"], 0, "{report}");
@@ -593,9 +595,7 @@ fn a_precomputed_delta_rebuilds_missing_chunks_from_the_booted_slot() {
             "--delta",
             delta.to_str().unwrap(),
         ];
-        let output = robot.run(&args);
-        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-        let report: serde_json::Value = serde_json::from_str(&ok(output, "install")).unwrap();
+        let (report, stderr) = install_with_log(&robot, &args);
         assert_eq!(
             &robot.slot("A")[..new.len()],
             &new[..],
