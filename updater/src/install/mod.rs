@@ -470,7 +470,8 @@ fn open_patches(
         booted: state.slot(booted).map(|content| &content.bundle_digest),
         image: &entry.name,
     };
-    let until = Instant::now() + download.timeout * (download.retries + 1);
+    // The retry budget every network read of an install gets (see `Reconnects`).
+    let until = Instant::now() + download.retry_budget;
     Patches::open(delta?, download, bundle_http, ctx.keyring, &wanted, until)
 }
 
