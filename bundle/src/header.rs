@@ -8,9 +8,10 @@ use crate::error::{Error, Part, Result};
 /// that mangle binary files (7-bit, newline conversion) fail at once, as PNG's magic does.
 pub const MAGIC: [u8; 8] = [0x89, b'R', b'O', b'T', b'A', b'\r', b'\n', 0x1a];
 /// The newest format version this crate writes and reads. It reads every version from 1 and
-/// writes the lowest one that can hold a bundle: 2 only for images with prefixed zstd frames.
-pub const FORMAT_VERSION: u32 = 2;
-/// Length of the header of versions 1 and 2.
+/// writes the lowest one that can hold a bundle: 2 for images with prefixed zstd frames, 3 for
+/// app releases ([`crate::Manifest::format_version`]).
+pub const FORMAT_VERSION: u32 = 3;
+/// Length of the header of versions 1 to 3.
 pub const HEADER_LENGTH: usize = 32;
 /// The header bytes covered by signatures: everything but the signature block length, so
 /// signatures can be added to a bundle later without invalidating those already there.
@@ -23,7 +24,8 @@ pub const MAX_SIGNATURE_BLOCK_LENGTH: u32 = 64 << 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
-    /// 1, or 2 when an image has prefixed zstd frames (a version 1 reader cannot read those).
+    /// 1; 2 when an image has prefixed zstd frames (a version 1 reader cannot read those); 3
+    /// for an app release.
     pub version: u32,
     pub payload_length: u64,
     pub manifest_length: u32,
@@ -35,7 +37,7 @@ impl Header {
         let mut bytes = [0u8; HEADER_LENGTH];
         bytes[0..8].copy_from_slice(&MAGIC);
         bytes[8..12].copy_from_slice(&self.version.to_le_bytes());
-        // 12..16: flags, none defined in versions 1 and 2.
+        // 12..16: flags, none defined in versions 1 to 3.
         bytes[16..24].copy_from_slice(&self.payload_length.to_le_bytes());
         bytes[24..28].copy_from_slice(&self.manifest_length.to_le_bytes());
         bytes[28..32].copy_from_slice(&self.signature_block_length.to_le_bytes());

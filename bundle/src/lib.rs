@@ -38,6 +38,7 @@
 //! assert_eq!(image, vec![42u8; 100_000]);
 //! ```
 
+mod app;
 mod chunk;
 pub mod delta;
 mod digest;
@@ -51,6 +52,7 @@ mod reader;
 mod signature;
 mod writer;
 
+pub use app::{check_app_name, AppCheck, AppProbe, AppSpec, MAX_APP_NAME_LENGTH};
 pub use chunk::{
     for_each_chunk, ChunkSizes, CHUNK_AVERAGE_LENGTH, CHUNK_MAX_LENGTH, CHUNK_MIN_LENGTH,
     DEFAULT_ZSTD_LEVEL,

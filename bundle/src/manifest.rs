@@ -8,6 +8,7 @@ use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
 
+use crate::app::AppSpec;
 use crate::digest::Sha256Digest;
 use crate::error::{Error, Result};
 
@@ -29,6 +30,9 @@ pub struct Manifest {
     pub description: String,
     /// In payload order.
     pub images: Vec<ImageEntry>,
+    /// Set exactly when the bundle is an app release: its one image has the `app` class and
+    /// is named after the app. Format version 3; absent from the bytes of versions 1 and 2.
+    pub app: Option<AppSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,13 +118,44 @@ pub struct Chunk {
 }
 
 impl Manifest {
-    /// The postcard encoding that goes into a bundle.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        postcard::to_stdvec(self).expect("serializing to a Vec cannot fail")
+    /// The lowest bundle format version that holds this manifest: 3 for an app release, 2
+    /// for prefixed zstd frames, else 1 (older readers read what they can).
+    pub fn format_version(&self) -> u32 {
+        if self.app.is_some() {
+            3
+        } else if self
+            .images
+            .iter()
+            .any(|image| image.compression.prefix_window() > 0)
+        {
+            2
+        } else {
+            1
+        }
     }
 
-    /// Decodes manifest bytes; trailing bytes are an error, so one manifest has one encoding.
-    pub(crate) fn decode(bytes: &[u8]) -> Result<Manifest> {
+    /// The postcard encoding that goes into a bundle, for [`Self::format_version`].
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut bytes = postcard::to_stdvec(self).expect("serializing to a Vec cannot fail");
+        if self.format_version() < 3 {
+            // Postcard writes fields in order and `None` as one 0 byte: without it the bytes
+            // are exactly a version 1 or 2 manifest, which has no `app` field.
+            assert_eq!(bytes.pop(), Some(0), "app: None encodes as one 0 byte");
+        }
+        bytes
+    }
+
+    /// Decodes manifest bytes of a bundle of `format_version`; trailing bytes are an error, so
+    /// one manifest has one encoding.
+    pub(crate) fn decode(bytes: &[u8], format_version: u32) -> Result<Manifest> {
+        let with_app_field;
+        let bytes = if format_version < 3 {
+            // Versions 1 and 2 end before the `app` field: read it as `None` (one 0 byte).
+            with_app_field = [bytes, &[0]].concat();
+            &with_app_field[..]
+        } else {
+            bytes
+        };
         let mut decoder = postcard::Deserializer::from_bytes(bytes);
         // Tracks the field being decoded, so the error can name it.
         let manifest = serde_path_to_error::deserialize(&mut decoder).map_err(|error| {
@@ -191,7 +226,32 @@ impl Manifest {
                 "images take {payload_position} payload bytes, the header says {payload_length}"
             )));
         }
-        Ok(())
+        self.validate_app(format_version)
+    }
+
+    /// An app release is one image of the `app` class, named after the app, with its spec;
+    /// nothing else has an `app` image or a spec.
+    fn validate_app(&self, format_version: u32) -> Result<()> {
+        let app_images = self
+            .images
+            .iter()
+            .filter(|image| image.slot_class == SlotClass::App)
+            .count();
+        match &self.app {
+            None if app_images > 0 => Err(Error::invalid(
+                "an image has the app class but the manifest has no app spec",
+            )),
+            None => Ok(()),
+            Some(_) if format_version < 3 => Err(Error::invalid(format!(
+                "an app spec in format version {format_version}"
+            ))),
+            Some(spec) => match self.images.as_slice() {
+                [image] if image.slot_class == SlotClass::App => spec.validate(&image.name),
+                _ => Err(Error::invalid(
+                    "an app release has exactly one image, of the app class",
+                )),
+            },
+        }
     }
 }
 
@@ -272,6 +332,7 @@ const MANIFEST_FIELDS: &[&str] = &[
     "source",
     "description",
     "images",
+    "app",
 ];
 const SOURCE_FIELDS: &[&str] = &["git_commit", "git_branch"];
 const IMAGE_FIELDS: &[&str] = &[
@@ -375,6 +436,7 @@ mod tests {
             source: Some(source.clone()),
             description: String::new(),
             images: vec![image.clone()],
+            app: None,
         };
         assert_fields(&chunk, CHUNK_FIELDS);
         assert_fields(&image, IMAGE_FIELDS);
@@ -392,12 +454,13 @@ mod tests {
             source: None,
             description: String::new(),
             images: Vec::new(),
+            app: None,
         };
         let mut bytes = manifest.to_bytes();
-        assert_eq!(Manifest::decode(&bytes).unwrap(), manifest);
+        assert_eq!(Manifest::decode(&bytes, 1).unwrap(), manifest);
         bytes.push(0);
         assert!(matches!(
-            Manifest::decode(&bytes),
+            Manifest::decode(&bytes, 1),
             Err(Error::ManifestDecode { .. })
         ));
     }

@@ -88,7 +88,7 @@ impl BundleReader {
         let message = signed_message(&header_bytes, &manifest_bytes);
         let signed_by = verify_signatures(&signature_block, &message, keyring)?;
         // Only now, with the bytes authenticated, is the manifest parsed at all.
-        let manifest = Manifest::decode(&manifest_bytes)?;
+        let manifest = Manifest::decode(&manifest_bytes, header.version)?;
         manifest.validate(header.payload_length, header.version)?;
         let verified = VerifiedManifest {
             inner: Arc::new(VerifiedInner {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
+use crate::app::AppSpec;
 use crate::chunk::ChunkSizes;
 use crate::chunk::{prepare_chunk, prepare_prefixed_chunks, PreparedChunk, DEFAULT_ZSTD_LEVEL};
 use crate::digest::Sha256Digest;
@@ -44,6 +45,7 @@ pub struct BundleBuilder<'a> {
     build_time: u64,
     source: Option<SourceInfo>,
     description: String,
+    app: Option<AppSpec>,
     compression: Compression,
     zstd_level: i32,
     chunk_sizes: ChunkSizes,
@@ -72,6 +74,7 @@ impl<'a> BundleBuilder<'a> {
             build_time: 0,
             source: None,
             description: String::new(),
+            app: None,
             compression: Compression::None,
             zstd_level: DEFAULT_ZSTD_LEVEL,
             chunk_sizes: ChunkSizes::DEFAULT,
@@ -100,6 +103,13 @@ impl<'a> BundleBuilder<'a> {
 
     pub fn description(&mut self, description: impl Into<String>) -> &mut Self {
         self.description = description.into();
+        self
+    }
+
+    /// Makes the bundle an app release: its one image must have the `app` class and be named
+    /// after the app.
+    pub fn app(&mut self, spec: AppSpec) -> &mut Self {
+        self.app = Some(spec);
         self
     }
 
@@ -206,6 +216,7 @@ impl<'a> BundleBuilder<'a> {
             source: self.source,
             description: self.description,
             images: entries,
+            app: self.app,
         };
         manifest.validate(payload_length, FORMAT_VERSION)?;
         spool.rewind().map_err(Error::Spool)?;
@@ -560,12 +571,8 @@ pub fn write_bundle_parts(
             length: manifest_bytes.len() as u64,
             limit: MAX_MANIFEST_LENGTH.into(),
         })?;
-    let prefixed = manifest
-        .images
-        .iter()
-        .any(|image| image.compression.prefix_window() > 0);
     let header = Header {
-        version: if prefixed { 2 } else { 1 },
+        version: manifest.format_version(),
         payload_length,
         manifest_length,
         signature_block_length: u32::try_from(signature_block_length(keys.len()))

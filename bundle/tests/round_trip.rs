@@ -366,12 +366,27 @@ proptest! {
         if let Some(source) = &source {
             builder.source(source.clone());
         }
+        let app = AppSpec {
+            units: vec![format!("{compatible}.service")],
+            checks: vec![AppCheck {
+                name: "answers".into(),
+                probe: AppProbe::Http {
+                    url: "http://127.0.0.1/".into(),
+                    expect_status: 200,
+                    body_contains: Some(description.clone()),
+                },
+                attempt_timeout_secs: security_version,
+            }],
+            check_deadline_secs: 30,
+            os_versions: Some(format!(">={major}.{minor}")),
+        };
         builder
             .security_version(security_version)
             .build_time(build_time)
             .description(description.clone())
             .compression(if zstd { Compression::Zstd } else { Compression::None })
             .sign_with(&key)
+            .app(app.clone())
             .add_image("app", SlotClass::App, &image[..]);
         let mut bundle = Vec::new();
         let summary = builder.write_to(&mut bundle).unwrap();
@@ -385,6 +400,7 @@ proptest! {
         prop_assert_eq!(&manifest.source, &source);
         prop_assert_eq!(&manifest.description, &description);
         prop_assert_eq!(manifest.images[0].slot_class, SlotClass::App);
+        prop_assert_eq!(manifest.app.as_ref(), Some(&app));
         prop_assert_eq!(&read_all(&bundle, &keyring(&[&key])).unwrap()[0].1, &image);
     }
 }

@@ -18,7 +18,7 @@ pub struct ImageSpec {
 
 /// A malformed `--image` argument.
 #[derive(Debug, Error, PartialEq, Eq)]
-#[error("--image {0:?}: expected [CLASS:]NAME=PATH, e.g. rootfs=rootfs.img or app:web=web.img (CLASS: rootfs or app)")]
+#[error("--image {0:?}: expected [rootfs:]NAME=PATH, e.g. rootfs=rootfs.img (app releases are built by `rota-image app DIR`)")]
 pub struct ImageSpecError(pub String);
 
 impl std::str::FromStr for ImageSpec {
@@ -30,7 +30,6 @@ impl std::str::FromStr for ImageSpec {
         let (slot_class, name) = match head.split_once(':') {
             None => (SlotClass::Rootfs, head),
             Some(("rootfs", name)) => (SlotClass::Rootfs, name),
-            Some(("app", name)) => (SlotClass::App, name),
             Some(_) => return Err(err()),
         };
         if name.is_empty() || path.is_empty() {
@@ -62,6 +61,8 @@ pub struct BundleOptions {
     pub description: String,
     pub build_time: u64,
     pub output: PathBuf,
+    /// Set for an app release (`rota-image app`).
+    pub app: Option<rota_bundle::AppSpec>,
 }
 
 /// Why no bundle was written.
@@ -126,6 +127,9 @@ pub fn build(options: &BundleOptions) -> Result<BundleSummary, BundleCmdError> {
         builder.compression(compression).zstd_level(level);
     }
     builder.chunk_sizes(ChunkSizes::around(options.chunk_size)?);
+    if let Some(spec) = &options.app {
+        builder.app(spec.clone());
+    }
     for key in &keys {
         builder.sign_with(key);
     }
@@ -173,10 +177,7 @@ mod tests {
                 path: "out/rootfs.img".into()
             }
         );
-        let spec: ImageSpec = "app:web=web.img".parse().unwrap();
-        assert_eq!(spec.slot_class, SlotClass::App);
-        assert_eq!(spec.name, "web");
-        for bad in ["rootfs", "=x", "rootfs=", "kernel:k=x"] {
+        for bad in ["rootfs", "=x", "rootfs=", "kernel:k=x", "app:web=web.tar"] {
             assert!(bad.parse::<ImageSpec>().is_err(), "{bad}");
         }
     }

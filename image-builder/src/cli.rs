@@ -37,6 +37,48 @@ pub enum Command {
     /// Make a signed delta from one bundle to the next: what robots running the first fetch
     /// instead of the chunks they lack (`rota-updater install NEW --delta DELTA`).
     Delta(DeltaArgs),
+    /// Pack an app's directory into a signed app release (.rota), installed beside the OS by
+    /// `rota-updater app install` without a reboot.
+    App(AppArgs),
+}
+
+/// `rota-image app ./nav --compatible lekiwi-rpi5 --version 1.4.0 --key release.key -o nav-1.4.0.rota`
+///
+/// The directory's tree becomes the release (a reproducible tar: sorted, owned by root, every
+/// mtime SOURCE_DATE_EPOCH). Its rota-app.toml names the app and says what the robot does when
+/// the release becomes current; all of it is signed:
+///
+///   name = "nav"                       # a-z 0-9 - _ . ; the directory on the robot
+///   units = ["nav.service"]            # restarted, in order
+///   os_versions = ">=1.4, <2"          # OS releases it runs on (default: any)
+///   check_deadline_secs = 30           # all checks pass by then, or the robot switches back
+///   [[checks]]
+///   name = "answers"
+///   http = "http://127.0.0.1:8080/health"
+///   expect_status = 200                # default 200
+///   body_contains = "healthy"          # optional
+///   timeout_secs = 5                   # one attempt; default 5
+///   [[checks]]
+///   name = "running"
+///   unit = "nav.service"               # or: command = ["/path/to/selftest", "--quick"]
+#[derive(Debug, Args)]
+pub struct AppArgs {
+    /// The app's directory.
+    pub dir: PathBuf,
+    /// The spec file (default: DIR/rota-app.toml).
+    #[arg(long)]
+    pub spec: Option<PathBuf>,
+    #[command(flatten)]
+    pub release: ReleaseArgs,
+    /// zstd level.
+    #[arg(long, default_value_t = 3)]
+    pub zstd_level: i32,
+    /// Image bytes before each chunk that its zstd frame may refer to (see `bundle`).
+    #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = parse_zstd_window)]
+    pub zstd_window: u32,
+    /// Average content-defined chunk size (see `bundle`).
+    #[arg(long, value_name = "SIZE", default_value = "64KiB", value_parser = parse_chunk_size)]
+    pub chunk_size: u64,
 }
 
 /// `rota-image delta --from 1.2.0.rota --to 1.3.0.rota --key release.key -o 1.3.0.from-1.2.0.rdelta`
@@ -98,16 +140,9 @@ pub struct KeygenArgs {
 /// the clock or randomness, so the same inputs give the same bytes.
 #[derive(Debug, Args)]
 pub struct BundleArgs {
-    /// The product/board string robots compare with their own.
-    #[arg(long)]
-    pub compatible: String,
-    /// Bundle version (semver, e.g. 1.2.0).
-    #[arg(long)]
-    pub version: semver::Version,
-    /// Secret key file to sign with; repeat to sign with several keys (key rotation).
-    #[arg(long = "key", required = true)]
-    pub keys: Vec<PathBuf>,
-    /// An image as [CLASS:]NAME=PATH, CLASS rootfs (default) or app; repeatable, in payload order.
+    #[command(flatten)]
+    pub release: ReleaseArgs,
+    /// An image as [rootfs:]NAME=PATH; repeatable, in payload order.
     #[arg(long = "image", required = true)]
     pub images: Vec<crate::bundle_cmd::ImageSpec>,
     /// Compress chunks with zstd (default: stored uncompressed).
@@ -127,13 +162,28 @@ pub struct BundleArgs {
     /// change, and every update fetches a larger manifest (about 80 bytes per chunk).
     #[arg(long, value_name = "SIZE", default_value = "64KiB", value_parser = parse_chunk_size)]
     pub chunk_size: u64,
-    /// Anti-rollback counter; robots refuse bundles below the one they run.
+}
+
+/// What every signed release says about itself and where it goes: `bundle` and `app`.
+#[derive(Debug, Args)]
+pub struct ReleaseArgs {
+    /// The product/board string robots compare with their own.
+    #[arg(long)]
+    pub compatible: String,
+    /// Release version (semver, e.g. 1.2.0); robots refuse a lower one than they run unless
+    /// asked.
+    #[arg(long)]
+    pub version: semver::Version,
+    /// Secret key file to sign with; repeat to sign with several keys (key rotation).
+    #[arg(long = "key", required = true)]
+    pub keys: Vec<PathBuf>,
+    /// Anti-rollback counter; robots refuse releases below the one they run.
     #[arg(long, default_value_t = 0)]
     pub security_version: u32,
-    /// Git commit the bundle was built from (default: none recorded).
+    /// Git commit the release was built from (default: none recorded).
     #[arg(long)]
     pub git_commit: Option<String>,
-    /// Git branch the bundle was built from (needs --git-commit).
+    /// Git branch the release was built from (needs --git-commit).
     #[arg(long, requires = "git_commit")]
     pub git_branch: Option<String>,
     /// Free text shown by inspect and the fleet dashboard (default: empty).

@@ -1,9 +1,11 @@
 //! One function per subcommand: turns parsed arguments into a library call, prints the result
 //! (stdout) and messages (stderr), and picks the exit code.
 
+use crate::app_cmd::{self, AppOptions};
 use crate::bundle_cmd::{self, BundleOptions};
 use crate::cli::{
-    BundleArgs, DeltaArgs, FlashArgs, GoldenArgs, InspectArgs, KeygenArgs, RootfsArgs, VerifyArgs,
+    AppArgs, BundleArgs, DeltaArgs, FlashArgs, GoldenArgs, InspectArgs, KeygenArgs, ReleaseArgs,
+    RootfsArgs, VerifyArgs,
 };
 use crate::delta_cmd::{self, DeltaOptions};
 use crate::flash::{self, FlashError, FlashOptions, TargetKind};
@@ -29,6 +31,16 @@ pub fn source_date_epoch() -> Result<Option<i64>> {
             .with_context(|| format!("SOURCE_DATE_EPOCH={value:?} is not a number of seconds")),
         Err(_) => Ok(None),
     }
+}
+
+/// The build time: `SOURCE_DATE_EPOCH`, else now.
+fn build_time() -> Result<u64> {
+    Ok(match source_date_epoch()? {
+        Some(epoch) => u64::try_from(epoch).context("SOURCE_DATE_EPOCH is before 1970")?,
+        None => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs(),
+    })
 }
 
 fn print_json(value: &impl Serialize) -> Result<()> {
@@ -174,29 +186,36 @@ pub fn keygen(args: KeygenArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The bundle options a release's arguments give; images and compression are the caller's.
+fn bundle_options(
+    release: ReleaseArgs,
+    zstd_window: u32,
+    chunk_size: u64,
+) -> Result<BundleOptions> {
+    Ok(BundleOptions {
+        compatible: release.compatible,
+        version: release.version,
+        keys: release.keys,
+        images: Vec::new(),
+        zstd_level: None,
+        zstd_window,
+        chunk_size,
+        security_version: release.security_version,
+        git_commit: release.git_commit,
+        git_branch: release.git_branch,
+        description: release.description,
+        build_time: build_time()?,
+        output: release.output,
+        app: None,
+    })
+}
+
 /// `rota-image bundle`
 pub fn bundle(args: BundleArgs) -> Result<ExitCode> {
-    let build_time = match source_date_epoch()? {
-        Some(epoch) => u64::try_from(epoch).context("SOURCE_DATE_EPOCH is before 1970")?,
-        None => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_secs(),
-    };
-    let options = BundleOptions {
-        compatible: args.compatible,
-        version: args.version,
-        keys: args.keys,
-        images: args.images,
-        zstd_level: args.zstd.then_some(args.zstd_level),
-        zstd_window: args.zstd_window,
-        chunk_size: args.chunk_size,
-        security_version: args.security_version,
-        git_commit: args.git_commit,
-        git_branch: args.git_branch,
-        description: args.description,
-        build_time,
-        output: args.output,
-    };
+    let json = args.release.json;
+    let mut options = bundle_options(args.release, args.zstd_window, args.chunk_size)?;
+    options.images = args.images;
+    options.zstd_level = args.zstd.then_some(args.zstd_level);
     let summary = bundle_cmd::build(&options)
         .with_context(|| format!("cannot build the bundle {}", options.output.display()))?;
     let signed_by: Vec<String> = summary.signed_by.iter().map(|id| id.to_string()).collect();
@@ -209,7 +228,7 @@ pub fn bundle(args: BundleArgs) -> Result<ExitCode> {
         summary.manifest.images.len(),
         signed_by.join(", ")
     );
-    if args.json {
+    if json {
         print_json(&serde_json::json!({
             "bundle": options.output,
             "bundle_length": summary.bundle_length,
@@ -218,6 +237,52 @@ pub fn bundle(args: BundleArgs) -> Result<ExitCode> {
         }))?;
     } else {
         println!("{}", options.output.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `rota-image app`
+pub fn app(args: AppArgs) -> Result<ExitCode> {
+    let json = args.release.json;
+    let mut bundle = bundle_options(args.release, args.zstd_window, args.chunk_size)?;
+    bundle.zstd_level = Some(args.zstd_level);
+    let options = AppOptions {
+        dir: args.dir,
+        spec: args.spec,
+        bundle,
+    };
+    let built = app_cmd::build(&options).with_context(|| {
+        format!(
+            "cannot build the app release {} from {}",
+            options.bundle.output.display(),
+            options.dir.display()
+        )
+    })?;
+    let summary = &built.summary;
+    let signed_by: Vec<String> = summary.signed_by.iter().map(|id| id.to_string()).collect();
+    eprintln!(
+        "app: {} {} {} for {}: {} entries, {} of files, bundle {}, signed by {}",
+        options.bundle.output.display(),
+        built.name,
+        summary.manifest.version,
+        summary.manifest.compatible,
+        built.pack.entries,
+        human(built.pack.file_bytes),
+        human(summary.bundle_length),
+        signed_by.join(", ")
+    );
+    if json {
+        print_json(&serde_json::json!({
+            "bundle": options.bundle.output,
+            "app": built.name,
+            "entries": built.pack.entries,
+            "file_bytes": built.pack.file_bytes,
+            "bundle_length": summary.bundle_length,
+            "signed_by": signed_by,
+            "manifest": inspect::ManifestView::from(&summary.manifest),
+        }))?;
+    } else {
+        println!("{}", options.bundle.output.display());
     }
     Ok(ExitCode::SUCCESS)
 }

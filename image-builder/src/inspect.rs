@@ -160,6 +160,8 @@ pub struct ManifestView {
     pub git_branch: Option<String>,
     pub description: String,
     pub images: Vec<ImageView>,
+    /// An app release's units, checks and OS range.
+    pub app: Option<rota_bundle::AppSpec>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -186,6 +188,7 @@ impl From<&Manifest> for ManifestView {
             git_commit: manifest.source.as_ref().map(|s| s.git_commit.clone()),
             git_branch: manifest.source.as_ref().and_then(|s| s.git_branch.clone()),
             description: manifest.description.clone(),
+            app: manifest.app.clone(),
             images: manifest
                 .images
                 .iter()

@@ -2,6 +2,7 @@
 //! disk and VM images) and flashes disk images. `main.rs` only parses the command line and calls
 //! one `run` function per subcommand from [`commands`].
 
+pub mod app_cmd;
 pub mod bundle_cmd;
 pub mod cli;
 pub mod commands;

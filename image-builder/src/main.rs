@@ -16,6 +16,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => commands::inspect(args),
         Command::Verify(args) => commands::verify(args),
         Command::Delta(args) => commands::delta(args),
+        Command::App(args) => commands::app(args),
     };
     result.unwrap_or_else(|error| {
         eprintln!("error: {error:#}");

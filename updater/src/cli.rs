@@ -110,4 +110,57 @@ pub enum Command {
     /// partition. Exits 0 at once without [server]; 1 only when it cannot start (no robot id,
     /// bad config, unreadable state).
     Daemon,
+    /// Install, list, roll back and inspect app releases: signed trees of files beside the OS
+    /// (`rota-image app`), switched atomically without a reboot.
+    App {
+        #[command(subcommand)]
+        command: AppCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AppCommand {
+    /// Install an app release and make it current: its units restart, its checks run, and a
+    /// failure switches back to the release before (exit 2).
+    ///
+    /// The signature, compatible string, OS range and version are checked before a byte is
+    /// stored. Files are stored once under [apps] dir and shared by every kept release. A
+    /// release kept already is switched to without a download.
+    Install {
+        /// App bundle: a file path, an http(s):// URL, or - for stdin.
+        source: String,
+        /// Allow a lower version than the current release. Default: refused.
+        #[arg(long)]
+        allow_downgrade: bool,
+        /// Print the result as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a kept release current again, as install does, with no download and no reboot.
+    Rollback {
+        /// The app.
+        name: String,
+        /// A kept release: its id, its version, or commit:SHA (default: the previous release).
+        #[arg(long, value_name = "VERSION|ID|commit:SHA")]
+        to: Option<String>,
+        /// Print the result as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List every kept release of every app (or of one), oldest first; * marks the current.
+    List {
+        /// Only this app.
+        name: Option<String>,
+        /// Print JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show each app's current and previous release and its last activation's outcome.
+    Status {
+        /// Only this app.
+        name: Option<String>,
+        /// Print JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
 }

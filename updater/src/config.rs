@@ -5,6 +5,7 @@
 //! merged, remembering which file set each key → validated [`Config`] whose errors name the file
 //! and the key. Every path is configurable so tests and developers run without root.
 
+use crate::apps::AppsConfig;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
@@ -20,6 +21,7 @@ pub const DROP_IN_DIR: &str = "/etc/rota/updater.d";
 
 pub const DEFAULT_KEYRING_DIR: &str = "/etc/rota/keys";
 pub const DEFAULT_STATE_PATH: &str = "/data/rota/state";
+pub const DEFAULT_APPS_DIR: &str = "/data/rota/apps";
 pub const DEFAULT_BOOTCTL_CONFIG: &str = "/etc/rota/bootctl.toml";
 pub const DEFAULT_SLOT_A: &str = "/dev/disk/by-partlabel/rootfs-a";
 pub const DEFAULT_SLOT_B: &str = "/dev/disk/by-partlabel/rootfs-b";
@@ -80,6 +82,15 @@ pub struct RawConfig {
     pub health: Option<RawHealth>,
     pub download: Option<RawDownload>,
     pub server: Option<RawServer>,
+    pub apps: Option<RawApps>,
+}
+
+/// `[apps]`: where app releases live and how many each app keeps.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApps {
+    pub dir: Option<PathBuf>,
+    pub keep: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -110,6 +121,7 @@ pub struct RawCheck {
     pub unit: Option<String>,
     pub http: Option<String>,
     pub expect_status: Option<u16>,
+    pub body_contains: Option<String>,
     pub command: Option<Vec<String>>,
     pub timeout_secs: Option<u64>,
 }
@@ -175,6 +187,7 @@ pub struct Config {
     pub health: HealthConfig,
     pub download: DownloadConfig,
     pub server: Option<ServerConfig>,
+    pub apps: AppsConfig,
 }
 
 impl Config {
@@ -214,6 +227,8 @@ pub enum CheckKind {
     Http {
         url: String,
         expect_status: u16,
+        /// The answer's body must contain this text too (`{"status":"healthy"}`).
+        body_contains: Option<String>,
         timeout: Duration,
     },
     /// argv; must exit 0.
@@ -448,6 +463,8 @@ pub fn merge_and_validate(layers: Vec<(String, RawConfig)>) -> Result<Config, Co
     let mut server_backoff_max = Sourced::new();
     let mut reboot = Sourced::new();
     let mut inventory_interval = Sourced::new();
+    let mut apps_dir = Sourced::new();
+    let mut apps_keep = Sourced::new();
     // Tag name -> (value, the file that set it).
     let mut tags: BTreeMap<String, (String, String)> = BTreeMap::new();
     // In order of first appearance; a later check with the same name replaces the earlier one.
@@ -485,6 +502,10 @@ pub fn merge_and_validate(layers: Vec<(String, RawConfig)>) -> Result<Config, Co
                     None => checks.push(validated),
                 }
             }
+        }
+        if let Some(apps) = raw.apps {
+            apps_dir.set(apps.dir, file);
+            apps_keep.set(apps.keep, file);
         }
         if let Some(download) = raw.download {
             retries.set(download.retries, file);
@@ -647,6 +668,13 @@ pub fn merge_and_validate(layers: Vec<(String, RawConfig)>) -> Result<Config, Co
         .into_iter()
         .map(|(location, raw)| validate_check(&location, raw))
         .collect::<Result<Vec<_>, _>>()?;
+    let apps_keep_value = apps_keep.value.unwrap_or(crate::apps::DEFAULT_KEEP);
+    if apps_keep_value < 2 {
+        return Err(apps_keep.invalid(
+            "apps.keep",
+            "keep at least 2 releases (the current one and the one to roll back to)",
+        ));
+    }
 
     Ok(Config {
         compatible: compatible_value,
@@ -681,6 +709,10 @@ pub fn merge_and_validate(layers: Vec<(String, RawConfig)>) -> Result<Config, Co
             ca_file: ca_file.value,
         },
         server,
+        apps: AppsConfig {
+            dir: apps_dir.value.unwrap_or_else(|| DEFAULT_APPS_DIR.into()),
+            keep: apps_keep_value,
+        },
     })
 }
 
@@ -707,6 +739,7 @@ fn validate_check(location: &str, raw: RawCheck) -> Result<HealthCheck, ConfigEr
             CheckKind::Http {
                 url,
                 expect_status: raw.expect_status.unwrap_or(200),
+                body_contains: raw.body_contains.clone(),
                 timeout,
             }
         }
@@ -718,8 +751,12 @@ fn validate_check(location: &str, raw: RawCheck) -> Result<HealthCheck, ConfigEr
         }
         _ => return Err(invalid("give exactly one of unit, http, command".into())),
     };
-    if raw.expect_status.is_some() && !matches!(kind, CheckKind::Http { .. }) {
-        return Err(invalid("expect_status only applies to http checks".into()));
+    if (raw.expect_status.is_some() || raw.body_contains.is_some())
+        && !matches!(kind, CheckKind::Http { .. })
+    {
+        return Err(invalid(
+            "expect_status and body_contains only apply to http checks".into(),
+        ));
     }
     Ok(HealthCheck {
         name,

@@ -26,6 +26,10 @@ pub const ALL: &[&str] = &[
     "after-mark-good",
     "after-mark-bad-trial",
     "after-mark-bad-unverified",
+    "app-extracted",
+    "app-pending-recorded",
+    "app-switched",
+    "app-restarted",
 ];
 
 fn armed() -> &'static Option<(String, u64)> {

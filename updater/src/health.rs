@@ -151,11 +151,13 @@ fn run_one(
             CheckKind::Http {
                 url,
                 expect_status,
+                body_contains,
                 timeout,
             } => poll_http(
                 &mut http_client,
                 url,
                 *expect_status,
+                body_contains.as_deref(),
                 bounded(*timeout, deadline),
             ),
             CheckKind::Command { argv, timeout } => {
@@ -255,6 +257,7 @@ fn poll_http(
     client: &mut Option<reqwest::blocking::Client>,
     url: &str,
     expect_status: u16,
+    body_contains: Option<&str>,
     timeout: Duration,
 ) -> Poll {
     if client.is_none() {
@@ -272,11 +275,13 @@ fn poll_http(
             let mut body = String::new();
             // The body is evidence only; a read error just leaves it short.
             let _ = response.take(OUTPUT_LIMIT as u64).read_to_string(&mut body);
-            let output = format!(
-                "GET {url}: {status} (expected {expect_status}) {}",
-                body.trim()
-            );
-            let verdict = if status == expect_status {
+            let expected = match body_contains {
+                Some(text) => format!("{expect_status} with {text:?} in the body"),
+                None => expect_status.to_string(),
+            };
+            let output = format!("GET {url}: {status} (expected {expected}) {}", body.trim());
+            let body_matches = body_contains.is_none_or(|text| body.contains(text));
+            let verdict = if status == expect_status && body_matches {
                 Verdict::Passed
             } else {
                 Verdict::Failed
@@ -440,12 +445,22 @@ mod tests {
     }
 
     fn http(name: &str, url: String, expect_status: u16) -> HealthCheck {
+        http_with_body(name, url, expect_status, None)
+    }
+
+    fn http_with_body(
+        name: &str,
+        url: String,
+        expect_status: u16,
+        body_contains: Option<&str>,
+    ) -> HealthCheck {
         HealthCheck {
             name: name.into(),
             required: true,
             kind: CheckKind::Http {
                 url,
                 expect_status,
+                body_contains: body_contains.map(str::to_owned),
                 timeout: Duration::from_secs(5),
             },
         }
@@ -499,6 +514,23 @@ mod tests {
                 vec![http("api", http_server(503), 200)],
                 Some("api"),
                 "503",
+            ),
+            (
+                "http body has the text",
+                vec![http_with_body("api", http_server(200), 200, Some("ok"))],
+                None,
+                "",
+            ),
+            (
+                "http body lacks the text",
+                vec![http_with_body(
+                    "api",
+                    http_server(200),
+                    200,
+                    Some("healthy"),
+                )],
+                Some("api"),
+                "\"healthy\" in the body",
             ),
         ];
         for (name, checks, failing, needle) in cases {

@@ -6,6 +6,7 @@
 //! `store`. `daemon` talks to the fleet server, queuing its reports in `outbox` and describing the
 //! robot with `inventory`.
 
+pub mod apps;
 pub mod atomic_file;
 pub mod cli;
 pub mod commit;

@@ -1,6 +1,8 @@
 //! `rota-updater`: the command line. Parses, loads config, and calls one library function per
 //! subcommand; everything testable lives in the library.
 
+mod app_cmd;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -102,6 +104,9 @@ fn exit_code(error: &anyhow::Error) -> u8 {
     });
     if busy {
         return EXIT_BUSY;
+    }
+    if let Some(code) = app_cmd::exit_code(error) {
+        return code;
     }
     match error.downcast_ref::<InstallError>().map(InstallError::kind) {
         Some(FailureKind::BadBundle) => EXIT_BAD_BUNDLE,
@@ -220,6 +225,7 @@ fn run(cli: Cli) -> Result<u8> {
             options.reuse_booted_slot = !full;
             install_locked(&loaded, &lock, &state, &options, reboot, false)
         }
+        Command::App { command } => app_cmd::run(&load(cli.config)?, command),
         Command::Commit => {
             let loaded = load(cli.config)?;
             let lock = lock(&loaded)?;

@@ -71,6 +71,9 @@ pub(super) fn check_bundle(
 }
 
 pub(super) fn rootfs_image(manifest: &Manifest) -> Result<usize, Refusal> {
+    if manifest.app.is_some() {
+        return Err(Refusal::AppRelease(manifest.images[0].name.clone()));
+    }
     let rootfs: Vec<usize> = manifest
         .images
         .iter()

@@ -28,6 +28,8 @@ pub enum Refusal {
     },
     #[error("the bundle has no rootfs image")]
     NoRootfsImage,
+    #[error("this is a release of app {0:?}: install it with `rota-updater app install`")]
+    AppRelease(String),
     #[error("the bundle has {0} rootfs images; exactly one is supported")]
     SeveralRootfsImages(usize),
     #[error(

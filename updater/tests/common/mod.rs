@@ -4,6 +4,7 @@
 //! the rota-bundle writer.
 #![allow(dead_code)]
 
+pub mod apps;
 pub mod blockdev;
 pub mod fleet;
 pub mod http;
@@ -174,6 +175,7 @@ impl Robot {
                 .unwrap();
             }
         }
+        apps::write_systemctl(&robot);
         robot.write_config(checks);
         // First boot: the bootloader picks A, and rota-commit.service confirms it.
         assert_eq!(robot.boot(), "A");
@@ -204,6 +206,7 @@ B = "{b}"
 [health]
 deadline_secs = 30
 boot_complete_units = false
+systemctl = "{systemctl}"
 
 [download]
 retries = 8
@@ -211,12 +214,17 @@ backoff_initial_ms = 10
 backoff_max_ms = 50
 timeout_secs = 10
 
+[apps]
+dir = "{apps}"
+
 {checks}
 "#,
                 keys = path("keys"),
                 state = path("data/rota/state"),
                 bootctl = path("bootctl.toml"),
                 reboots = path("reboots"),
+                systemctl = path("systemctl"),
+                apps = path("data/rota/apps"),
                 a = path("slot-a"),
                 b = path("slot-b"),
             ),

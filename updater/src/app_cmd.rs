@@ -1,0 +1,238 @@
+//! `rota-updater app ...`: parses nothing (clap did), calls the library's app functions under
+//! the updater's lock, prints results, and picks exit codes.
+
+use anyhow::{Context as _, Result};
+use indicatif::HumanBytes;
+use rota_updater::apps::{
+    self, ActivationOutcome, AppDir, AppError, AppInstallOptions, AppStatus, LastOutcome,
+};
+use rota_updater::cli::AppCommand;
+use rota_updater::install::source::{BundleSource, HttpFetcher};
+use rota_updater::notify::Notifier;
+
+use crate::{
+    load_keyring, lock, robot_token_for, Loaded, EXIT_BAD_BUNDLE, EXIT_TRANSPORT, EXIT_TRIAL_FAILED,
+};
+
+pub fn run(loaded: &Loaded, command: AppCommand) -> Result<u8> {
+    let config = &loaded.config;
+    let _lock = lock(loaded)?;
+    for (name, outcome) in
+        apps::recover_all(config).context("settling interrupted app activations")?
+    {
+        log::warn!("app {name}: {}", describe_last(&outcome));
+    }
+    let notifier = Notifier::from_env();
+    match command {
+        AppCommand::Install {
+            source,
+            allow_downgrade,
+            json,
+        } => {
+            let source = BundleSource::parse(&source);
+            let keyring = load_keyring(loaded)?;
+            let http = match &source {
+                BundleSource::Http(_) => Some(
+                    HttpFetcher::new(&config.download)?
+                        .with_bearer(robot_token_for(config, &source)),
+                ),
+                _ => None,
+            };
+            let state = loaded.store.load().context("reading the state file")?;
+            let os_version = loaded
+                .bootctl
+                .booted_slot()
+                .ok()
+                .and_then(|slot| state.slot(slot))
+                .map(|content| content.version.clone());
+            let report = apps::install_app(
+                config,
+                &keyring,
+                &source,
+                http.as_ref(),
+                os_version.as_deref(),
+                &AppInstallOptions { allow_downgrade },
+                &notifier,
+            )
+            .with_context(|| format!("installing the app release {}", source.describe()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                let stored = match &report.stats {
+                    Some(stats) => format!(
+                        "{} files, {} new on disk",
+                        stats.files,
+                        HumanBytes(stats.new_object_bytes)
+                    ),
+                    None => "kept already, nothing downloaded".into(),
+                };
+                match (&report.failed_check, &report.check_output) {
+                    (Some(check), Some(output)) => println!(
+                        "app {} {}: check {check:?} failed, rolled back to {}: {output}",
+                        report.app,
+                        report.release,
+                        report.previous.as_deref().unwrap_or("no release")
+                    ),
+                    _ => println!(
+                        "app {} {} is current ({stored}, {:.2} s)",
+                        report.app, report.release, report.seconds
+                    ),
+                }
+            }
+            Ok(if report.failed_check.is_some() {
+                EXIT_TRIAL_FAILED
+            } else {
+                0
+            })
+        }
+        AppCommand::Rollback { name, to, json } => {
+            let app = AppDir::new(&config.apps, &name)?;
+            if !app.root.exists() {
+                return Err(AppError::UnknownApp(name).into());
+            }
+            let (target, outcome) = apps::rollback(config, &app, to.as_deref(), &notifier)
+                .with_context(|| format!("rolling back app {name}"))?;
+            let failed = match &outcome {
+                ActivationOutcome::Activated => None,
+                ActivationOutcome::RolledBack { check, output } => Some((check, output)),
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "app": name,
+                        "release": target,
+                        "result": if failed.is_some() { "rolled_back" } else { "activated" },
+                        "failed_check": failed.map(|(check, _)| check),
+                        "check_output": failed.map(|(_, output)| output),
+                    }))?
+                );
+            } else if let Some((check, output)) = failed {
+                println!("app {name} {target}: check {check:?} failed, switched back: {output}");
+            } else {
+                println!("app {name} {target} is current");
+            }
+            Ok(if failed.is_some() {
+                EXIT_TRIAL_FAILED
+            } else {
+                0
+            })
+        }
+        AppCommand::List { name, json } => {
+            let statuses = statuses(loaded, name.as_deref())?;
+            if json {
+                let lists: Vec<_> = statuses
+                    .iter()
+                    .map(|status| {
+                        let app = AppDir::new(&config.apps, &status.name)?;
+                        Ok(serde_json::json!({
+                            "app": status.name,
+                            "current": status.current.as_ref().map(|meta| &meta.id),
+                            "releases": app.releases()?,
+                        }))
+                    })
+                    .collect::<Result<_, AppError>>()?;
+                println!("{}", serde_json::to_string_pretty(&lists)?);
+                return Ok(0);
+            }
+            for status in &statuses {
+                let app = AppDir::new(&config.apps, &status.name)?;
+                println!("{}:", status.name);
+                let current = status.current.as_ref().map(|meta| meta.id.as_str());
+                for meta in app.releases()? {
+                    println!(
+                        "  {} {:<32} {:<12} {}",
+                        if Some(meta.id.as_str()) == current {
+                            "*"
+                        } else {
+                            " "
+                        },
+                        meta.id,
+                        meta.git_commit
+                            .as_deref()
+                            .map_or("", |commit| &commit[..commit.len().min(12)]),
+                        HumanBytes(meta.stats.file_bytes)
+                    );
+                }
+            }
+            Ok(0)
+        }
+        AppCommand::Status { name, json } => {
+            let statuses = statuses(loaded, name.as_deref())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&statuses)?);
+                return Ok(0);
+            }
+            if statuses.is_empty() {
+                println!("no apps installed");
+            }
+            for status in &statuses {
+                println!(
+                    "{}: current {}, previous {}, {} kept",
+                    status.name,
+                    status
+                        .current
+                        .as_ref()
+                        .map_or("none", |meta| meta.id.as_str()),
+                    status.previous.as_deref().unwrap_or("none"),
+                    status.kept.len()
+                );
+                if let Some(last) = &status.last {
+                    println!("  last: {}", describe_last(last));
+                }
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn statuses(loaded: &Loaded, name: Option<&str>) -> Result<Vec<AppStatus>> {
+    let names = match name {
+        Some(name) => vec![name.to_owned()],
+        None => apps::app_names(&loaded.config.apps)?,
+    };
+    names
+        .iter()
+        .map(|name| apps::status(&loaded.config.apps, name).map_err(Into::into))
+        .collect()
+}
+
+fn describe_last(outcome: &LastOutcome) -> String {
+    match outcome {
+        LastOutcome::Activated { release, .. } => format!("{release} activated"),
+        LastOutcome::RolledBack {
+            release,
+            back_to,
+            check,
+            output,
+            ..
+        } => format!(
+            "{release} rolled back to {} (check {check:?}: {output})",
+            back_to.as_deref().unwrap_or("no release")
+        ),
+        LastOutcome::Interrupted {
+            release, back_to, ..
+        } => format!(
+            "{release} interrupted before its checks decided; back to {}",
+            back_to.as_deref().unwrap_or("no release")
+        ),
+    }
+}
+
+/// Exit code of a failed app command: a refused or damaged bundle is 3, a transfer that broke
+/// is 4, as for OS installs.
+pub fn exit_code(error: &anyhow::Error) -> Option<u8> {
+    let app_error = error
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<AppError>())?;
+    match app_error {
+        AppError::Refused(_) | AppError::BadTree(_) => Some(EXIT_BAD_BUNDLE),
+        AppError::Image(_) => Some(match app_error.bundle_error() {
+            Some(rota_bundle::Error::Read { .. } | rota_bundle::Error::Truncated { .. }) => {
+                EXIT_TRANSPORT
+            }
+            _ => EXIT_BAD_BUNDLE,
+        }),
+        _ => None,
+    }
+}

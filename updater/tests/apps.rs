@@ -1,0 +1,464 @@
+//! App releases on a robot in a temp dir: install, activate, restart, check, switch back,
+//! roll back without a download, share files between releases, prune, refuse bad bundles
+//! without a change, and end every crash with one complete release current.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::MetadataExt as _;
+use std::process::Stdio;
+use std::thread;
+use std::time::Duration;
+
+use common::apps::{tree_snapshot, AppRelease, APP, UNIT};
+use common::power_cut::Random;
+use common::{exit_code, ok, stderr, Backend, BundleSpec, Robot};
+use rota_bundle::SigningKey;
+
+fn robot() -> Robot {
+    Robot::new(Backend::Uboot)
+}
+
+fn install_json(robot: &Robot, bundle: &std::path::Path) -> (i32, serde_json::Value) {
+    let output = robot
+        .updater()
+        .args(["app", "install", "--json"])
+        .arg(bundle)
+        .output()
+        .unwrap();
+    let code = exit_code(&output);
+    let json = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|_| panic!("no JSON from app install: {}", stderr(&output)));
+    (code, json)
+}
+
+fn install_ok(robot: &Robot, release: &AppRelease) -> serde_json::Value {
+    let bundle = robot.app_bundle(
+        &format!("{}-{}.rota", release.name, release.version),
+        release,
+    );
+    let (code, json) = install_json(robot, &bundle);
+    assert_eq!(code, 0, "{json}");
+    assert_eq!(json["result"], "activated", "{json}");
+    json
+}
+
+#[test]
+fn an_app_release_installs_activates_and_restarts_only_its_units() {
+    let robot = robot();
+    let mut release = AppRelease::new(&robot, "1.0.0");
+    release.units = vec![UNIT.into(), "demo-worker.service".into()];
+    let report = install_ok(&robot, &release);
+
+    assert_eq!(robot.current_app_version().as_deref(), Some("1.0.0"));
+    let id = report["release"].as_str().unwrap();
+    assert!(id.starts_with("1.0.0-"), "{id}");
+    let link = fs::read_link(robot.app_dir().join("current")).unwrap();
+    assert_eq!(link, std::path::Path::new("releases").join(id));
+    let serve = robot.app_dir().join("current/bin/serve");
+    assert_eq!(fs::metadata(&serve).unwrap().mode() & 0o777, 0o755);
+    assert_eq!(
+        robot.systemctl_calls(),
+        ["restart demo.service demo-worker.service"]
+    );
+
+    let status = robot.app_status();
+    assert_eq!(status["current"]["version"], "1.0.0");
+    assert_eq!(status["current"]["git_commit"], "c0ffee100");
+    assert_eq!(status["last"]["result"], "activated");
+    assert!(status["pending"].is_null());
+}
+
+#[test]
+fn a_failing_check_switches_back_and_restarts_the_release_before() {
+    let robot = robot();
+    install_ok(&robot, &AppRelease::new(&robot, "1.0.0"));
+    let broken = AppRelease::new(&robot, "2.0.0").broken();
+    let bundle = robot.app_bundle("broken.rota", &broken);
+    let (code, report) = install_json(&robot, &bundle);
+
+    assert_eq!(code, 2, "{report}");
+    assert_eq!(report["result"], "rolled_back");
+    assert_eq!(report["failed_check"], "reports healthy");
+    assert_eq!(robot.current_app_version().as_deref(), Some("1.0.0"));
+    // Restarted for 2.0.0, then again for 1.0.0.
+    assert_eq!(robot.systemctl_calls().len(), 3);
+    let status = robot.app_status();
+    assert_eq!(status["last"]["result"], "rolled_back");
+    assert_eq!(status["last"]["check"], "reports healthy");
+    assert!(status["current"]["id"]
+        .as_str()
+        .unwrap()
+        .starts_with("1.0.0-"));
+}
+
+#[test]
+fn a_unit_that_fails_to_restart_switches_back() {
+    let robot = robot();
+    install_ok(&robot, &AppRelease::new(&robot, "1.0.0"));
+    fs::write(robot.path("systemctl.fail"), "").unwrap();
+    let bundle = robot.app_bundle("two.rota", &AppRelease::new(&robot, "2.0.0"));
+    let (code, report) = install_json(&robot, &bundle);
+    assert_eq!(code, 2, "{report}");
+    assert_eq!(report["failed_check"], "restart");
+    assert!(report["check_output"]
+        .as_str()
+        .unwrap()
+        .contains("Job for unit failed"));
+    assert_eq!(robot.current_app_version().as_deref(), Some("1.0.0"));
+}
+
+#[test]
+fn the_first_release_failing_its_checks_leaves_no_release_current() {
+    let robot = robot();
+    let bundle = robot.app_bundle("broken.rota", &AppRelease::new(&robot, "1.0.0").broken());
+    let (code, report) = install_json(&robot, &bundle);
+    assert_eq!(code, 2, "{report}");
+    assert!(!robot.app_dir().join("current").exists());
+    assert!(robot.app_status()["current"].is_null());
+}
+
+#[test]
+fn rollback_to_a_kept_release_needs_no_bundle_and_no_reboot() {
+    let robot = robot();
+    let mut releases = Vec::new();
+    for version in ["1.0.0", "1.1.0", "2.0.0"] {
+        let release = AppRelease::new(&robot, version);
+        install_ok(&robot, &release);
+        releases.push(release);
+    }
+    for entry in fs::read_dir(robot.path("")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|ext| ext == "rota") {
+            fs::remove_file(path).unwrap();
+        }
+    }
+
+    // Default: the previous release.
+    ok(robot.run(&["app", "rollback", APP]), "rollback");
+    assert_eq!(robot.current_app_version().as_deref(), Some("1.1.0"));
+    ok(
+        robot.run(&["app", "rollback", APP, "--to", "1.0.0"]),
+        "rollback by version",
+    );
+    assert_eq!(robot.current_app_version().as_deref(), Some("1.0.0"));
+    let commit = format!("commit:{}", &releases[2].commit[..8]);
+    let output = robot.run(&["app", "rollback", APP, "--to", &commit, "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&ok(output, "rollback by commit")).unwrap();
+    assert_eq!(json["result"], "activated");
+    assert_eq!(robot.current_app_version().as_deref(), Some("2.0.0"));
+    assert_eq!(
+        robot.app_status()["previous"].as_str().unwrap()[..6],
+        *"1.0.0-"
+    );
+    assert_eq!(robot.reboots(), 0);
+
+    let unknown = robot.run(&["app", "rollback", APP, "--to", "9.9.9"]);
+    assert_eq!(exit_code(&unknown), 1);
+    assert!(
+        stderr(&unknown).contains("no kept release \"9.9.9\""),
+        "{}",
+        stderr(&unknown)
+    );
+    let current = robot.run(&["app", "rollback", APP, "--to", "2.0.0"]);
+    assert!(
+        stderr(&current).contains("already current"),
+        "{}",
+        stderr(&current)
+    );
+}
+
+#[test]
+fn installing_a_kept_release_again_downloads_nothing() {
+    let robot = robot();
+    let one = AppRelease::new(&robot, "1.0.0");
+    install_ok(&robot, &one);
+    install_ok(&robot, &AppRelease::new(&robot, "2.0.0"));
+    let bundle = robot.app_bundle("one-again.rota", &one);
+    let output = robot
+        .updater()
+        .args(["app", "install", "--allow-downgrade", "--json"])
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_str(&ok(output, "install again")).unwrap();
+    assert_eq!(report["reused_release"], true);
+    assert!(report["stats"].is_null());
+    assert_eq!(robot.current_app_version().as_deref(), Some("1.0.0"));
+}
+
+#[test]
+fn unchanged_files_are_stored_once_across_releases() {
+    let robot = robot();
+    let big = common::image_bytes(2 << 20, 7);
+    let mut one = AppRelease::new(&robot, "1.0.0");
+    one.file("lib/model.bin", &big);
+    let first = install_ok(&robot, &one);
+    assert!(first["stats"]["new_object_bytes"].as_u64().unwrap() > 2 << 20);
+
+    let mut two = AppRelease::new(&robot, "1.0.1");
+    two.file("lib/model.bin", &big)
+        .file("config.toml", b"speed = 2\n");
+    let second = install_ok(&robot, &two);
+    let new_bytes = second["stats"]["new_object_bytes"].as_u64().unwrap();
+    assert!(
+        new_bytes < 64,
+        "only VERSION and config.toml are new: {second}"
+    );
+
+    let releases = robot.app_dir().join("releases");
+    let inode = |id: &serde_json::Value| {
+        fs::metadata(releases.join(id.as_str().unwrap()).join("lib/model.bin"))
+            .unwrap()
+            .ino()
+    };
+    assert_eq!(inode(&first["release"]), inode(&second["release"]));
+}
+
+#[test]
+fn pruning_keeps_the_newest_and_never_the_current_or_previous_release() {
+    let robot = Robot::with_checks(Backend::Uboot, "keep = 3\n");
+    for (index, version) in ["1.0.0", "1.1.0", "1.2.0", "1.3.0"].iter().enumerate() {
+        let mut release = AppRelease::new(&robot, version);
+        release.file("data.bin", &common::image_bytes(4096, index as u64));
+        install_ok(&robot, &release);
+    }
+    let kept = |robot: &Robot| -> Vec<String> {
+        robot.app_status()["kept"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|id| id.as_str().unwrap().split('-').next().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(kept(&robot), ["1.1.0", "1.2.0", "1.3.0"]);
+    // 1.0.0's own files left the object store with it.
+    let objects = robot.path("data/rota/apps/objects");
+    let object_count = fs::read_dir(&objects)
+        .unwrap()
+        .filter(|entry| entry.as_ref().unwrap().file_type().unwrap().is_file())
+        .count();
+    // Per release: VERSION and data.bin differ; health and bin/serve are shared.
+    assert_eq!(object_count, 3 * 2 + 2);
+
+    // Back to the oldest kept release: it is current, 1.3.0 previous; the next install
+    // prunes 1.2.0, the oldest that is neither.
+    ok(
+        robot.run(&["app", "rollback", APP, "--to", "1.1.0"]),
+        "rollback",
+    );
+    install_ok(&robot, &AppRelease::new(&robot, "1.4.0"));
+    assert_eq!(kept(&robot), ["1.1.0", "1.3.0", "1.4.0"]);
+}
+
+#[test]
+fn refused_app_bundles_change_nothing() {
+    let robot = robot();
+    install_ok(&robot, &AppRelease::new(&robot, "2.0.0"));
+    let before = tree_snapshot(&robot.path("data/rota/apps"));
+    let calls_before = robot.systemctl_calls().len();
+
+    let good = robot.app_bundle("good.rota", &AppRelease::new(&robot, "2.1.0"));
+    let mut tampered = fs::read(&good).unwrap();
+    let last = tampered.len() - 100;
+    tampered[last] ^= 0x55;
+    fs::write(robot.path("tampered.rota"), &tampered).unwrap();
+
+    let foreign = {
+        let stranger = Robot {
+            dir: tempfile::tempdir().unwrap(),
+            backend: Backend::Uboot,
+            key: SigningKey::from_seed([7; 32]),
+        };
+        let bundle = stranger.app_bundle("foreign.rota", &AppRelease::new(&robot, "2.1.0"));
+        let path = robot.path("foreign.rota");
+        fs::copy(bundle, &path).unwrap();
+        path
+    };
+    let mut wrong_board = AppRelease::new(&robot, "2.1.0");
+    wrong_board.compatible = "other-board".into();
+    let mut wrong_os = AppRelease::new(&robot, "2.1.0");
+    wrong_os.os_versions = Some(">=9".into());
+    let os_bundle = robot.bundle("os.rota", &BundleSpec::new("9.0.0", vec![1; 4096]));
+
+    let cases = [
+        ("tampered", robot.path("tampered.rota"), "chunk"),
+        ("foreign-signed", foreign, "trusted"),
+        (
+            "wrong compatible",
+            robot.app_bundle("board.rota", &wrong_board),
+            "other-board",
+        ),
+        (
+            "downgrade",
+            robot.app_bundle("old.rota", &AppRelease::new(&robot, "1.0.0")),
+            "older than the current 2.0.0",
+        ),
+        (
+            "unsupported OS",
+            robot.app_bundle("os-range.rota", &wrong_os),
+            "needs OS >=9",
+        ),
+        ("an OS bundle", os_bundle, "not an app release"),
+    ];
+    for (what, bundle, needle) in cases {
+        let output = robot
+            .updater()
+            .args(["app", "install"])
+            .arg(&bundle)
+            .output()
+            .unwrap();
+        assert_eq!(exit_code(&output), 3, "{what}: {}", stderr(&output));
+        assert!(
+            stderr(&output).contains(needle),
+            "{what}: {}",
+            stderr(&output)
+        );
+        assert_eq!(
+            tree_snapshot(&robot.path("data/rota/apps")),
+            before,
+            "{what}"
+        );
+        assert_eq!(robot.systemctl_calls().len(), calls_before, "{what}");
+    }
+
+    // And the OS route refuses an app release by name.
+    let output = robot.run(&["install", good.to_str().unwrap()]);
+    assert_eq!(exit_code(&output), 3, "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("app install"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+/// Kills at every app failpoint leave the release before current and complete; the next
+/// command settles the interrupted activation and a retry succeeds.
+#[test]
+fn a_crash_at_any_app_step_leaves_one_complete_release_current() {
+    for failpoint in [
+        "app-extracted",
+        "app-pending-recorded",
+        "app-switched",
+        "app-restarted",
+    ] {
+        let robot = robot();
+        install_ok(&robot, &AppRelease::new(&robot, "1.0.0"));
+        let bundle = robot.app_bundle("two.rota", &AppRelease::new(&robot, "2.0.0"));
+        let output = robot
+            .updater()
+            .env("ROTA_FAILPOINT", failpoint)
+            .args(["app", "install"])
+            .arg(&bundle)
+            .output()
+            .unwrap();
+        assert_eq!(exit_code(&output), 97, "{failpoint}: {}", stderr(&output));
+
+        let status = robot.app_status();
+        assert_eq!(
+            status["current"]["version"], "1.0.0",
+            "{failpoint}: {status}"
+        );
+        assert_eq!(robot.current_app_version().as_deref(), Some("1.0.0"));
+        if failpoint != "app-extracted" {
+            assert_eq!(status["last"]["result"], "interrupted", "{failpoint}");
+        }
+        install_ok(&robot, &AppRelease::new(&robot, "2.0.0"));
+        assert_eq!(robot.current_app_version().as_deref(), Some("2.0.0"));
+    }
+}
+
+/// SIGKILL at random moments of install and activation: afterwards `current` names a
+/// complete release (every file as its version shipped it), the next command settles on one of
+/// the two versions, and a retry makes the new one current.
+#[test]
+fn sigkill_at_random_moments_of_an_app_install_leaves_one_complete_release_current() {
+    let robot = robot();
+    let mut random = Random(0xa995);
+    let big = common::image_bytes(1 << 20, 3);
+    let release = |version: &str| {
+        let mut release = AppRelease::new(&robot, version);
+        release.file("lib/model.bin", &big);
+        release.file("lib/version.txt", version.as_bytes());
+        release
+    };
+    // Kill moments are drawn over one whole install as this machine runs it.
+    let started = std::time::Instant::now();
+    install_ok(&robot, &release("1.0.0"));
+    let install_micros = started.elapsed().as_micros() as usize;
+    let (mut killed_rounds, mut settled_old, mut killed_after_switch) = (0, 0, 0);
+    let mut round = 0;
+    // Until 50 kills landed inside an install (a draw past its end kills nothing).
+    while killed_rounds < 50 {
+        assert!(
+            round < 200,
+            "only {killed_rounds} kills landed in 200 rounds"
+        );
+        let old = format!("1.{round}.0");
+        let new = format!("1.{}.0", round + 1);
+        let bundle = robot.app_bundle("next.rota", &release(&new));
+        let mut child = robot
+            .updater()
+            .args(["app", "install"])
+            .arg(&bundle)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        thread::sleep(Duration::from_micros(random.below(install_micros) as u64));
+        let _ = child.kill();
+        let killed = child.wait().unwrap().code().is_none();
+        killed_rounds += usize::from(killed);
+
+        let current = robot.current_app_version();
+        if let Some(version) = &current {
+            let tree = robot.app_dir().join("current");
+            assert_eq!(
+                fs::read(tree.join("lib/version.txt")).unwrap(),
+                version.as_bytes()
+            );
+            assert_eq!(fs::read(tree.join("lib/model.bin")).unwrap(), big);
+        }
+        let settled = robot.app_status()["current"]["version"]
+            .as_str()
+            .map(str::to_owned);
+        assert!(
+            settled.as_deref() == Some(old.as_str()) || settled.as_deref() == Some(new.as_str()),
+            "round {round} (killed: {killed}): {settled:?}"
+        );
+        settled_old += usize::from(settled.as_deref() == Some(old.as_str()));
+        killed_after_switch += usize::from(killed && settled.as_deref() == Some(new.as_str()));
+        let output = robot
+            .updater()
+            .args(["app", "install"])
+            .arg(&bundle)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success() || stderr(&output).contains("already"),
+            "round {round}: {}",
+            stderr(&output)
+        );
+        assert_eq!(
+            robot.current_app_version().as_deref(),
+            Some(new.as_str()),
+            "round {round}"
+        );
+        round += 1;
+    }
+    // The kills landed inside installs, not only after them.
+    eprintln!(
+        "{killed_rounds} killed, {settled_old} settled on the old release, {killed_after_switch} killed after its checks"
+    );
+    assert!(
+        settled_old >= 10,
+        "only {settled_old} kills came before the checks passed"
+    );
+    // Half-extracted trees and temp objects were cleaned up along the way.
+    let leftovers: Vec<_> = fs::read_dir(robot.app_dir().join("releases"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
