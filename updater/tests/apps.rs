@@ -462,3 +462,47 @@ fn sigkill_at_random_moments_of_an_app_install_leaves_one_complete_release_curre
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+#[test]
+fn an_os_release_that_the_current_app_release_does_not_support_is_refused() {
+    let robot = robot();
+    let os = robot.bundle(
+        "os-1.rota",
+        &BundleSpec::new("1.0.0", common::image_bytes(1 << 20, 5)),
+    );
+    ok(robot.run(&["install", os.to_str().unwrap()]), "OS 1.0.0");
+    assert_eq!(robot.boot(), "B");
+    ok(robot.run(&["commit"]), "commit OS 1.0.0");
+
+    let mut release = AppRelease::new(&robot, "1.0.0");
+    release.os_versions = Some(">=1, <2".into());
+    install_ok(&robot, &release);
+
+    let os_two = robot.bundle(
+        "os-2.rota",
+        &BundleSpec::new("2.0.0", common::image_bytes(1 << 20, 6)),
+    );
+    let slot_a = robot.slot("A");
+    let output = robot.run(&["install", os_two.to_str().unwrap()]);
+    assert_eq!(exit_code(&output), 3, "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("app demo (1.0.0-")
+            && stderr(&output).contains("needs OS >=1, <2"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(
+        robot.slot("A"),
+        slot_a,
+        "the refused OS install wrote to the slot"
+    );
+
+    let os_one_five = robot.bundle(
+        "os-15.rota",
+        &BundleSpec::new("1.5.0", common::image_bytes(1 << 20, 7)),
+    );
+    ok(
+        robot.run(&["install", os_one_five.to_str().unwrap()]),
+        "OS 1.5.0",
+    );
+}

@@ -339,6 +339,31 @@ pub fn recover_all(config: &crate::config::Config) -> Result<Vec<(String, LastOu
     Ok(undone)
 }
 
+/// The current app releases that do not run on OS version `os_version`: (app, release id,
+/// requirement). An OS install that would break one is refused before a byte is written.
+pub fn apps_not_supporting(
+    config: &AppsConfig,
+    os_version: &semver::Version,
+) -> Result<Vec<(String, String, String)>, AppError> {
+    let mut unsupported = Vec::new();
+    for name in app_names(config)? {
+        let app = AppDir::new(config, &name)?;
+        let Some(current) = app.current()? else {
+            continue;
+        };
+        let spec = app.load_meta(&current)?.spec;
+        if let Some(requirement) = spec
+            .os_requirement()
+            .map_err(|error| AppError::Refused(error.to_string()))?
+        {
+            if !requirement.matches(os_version) {
+                unsupported.push((name, current, requirement.to_string()));
+            }
+        }
+    }
+    Ok(unsupported)
+}
+
 /// One app as `app status` and the fleet report show it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AppStatus {

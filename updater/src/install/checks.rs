@@ -67,7 +67,26 @@ pub(super) fn check_bundle(
         }
         log::warn!("installing denied bundle {} on request", info.digest);
     }
-    Ok(())
+    check_apps_support(config, &info.version)
+}
+
+/// Every current app release must run on the new OS; an unreadable apps directory is logged,
+/// not a reason to keep a robot off an OS fix.
+fn check_apps_support(config: &Config, version: &str) -> Result<(), Refusal> {
+    let Ok(os) = semver::Version::parse(version) else {
+        return Ok(());
+    };
+    match crate::apps::apps_not_supporting(&config.apps, &os) {
+        Ok(apps) if apps.is_empty() => Ok(()),
+        Ok(apps) => Err(Refusal::AppsUnsupported {
+            os: version.to_owned(),
+            apps,
+        }),
+        Err(error) => {
+            log::warn!("cannot check the installed apps against OS {version}: {error}");
+            Ok(())
+        }
+    }
 }
 
 pub(super) fn rootfs_image(manifest: &Manifest) -> Result<usize, Refusal> {

@@ -30,6 +30,12 @@ pub enum Refusal {
     NoRootfsImage,
     #[error("this is a release of app {0:?}: install it with `rota-updater app install`")]
     AppRelease(String),
+    #[error("OS {os} does not run the current release of {}; install app releases that support it first", describe_apps(.apps))]
+    AppsUnsupported {
+        os: String,
+        /// (app, release id, requirement)
+        apps: Vec<(String, String, String)>,
+    },
     #[error("the bundle has {0} rootfs images; exactly one is supported")]
     SeveralRootfsImages(usize),
     #[error(
@@ -205,4 +211,11 @@ pub(super) fn from_bundle_error(
         (_, error) => return InstallError::Bundle(error),
     };
     InstallError::Transport(transport)
+}
+
+fn describe_apps(apps: &[(String, String, String)]) -> String {
+    apps.iter()
+        .map(|(app, release, requirement)| format!("app {app} ({release} needs OS {requirement})"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
