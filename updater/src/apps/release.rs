@@ -87,7 +87,9 @@ impl ObjectStore {
             length += got as u64;
         }
         let object = self.object_path(&hasher.finalize(), mode);
-        if object.exists() {
+        // The name is durable only after the bytes were (fsync before rename); a length that
+        // differs all the same (a store copied or damaged outside Rota) is replaced.
+        if fs::metadata(&object).is_ok_and(|meta| meta.len() == length) {
             drop(file);
             fs::remove_file(&temp).map_err(io_error("remove", &temp))?;
             return Ok((object, length, false));
@@ -277,6 +279,23 @@ mod tests {
             extract_into(dir.path(), &archive),
             Err(AppError::BadTree(_))
         ));
+    }
+
+    #[test]
+    fn a_stored_object_of_another_length_is_replaced_not_linked() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = tar_of(&[("a", tar::EntryType::Regular, b"content", None)]);
+        extract_into(dir.path(), &archive).unwrap();
+        let object = fs::read_dir(dir.path().join("objects"))
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .find(|path| path.is_file())
+            .unwrap();
+        fs::write(&object, b"").unwrap();
+        let mut objects = ObjectStore::open(dir.path().join("objects")).unwrap();
+        let stats = extract(&archive[..], &dir.path().join("second"), &mut objects).unwrap();
+        assert_eq!(stats.new_objects, 1);
+        assert_eq!(fs::read(dir.path().join("second/a")).unwrap(), b"content");
     }
 
     #[test]
