@@ -366,6 +366,31 @@ pub struct Inventory {
     /// Tags from the robot's own config (`[server] tags`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, String>,
+    /// App releases installed beside the OS (`rota-updater app`), by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub apps: Vec<AppInventory>,
+}
+
+/// One app on the robot: its current release, what it keeps, how its last activation ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AppInventory {
+    pub name: String,
+    /// The current release's version; `None` when no release is current.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The current release's id on the robot (`VERSION-DIGEST12`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_commit: Option<String>,
+    /// Versions of every kept release, oldest install first: a rollback to one needs no download.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kept: Vec<String>,
+    /// How the last activation ended: `activated`, `rolled_back` or `interrupted`, with the
+    /// release it was about and, for a rollback, the failing check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<String>,
 }
 
 /// Sizes in bytes; a size the robot could not read is absent.

@@ -3,9 +3,7 @@
 
 use anyhow::{Context as _, Result};
 use indicatif::HumanBytes;
-use rota_updater::apps::{
-    self, ActivationOutcome, AppDir, AppError, AppInstallOptions, AppStatus, LastOutcome,
-};
+use rota_updater::apps::{self, ActivationOutcome, AppDir, AppError, AppInstallOptions, AppStatus};
 use rota_updater::cli::AppCommand;
 use rota_updater::install::source::{BundleSource, HttpFetcher};
 use rota_updater::notify::Notifier;
@@ -14,14 +12,27 @@ use crate::{
     load_keyring, lock, robot_token_for, Loaded, EXIT_BAD_BUNDLE, EXIT_TRANSPORT, EXIT_TRIAL_FAILED,
 };
 
+/// Switches back every app activation a crash or power cut left pending; the caller holds the
+/// lock.
+fn settle_locked(loaded: &Loaded) -> Result<()> {
+    for (name, outcome) in
+        apps::recover_all(&loaded.config).context("settling interrupted app activations")?
+    {
+        log::warn!("app {name}: {}", apps::describe_outcome(&outcome));
+    }
+    Ok(())
+}
+
+/// [`settle_locked`] under the lock: the daemon's start, as the robot boots.
+pub fn settle(loaded: &Loaded) -> Result<()> {
+    let _lock = lock(loaded)?;
+    settle_locked(loaded)
+}
+
 pub fn run(loaded: &Loaded, command: AppCommand) -> Result<u8> {
     let config = &loaded.config;
     let _lock = lock(loaded)?;
-    for (name, outcome) in
-        apps::recover_all(config).context("settling interrupted app activations")?
-    {
-        log::warn!("app {name}: {}", describe_last(&outcome));
-    }
+    settle_locked(loaded)?;
     let notifier = Notifier::from_env();
     match command {
         AppCommand::Install {
@@ -178,7 +189,7 @@ pub fn run(loaded: &Loaded, command: AppCommand) -> Result<u8> {
                     status.kept.len()
                 );
                 if let Some(last) = &status.last {
-                    println!("  last: {}", describe_last(last));
+                    println!("  last: {}", apps::describe_outcome(last));
                 }
             }
             Ok(0)
@@ -195,28 +206,6 @@ fn statuses(loaded: &Loaded, name: Option<&str>) -> Result<Vec<AppStatus>> {
         .iter()
         .map(|name| apps::status(&loaded.config.apps, name).map_err(Into::into))
         .collect()
-}
-
-fn describe_last(outcome: &LastOutcome) -> String {
-    match outcome {
-        LastOutcome::Activated { release, .. } => format!("{release} activated"),
-        LastOutcome::RolledBack {
-            release,
-            back_to,
-            check,
-            output,
-            ..
-        } => format!(
-            "{release} rolled back to {} (check {check:?}: {output})",
-            back_to.as_deref().unwrap_or("no release")
-        ),
-        LastOutcome::Interrupted {
-            release, back_to, ..
-        } => format!(
-            "{release} interrupted before its checks decided; back to {}",
-            back_to.as_deref().unwrap_or("no release")
-        ),
-    }
 }
 
 /// Exit code of a failed app command: a refused or damaged bundle is 3, a transfer that broke

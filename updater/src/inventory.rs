@@ -93,6 +93,7 @@ impl Probe {
                 .as_ref()
                 .map(|server| server.tags.clone())
                 .unwrap_or_default(),
+            apps: crate::apps::inventory(&config.apps),
         }
     }
 

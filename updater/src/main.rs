@@ -198,6 +198,10 @@ fn run(cli: Cli) -> Result<u8> {
             if let Err(error) = resume_by_hand(&loaded) {
                 log::error!("resuming the interrupted install: {error:#}");
             }
+            // At boot too: an app activation a power cut interrupted never passed its checks.
+            if let Err(error) = app_cmd::settle(&loaded) {
+                log::error!("{error:#}");
+            }
             if loaded.config.server.is_none() {
                 log::info!("no [server] in the config: no fleet to poll");
                 return Ok(0);

@@ -506,3 +506,29 @@ fn an_os_release_that_the_current_app_release_does_not_support_is_refused() {
         "OS 1.5.0",
     );
 }
+
+/// The daemon's start (as the robot boots after a power cut) switches back an activation whose
+/// checks never decided, before anything else runs the app's new code.
+#[test]
+fn the_daemon_start_switches_back_an_interrupted_activation() {
+    let robot = robot();
+    install_ok(&robot, &AppRelease::new(&robot, "1.0.0"));
+    let bundle = robot.app_bundle("two.rota", &AppRelease::new(&robot, "2.0.0"));
+    let output = robot
+        .updater()
+        .env("ROTA_FAILPOINT", "app-switched")
+        .args(["app", "install"])
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert_eq!(exit_code(&output), 97, "{}", stderr(&output));
+    assert_eq!(robot.current_app_version().as_deref(), Some("2.0.0"));
+
+    // No [server]: the daemon settles what is pending and exits.
+    ok(robot.run(&["daemon"]), "daemon");
+    assert_eq!(robot.current_app_version().as_deref(), Some("1.0.0"));
+    let state: serde_json::Value =
+        serde_json::from_slice(&fs::read(robot.app_dir().join("state.json")).unwrap()).unwrap();
+    assert!(state["pending"].is_null(), "{state}");
+    assert_eq!(state["last"]["result"], "interrupted");
+}

@@ -601,6 +601,16 @@ function tagList(robot) {
   return items.length ? el("ul", { class: "tags" }, items) : el("span", { class: "muted" }, "none");
 }
 
+// "nav 1.4.0 (kept 2), telemetry 0.9.1 (last: rolled back ...)": the apps beside the OS.
+function appsText(apps) {
+  return (apps || []).map((app) => {
+    const facts = [];
+    if (app.kept && app.kept.length) facts.push("kept " + app.kept.length);
+    if (app.last && !app.last.startsWith("activated")) facts.push("last: " + app.last);
+    return app.name + " " + (app.version || "(none current)") + (facts.length ? " (" + facts.join("; ") + ")" : "");
+  }).join(", ");
+}
+
 function inventorySection(robot) {
   const inv = robot.inventory;
   const failure = robot.last_failure;
@@ -620,6 +630,7 @@ function inventorySection(robot) {
     fact("Kernel", inv.kernel || "?"),
     fact("Addresses", (inv.addresses || []).join(", ") || "none"),
     fact("Disk", diskText(inv.disk) || "?"),
+    fact("Apps", el("span", { id: "robot-apps" }, appsText(inv.apps) || "none")),
     fact("Reported", robot.inventory_at ? timeEl(robot.inventory_at) : "?"));
   return section("Inventory", el("dl", { class: "facts", id: "robot-inventory", "data-board": inv.board || "" }, facts));
 }

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{server_bin, trusted_key, Server, COMPATIBLE, ENROLLMENT_KEY};
+use common::{app_bundle, server_bin, trusted_key, Server, COMPATIBLE, ENROLLMENT_KEY};
 use serde_json::Value;
 
 const FLEET_SIZE: usize = 20;
@@ -144,6 +144,9 @@ retries = 8
 backoff_initial_ms = 50
 backoff_max_ms = 500
 timeout_secs = 10
+
+[apps]
+dir = "{data}/apps"
 
 [server]
 url = "{server_url}"
@@ -840,6 +843,17 @@ fn a_daemons_inventory_reaches_robots_show_and_dynamic_groups() {
     let mut config = fs::read_to_string(robot.path("updater.toml")).unwrap();
     config.push_str("tags = { site = \"lab\", arm = \"so-100\" }\n");
     fs::write(robot.path("updater.toml"), config).unwrap();
+    // Two releases of an app installed by hand: the inventory names the current one and both
+    // kept ones.
+    for version in ["1.0.0", "1.1.0"] {
+        let bundle = robot.path(&format!("nav-{version}.rota"));
+        fs::write(
+            &bundle,
+            app_bundle("nav", version, COMPATIBLE, &trusted_key()),
+        )
+        .unwrap();
+        run_ok(robot.updater().args(["app", "install"]).arg(&bundle));
+    }
     robot.start_daemon();
 
     // The list, not the robot: it is 404 until the daemon enrolled.
@@ -858,6 +872,18 @@ fn a_daemons_inventory_reaches_robots_show_and_dynamic_groups() {
     assert_eq!(inventory["disk"]["slot_a_bytes"], SLOT_SIZE as u64);
     assert_eq!(inventory["disk"]["slot_b_bytes"], SLOT_SIZE as u64);
     assert!(inventory["disk"]["data_bytes"].as_u64().unwrap() > 0);
+    let nav = &inventory["apps"][0];
+    assert_eq!(nav["name"], "nav");
+    assert_eq!(nav["version"], "1.1.0");
+    assert_eq!(nav["git_commit"], "a99110");
+    assert_eq!(nav["kept"], serde_json::json!(["1.0.0", "1.1.0"]));
+    assert!(
+        nav["last"]
+            .as_str()
+            .unwrap()
+            .starts_with("activated 1.1.0-"),
+        "{nav}"
+    );
     // Whatever this machine is, the board is named: device tree, DMI, or the compatible.
     let board = inventory["board"].as_str().unwrap();
     let host_board = ["/proc/device-tree/model", "/sys/class/dmi/id/product_name"]
@@ -879,6 +905,10 @@ fn a_daemons_inventory_reaches_robots_show_and_dynamic_groups() {
     assert_eq!(group["robots"], serde_json::json!(["robot-001"]));
     let text = server.rota_ok(&["robots", "show", "robot-001"]);
     assert!(text.contains("groups: lab"), "{text}");
+    assert!(
+        text.contains("apps: nav 1.1.0 (a99110; kept 1.0.0 1.1.0)"),
+        "{text}"
+    );
     assert!(
         text.contains("tags: arm=so-100 (robot), site=lab (robot)"),
         "{text}"

@@ -34,6 +34,7 @@ fn inventory(board: &str, os: &str, tags: &[(&str, &str)]) -> Inventory {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect::<BTreeMap<_, _>>(),
+        apps: Vec::new(),
     }
 }
 

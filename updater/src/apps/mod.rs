@@ -396,6 +396,66 @@ pub fn status(config: &AppsConfig, name: &str) -> Result<AppStatus, AppError> {
     })
 }
 
+/// What the fleet server is told about the apps: each one's current release, the versions it
+/// keeps and how its last activation ended. Read without the lock (an activation may be under
+/// way: the next report tells); an app that cannot be read is left out.
+pub fn inventory(config: &AppsConfig) -> Vec<rota_protocol::robot::AppInventory> {
+    let names = app_names(config).unwrap_or_default();
+    names
+        .iter()
+        .filter_map(|name| match status(config, name) {
+            Ok(status) => Some(status),
+            Err(error) => {
+                log::debug!("inventory: app {name}: {error}");
+                None
+            }
+        })
+        .map(|status| {
+            let app = AppDir::new(config, &status.name).ok();
+            let kept = app
+                .and_then(|app| app.releases().ok())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|meta| meta.version)
+                .collect();
+            rota_protocol::robot::AppInventory {
+                version: status.current.as_ref().map(|meta| meta.version.clone()),
+                release: status.current.as_ref().map(|meta| meta.id.clone()),
+                git_commit: status
+                    .current
+                    .as_ref()
+                    .and_then(|meta| meta.git_commit.clone()),
+                kept,
+                last: status.last.as_ref().map(describe_outcome),
+                name: status.name,
+            }
+        })
+        .collect()
+}
+
+/// One line for people: how an activation ended.
+pub fn describe_outcome(outcome: &LastOutcome) -> String {
+    match outcome {
+        LastOutcome::Activated { release, .. } => format!("activated {release}"),
+        LastOutcome::RolledBack {
+            release,
+            back_to,
+            check,
+            output,
+            ..
+        } => format!(
+            "rolled back {release} to {}: check {check:?} failed: {output}",
+            back_to.as_deref().unwrap_or("no release")
+        ),
+        LastOutcome::Interrupted {
+            release, back_to, ..
+        } => format!(
+            "interrupted {release} before its checks decided; back to {}",
+            back_to.as_deref().unwrap_or("no release")
+        ),
+    }
+}
+
 /// Removes the oldest releases beyond `keep`, never the current or previous one, then the
 /// objects nothing links any more. Returns the ids removed.
 pub fn prune(config: &AppsConfig, app: &AppDir) -> Result<Vec<String>, AppError> {

@@ -232,10 +232,41 @@ fn show_inventory(robot: &Robot) -> anyhow::Result<()> {
         "  disk: {}",
         inventory.disk.as_ref().map_or("-".into(), disk_text)
     );
+    if !inventory.apps.is_empty() {
+        let apps: Vec<String> = inventory.apps.iter().map(app_text).collect();
+        outln!("  apps: {}", apps.join(", "));
+    }
     if let Some(at) = &robot.inventory_at {
         outln!("  inventory changed: {}", output::time(at));
     }
     Ok(())
+}
+
+/// `nav 1.4.0 (abc123; kept 1.3.0 1.4.0)`, and the last activation when it did not succeed.
+fn app_text(app: &rota_protocol::robot::AppInventory) -> String {
+    let mut facts = Vec::new();
+    if let Some(commit) = &app.git_commit {
+        facts.push(commit.chars().take(12).collect::<String>());
+    }
+    if !app.kept.is_empty() {
+        facts.push(format!("kept {}", app.kept.join(" ")));
+    }
+    if let Some(last) = app
+        .last
+        .as_ref()
+        .filter(|last| !last.starts_with("activated"))
+    {
+        facts.push(format!("last: {last}"));
+    }
+    let mut text = format!(
+        "{} {}",
+        app.name,
+        app.version.as_deref().unwrap_or("(no current release)")
+    );
+    if !facts.is_empty() {
+        text.push_str(&format!(" ({})", facts.join("; ")));
+    }
+    text
 }
 
 fn tags_text(robot: &Robot) -> String {

@@ -66,6 +66,45 @@ pub fn bundle_of(version: &str, compatible: &str, key: &SigningKey, image: Vec<u
     out
 }
 
+/// An app release (format 3) of `name` holding one file, `VERSION`, packed by GNU tar as
+/// `rota-image app` packs a tree; no units, no checks. Signed with `key`.
+pub fn app_bundle(name: &str, version: &str, compatible: &str, key: &SigningKey) -> Vec<u8> {
+    let tree = tempfile::tempdir().unwrap();
+    std::fs::write(tree.path().join("VERSION"), version).unwrap();
+    let tar = std::process::Command::new("tar")
+        .args([
+            "--format=gnu",
+            "--owner=0",
+            "--group=0",
+            "--numeric-owner",
+            "--mtime=@0",
+        ])
+        .arg("-C")
+        .arg(tree.path())
+        .args(["-cf", "-", "VERSION"])
+        .output()
+        .unwrap();
+    assert!(tar.status.success());
+    let mut builder = BundleBuilder::new(compatible, version.parse().unwrap());
+    builder
+        .build_time(1_700_000_000)
+        .source(SourceInfo {
+            git_commit: format!("a99{}", version.replace('.', "")),
+            git_branch: Some("main".into()),
+        })
+        .app(rota_bundle::AppSpec {
+            units: Vec::new(),
+            checks: Vec::new(),
+            check_deadline_secs: 10,
+            os_versions: None,
+        })
+        .sign_with(key)
+        .add_image(name, SlotClass::App, std::io::Cursor::new(tar.stdout));
+    let mut out = Vec::new();
+    builder.write_to(&mut out).unwrap();
+    out
+}
+
 /// Where the test's database lives.
 pub enum Database {
     Sqlite,
