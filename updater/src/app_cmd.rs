@@ -5,11 +5,12 @@ use anyhow::{Context as _, Result};
 use indicatif::HumanBytes;
 use rota_updater::apps::{self, ActivationOutcome, AppDir, AppError, AppInstallOptions, AppStatus};
 use rota_updater::cli::AppCommand;
-use rota_updater::install::source::{BundleSource, HttpFetcher};
+use rota_updater::install::source::{BundleSource, HttpFetcher, SourceError};
 use rota_updater::notify::Notifier;
 
 use crate::{
-    load_keyring, lock, robot_token_for, Loaded, EXIT_BAD_BUNDLE, EXIT_TRANSPORT, EXIT_TRIAL_FAILED,
+    load_keyring, lock, robot_token_for, Loaded, EXIT_BAD_BUNDLE, EXIT_TRANSPORT,
+    EXIT_TRIAL_FAILED, EXIT_USAGE,
 };
 
 /// Switches back every app activation a crash or power cut left pending; the caller holds the
@@ -56,7 +57,7 @@ pub fn run(loaded: &Loaded, command: AppCommand) -> Result<u8> {
                 .ok()
                 .and_then(|slot| state.slot(slot))
                 .map(|content| content.version.clone());
-            let report = apps::install_app(
+            let installed = apps::install_app(
                 config,
                 &keyring,
                 &source,
@@ -64,8 +65,23 @@ pub fn run(loaded: &Loaded, command: AppCommand) -> Result<u8> {
                 os_version.as_deref(),
                 &AppInstallOptions { allow_downgrade },
                 &notifier,
-            )
-            .with_context(|| format!("installing the app release {}", source.describe()))?;
+            );
+            let report = match installed {
+                Ok(report) => report,
+                // A file that ends early or cannot be read is a bad bundle, not a transfer
+                // that a retry could finish.
+                Err(error) if !source.is_network() && is_cut_short(&error) => {
+                    log::error!(
+                        "installing the app release {}: {error:#}",
+                        source.describe()
+                    );
+                    return Ok(EXIT_BAD_BUNDLE);
+                }
+                Err(error) => {
+                    return Err(anyhow::Error::new(error)
+                        .context(format!("installing the app release {}", source.describe())))
+                }
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -208,6 +224,13 @@ fn statuses(loaded: &Loaded, name: Option<&str>) -> Result<Vec<AppStatus>> {
         .collect()
 }
 
+fn is_cut_short(error: &AppError) -> bool {
+    matches!(
+        error.bundle_error(),
+        Some(rota_bundle::Error::Read { .. } | rota_bundle::Error::Truncated { .. })
+    )
+}
+
 /// Exit code of a failed app command: a refused or damaged bundle is 3, a transfer that broke
 /// is 4, as for OS installs.
 pub fn exit_code(error: &anyhow::Error) -> Option<u8> {
@@ -216,11 +239,21 @@ pub fn exit_code(error: &anyhow::Error) -> Option<u8> {
         .find_map(|cause| cause.downcast_ref::<AppError>())?;
     match app_error {
         AppError::Refused(_) | AppError::BadTree(_) => Some(EXIT_BAD_BUNDLE),
-        AppError::Image(_) => Some(match app_error.bundle_error() {
+        AppError::Source(error) => match error {
+            SourceError::File { .. } | SourceError::IsDirectory { .. } => Some(EXIT_USAGE),
+            SourceError::GaveUp { .. }
+            | SourceError::Status { .. }
+            | SourceError::WrongRange { .. } => Some(EXIT_TRANSPORT),
+            SourceError::Client(_) | SourceError::StdinNotSeekable { .. } => None,
+        },
+        AppError::Bundle(_) | AppError::Image(_) => Some(match app_error.bundle_error() {
+            // From a file these never get here: see the install command.
             Some(rota_bundle::Error::Read { .. } | rota_bundle::Error::Truncated { .. }) => {
                 EXIT_TRANSPORT
             }
-            _ => EXIT_BAD_BUNDLE,
+            // A signed image that is not a valid tar is as bad as a damaged one; the robot's
+            // own disk errors are `AppError::Io`.
+            Some(_) | None => EXIT_BAD_BUNDLE,
         }),
         _ => None,
     }

@@ -419,7 +419,7 @@ fn sigkill_at_random_moments_of_an_app_install_leaves_one_complete_release_curre
             );
             assert_eq!(fs::read(tree.join("lib/model.bin")).unwrap(), big);
         }
-        let settled = robot.app_status()["current"]["version"]
+        let settled = status_once_unlocked(&robot)["current"]["version"]
             .as_str()
             .map(str::to_owned);
         assert!(
@@ -531,4 +531,41 @@ fn the_daemon_start_switches_back_an_interrupted_activation() {
         serde_json::from_slice(&fs::read(robot.app_dir().join("state.json")).unwrap()).unwrap();
     assert!(state["pending"].is_null(), "{state}");
     assert_eq!(state["last"]["result"], "interrupted");
+}
+
+/// Exit codes say whose fault a failed app install is, as for OS installs: 64 for a path that
+/// is no bundle file, 4 for a host that does not answer, 3 for a truncated bundle.
+#[test]
+fn app_install_exit_codes_say_whose_fault_it_was() {
+    let robot = robot();
+    let missing = robot.run(&["app", "install", "/nonexistent/app.rota"]);
+    assert_eq!(exit_code(&missing), 64, "{}", stderr(&missing));
+    let unreachable = robot.run(&["app", "install", "http://127.0.0.1:9/app.rota"]);
+    assert_eq!(exit_code(&unreachable), 4, "{}", stderr(&unreachable));
+    let bundle = robot.app_bundle("one.rota", &AppRelease::new(&robot, "1.0.0"));
+    let bytes = fs::read(&bundle).unwrap();
+    fs::write(&bundle, &bytes[..bytes.len() / 2]).unwrap();
+    let truncated = robot
+        .updater()
+        .args(["app", "install"])
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert_eq!(exit_code(&truncated), 3, "{}", stderr(&truncated));
+    assert!(!robot.app_dir().join("current").exists());
+}
+
+/// `app status` once the lock is free: a child the killed updater had forked (for systemctl
+/// or a check) holds the lock's descriptor until it execs, a moment after the kill.
+fn status_once_unlocked(robot: &Robot) -> serde_json::Value {
+    for _ in 0..100 {
+        let output = robot.run(&["app", "status", APP, "--json"]);
+        if exit_code(&output) != 5 {
+            let mut all: Vec<serde_json::Value> =
+                serde_json::from_str(&ok(output, "app status")).unwrap();
+            return all.remove(0);
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    panic!("the state lock stayed taken for 2 s after the kill");
 }

@@ -43,7 +43,6 @@ pub struct AppInstallReport {
 
 /// Installs and activates the app release at `source`. The caller holds the updater's lock;
 /// `os_version` is what the booted slot runs (`None`: unknown).
-#[allow(clippy::too_many_arguments)]
 pub fn install_app(
     config: &Config,
     keyring: &Keyring,
@@ -54,11 +53,8 @@ pub fn install_app(
     notifier: &Notifier,
 ) -> Result<AppInstallReport, AppError> {
     let started = Instant::now();
-    let opened = source
-        .open_range(0, None, http, None)
-        .map_err(|error| AppError::Image(io::Error::other(error)))?;
-    let mut bundle = BundleReader::open(opened.reader, keyring)
-        .map_err(|error| AppError::Image(io::Error::other(error)))?;
+    let opened = source.open_range(0, None, http, None)?;
+    let mut bundle = BundleReader::open(opened.reader, keyring).map_err(AppError::Bundle)?;
     let verified = bundle.verified_manifest().clone();
     let (app, spec_units) = check_app_bundle(config, &verified, os_version, options)?;
     let id = release_id(&verified);
@@ -74,7 +70,7 @@ pub fn install_app(
     } else {
         let image = bundle
             .next_image()
-            .map_err(|error| AppError::Image(io::Error::other(error)))?
+            .map_err(AppError::Bundle)?
             .ok_or_else(|| AppError::BadTree("the bundle has no image".into()))?;
         Some(store_release(config, &app, &verified, &id, image)?)
     };

@@ -49,6 +49,11 @@ pub enum AppError {
         #[source]
         source: io::Error,
     },
+    #[error(transparent)]
+    Source(#[from] crate::install::source::SourceError),
+    /// The bundle's header, manifest or signature: refused or cut short before the image.
+    #[error("the app bundle cannot be opened")]
+    Bundle(#[source] rota_bundle::Error),
     /// The image failed a check or ended early while it was extracted.
     #[error("the app image cannot be read")]
     Image(#[source] io::Error),
@@ -88,8 +93,10 @@ impl AppError {
     /// The bundle error inside, if the image failed because of what the bundle holds or how it
     /// arrived (not because of the robot's disk).
     pub fn bundle_error(&self) -> Option<&rota_bundle::Error> {
-        let AppError::Image(error) = self else {
-            return None;
+        let error = match self {
+            AppError::Bundle(error) => return Some(error),
+            AppError::Image(error) => error,
+            _ => return None,
         };
         let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
         while let Some(error) = cause {
