@@ -82,6 +82,11 @@ pub struct Assignment {
     /// robot reports [`RobotEvent::WaitingForWindow`] and waits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_window: Option<UpdateWindow>,
+    /// Set for an app release: its app's name. The robot installs it beside the OS
+    /// (`rota-updater app`), restarts the app's units and runs its checks: no reboot; the
+    /// outcome is `committed` or `rolled_back`, and a release it keeps needs no download.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
 }
 
 /// A daily window of the robot's local time, `HH:MM-HH:MM`, optionally on some weekdays only.

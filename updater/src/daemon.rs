@@ -43,13 +43,15 @@ use rota_protocol::robot::{
     self, Assignment, EventReport, Inventory, RobotEvent, SlotsReport, UpdateWindow,
 };
 
+use crate::apps::{AppAssignment, AppError, Handled};
 use crate::atomic_file;
 use crate::commit::{self, CommitError, CommitOutcome};
 use crate::config::{Config, RebootPolicy, ServerConfig};
-use crate::install::source::{BundleSource, SourceError};
+use crate::install::source::{BundleSource, HttpFetcher, SourceError};
 use crate::install::{self, Context, InstallError, InstallOptions};
 use crate::inventory::Probe;
 use crate::local_time;
+use crate::notify::Notifier;
 use crate::outbox::{Outbox, OutboxError};
 use crate::progress::Progress;
 use crate::retry::Backoff;
@@ -81,6 +83,10 @@ pub enum DaemonError {
     Install(#[from] InstallError),
     #[error(transparent)]
     Reboot(#[from] CommitError),
+    #[error(transparent)]
+    App(#[from] AppError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
 }
 
 fn io_error<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> DaemonError + 'a {
@@ -596,6 +602,9 @@ impl<'a> Daemon<'a> {
             }
             Err(error) => return Err(error.into()),
         };
+        if let Some(app) = &assignment.app {
+            return self.work_on_app(&lock, assignment, app);
+        }
         let mut state = lock.load()?;
         let digest = Sha256Digest::from_hex(&assignment.manifest_hash);
         let new_deployment = state.deployment_id.as_deref() != Some(deployment_id);
@@ -677,6 +686,74 @@ impl<'a> Daemon<'a> {
             }
         }
         self.install(&lock, assignment)
+    }
+
+    /// An app release: installed beside the OS (or switched to when kept), its units restarted
+    /// and its checks run, all now: no reboot, and the OS lifecycle is not touched.
+    fn work_on_app(
+        &mut self,
+        lock: &StoreLock,
+        assignment: &Assignment,
+        app: &str,
+    ) -> Result<Worked, DaemonError> {
+        let deployment_id = assignment.deployment_id.as_str();
+        if let Some(window) = &assignment.update_window {
+            match local_time::next_opening(window, local_time::now()) {
+                Ok(None) => {}
+                Ok(Some(opens_at)) => {
+                    self.wait_for_window(assignment, local_time::format_minute(opens_at))?;
+                    return Ok(Worked::Done);
+                }
+                Err(error) => {
+                    self.queue(deployment_id, RobotEvent::Failed { error })?;
+                    return Ok(Worked::Done);
+                }
+            }
+        }
+        let state = lock.load()?;
+        let os_version = self
+            .ctx
+            .bootctl
+            .booted_slot()
+            .ok()
+            .and_then(|slot| state.slot(slot))
+            .map(|content| content.version.clone());
+        let token = assignment
+            .bundle_requires_token
+            .then(|| bearer_for(self.server, self.client.token(), &assignment.bundle_url))
+            .flatten();
+        let http = HttpFetcher::new(&self.ctx.config.download)?.with_bearer(token);
+        let notifier = Notifier::from_env();
+        log::info!(
+            "deployment {deployment_id}: app {app} {} from {}",
+            assignment.version,
+            assignment.bundle_url
+        );
+        let handled = self.while_sending_reports(|| {
+            AppAssignment {
+                config: self.ctx.config,
+                keyring: self.ctx.keyring,
+                http: &http,
+                os_version: os_version.as_deref(),
+                notifier: &notifier,
+            }
+            .handle(assignment, app)
+        });
+        match handled {
+            Handled::Report(events) => {
+                for event in events {
+                    self.queue(deployment_id, event)?;
+                }
+                if let Err(error) = self.flush() {
+                    log::info!("reports queued: {error}");
+                }
+                Ok(Worked::Done)
+            }
+            Handled::Retry(error) => {
+                log::warn!("deployment {deployment_id}: app {app}: {error}; trying again");
+                Ok(Worked::Retry(error.into()))
+            }
+        }
     }
 
     /// Reports `waiting_for_window` when the opening is news, and keeps the assignment to

@@ -569,3 +569,85 @@ fn status_once_unlocked(robot: &Robot) -> serde_json::Value {
     }
     panic!("the state lock stayed taken for 2 s after the kill");
 }
+
+/// App releases from the fleet: the daemon installs one beside the OS with no reboot and
+/// reports `committed`; a release failing its checks is switched back and reported
+/// `rolled_back` with the check; a release it keeps is switched to without a request.
+#[test]
+fn fleet_app_assignments_install_without_a_reboot_and_switch_back_on_a_failed_check() {
+    use common::fleet::{assignment, Daemon, Fleet};
+    use common::http::Server;
+    use rota_protocol::robot::RobotEvent;
+
+    let robot = robot();
+    let os_state = robot.state_name();
+    let fleet = Fleet::start();
+    robot.join_fleet(&fleet, "now");
+    let daemon = Daemon::start(&robot, None);
+    let serve = |file: &str, release: &AppRelease, deployment: &str, downgrade: bool| {
+        let bundle = robot.app_bundle(file, release);
+        let cdn = Server::start(fs::read(&bundle).unwrap(), Vec::new());
+        let mut assigned = assignment(&robot, deployment, &bundle, &cdn.url);
+        assigned.app = Some(APP.into());
+        assigned.allow_downgrade = downgrade;
+        fleet.assign(assigned);
+        cdn
+    };
+    let reported = |count: usize| {
+        robot.wait_for("the outcome report", || {
+            let names = fleet.event_names();
+            names
+                .iter()
+                .filter(|name| ["committed", "rolled_back", "failed"].contains(name))
+                .count()
+                >= count
+        });
+    };
+
+    let one = AppRelease::new(&robot, "1.0.0");
+    let _cdn_one = serve("one.rota", &one, "dep_1", false);
+    reported(1);
+    assert_eq!(
+        fleet.event_names(),
+        ["installing", "installed", "committed"]
+    );
+    assert_eq!(robot.current_app_version().as_deref(), Some("1.0.0"));
+
+    let _cdn_two = serve(
+        "two.rota",
+        &AppRelease::new(&robot, "2.0.0").broken(),
+        "dep_2",
+        false,
+    );
+    reported(2);
+    let reason = fleet
+        .events()
+        .into_iter()
+        .find_map(|event| match event {
+            RobotEvent::RolledBack { reason } => Some(reason),
+            _ => None,
+        })
+        .expect("a rolled_back report");
+    assert!(reason.contains("\"reports healthy\" failed"), "{reason}");
+    assert_eq!(robot.current_app_version().as_deref(), Some("1.0.0"));
+
+    let _cdn_three = serve(
+        "three.rota",
+        &AppRelease::new(&robot, "3.0.0"),
+        "dep_3",
+        false,
+    );
+    reported(3);
+    assert_eq!(robot.current_app_version().as_deref(), Some("3.0.0"));
+
+    // Back to 1.0.0, which the robot keeps: nothing is fetched.
+    let cdn_back = serve("one-again.rota", &one, "dep_back", true);
+    reported(4);
+    assert_eq!(robot.current_app_version().as_deref(), Some("1.0.0"));
+    assert!(cdn_back.requests().is_empty(), "{:?}", cdn_back.requests());
+    assert_eq!(fleet.event_names().last(), Some(&"committed"));
+    drop(daemon);
+    // The OS lifecycle never moved.
+    assert_eq!(robot.reboots(), 0);
+    assert_eq!(robot.state_name(), os_state);
+}

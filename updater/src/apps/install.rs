@@ -32,6 +32,9 @@ pub struct AppInstallReport {
     pub reused_release: bool,
     /// `None` when the release was kept already.
     pub stats: Option<ExtractStats>,
+    /// The bundle's length when its image was read; 0 for a kept release (header and
+    /// manifest only).
+    pub fetched_bytes: u64,
     /// `activated` or `rolled_back`.
     pub result: &'static str,
     pub failed_check: Option<String>,
@@ -88,6 +91,11 @@ pub fn install_app(
         release: id,
         version: verified.manifest().version.to_string(),
         reused_release,
+        fetched_bytes: if reused_release {
+            0
+        } else {
+            verified.bundle_length()
+        },
         stats,
         result,
         failed_check,

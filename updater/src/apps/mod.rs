@@ -21,6 +21,7 @@
 //! checks: [`recover`] switches back.
 
 mod activate;
+mod assignment;
 mod install;
 mod release;
 
@@ -32,6 +33,7 @@ use rota_bundle::AppSpec;
 use serde::{Deserialize, Serialize};
 
 pub use activate::{activate, recover, rollback, ActivationOutcome};
+pub use assignment::{AppAssignment, Handled};
 pub use install::{install_app, AppInstallOptions, AppInstallReport};
 pub use release::{ExtractStats, ObjectStore};
 

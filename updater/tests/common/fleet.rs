@@ -186,6 +186,7 @@ pub fn assignment(
         force: false,
         allow_downgrade: false,
         update_window: None,
+        app: None,
     }
 }
 

@@ -222,6 +222,7 @@ async fn current_assignment(
     let etag = format!("\"{deployment_id}\"");
     Ok(Some((
         Assignment {
+            app: None,
             deployment_id,
             release_id,
             version,
