@@ -95,10 +95,11 @@ pub fn run(loaded: &Loaded, command: AppCommand) -> Result<u8> {
                 };
                 match (&report.failed_check, &report.check_output) {
                     (Some(check), Some(output)) => println!(
-                        "app {} {}: check {check:?} failed, rolled back to {}: {output}",
+                        "app {} {}: check {check:?} failed, switched back to {}: {}",
                         report.app,
                         report.release,
-                        report.previous.as_deref().unwrap_or("no release")
+                        report.current.as_deref().unwrap_or("no release"),
+                        output.trim()
                     ),
                     _ => println!(
                         "app {} {} is current ({stored}, {:.2} s)",

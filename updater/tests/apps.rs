@@ -81,6 +81,11 @@ fn a_failing_check_switches_back_and_restarts_the_release_before() {
     assert_eq!(report["result"], "rolled_back");
     assert_eq!(report["failed_check"], "reports healthy");
     assert_eq!(robot.current_app_version().as_deref(), Some("1.0.0"));
+    // The release current again, not the one before it.
+    assert!(
+        report["current"].as_str().unwrap().starts_with("1.0.0-"),
+        "{report}"
+    );
     // Restarted for 2.0.0, then again for 1.0.0.
     assert_eq!(robot.systemctl_calls().len(), 3);
     let status = robot.app_status();
@@ -650,4 +655,24 @@ fn fleet_app_assignments_install_without_a_reboot_and_switch_back_on_a_failed_ch
     // The OS lifecycle never moved.
     assert_eq!(robot.reboots(), 0);
     assert_eq!(robot.state_name(), os_state);
+}
+
+/// The message after a failed check named the previous release (1.0.0) as the one switched
+/// back to, where 1.1.0 was current again.
+#[test]
+fn a_failed_install_names_the_release_current_again_not_the_one_before_it() {
+    let robot = robot();
+    install_ok(&robot, &AppRelease::new(&robot, "1.0.0"));
+    install_ok(&robot, &AppRelease::new(&robot, "1.1.0"));
+    let bundle = robot.app_bundle("broken.rota", &AppRelease::new(&robot, "1.2.0").broken());
+    let output = robot
+        .updater()
+        .args(["app", "install"])
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert_eq!(exit_code(&output), 2);
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(said.contains("switched back to 1.1.0-"), "{said}");
+    assert_eq!(robot.current_app_version().as_deref(), Some("1.1.0"));
 }

@@ -39,6 +39,8 @@ pub struct AppInstallReport {
     pub result: &'static str,
     pub failed_check: Option<String>,
     pub check_output: Option<String>,
+    /// The current release afterwards: this one, or after a failed check the one before.
+    pub current: Option<String>,
     pub previous: Option<String>,
     pub pruned: Vec<String>,
     pub seconds: f64,
@@ -100,6 +102,7 @@ pub fn install_app(
         result,
         failed_check,
         check_output,
+        current: app.current()?,
         previous: app.load_state()?.previous,
         pruned,
         seconds: started.elapsed().as_secs_f64(),
