@@ -115,6 +115,10 @@ pub struct Release {
     /// The `git push` of this release's commit, when the GitHub webhook recorded one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub push: Option<GitPush>,
+    /// The app of an app release (installed beside the OS, no reboot); absent for an OS
+    /// release. Deploy one as `APP@VERSION` or by its id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

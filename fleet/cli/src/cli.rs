@@ -90,7 +90,8 @@ pub enum Command {
     /// before the rest.
     #[command(after_help = DEPLOY_EXAMPLES)]
     Deploy {
-        /// Release id, or its version when only one board has that version.
+        /// Release id, or its version when only one board has that version; an app release as
+        /// APP@VERSION (nav@1.4.0): robots install it beside the OS, no reboot.
         release: String,
         /// Which robots: `all`, `group:NAME`, `env:NAME`, `robot:ID` or `robots:ID,ID`.
         #[arg(long)]

@@ -77,6 +77,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0006_inventory.sql"),
         postgres: include_str!("../migrations/postgres/0006_inventory.sql"),
     },
+    Migration {
+        version: 7,
+        name: "app_releases",
+        sqlite: include_str!("../migrations/sqlite/0007_app_releases.sql"),
+        postgres: include_str!("../migrations/postgres/0007_app_releases.sql"),
+    },
 ];
 
 pub struct Db {
@@ -267,5 +273,77 @@ mod tests {
             .execute(db.pool())
             .await;
         assert!(delete.unwrap_err().to_string().contains("append-only"));
+    }
+
+    /// Version 7 rebuilds `releases` on SQLite: the deployments and assignments of a server
+    /// that ran version 6 keep pointing at their releases, and an app release may then share
+    /// an OS release's version.
+    #[tokio::test]
+    async fn the_app_release_migration_keeps_what_deployments_point_at() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+        let db = Db::connect(&url).await.unwrap();
+        let mut conn = db.pool().acquire().await.unwrap();
+        conn.execute(
+            "CREATE TABLE schema_migrations (
+                version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
+        )
+        .await
+        .unwrap();
+        for migration in MIGRATIONS.iter().filter(|m| m.version <= 6) {
+            sqlx::raw_sql(migration.sqlite)
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+            sqlx::query("INSERT INTO schema_migrations VALUES ($1, $2, 0)")
+                .bind(migration.version)
+                .bind(migration.name)
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+        }
+        sqlx::raw_sql(
+            "INSERT INTO releases (id, version, compatible, size, manifest_hash, bundle_sha256,
+                                   created_at, created_by)
+                 VALUES ('rel_os', '1.0.0', 'board', 1, 'm', 'b', 0, 'ci');
+             INSERT INTO deployments (id, release_id, target, strategy, forced, state, created_by,
+                                      created_at)
+                 VALUES ('dep_1', 'rel_os', 'all', '{}', 0, 'running', 'ci', 0);
+             INSERT INTO assignments (deployment_id, robot_id, release_id, stage, state,
+                                      created_at, updated_at)
+                 VALUES ('dep_1', 'robot-1', 'rel_os', 0, 'pending', 0, 0);",
+        )
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+        drop(conn);
+
+        assert_eq!(db.migrate().await.unwrap(), [7]);
+        let release: (String, Option<String>) = sqlx::query_as(
+            "SELECT r.id, r.app FROM assignments a JOIN releases r ON r.id = a.release_id",
+        )
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+        assert_eq!(release, ("rel_os".to_string(), None));
+        let broken: Vec<(String,)> =
+            sqlx::query_as("SELECT \"table\" FROM pragma_foreign_key_check")
+                .fetch_all(db.pool())
+                .await
+                .unwrap();
+        assert!(broken.is_empty(), "{broken:?}");
+        let insert = |id: &'static str, app: Option<&'static str>| {
+            sqlx::query(
+                "INSERT INTO releases (id, version, compatible, size, manifest_hash, bundle_sha256,
+                                       created_at, created_by, app)
+                 VALUES ($1, '1.0.0', 'board', 1, $1, $1, 0, 'ci', $2)",
+            )
+            .bind(id)
+            .bind(app)
+            .execute(db.pool())
+        };
+        insert("rel_app", Some("nav")).await.unwrap();
+        assert!(insert("rel_app_again", Some("nav")).await.is_err());
+        assert!(insert("rel_os_again", None).await.is_err());
     }
 }

@@ -43,12 +43,13 @@ pub async fn note_reported_version(
     if known_version.as_deref() == Some(running) {
         return Ok(());
     }
-    let release_id: Option<String> =
-        sqlx::query_scalar("SELECT id FROM releases WHERE compatible = $1 AND version = $2")
-            .bind(&compatible)
-            .bind(running)
-            .fetch_optional(&mut *conn)
-            .await?;
+    let release_id: Option<String> = sqlx::query_scalar(
+        "SELECT id FROM releases WHERE compatible = $1 AND version = $2 AND app IS NULL",
+    )
+    .bind(&compatible)
+    .bind(running)
+    .fetch_optional(&mut *conn)
+    .await?;
     sqlx::query(
         "INSERT INTO robot_version_reports (robot_id, version, release_id, at) VALUES ($1, $2, $3, $4)",
     )

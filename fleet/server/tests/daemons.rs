@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{app_bundle, server_bin, trusted_key, Server, COMPATIBLE, ENROLLMENT_KEY};
+use common::{
+    app_bundle, app_bundle_checked, server_bin, trusted_key, Server, COMPATIBLE, ENROLLMENT_KEY,
+};
 use serde_json::Value;
 
 const FLEET_SIZE: usize = 20;
@@ -914,4 +916,71 @@ fn a_daemons_inventory_reaches_robots_show_and_dynamic_groups() {
         "{text}"
     );
     robot.kill_daemon();
+}
+
+/// App releases through the fleet: published beside OS releases (the same version number
+/// too), deployed as `APP@VERSION` to daemons that install them with no reboot, without
+/// touching the robots' OS version; a release whose check fails on the canary halts the
+/// rollout and the other robots never get it.
+#[test]
+fn app_releases_deploy_beside_the_os_and_a_failing_canary_halts_the_rollout() {
+    let server = Server::start();
+    let root = tempfile::tempdir().unwrap();
+    let mut robots = start_fleet(root.path(), &server, "app", 3, "");
+    server.publish("1.0.0");
+    let check = |name: &str, argv: &[&str]| rota_bundle::AppCheck {
+        name: name.into(),
+        probe: rota_bundle::AppProbe::Command(argv.iter().map(|a| a.to_string()).collect()),
+        attempt_timeout_secs: 5,
+    };
+    let publish = |version: &str, checks| {
+        let path = root.path().join(format!("nav-{version}.rota"));
+        let bytes = app_bundle_checked("nav", version, COMPATIBLE, &trusted_key(), checks);
+        fs::write(&path, bytes).unwrap();
+        server.rota_json(&["release", "publish", path.to_str().unwrap()])
+    };
+    let one = publish("1.0.0", vec![check("self-test", &["true"])]);
+    assert_eq!(one["app"], "nav");
+    publish("2.0.0", vec![check("self-test", &["false"])]);
+    let listed = server.rota_ok(&["release", "list"]);
+    assert!(listed.contains("nav"), "{listed}");
+    let versions_before: Vec<Value> = robots
+        .iter()
+        .map(|robot| server.get(&format!("/robots/{}", robot.id))["version"].clone())
+        .collect();
+
+    let deployment = deploy_to_all(&server, &mut robots, "nav@1.0.0");
+    assert_eq!(deployment["state"], "succeeded", "{deployment:#}");
+    for (robot, version) in robots.iter().zip(&versions_before) {
+        let current = fs::read_to_string(robot.path("data/apps/nav/current/VERSION")).unwrap();
+        assert_eq!(current, "1.0.0", "{}", robot.id);
+        assert_eq!(robot.reboot_requests(), 0, "{}", robot.id);
+        let seen = server.get(&format!("/robots/{}", robot.id));
+        assert_eq!(&seen["version"], version, "{}: {seen:#}", robot.id);
+        assert_eq!(
+            events_of(&server, &robot.id),
+            ["installing", "installed", "committed"],
+            "{}",
+            robot.id
+        );
+    }
+
+    let canary = server
+        .rota_ok(&["deploy", "nav@2.0.0", "--to", "all", "--canary", "1"])
+        .trim()
+        .to_string();
+    let path = format!("/deployments/{canary}");
+    let halted = simulate_until(&server, &mut robots, &path, "the halt", |d| {
+        d["state"] != "running"
+    });
+    assert_eq!(halted["state"], "halted", "{halted:#}");
+    let rolled_back: Vec<&Robot> = robots
+        .iter()
+        .filter(|robot| events_of(&server, &robot.id).contains(&"rolled_back".to_string()))
+        .collect();
+    assert_eq!(rolled_back.len(), 1, "{halted:#}");
+    for robot in &robots {
+        let current = fs::read_to_string(robot.path("data/apps/nav/current/VERSION")).unwrap();
+        assert_eq!(current, "1.0.0", "{}", robot.id);
+    }
 }

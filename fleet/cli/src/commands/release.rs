@@ -92,8 +92,13 @@ pub fn publish(
         .upload("/releases", &query, body)
         .with_context(|| format!("publishing {}", bundle.display()))?;
     note!(
-        "published {} v{} for {} ({}, manifest {})",
+        "published {} {}v{} for {} ({}, manifest {})",
         release.id,
+        release
+            .app
+            .as_deref()
+            .map(|app| format!("app {app} "))
+            .unwrap_or_default(),
         release.version,
         release.compatible,
         output::size(release.size),
@@ -110,6 +115,7 @@ pub fn publish(
 pub fn list(api: &Api, json: bool) -> anyhow::Result<()> {
     let headers = [
         "ID",
+        "APP",
         "VERSION",
         "COMPATIBLE",
         "BRANCH",
@@ -121,6 +127,7 @@ pub fn list(api: &Api, json: bool) -> anyhow::Result<()> {
     show_list(api, "/releases", json, &headers, empty, |r: &Release| {
         vec![
             r.id.clone(),
+            r.app.clone().unwrap_or_else(|| "(os)".into()),
             r.version.clone(),
             r.compatible.clone(),
             output::or_dash(r.branch.as_deref()),

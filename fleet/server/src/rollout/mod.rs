@@ -437,8 +437,14 @@ pub(crate) async fn insert_assignment(
     Ok(())
 }
 
-/// Offers `robot_id` its waiting assignment in `deployment_id`, ending its offers elsewhere (a
-/// newer decision takes the robot over); returns the other deployments touched.
+/// The same track as deployment `$2`: the OS, or one app. A robot runs one deployment per
+/// track; an app deployment leaves the robot's OS deployment alone, and the other way round.
+const SAME_TRACK_SQL: &str = "COALESCE((SELECT r.app FROM releases r WHERE r.id = assignments.release_id), '')
+     = COALESCE((SELECT r.app FROM releases r JOIN deployments d ON d.release_id = r.id WHERE d.id = $2), '')";
+
+/// Offers `robot_id` its waiting assignment in `deployment_id`, ending its offers elsewhere on
+/// the same track (a newer decision takes the robot over); returns the other deployments
+/// touched.
 pub(crate) async fn offer(
     conn: &mut AnyConnection,
     deployment_id: &str,
@@ -447,7 +453,8 @@ pub(crate) async fn offer(
     let now = now_ms();
     let touched: Vec<String> = sqlx::query_scalar(&format!(
         "SELECT deployment_id FROM assignments
-         WHERE robot_id = $1 AND deployment_id <> $2 AND (state IN {OFFERED_STATES_SQL} OR state = 'waiting')"
+         WHERE robot_id = $1 AND deployment_id <> $2 AND (state IN {OFFERED_STATES_SQL} OR state = 'waiting')
+           AND {SAME_TRACK_SQL}"
     ))
     .bind(robot_id)
     .bind(deployment_id)
@@ -456,13 +463,13 @@ pub(crate) async fn offer(
     if !touched.is_empty() {
         sqlx::query(&format!(
             "UPDATE assignments SET state = 'superseded', detail = 'a newer deployment took this robot over',
-               updated_at = $1, finished_at = $2
-             WHERE robot_id = $3 AND deployment_id <> $4 AND (state IN {OFFERED_STATES_SQL} OR state = 'waiting')"
+               updated_at = $3, finished_at = $3
+             WHERE robot_id = $1 AND deployment_id <> $2 AND (state IN {OFFERED_STATES_SQL} OR state = 'waiting')
+               AND {SAME_TRACK_SQL}"
         ))
-        .bind(now)
-        .bind(now)
         .bind(robot_id)
         .bind(deployment_id)
+        .bind(now)
         .execute(&mut *conn)
         .await?;
     }
@@ -556,8 +563,8 @@ pub async fn apply_event(
 ) -> ApiResult<Vec<String>> {
     // Taken first, so repeated reports of one robot are applied one after the other too.
     lock_deployment(conn, backend, deployment_id).await?;
-    let row: Option<(String, String, String)> = sqlx::query_as(
-        "SELECT a.state, a.release_id, r.version FROM assignments a
+    let row: Option<(String, String, String, Option<String>)> = sqlx::query_as(
+        "SELECT a.state, a.release_id, r.version, r.app FROM assignments a
          JOIN releases r ON r.id = a.release_id
          WHERE a.deployment_id = $1 AND a.robot_id = $2",
     )
@@ -565,7 +572,7 @@ pub async fn apply_event(
     .bind(robot_id)
     .fetch_optional(&mut *conn)
     .await?;
-    let (current, release_id, version) = row.ok_or_else(|| {
+    let (current, release_id, version, app) = row.ok_or_else(|| {
         ApiError::not_found(format!(
             "robot {robot_id} has no assignment in deployment {deployment_id:?}"
         ))
@@ -649,7 +656,9 @@ pub async fn apply_event(
         ),
         _ => None,
     };
-    if matches!(event, RobotEvent::Committed) {
+    // The robot's version is its OS's: an app release's commit leaves it (the inventory
+    // names the apps).
+    if matches!(event, RobotEvent::Committed) && app.is_none() {
         sqlx::query("UPDATE robots SET state = $1, progress = NULL, version = $2 WHERE id = $3")
             .bind(robot_state_after(event))
             .bind(&version)

@@ -89,7 +89,8 @@ async fn release_ref(conn: &mut AnyConnection, id: &str) -> ApiResult<ReleaseRef
     })
 }
 
-/// Releases the robot committed, newest first, with when and their version.
+/// OS releases the robot committed, newest first, with when and their version (rollbacks are
+/// of the OS; an app release's commit is not the robot's version).
 async fn committed_versions(
     conn: &mut AnyConnection,
     robot_id: &str,
@@ -98,6 +99,7 @@ async fn committed_versions(
         "SELECT a.release_id, a.finished_at, r.version FROM assignments a
          JOIN releases r ON r.id = a.release_id
          WHERE a.robot_id = $1 AND a.state = 'committed' AND a.finished_at IS NOT NULL
+           AND r.app IS NULL
          ORDER BY a.finished_at DESC",
     )
     .bind(robot_id)
@@ -191,13 +193,13 @@ async fn other_slot_release(
     else {
         return Ok(None);
     };
-    Ok(
-        sqlx::query_scalar("SELECT id FROM releases WHERE manifest_hash = $1 AND compatible = $2")
-            .bind(hash)
-            .bind(compatible)
-            .fetch_optional(&mut *conn)
-            .await?,
+    Ok(sqlx::query_scalar(
+        "SELECT id FROM releases WHERE manifest_hash = $1 AND compatible = $2 AND app IS NULL",
     )
+    .bind(hash)
+    .bind(compatible)
+    .fetch_optional(&mut *conn)
+    .await?)
 }
 
 /// The release the robot runs now, as far as the server knows.
@@ -227,56 +229,58 @@ async fn resolve_one(
 ) -> ApiResult<Result<String, String>> {
     let history = committed_versions(conn, &robot.id).await?;
     let mut current_version = None;
-    let found = match to {
-        RollbackTo::Previous => {
-            current_version = running_version(conn, &robot.id, &history).await?;
-            let Some(current) = current_version.clone() else {
-                return Ok(Err(
-                    "no release on record: it never reported a version".into()
-                ));
-            };
-            match previous_release(&history, &current) {
-                Some(release) => Some(release),
-                None => match other_slot_release(conn, &robot.id, &robot.compatible).await? {
-                    Some(release) => release_version(conn, &release)
-                        .await?
-                        .filter(|version| is_lower(version, &current))
-                        .map(|_| release),
-                    None => None,
-                },
+    let found =
+        match to {
+            RollbackTo::Previous => {
+                current_version = running_version(conn, &robot.id, &history).await?;
+                let Some(current) = current_version.clone() else {
+                    return Ok(Err(
+                        "no release on record: it never reported a version".into()
+                    ));
+                };
+                match previous_release(&history, &current) {
+                    Some(release) => Some(release),
+                    None => match other_slot_release(conn, &robot.id, &robot.compatible).await? {
+                        Some(release) => release_version(conn, &release)
+                            .await?
+                            .filter(|version| is_lower(version, &current))
+                            .map(|_| release),
+                        None => None,
+                    },
+                }
             }
-        }
-        RollbackTo::Time(at) => history
-            .iter()
-            .find(|(_, finished, _)| finished <= at)
-            .map(|(release, _, _)| release.clone()),
-        RollbackTo::Version(version) => {
-            sqlx::query_scalar("SELECT id FROM releases WHERE version = $1 AND compatible = $2")
-                .bind(version)
+            RollbackTo::Time(at) => history
+                .iter()
+                .find(|(_, finished, _)| finished <= at)
+                .map(|(release, _, _)| release.clone()),
+            RollbackTo::Version(version) => sqlx::query_scalar(
+                "SELECT id FROM releases WHERE version = $1 AND compatible = $2 AND app IS NULL",
+            )
+            .bind(version)
+            .bind(&robot.compatible)
+            .fetch_optional(&mut *conn)
+            .await?,
+            RollbackTo::Commit(prefix) => {
+                sqlx::query_scalar(
+                    "SELECT id FROM releases WHERE LOWER(git_commit) LIKE $1 AND compatible = $2
+                   AND app IS NULL
+                 ORDER BY created_at DESC LIMIT 1",
+                )
+                .bind(format!("{prefix}%"))
                 .bind(&robot.compatible)
                 .fetch_optional(&mut *conn)
                 .await?
-        }
-        RollbackTo::Commit(prefix) => {
-            sqlx::query_scalar(
-                "SELECT id FROM releases WHERE LOWER(git_commit) LIKE $1 AND compatible = $2
-                 ORDER BY created_at DESC LIMIT 1",
-            )
-            .bind(format!("{prefix}%"))
-            .bind(&robot.compatible)
-            .fetch_optional(&mut *conn)
-            .await?
-        }
-        RollbackTo::Deployment(id) => {
-            let release = deployment_release(conn, id).await?;
-            let compatible: Option<String> =
-                sqlx::query_scalar("SELECT compatible FROM releases WHERE id = $1")
-                    .bind(&release)
-                    .fetch_optional(&mut *conn)
-                    .await?;
-            (compatible.as_deref() == Some(robot.compatible.as_str())).then_some(release)
-        }
-    };
+            }
+            RollbackTo::Deployment(id) => {
+                let release = deployment_release(conn, id).await?;
+                let compatible: Option<String> =
+                    sqlx::query_scalar("SELECT compatible FROM releases WHERE id = $1")
+                        .bind(&release)
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                (compatible.as_deref() == Some(robot.compatible.as_str())).then_some(release)
+            }
+        };
     Ok(found.ok_or_else(|| match to {
         RollbackTo::Previous => format!(
             "no release older than v{} on record",

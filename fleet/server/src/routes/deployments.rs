@@ -174,15 +174,30 @@ pub async fn find(state: &AppState, id: &str) -> ApiResult<Deployment> {
     deployment_from_row(state, row, true).await
 }
 
-/// Finds a release by id, or by version when exactly one release has it.
+/// Finds a release by id, an OS release by version, or an app release by `APP@VERSION`, when
+/// exactly one release has it.
 pub async fn resolve_release(state: &AppState, release: &str) -> ApiResult<ReleaseRef> {
-    let rows: Vec<(String, String, String)> = sqlx::query_as(
-        "SELECT id, version, compatible FROM releases WHERE id = $1 OR version = $2",
-    )
-    .bind(release)
-    .bind(release)
-    .fetch_all(state.db.pool())
-    .await?;
+    let rows: Vec<(String, String, String)> = match release.split_once('@') {
+        Some((app, version)) => {
+            sqlx::query_as(
+                "SELECT id, version, compatible FROM releases WHERE app = $1 AND version = $2",
+            )
+            .bind(app)
+            .bind(version)
+            .fetch_all(state.db.pool())
+            .await?
+        }
+        None => {
+            sqlx::query_as(
+                "SELECT id, version, compatible FROM releases
+                 WHERE id = $1 OR (version = $2 AND app IS NULL)",
+            )
+            .bind(release)
+            .bind(release)
+            .fetch_all(state.db.pool())
+            .await?
+        }
+    };
     match rows.as_slice() {
         [] => Err(ApiError::not_found(format!(
             "no release with id or version {release:?}"

@@ -22,7 +22,7 @@ use crate::routes::environments;
 use crate::state::AppState;
 use crate::time::{now_ms, rfc3339};
 
-pub const RELEASE_COLUMNS: &str = "id, version, compatible, git_commit, git_branch, size, manifest_hash, bundle_sha256, created_at, created_by";
+pub const RELEASE_COLUMNS: &str = "id, version, compatible, git_commit, git_branch, size, manifest_hash, bundle_sha256, created_at, created_by, app";
 
 pub type ReleaseRow = (
     String,
@@ -35,6 +35,7 @@ pub type ReleaseRow = (
     String,
     i64,
     String,
+    Option<String>,
 );
 
 pub fn release_from_row(row: ReleaseRow) -> Release {
@@ -49,6 +50,7 @@ pub fn release_from_row(row: ReleaseRow) -> Release {
         bundle_sha256,
         created_at,
         created_by,
+        app,
     ) = row;
     Release {
         id,
@@ -62,6 +64,7 @@ pub fn release_from_row(row: ReleaseRow) -> Release {
         created_at: rfc3339(created_at),
         created_by,
         push: None,
+        app,
     }
 }
 
@@ -80,6 +83,8 @@ struct Checked {
     commit: Option<String>,
     branch: Option<String>,
     manifest_hash: String,
+    /// The app of an app release.
+    app: Option<String>,
 }
 
 /// Verifies signatures against the fleet keyring and every chunk hash; blocking.
@@ -124,6 +129,10 @@ fn check_bundle(path: &Path, keyring_dir: &Path) -> ApiResult<Checked> {
         commit: source.map(|s| s.git_commit.clone()),
         branch: source.and_then(|s| s.git_branch.clone()),
         manifest_hash,
+        app: manifest
+            .app
+            .is_some()
+            .then(|| manifest.images[0].name.clone()),
     })
 }
 
@@ -236,10 +245,12 @@ pub async fn publish(
     let branch = merge_source("branch", checked.branch, query.branch)?;
 
     let existing: Option<ReleaseRow> = sqlx::query_as(&format!(
-        "SELECT {RELEASE_COLUMNS} FROM releases WHERE compatible = $1 AND version = $2"
+        "SELECT {RELEASE_COLUMNS} FROM releases
+         WHERE compatible = $1 AND version = $2 AND COALESCE(app, '') = $3"
     ))
     .bind(&checked.compatible)
     .bind(&checked.version)
+    .bind(checked.app.as_deref().unwrap_or(""))
     .fetch_optional(state.db.pool())
     .await?;
     if let Some(row) = existing {
@@ -248,8 +259,15 @@ pub async fn publish(
             return Ok((StatusCode::OK, ApiJson(release)));
         }
         return Err(ApiError::conflict(format!(
-            "release {} already has version {} for {}; bump the version",
-            release.id, release.version, release.compatible
+            "release {} already has version {} for {}{}; bump the version",
+            release.id,
+            release.version,
+            release.compatible,
+            release
+                .app
+                .as_deref()
+                .map(|app| format!(" (app {app})"))
+                .unwrap_or_default()
         )));
     }
 
@@ -268,11 +286,12 @@ pub async fn publish(
         created_at: String::new(),
         created_by: operator.actor(),
         push: None,
+        app: checked.app,
     };
     let now = now_ms();
     let mut write = state.db.begin_write().await?;
     let inserted = sqlx::query(&format!(
-        "INSERT INTO releases ({RELEASE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+        "INSERT INTO releases ({RELEASE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
          ON CONFLICT DO NOTHING"
     ))
     .bind(&release.id)
@@ -285,6 +304,7 @@ pub async fn publish(
     .bind(&release.bundle_sha256)
     .bind(now)
     .bind(&release.created_by)
+    .bind(&release.app)
     .execute(&mut *write.tx)
     .await?;
     if inserted.rows_affected() == 0 {
@@ -301,7 +321,7 @@ pub async fn publish(
     .details(serde_json::json!({
         "version": release.version, "compatible": release.compatible,
         "commit": release.commit, "branch": release.branch, "size": size,
-        "manifest_hash": release.manifest_hash,
+        "manifest_hash": release.manifest_hash, "app": release.app,
     }))
     .write(&mut write.tx)
     .await?;

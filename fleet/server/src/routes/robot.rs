@@ -180,10 +180,11 @@ async fn current_assignment(
         String,
         String,
         Option<String>,
+        Option<String>,
     );
     let row: Option<Row> = sqlx::query_as(&format!(
         "SELECT a.deployment_id, d.forced, r.id, r.version, r.compatible, r.size, r.manifest_hash,
-                r.bundle_sha256, d.kind, d.update_window
+                r.bundle_sha256, d.kind, d.update_window, r.app
          FROM assignments a
          JOIN deployments d ON d.id = a.deployment_id
          JOIN releases r ON r.id = a.release_id
@@ -204,6 +205,7 @@ async fn current_assignment(
         sha,
         kind,
         update_window,
+        app,
     )) = row
     else {
         return Ok(None);
@@ -222,7 +224,7 @@ async fn current_assignment(
     let etag = format!("\"{deployment_id}\"");
     Ok(Some((
         Assignment {
-            app: None,
+            app,
             deployment_id,
             release_id,
             version,

@@ -69,6 +69,17 @@ pub fn bundle_of(version: &str, compatible: &str, key: &SigningKey, image: Vec<u
 /// An app release (format 3) of `name` holding one file, `VERSION`, packed by GNU tar as
 /// `rota-image app` packs a tree; no units, no checks. Signed with `key`.
 pub fn app_bundle(name: &str, version: &str, compatible: &str, key: &SigningKey) -> Vec<u8> {
+    app_bundle_checked(name, version, compatible, key, Vec::new())
+}
+
+/// [`app_bundle`] with these checks.
+pub fn app_bundle_checked(
+    name: &str,
+    version: &str,
+    compatible: &str,
+    key: &SigningKey,
+    checks: Vec<rota_bundle::AppCheck>,
+) -> Vec<u8> {
     let tree = tempfile::tempdir().unwrap();
     std::fs::write(tree.path().join("VERSION"), version).unwrap();
     let tar = std::process::Command::new("tar")
@@ -94,7 +105,7 @@ pub fn app_bundle(name: &str, version: &str, compatible: &str, key: &SigningKey)
         })
         .app(rota_bundle::AppSpec {
             units: Vec::new(),
-            checks: Vec::new(),
+            checks,
             check_deadline_secs: 10,
             os_versions: None,
         })
