@@ -687,6 +687,9 @@ pub struct RollbackRequest {
     /// Only say where each robot would go; create nothing.
     #[serde(default)]
     pub dry_run: bool,
+    /// Roll back this app's releases (to a kept release: no download) instead of the OS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
 }
 
 /// One robot's part in a deployment.

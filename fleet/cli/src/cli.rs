@@ -143,6 +143,10 @@ pub enum Command {
         /// Where to go back to. [default: the previous release]
         #[arg(long)]
         to: Option<String>,
+        /// Roll back this app instead of the OS: robots switch to a release they keep, with no
+        /// download and no reboot. [default: the OS]
+        #[arg(long)]
+        app: Option<String>,
         /// Only this group.
         #[arg(long, conflicts_with_all = ["robot", "env"])]
         group: Option<String>,

@@ -118,6 +118,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Rollback {
             to,
+            app,
             group,
             robot,
             env,
@@ -130,6 +131,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                 target: rollout::rollback_target(group, robot, env),
                 immediate,
                 dry_run,
+                app,
             };
             return Ok(exit_code(rollout::rollback(
                 &commands::api(&overrides)?,

@@ -983,4 +983,35 @@ fn app_releases_deploy_beside_the_os_and_a_failing_canary_halts_the_rollout() {
         let current = fs::read_to_string(robot.path("data/apps/nav/current/VERSION")).unwrap();
         assert_eq!(current, "1.0.0", "{}", robot.id);
     }
+
+    // 3.0.0 everywhere, then `rota rollback --app nav`: back to the release each robot
+    // committed before (1.0.0; 2.0.0 never committed), which it keeps: no download.
+    publish("3.0.0", vec![check("self-test", &["true"])]);
+    let three = deploy_to_all(&server, &mut robots, "nav@3.0.0");
+    assert_eq!(three["state"], "succeeded", "{three:#}");
+    let rollback = server.rota_json(&["rollback", "--app", "nav", "--immediate"]);
+    let back_id = rollback["deployments"][0]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{rollback:#}"))
+        .to_string();
+    assert_eq!(rollback["plan"][0]["version"], "1.0.0", "{rollback:#}");
+    let path = format!("/deployments/{back_id}");
+    let back = simulate_until(&server, &mut robots, &path, "the app rollback", |d| {
+        d["state"] != "running"
+    });
+    assert_eq!(back["state"], "succeeded", "{back:#}");
+    for robot in &robots {
+        let current = fs::read_to_string(robot.path("data/apps/nav/current/VERSION")).unwrap();
+        assert_eq!(current, "1.0.0", "{}", robot.id);
+        let events = server.get(&format!("/history?robot={}&limit=1000", robot.id));
+        let of_rollback: Vec<&str> = events
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|event| event["deployment_id"] == back_id.as_str())
+            .map(|event| event["event"].as_str().unwrap())
+            .collect();
+        // Newest first; no `installed`: the release was switched to, not downloaded.
+        assert_eq!(of_rollback, ["committed", "installing"], "{}", robot.id);
+    }
 }

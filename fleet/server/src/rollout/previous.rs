@@ -89,20 +89,22 @@ async fn release_ref(conn: &mut AnyConnection, id: &str) -> ApiResult<ReleaseRef
     })
 }
 
-/// OS releases the robot committed, newest first, with when and their version (rollbacks are
-/// of the OS; an app release's commit is not the robot's version).
+/// Releases the robot committed on one track (`app`: `None` for the OS), newest first, with
+/// when and their version: an app release's commit is not the robot's OS version.
 async fn committed_versions(
     conn: &mut AnyConnection,
     robot_id: &str,
+    app: Option<&str>,
 ) -> ApiResult<Vec<(String, i64, String)>> {
     Ok(sqlx::query_as(
         "SELECT a.release_id, a.finished_at, r.version FROM assignments a
          JOIN releases r ON r.id = a.release_id
          WHERE a.robot_id = $1 AND a.state = 'committed' AND a.finished_at IS NOT NULL
-           AND r.app IS NULL
+           AND COALESCE(r.app, '') = $2
          ORDER BY a.finished_at DESC",
     )
     .bind(robot_id)
+    .bind(app.unwrap_or(""))
     .fetch_all(&mut *conn)
     .await?)
 }
@@ -153,19 +155,17 @@ async fn release_version(conn: &mut AnyConnection, id: &str) -> ApiResult<Option
     )
 }
 
-/// Releases the robot committed, newest first, with when.
+/// Releases the robot committed on one track, newest first, with when.
 async fn committed_history(
     conn: &mut AnyConnection,
     robot_id: &str,
+    app: Option<&str>,
 ) -> ApiResult<Vec<(String, i64)>> {
-    Ok(sqlx::query_as(
-        "SELECT release_id, finished_at FROM assignments
-         WHERE robot_id = $1 AND state = 'committed' AND finished_at IS NOT NULL
-         ORDER BY finished_at DESC",
-    )
-    .bind(robot_id)
-    .fetch_all(&mut *conn)
-    .await?)
+    Ok(committed_versions(conn, robot_id, app)
+        .await?
+        .into_iter()
+        .map(|(release, finished, _)| (release, finished))
+        .collect())
 }
 
 /// The release in the slot the robot did not boot, from its last slot report.
@@ -202,9 +202,13 @@ async fn other_slot_release(
     .await?)
 }
 
-/// The release the robot runs now, as far as the server knows.
-async fn current_release(conn: &mut AnyConnection, robot_id: &str) -> ApiResult<Option<String>> {
-    Ok(committed_history(conn, robot_id)
+/// The release the robot runs now on one track, as far as the server knows.
+async fn current_release(
+    conn: &mut AnyConnection,
+    robot_id: &str,
+    app: Option<&str>,
+) -> ApiResult<Option<String>> {
+    Ok(committed_history(conn, robot_id, app)
         .await?
         .into_iter()
         .next()
@@ -226,61 +230,73 @@ async fn resolve_one(
     conn: &mut AnyConnection,
     robot: &TargetRobot,
     to: &RollbackTo,
+    app: Option<&str>,
 ) -> ApiResult<Result<String, String>> {
-    let history = committed_versions(conn, &robot.id).await?;
+    let history = committed_versions(conn, &robot.id, app).await?;
     let mut current_version = None;
-    let found =
-        match to {
-            RollbackTo::Previous => {
-                current_version = running_version(conn, &robot.id, &history).await?;
-                let Some(current) = current_version.clone() else {
-                    return Ok(Err(
-                        "no release on record: it never reported a version".into()
-                    ));
-                };
-                match previous_release(&history, &current) {
-                    Some(release) => Some(release),
-                    None => match other_slot_release(conn, &robot.id, &robot.compatible).await? {
-                        Some(release) => release_version(conn, &release)
-                            .await?
-                            .filter(|version| is_lower(version, &current))
-                            .map(|_| release),
-                        None => None,
-                    },
-                }
+    let found = match to {
+        // An app has no slots: its previous release is the one committed before.
+        RollbackTo::Previous if app.is_some() => {
+            current_version = history.first().map(|(_, _, version)| version.clone());
+            current_version
+                .as_deref()
+                .and_then(|current| previous_release(&history, current))
+        }
+        RollbackTo::Previous => {
+            current_version = running_version(conn, &robot.id, &history).await?;
+            let Some(current) = current_version.clone() else {
+                return Ok(Err(
+                    "no release on record: it never reported a version".into()
+                ));
+            };
+            match previous_release(&history, &current) {
+                Some(release) => Some(release),
+                None => match other_slot_release(conn, &robot.id, &robot.compatible).await? {
+                    Some(release) => release_version(conn, &release)
+                        .await?
+                        .filter(|version| is_lower(version, &current))
+                        .map(|_| release),
+                    None => None,
+                },
             }
-            RollbackTo::Time(at) => history
-                .iter()
-                .find(|(_, finished, _)| finished <= at)
-                .map(|(release, _, _)| release.clone()),
-            RollbackTo::Version(version) => sqlx::query_scalar(
-                "SELECT id FROM releases WHERE version = $1 AND compatible = $2 AND app IS NULL",
+        }
+        RollbackTo::Time(at) => history
+            .iter()
+            .find(|(_, finished, _)| finished <= at)
+            .map(|(release, _, _)| release.clone()),
+        RollbackTo::Version(version) => {
+            sqlx::query_scalar(
+                "SELECT id FROM releases
+                 WHERE version = $1 AND compatible = $2 AND COALESCE(app, '') = $3",
             )
             .bind(version)
             .bind(&robot.compatible)
+            .bind(app.unwrap_or(""))
             .fetch_optional(&mut *conn)
-            .await?,
-            RollbackTo::Commit(prefix) => {
-                sqlx::query_scalar(
-                    "SELECT id FROM releases WHERE LOWER(git_commit) LIKE $1 AND compatible = $2
-                   AND app IS NULL
+            .await?
+        }
+        RollbackTo::Commit(prefix) => {
+            sqlx::query_scalar(
+                "SELECT id FROM releases WHERE LOWER(git_commit) LIKE $1 AND compatible = $2
+                   AND COALESCE(app, '') = $3
                  ORDER BY created_at DESC LIMIT 1",
-                )
-                .bind(format!("{prefix}%"))
-                .bind(&robot.compatible)
-                .fetch_optional(&mut *conn)
-                .await?
-            }
-            RollbackTo::Deployment(id) => {
-                let release = deployment_release(conn, id).await?;
-                let compatible: Option<String> =
-                    sqlx::query_scalar("SELECT compatible FROM releases WHERE id = $1")
-                        .bind(&release)
-                        .fetch_optional(&mut *conn)
-                        .await?;
-                (compatible.as_deref() == Some(robot.compatible.as_str())).then_some(release)
-            }
-        };
+            )
+            .bind(format!("{prefix}%"))
+            .bind(&robot.compatible)
+            .bind(app.unwrap_or(""))
+            .fetch_optional(&mut *conn)
+            .await?
+        }
+        RollbackTo::Deployment(id) => {
+            let release = deployment_release(conn, id).await?;
+            let compatible: Option<String> =
+                sqlx::query_scalar("SELECT compatible FROM releases WHERE id = $1")
+                    .bind(&release)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+            (compatible.as_deref() == Some(robot.compatible.as_str())).then_some(release)
+        }
+    };
     Ok(found.ok_or_else(|| match to {
         RollbackTo::Previous => format!(
             "no release older than v{} on record",
@@ -301,17 +317,20 @@ async fn resolve_one(
     }))
 }
 
-/// Where each robot goes for `to`, grouped by release.
+/// Where each robot goes for `to` on one track (`app`: `None` for the OS), grouped by release.
 pub async fn resolve(
     conn: &mut AnyConnection,
     robots: &[TargetRobot],
     to: &RollbackTo,
+    app: Option<&str>,
 ) -> ApiResult<RollbackPlan> {
     let mut plan = RollbackPlan::default();
     let mut by_release: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for robot in robots {
-        match resolve_one(conn, robot, to).await? {
-            Ok(release) if current_release(conn, &robot.id).await? == Some(release.clone()) => {
+        match resolve_one(conn, robot, to, app).await? {
+            Ok(release)
+                if current_release(conn, &robot.id, app).await? == Some(release.clone()) =>
+            {
                 plan.unchanged.push(robot.id.clone());
             }
             Ok(release) => by_release
@@ -336,8 +355,14 @@ pub(crate) async fn before_deployment(
 ) -> ApiResult<RollbackPlan> {
     let mut plan = RollbackPlan::default();
     let mut by_release: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    // The rollout's own track: an app rollout goes back to the app's earlier release.
+    let app: Option<String> = sqlx::query_scalar("SELECT app FROM releases WHERE id = $1")
+        .bind(&rollout.release_id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .flatten();
     for robot in robot_ids {
-        let earlier = committed_history(conn, robot)
+        let earlier = committed_history(conn, robot, app.as_deref())
             .await?
             .into_iter()
             .find(|(release, finished)| {

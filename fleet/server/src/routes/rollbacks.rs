@@ -66,7 +66,10 @@ pub async fn create(
     let to = RollbackTo::parse(request.to.as_deref(), now_ms()).map_err(ApiError::unprocessable)?;
     let mut write = state.db.begin_write().await?;
     let robots = rollout::target_robots(&mut write.tx, &request.target).await?;
-    let plan = previous::resolve(&mut write.tx, &robots, &to).await?;
+    if let Some(app) = &request.app {
+        rota_bundle::check_app_name(app).map_err(|e| ApiError::unprocessable(e.to_string()))?;
+    }
+    let plan = previous::resolve(&mut write.tx, &robots, &to, request.app.as_deref()).await?;
     if plan.by_release.is_empty() {
         return Err(ApiError::unprocessable(format!(
             "nothing to roll back for {}: {}",
