@@ -91,7 +91,8 @@ pub enum Command {
     #[command(after_help = DEPLOY_EXAMPLES)]
     Deploy {
         /// Release id, or its version when only one board has that version; an app release as
-        /// APP@VERSION (nav@1.4.0): robots install it beside the OS, no reboot.
+        /// APP@VERSION (nav@1.4.0): robots install it beside the OS, no reboot. A bundle file
+        /// (*.rota) is published first.
         release: String,
         /// Which robots: `all`, `group:NAME`, `env:NAME`, `robot:ID` or `robots:ID,ID`.
         #[arg(long)]
@@ -306,6 +307,9 @@ Examples:
   rota deploy 2.1.0 --to all --staged 10,50,100 --stage-wait 5m --max-failures 10% --auto-rollback
   rota deploy 2.1.0 --to group:lab --canary 2
   rota deploy 2.1.0 --to robots:robot-001,robot-002 --immediate --force
+  rota-image app ./nav --compatible lekiwi-rpi5 --version 1.4.0 --key release.key -o nav.rota
+  rota deploy nav.rota --to env:staging --wait      # publish and deploy an app release
+  rota deploy nav@1.3.0 --to env:staging            # an app release published before
 ";
 
 const ROLLBACK_EXAMPLES: &str = "\
@@ -315,6 +319,7 @@ Examples:
   rota rollback --to 2-hours-ago --env production
   rota rollback --to commit:abc123 --robot robot-007 --immediate
   rota rollback --to 2026-11-24T10:00:00Z
+  rota rollback --app nav --to v1.3.0 --env staging   # a kept app release: no download
 ";
 
 const ENV_SET_EXAMPLES: &str = "\

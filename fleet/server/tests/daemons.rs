@@ -986,9 +986,19 @@ fn app_releases_deploy_beside_the_os_and_a_failing_canary_halts_the_rollout() {
 
     // 3.0.0 everywhere, then `rota rollback --app nav`: back to the release each robot
     // committed before (1.0.0; 2.0.0 never committed), which it keeps: no download.
-    publish("3.0.0", vec![check("self-test", &["true"])]);
-    let three = deploy_to_all(&server, &mut robots, "nav@3.0.0");
+    // A bundle file is published and deployed in one command.
+    let three_path = root.path().join("nav-3.0.0.rota");
+    let bytes = app_bundle_checked(
+        "nav",
+        "3.0.0",
+        COMPATIBLE,
+        &trusted_key(),
+        vec![check("self-test", &["true"])],
+    );
+    fs::write(&three_path, bytes).unwrap();
+    let three = deploy_to_all(&server, &mut robots, three_path.to_str().unwrap());
     assert_eq!(three["state"], "succeeded", "{three:#}");
+    assert_eq!(three["version"], "3.0.0", "{three:#}");
     let rollback = server.rota_json(&["rollback", "--app", "nav", "--immediate"]);
     let back_id = rollback["deployments"][0]["id"]
         .as_str()

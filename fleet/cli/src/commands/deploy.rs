@@ -33,8 +33,15 @@ pub struct DeployArgs {
 }
 
 pub fn deploy(api: &Api, args: DeployArgs, json: bool) -> anyhow::Result<Outcome> {
+    // A bundle file is published first: build, then `rota deploy nav-1.4.0.rota --to ...`.
+    let bundle = std::path::Path::new(&args.release);
+    let release = if args.release.ends_with(".rota") && bundle.is_file() {
+        crate::commands::release::upload(api, bundle, None, None)?.id
+    } else {
+        args.release
+    };
     let request = CreateDeploymentRequest {
-        release: args.release,
+        release,
         target: args.target,
         strategy: args.strategy,
         force: args.force,
@@ -42,8 +49,10 @@ pub fn deploy(api: &Api, args: DeployArgs, json: bool) -> anyhow::Result<Outcome
     let created: Deployment = api.send_json(Method::POST, "/deployments", Some(&request))?;
     let robots = created.robots.as_ref().map_or(0, Vec::len);
     note!(
-        "{} targeted",
-        crate::output::count(robots, "robot", "robots")
+        "{} targeted; dashboard: {}/#/deployments/{}",
+        crate::output::count(robots, "robot", "robots"),
+        api.server(),
+        created.id
     );
     crate::commands::rollout::finish(api, &created, &args.wait, json)
 }

@@ -67,6 +67,23 @@ pub fn publish(
     commit: Option<&str>,
     json: bool,
 ) -> anyhow::Result<()> {
+    let release = upload(api, bundle, branch, commit)?;
+    if json {
+        output::json(&release)
+    } else {
+        outln!("{}", release.id);
+        Ok(())
+    }
+}
+
+/// Uploads a bundle file (branch and commit from the arguments, else from the CI
+/// environment) and says what the server made of it.
+pub fn upload(
+    api: &Api,
+    bundle: &Path,
+    branch: Option<&str>,
+    commit: Option<&str>,
+) -> anyhow::Result<Release> {
     let (ci_branch, ci_commit) = ci_source(|name| std::env::var(name).ok());
     let branch = branch
         .map(str::to_string)
@@ -104,12 +121,7 @@ pub fn publish(
         output::size(release.size),
         &release.manifest_hash[..12]
     );
-    if json {
-        output::json(&release)
-    } else {
-        outln!("{}", release.id);
-        Ok(())
-    }
+    Ok(release)
 }
 
 pub fn list(api: &Api, json: bool) -> anyhow::Result<()> {
