@@ -307,9 +307,10 @@ Examples:
   rota deploy 2.1.0 --to all --staged 10,50,100 --stage-wait 5m --max-failures 10% --auto-rollback
   rota deploy 2.1.0 --to group:lab --canary 2
   rota deploy 2.1.0 --to robots:robot-001,robot-002 --immediate --force
-  rota-image app ./nav --compatible lekiwi-rpi5 --version 1.4.0 --key release.key -o nav.rota
-  rota deploy nav.rota --to env:staging --wait      # publish and deploy an app release
-  rota deploy nav@1.3.0 --to env:staging            # an app release published before
+  rota deploy nav.rota --to env:staging --wait
+  rota deploy nav@1.3.0 --to env:staging
+
+nav.rota is an app release built by `rota-image app ./nav ...`: published, then deployed.
 ";
 
 const ROLLBACK_EXAMPLES: &str = "\
@@ -319,7 +320,7 @@ Examples:
   rota rollback --to 2-hours-ago --env production
   rota rollback --to commit:abc123 --robot robot-007 --immediate
   rota rollback --to 2026-11-24T10:00:00Z
-  rota rollback --app nav --to v1.3.0 --env staging   # a kept app release: no download
+  rota rollback --app nav --to v1.3.0 --env staging
 ";
 
 const ENV_SET_EXAMPLES: &str = "\
