@@ -339,7 +339,16 @@ test("progress chart of a two-robot rollout is legible", async () => {
   for (const box of boxes) assert.ok(box.height >= 11, `a tick label ${box.height}px high`);
   boxes.forEach((box, i) => i && assert.ok(box.left >= boxes[i - 1].right + 4, "x tick labels overlap"));
   await panel.scrollIntoViewIfNeeded();
-  await page.locator(`.progress-panel[data-deployment='${created.id}']`).screenshot({ path: join(ARTIFACTS, "12b-two-robot-progress.png") });
+  // The charts page redraws on its refresh tick: a redraw during the screenshot detached the
+  // panel ("Element is not attached to the DOM"). Take it again from the new one.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await page.locator(`.progress-panel[data-deployment='${created.id}']`).screenshot({ path: join(ARTIFACTS, "12b-two-robot-progress.png") });
+      break;
+    } catch (err) {
+      if (attempt === 3 || !/not attached/.test(err.message)) throw err;
+    }
+  }
 });
 
 test("fleet page shows a running rollout", async () => {

@@ -755,7 +755,10 @@ function releasesView(main) {
   const view = {
     async refresh() {
       const [releases, robots, groups, environments] = await Promise.all([api("/releases"), api("/robots"), api("/groups"), api("/environments")]);
-      const runningOn = (version) => robots.filter((r) => r.version === version);
+      // An OS release runs as the robot's version; an app release as one of its inventory's apps.
+      const runningOn = (rel) => robots.filter((r) => rel.app
+        ? ((r.inventory && r.inventory.apps) || []).some((a) => a.name === rel.app && a.version === rel.version)
+        : r.version === rel.version);
       envBox.replaceChildren(environments.length ? section("Environments", table("Environments", ["Environment", "Groups", "Runs", "Rules", ""],
         environments.map((env) => {
           const members = robots.filter((r) => env.groups.some((g) => r.groups.includes(g)));
@@ -778,10 +781,10 @@ function releasesView(main) {
         }))) : "");
       body.replaceChildren(table("Releases", ["Version", "Commit", "Branch", "Size", "Published", "Runs on", ""],
         releases.map((rel) => {
-          const on = runningOn(rel.version);
+          const on = runningOn(rel);
           const where = on.length ? on.length + " robot" + (on.length > 1 ? "s" : "") + " (" +
             [...new Set(on.map((r) => environmentOf(r, environments)).filter(Boolean))].join(", ") + ")" : "none";
-          return [el("strong", { "data-release": rel.version }, rel.version), el("code", {}, (rel.commit || "").slice(0, 10)), rel.branch || "",
+          return [el("strong", { "data-release": rel.version }, (rel.app ? rel.app + " " : "") + rel.version), el("code", {}, (rel.commit || "").slice(0, 10)), rel.branch || "",
             bytes(rel.size), when(rel.created_at), where.replace(" ()", ""),
             can("deployer") ? el("button", {
               type: "button", "data-action": "deploy", "data-version": rel.version,
