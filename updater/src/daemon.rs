@@ -661,18 +661,8 @@ impl<'a> Daemon<'a> {
                 }
             }
         }
-        if let Some(window) = &assignment.update_window {
-            match local_time::next_opening(window, local_time::now()) {
-                Ok(None) => {}
-                Ok(Some(opens_at)) => {
-                    self.wait_for_window(assignment, local_time::format_minute(opens_at))?;
-                    return Ok(Worked::Done);
-                }
-                Err(error) => {
-                    self.queue(deployment_id, RobotEvent::Failed { error })?;
-                    return Ok(Worked::Done);
-                }
-            }
+        if self.outside_window(assignment)? {
+            return Ok(Worked::Done);
         }
         if new_deployment {
             // Remembered before anything else, so every later report names this deployment.
@@ -697,18 +687,8 @@ impl<'a> Daemon<'a> {
         app: &str,
     ) -> Result<Worked, DaemonError> {
         let deployment_id = assignment.deployment_id.as_str();
-        if let Some(window) = &assignment.update_window {
-            match local_time::next_opening(window, local_time::now()) {
-                Ok(None) => {}
-                Ok(Some(opens_at)) => {
-                    self.wait_for_window(assignment, local_time::format_minute(opens_at))?;
-                    return Ok(Worked::Done);
-                }
-                Err(error) => {
-                    self.queue(deployment_id, RobotEvent::Failed { error })?;
-                    return Ok(Worked::Done);
-                }
-            }
+        if self.outside_window(assignment)? {
+            return Ok(Worked::Done);
         }
         let state = lock.load()?;
         let os_version = self
@@ -752,6 +732,25 @@ impl<'a> Daemon<'a> {
             Handled::Retry(error) => {
                 log::warn!("deployment {deployment_id}: app {app}: {error}; trying again");
                 Ok(Worked::Retry(error.into()))
+            }
+        }
+    }
+
+    /// Whether the assignment's update window is closed now: then it waits (reported once), or
+    /// a window that cannot be read is reported as the assignment's failure.
+    fn outside_window(&mut self, assignment: &Assignment) -> Result<bool, DaemonError> {
+        let Some(window) = &assignment.update_window else {
+            return Ok(false);
+        };
+        match local_time::next_opening(window, local_time::now()) {
+            Ok(None) => Ok(false),
+            Ok(Some(opens_at)) => {
+                self.wait_for_window(assignment, local_time::format_minute(opens_at))?;
+                Ok(true)
+            }
+            Err(error) => {
+                self.queue(&assignment.deployment_id, RobotEvent::Failed { error })?;
+                Ok(true)
             }
         }
     }

@@ -91,12 +91,7 @@ fn check(robot: &Robot, releases: &[AppRelease], retry: bool) -> Result<(), Stri
     }
     if retry {
         let bundle = robot.path("v2.rota");
-        let output = robot
-            .updater()
-            .args(["app", "install"])
-            .arg(&bundle)
-            .output()
-            .unwrap();
+        let output = robot.app_install(&bundle);
         if !output.status.success() {
             return Err(format!(
                 "retry exited {}: {}",
@@ -128,25 +123,12 @@ fn power_cut_during_an_app_install_leaves_one_complete_release_current() {
         .args(["-q", "-F", "-b", "1024", "-E", "nodiscard"])
         .arg(device.path()));
     let data = Mount::new(device.path(), &robot.path("data"), "ext4", "rw");
-    ok(
-        robot
-            .updater()
-            .args(["app", "install"])
-            .arg(&v1)
-            .output()
-            .unwrap(),
-        "install 1.0.0",
-    );
+    ok(robot.app_install(&v1), "install 1.0.0");
     run(&mut Command::new("sync"));
     let mark = disks.log_len();
     let base = disks.contents().remove(0);
     ok(
-        robot
-            .updater()
-            .args(["app", "install"])
-            .arg(robot.path("v2.rota"))
-            .output()
-            .unwrap(),
+        robot.app_install(&robot.path("v2.rota")),
         "the install under test",
     );
     run(&mut Command::new("sync"));

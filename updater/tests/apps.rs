@@ -307,12 +307,7 @@ fn refused_app_bundles_change_nothing() {
         ("an OS bundle", os_bundle, "not an app release"),
     ];
     for (what, bundle, needle) in cases {
-        let output = robot
-            .updater()
-            .args(["app", "install"])
-            .arg(&bundle)
-            .output()
-            .unwrap();
+        let output = robot.app_install(&bundle);
         assert_eq!(exit_code(&output), 3, "{what}: {}", stderr(&output));
         assert!(
             stderr(&output).contains(needle),
@@ -351,10 +346,8 @@ fn a_crash_at_any_app_step_leaves_one_complete_release_current() {
         install_ok(&robot, &AppRelease::new(&robot, "1.0.0"));
         let bundle = robot.app_bundle("two.rota", &AppRelease::new(&robot, "2.0.0"));
         let output = robot
-            .updater()
+            .app_install_command(&bundle)
             .env("ROTA_FAILPOINT", failpoint)
-            .args(["app", "install"])
-            .arg(&bundle)
             .output()
             .unwrap();
         assert_eq!(exit_code(&output), 97, "{failpoint}: {}", stderr(&output));
@@ -403,9 +396,7 @@ fn sigkill_at_random_moments_of_an_app_install_leaves_one_complete_release_curre
         let new = format!("1.{}.0", round + 1);
         let bundle = robot.app_bundle("next.rota", &release(&new));
         let mut child = robot
-            .updater()
-            .args(["app", "install"])
-            .arg(&bundle)
+            .app_install_command(&bundle)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -433,12 +424,7 @@ fn sigkill_at_random_moments_of_an_app_install_leaves_one_complete_release_curre
         );
         settled_old += usize::from(settled.as_deref() == Some(old.as_str()));
         killed_after_switch += usize::from(killed && settled.as_deref() == Some(new.as_str()));
-        let output = robot
-            .updater()
-            .args(["app", "install"])
-            .arg(&bundle)
-            .output()
-            .unwrap();
+        let output = robot.app_install(&bundle);
         assert!(
             output.status.success() || stderr(&output).contains("already"),
             "round {round}: {}",
@@ -520,10 +506,8 @@ fn the_daemon_start_switches_back_an_interrupted_activation() {
     install_ok(&robot, &AppRelease::new(&robot, "1.0.0"));
     let bundle = robot.app_bundle("two.rota", &AppRelease::new(&robot, "2.0.0"));
     let output = robot
-        .updater()
+        .app_install_command(&bundle)
         .env("ROTA_FAILPOINT", "app-switched")
-        .args(["app", "install"])
-        .arg(&bundle)
         .output()
         .unwrap();
     assert_eq!(exit_code(&output), 97, "{}", stderr(&output));
@@ -550,12 +534,7 @@ fn app_install_exit_codes_say_whose_fault_it_was() {
     let bundle = robot.app_bundle("one.rota", &AppRelease::new(&robot, "1.0.0"));
     let bytes = fs::read(&bundle).unwrap();
     fs::write(&bundle, &bytes[..bytes.len() / 2]).unwrap();
-    let truncated = robot
-        .updater()
-        .args(["app", "install"])
-        .arg(&bundle)
-        .output()
-        .unwrap();
+    let truncated = robot.app_install(&bundle);
     assert_eq!(exit_code(&truncated), 3, "{}", stderr(&truncated));
     assert!(!robot.app_dir().join("current").exists());
 }
@@ -665,12 +644,7 @@ fn a_failed_install_names_the_release_current_again_not_the_one_before_it() {
     install_ok(&robot, &AppRelease::new(&robot, "1.0.0"));
     install_ok(&robot, &AppRelease::new(&robot, "1.1.0"));
     let bundle = robot.app_bundle("broken.rota", &AppRelease::new(&robot, "1.2.0").broken());
-    let output = robot
-        .updater()
-        .args(["app", "install"])
-        .arg(&bundle)
-        .output()
-        .unwrap();
+    let output = robot.app_install(&bundle);
     assert_eq!(exit_code(&output), 2);
     let said = String::from_utf8_lossy(&output.stdout);
     assert!(said.contains("switched back to 1.1.0-"), "{said}");

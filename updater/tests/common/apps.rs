@@ -168,6 +168,17 @@ impl Robot {
         path
     }
 
+    /// `rota-updater app install BUNDLE`, to add arguments or environment to.
+    pub fn app_install_command(&self, bundle: &Path) -> std::process::Command {
+        let mut command = self.updater();
+        command.args(["app", "install"]).arg(bundle);
+        command
+    }
+
+    pub fn app_install(&self, bundle: &Path) -> std::process::Output {
+        self.app_install_command(bundle).output().unwrap()
+    }
+
     pub fn app_status(&self) -> serde_json::Value {
         let stdout = ok(self.run(&["app", "status", APP, "--json"]), "app status");
         let mut all: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
