@@ -646,6 +646,54 @@ pub struct Environment {
     pub groups: Vec<String>,
 }
 
+/// A variable of an environment, delivered to its robots' apps (`EnvironmentFile`). A secret's
+/// value is never answered after it is set: only its name and version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct EnvVar {
+    pub name: String,
+    pub secret: bool,
+    /// Absent for a secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// 1 when first set, one more at every change.
+    pub version: u64,
+    pub updated_at: String,
+    pub updated_by: String,
+}
+
+/// `PUT /api/v1/environments/{name}/vars/{var}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SetEnvVar {
+    pub value: String,
+    #[serde(default)]
+    pub secret: bool,
+}
+
+/// A variable name as a systemd `EnvironmentFile` and a shell read it: a letter or `_`, then
+/// letters, digits and `_`, at most 128 bytes. A value: one line (no newline or NUL), at most
+/// 64 KiB.
+pub fn validate_env_var(name: &str, value: &str) -> Result<(), String> {
+    let valid_name = name.len() <= 128
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|first| first.is_ascii_alphabetic() || first == b'_')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if !valid_name {
+        return Err(format!(
+            "variable name {name:?}: use a letter or _ then letters, digits and _ (at most 128)"
+        ));
+    }
+    if value.contains(['\n', '\r', '\0']) || value.len() > 64 << 10 {
+        return Err(format!(
+            "the value of {name} must be one line of at most 64 KiB"
+        ));
+    }
+    Ok(())
+}
+
 /// `PUT /api/v1/environments/{name}`: creates or replaces an environment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -87,6 +87,11 @@ pub struct Assignment {
     /// outcome is `committed` or `rolled_back`, and a release it keeps needs no download.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app: Option<String>,
+    /// For an app release: the variables and secrets of the robot's environment, which the
+    /// robot writes to the app's `EnvironmentFile` (mode 0600) before its units restart.
+    /// Secret values: never log this struct.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
 }
 
 /// A daily window of the robot's local time, `HH:MM-HH:MM`, optionally on some weekdays only.

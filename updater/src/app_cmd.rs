@@ -63,7 +63,10 @@ pub fn run(loaded: &Loaded, command: AppCommand) -> Result<u8> {
                 &source,
                 http.as_ref(),
                 os_version.as_deref(),
-                &AppInstallOptions { allow_downgrade },
+                &AppInstallOptions {
+                    allow_downgrade,
+                    environment: None,
+                },
                 &notifier,
             );
             let report = match installed {

@@ -574,6 +574,8 @@ fn fleet_app_assignments_install_without_a_reboot_and_switch_back_on_a_failed_ch
         let mut assigned = assignment(&robot, deployment, &bundle, &cdn.url);
         assigned.app = Some(APP.into());
         assigned.allow_downgrade = downgrade;
+        // The fleet's environment for the app, one value per release.
+        assigned.env = [("RELEASE".to_string(), release.version.clone())].into();
         fleet.assign(assigned);
         cdn
     };
@@ -614,6 +616,16 @@ fn fleet_app_assignments_install_without_a_reboot_and_switch_back_on_a_failed_ch
         .expect("a rolled_back report");
     assert!(reason.contains("\"reports healthy\" failed"), "{reason}");
     assert_eq!(robot.current_app_version().as_deref(), Some("1.0.0"));
+    // Switched back with the environment it ran with.
+    let environment = robot.app_dir().join("environment");
+    assert!(
+        fs::read_to_string(&environment)
+            .unwrap()
+            .contains("RELEASE=\"1.0.0\"\n"),
+        "{}",
+        fs::read_to_string(&environment).unwrap()
+    );
+    assert_eq!(fs::metadata(&environment).unwrap().mode() & 0o777, 0o600);
 
     let _cdn_three = serve(
         "three.rota",

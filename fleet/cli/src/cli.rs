@@ -431,6 +431,44 @@ pub enum EnvCommand {
     },
     /// List environments.
     List,
+    /// Variables and secrets of an environment, for its robots' apps.
+    Var {
+        #[command(subcommand)]
+        action: VarCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VarCommand {
+    /// Set a variable (admin). Robots get it with their next app deployment, in the app's
+    /// EnvironmentFile (mode 0600). A secret's value is never shown again, nor audited: only
+    /// its name and version.
+    #[command(
+        after_help = "Examples:\n  rota env var set staging API_URL=https://api.example.com\n  \
+        rota env var set production API_KEY=- --secret\n\n\
+        NAME=- reads the value from stdin (one line), which keeps secrets out of the shell history.\n"
+    )]
+    Set {
+        /// The environment.
+        env: String,
+        /// NAME=VALUE; NAME=- reads the value from stdin.
+        assignment: String,
+        /// A secret: its value is never answered, logged or audited after this.
+        #[arg(long)]
+        secret: bool,
+    },
+    /// List an environment's variables; secrets show their version, not their value.
+    List {
+        /// The environment.
+        env: String,
+    },
+    /// Remove a variable (admin).
+    Unset {
+        /// The environment.
+        env: String,
+        /// The variable's name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -13,7 +13,8 @@ use utoipa_axum::routes;
 use crate::error::{no_route, wrong_method};
 use crate::metrics;
 use crate::routes::{
-    deployments, environments, fleet, groups, keys, releases, robot, robots, rollbacks, webhooks,
+    deployments, env_vars, environments, fleet, groups, keys, releases, robot, robots, rollbacks,
+    webhooks,
 };
 use crate::state::AppState;
 
@@ -80,6 +81,8 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(environments::list))
         .routes(routes!(environments::put))
         .routes(routes!(environments::promote))
+        .routes(routes!(env_vars::list))
+        .routes(routes!(env_vars::put, env_vars::delete))
         .routes(routes!(keys::whoami))
         .routes(routes!(keys::list, keys::create))
         .routes(routes!(keys::revoke))

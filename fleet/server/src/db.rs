@@ -83,6 +83,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0007_app_releases.sql"),
         postgres: include_str!("../migrations/postgres/0007_app_releases.sql"),
     },
+    Migration {
+        version: 8,
+        name: "environment_vars",
+        sqlite: include_str!("../migrations/sqlite/0008_environment_vars.sql"),
+        postgres: include_str!("../migrations/postgres/0008_environment_vars.sql"),
+    },
 ];
 
 pub struct Db {
@@ -318,7 +324,7 @@ mod tests {
         .unwrap();
         drop(conn);
 
-        assert_eq!(db.migrate().await.unwrap(), [7]);
+        assert_eq!(db.migrate().await.unwrap(), [7, 8]);
         let release: (String, Option<String>) = sqlx::query_as(
             "SELECT r.id, r.app FROM assignments a JOIN releases r ON r.id = a.release_id",
         )

@@ -715,6 +715,9 @@ fn openapi_document_describes_exactly_the_served_routes() {
         ("POST", "/api/v1/rollbacks"),
         ("PUT", "/api/v1/environments/{name}"),
         ("POST", "/api/v1/environments/{name}/promote"),
+        ("GET", "/api/v1/environments/{name}/vars"),
+        ("PUT", "/api/v1/environments/{name}/vars/{var}"),
+        ("DELETE", "/api/v1/environments/{name}/vars/{var}"),
     ] {
         assert!(
             operations
@@ -725,7 +728,7 @@ fn openapi_document_describes_exactly_the_served_routes() {
     }
     assert_eq!(
         operations.len(),
-        39,
+        42,
         "routes added or removed: update this test's count"
     );
     let schemas = document["components"]["schemas"].as_object().unwrap();
@@ -740,4 +743,55 @@ fn openapi_document_describes_exactly_the_served_routes() {
         assert!(schemas.contains_key(schema), "schema {schema} missing");
     }
     assert!(document["components"]["securitySchemes"]["bearer"].is_object());
+}
+
+/// An environment's secrets: set by admins only, never answered (only their name and version),
+/// never in the audit log; bad names and multi-line values are 422 with the reason.
+#[test]
+fn environment_secrets_are_admin_only_and_never_answered() {
+    let server = Server::start();
+    server.rota_ok(&["env", "set", "production", "--groups", "prod"]);
+    let viewer: Value = server.rota_json(&["keys", "create", "watcher", "--role", "viewer"]);
+    let viewer = viewer["key"].as_str().unwrap();
+    let put = |key: &str, name: &str, body: Value| {
+        call(
+            common::http()
+                .put(server.api(&format!("/environments/production/vars/{name}")))
+                .bearer_auth(key)
+                .json(&body),
+        )
+    };
+    let secret = json!({"value": "hunter2-top-secret", "secret": true});
+    assert_eq!(put(viewer, "API_KEY", secret.clone()).0, 403);
+    let (status, set) = put(ADMIN_KEY, "API_KEY", secret.clone());
+    assert_eq!((status, set["version"].clone()), (200, json!(1)), "{set}");
+    assert!(set.get("value").is_none(), "{set}");
+    assert_eq!(put(ADMIN_KEY, "API_KEY", secret).1["version"], 2);
+    let (status, bad) = put(ADMIN_KEY, "1BAD", json!({"value": "x"}));
+    assert_eq!(status, 422, "{bad}");
+    assert!(
+        bad["reason"].as_str().unwrap().contains("variable name"),
+        "{bad}"
+    );
+    let (status, bad) = put(ADMIN_KEY, "MULTI", json!({"value": "a\nb"}));
+    assert_eq!(status, 422, "{bad}");
+    let unknown = call(
+        common::http()
+            .put(server.api("/environments/nowhere/vars/X"))
+            .bearer_auth(ADMIN_KEY)
+            .json(&json!({"value": "x"})),
+    );
+    assert_eq!(unknown.0, 404);
+
+    let (status, listed) = call(
+        common::http()
+            .get(server.api("/environments/production/vars"))
+            .bearer_auth(viewer),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(listed[0]["name"], "API_KEY");
+    assert!(!listed.to_string().contains("hunter2"), "{listed}");
+    let audit = server.rota_ok(&["--json", "audit"]);
+    assert!(audit.contains("environment.var.set"), "{audit}");
+    assert!(!audit.contains("hunter2"), "{audit}");
 }

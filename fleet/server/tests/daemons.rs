@@ -949,8 +949,58 @@ fn app_releases_deploy_beside_the_os_and_a_failing_canary_halts_the_rollout() {
         .map(|robot| server.get(&format!("/robots/{}", robot.id))["version"].clone())
         .collect();
 
+    // The robots' environment, with a variable and a secret for the app.
+    server.rota_ok(&["env", "set", "lab", "--groups", "lab"]);
+    for robot in &robots {
+        server.rota_ok(&["groups", "add", "lab", &robot.id]);
+    }
+    server.rota_ok(&["env", "var", "set", "lab", "API_URL=http://10.0.0.1:8080"]);
+    let secret = "s3cr3t \"quoted\" $value";
+    let mut set_secret = Command::new(common::cli_bin());
+    set_secret
+        .args(["env", "var", "set", "lab", "API_KEY=-", "--secret"])
+        .env("ROTA_SERVER", &server.url)
+        .env("ROTA_API_KEY", common::ADMIN_KEY)
+        .env("HOME", root.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    let mut child = set_secret.spawn().unwrap();
+    std::io::Write::write_all(
+        child.stdin.as_mut().unwrap(),
+        format!("{secret}\n").as_bytes(),
+    )
+    .unwrap();
+    assert!(child.wait_with_output().unwrap().status.success());
+    let vars = server.rota_json(&["env", "var", "list", "lab"]);
+    assert_eq!(vars[0]["name"], "API_KEY");
+    assert!(vars[0].get("value").is_none(), "{vars:#}");
+    assert_eq!(vars[1]["value"], "http://10.0.0.1:8080");
+
     let deployment = deploy_to_all(&server, &mut robots, "nav@1.0.0");
     assert_eq!(deployment["state"], "succeeded", "{deployment:#}");
+    for robot in &robots {
+        let path = robot.path("data/apps/nav/environment");
+        let environment = fs::read_to_string(&path).unwrap();
+        assert!(
+            environment.contains("API_KEY=\"s3cr3t \\\"quoted\\\" \\$value\"\n")
+                && environment.contains("API_URL=\"http://10.0.0.1:8080\"\n"),
+            "{environment}"
+        );
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(
+            !robot.log().contains("s3cr3t"),
+            "{}: the secret in its log",
+            robot.id
+        );
+    }
+    let audit = server.rota_ok(&["--json", "audit"]);
+    assert!(
+        audit.contains("environment.var.set") && !audit.contains("s3cr3t"),
+        "{audit}"
+    );
     for (robot, version) in robots.iter().zip(&versions_before) {
         let current = fs::read_to_string(robot.path("data/apps/nav/current/VERSION")).unwrap();
         assert_eq!(current, "1.0.0", "{}", robot.id);

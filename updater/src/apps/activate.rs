@@ -44,6 +44,7 @@ pub fn activate(
     });
     app.save_state(&state)?;
     crate::failpoint::hit("app-pending-recorded");
+    app.install_environment(to)?;
     point_current(app, Some(to))?;
     crate::failpoint::hit("app-switched");
     log::info!(
@@ -162,6 +163,9 @@ pub fn recover(config: &Config, app: &AppDir) -> Result<Option<LastOutcome>, App
 /// `current` back to `from` (removed when there was none), then `from`'s units restarted. A
 /// failed restart is logged, not fatal: that release passed its checks before.
 fn switch_back(config: &Config, app: &AppDir, from: Option<&str>) -> Result<(), AppError> {
+    if let Some(from) = from {
+        app.install_environment(from)?;
+    }
     point_current(app, from)?;
     if let Some(from) = from {
         let units = app.load_meta(from)?.spec.units;

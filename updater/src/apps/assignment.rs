@@ -76,6 +76,7 @@ impl AppAssignment<'_> {
                 )));
             }
             log::info!("app {name}: {} is kept: switching, no download", kept.id);
+            app.save_environment(&kept.id, &assignment.env)?;
             let outcome = activate(self.config, &app, &kept.id, self.notifier)?;
             return Ok(vec![RobotEvent::Installing, outcome_event(outcome)]);
         }
@@ -87,6 +88,7 @@ impl AppAssignment<'_> {
             self.os_version,
             &AppInstallOptions {
                 allow_downgrade: assignment.allow_downgrade,
+                environment: Some(assignment.env.clone()),
             },
             self.notifier,
         )?;

@@ -20,6 +20,9 @@ use crate::notify::Notifier;
 pub struct AppInstallOptions {
     /// Install a lower version than the current release.
     pub allow_downgrade: bool,
+    /// Variables and secrets from the fleet, the release's environment from now on; `None`
+    /// (an install by hand) keeps the app's environment file as it is.
+    pub environment: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// What `app install` did, as `--json` prints it.
@@ -79,6 +82,9 @@ pub fn install_app(
             .ok_or_else(|| AppError::BadTree("the bundle has no image".into()))?;
         Some(store_release(config, &app, &verified, &id, image)?)
     };
+    if let Some(environment) = &options.environment {
+        app.save_environment(&id, environment)?;
+    }
     log::info!("app {}: activating {id} (units {spec_units:?})", app.name);
     let outcome = activate(config, &app, &id, notifier)?;
     let pruned = prune(&config.apps, &app)?;

@@ -207,6 +207,55 @@ impl AppDir {
         self.root.join("meta").join(format!("{id}.json"))
     }
 
+    /// The environment a fleet delivered with release `id` (0600), installed as
+    /// [`Self::environment_file`] when the release becomes current.
+    fn environment_snapshot(&self, id: &str) -> PathBuf {
+        self.root.join("meta").join(format!("{id}.env"))
+    }
+
+    /// What the app's units read: `EnvironmentFile=/data/rota/apps/NAME/environment`.
+    pub fn environment_file(&self) -> PathBuf {
+        self.root.join("environment")
+    }
+
+    /// Keeps `env` as the environment of release `id`, in systemd's `EnvironmentFile` format
+    /// (values double-quoted, with backslash, double quote, dollar and backquote escaped),
+    /// readable by root only.
+    pub fn save_environment(
+        &self,
+        id: &str,
+        env: &std::collections::BTreeMap<String, String>,
+    ) -> Result<(), AppError> {
+        let mut text = String::from("# Written by rota-updater from the fleet's environment.\n");
+        for (name, value) in env {
+            let mut quoted = String::with_capacity(value.len() + 2);
+            for c in value.chars() {
+                if matches!(c, '\\' | '"' | '$' | '`') {
+                    quoted.push('\\');
+                }
+                quoted.push(c);
+            }
+            text.push_str(&format!("{name}=\"{quoted}\"\n"));
+        }
+        let path = self.environment_snapshot(id);
+        atomic_file::replace(&path, text.as_bytes(), 0o600)
+            .map_err(|error| AppError::io("write", &path, error))
+    }
+
+    /// Makes release `id`'s environment the app's, when the fleet delivered one with it; a
+    /// release installed by hand leaves the file as it is.
+    fn install_environment(&self, id: &str) -> Result<(), AppError> {
+        let snapshot = self.environment_snapshot(id);
+        let bytes = match fs::read(&snapshot) {
+            Ok(bytes) => bytes,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(error) => return Err(AppError::io("read", &snapshot, error)),
+        };
+        let path = self.environment_file();
+        atomic_file::replace(&path, &bytes, 0o600)
+            .map_err(|error| AppError::io("write", &path, error))
+    }
+
     pub fn current_link(&self) -> PathBuf {
         self.root.join("current")
     }
@@ -485,6 +534,13 @@ pub fn prune(config: &AppsConfig, app: &AppDir) -> Result<Vec<String>, AppError>
         fs::remove_dir_all(&tree).map_err(|error| AppError::io("remove", &tree, error))?;
         let meta_path = app.meta_path(&meta.id);
         fs::remove_file(&meta_path).map_err(|error| AppError::io("remove", &meta_path, error))?;
+        let snapshot = app.environment_snapshot(&meta.id);
+        match fs::remove_file(&snapshot) {
+            Err(error) if error.kind() != io::ErrorKind::NotFound => {
+                return Err(AppError::io("remove", &snapshot, error))
+            }
+            _ => {}
+        }
         removed.push(meta.id.clone());
         excess -= 1;
     }

@@ -187,6 +187,7 @@ pub fn assignment(
         allow_downgrade: false,
         update_window: None,
         app: None,
+        env: Default::default(),
     }
 }
 

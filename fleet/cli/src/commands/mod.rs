@@ -3,6 +3,7 @@
 pub mod access;
 pub mod audit;
 pub mod deploy;
+pub mod env_vars;
 pub mod history;
 pub mod inventory;
 pub mod open;

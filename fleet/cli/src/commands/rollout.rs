@@ -219,6 +219,9 @@ pub fn promote(
 
 pub fn environments(api: &Api, action: Option<EnvCommand>, json: bool) -> anyhow::Result<()> {
     let environment: Environment = match action {
+        Some(EnvCommand::Var { action }) => {
+            return crate::commands::env_vars::vars(api, action, json);
+        }
         None | Some(EnvCommand::List) => {
             let headers = [
                 "NAME",

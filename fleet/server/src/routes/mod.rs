@@ -2,6 +2,7 @@
 //! the router is built from those descriptions, so the served routes and the document agree.
 
 pub mod deployments;
+pub mod env_vars;
 pub mod environments;
 pub mod fleet;
 pub mod groups;

@@ -1,13 +1,14 @@
 //! Robot-facing routes: enroll, poll for the assignment (ETag and long-poll), report events,
 //! slot contents and inventory.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::header::{ETAG, HOST, IF_NONE_MATCH};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use rota_protocol::operator::{DeploymentKind, ErrorBody};
+use rota_protocol::operator::{DeploymentKind, DeploymentTarget, ErrorBody};
 use rota_protocol::robot::{
     validate_robot_id, validate_tag, Assignment, EnrollRequest, EnrollResponse, EventReport,
     Inventory, SlotsReport, MAX_WAIT_SECS,
@@ -19,6 +20,7 @@ use crate::audit;
 use crate::auth::{source_ip, RobotCaller};
 use crate::error::{ApiError, ApiJson, ApiQuery, ApiResult};
 use crate::rollout::{self, OFFERED_STATES_SQL};
+use crate::routes::env_vars;
 use crate::secrets::{self, ROBOT_TOKEN_PREFIX};
 use crate::state::AppState;
 use crate::time::now_ms;
@@ -181,10 +183,11 @@ async fn current_assignment(
         String,
         Option<String>,
         Option<String>,
+        Option<String>,
     );
     let row: Option<Row> = sqlx::query_as(&format!(
         "SELECT a.deployment_id, d.forced, r.id, r.version, r.compatible, r.size, r.manifest_hash,
-                r.bundle_sha256, d.kind, d.update_window, r.app
+                r.bundle_sha256, d.kind, d.update_window, r.app, d.environment
          FROM assignments a
          JOIN deployments d ON d.id = a.deployment_id
          JOIN releases r ON r.id = a.release_id
@@ -206,6 +209,7 @@ async fn current_assignment(
         kind,
         update_window,
         app,
+        environment,
     )) = row
     else {
         return Ok(None);
@@ -221,9 +225,30 @@ async fn current_assignment(
             (format!("{base}/api/v1/releases/{release_id}/bundle"), true)
         }
     };
+    // An app gets its environment's variables: the deployment's environment, else the one of
+    // the robot's groups.
+    let env = match (&app, environment) {
+        (None, _) => BTreeMap::new(),
+        (Some(_), environment) => {
+            let mut conn = state.db.pool().acquire().await?;
+            let environment = match environment {
+                Some(environment) => Some(environment),
+                None => {
+                    rollout::environment_of(&mut conn, &DeploymentTarget::Robot(robot.id.clone()))
+                        .await?
+                        .map(|rules| rules.name)
+                }
+            };
+            match environment {
+                Some(environment) => env_vars::values_for_robots(&mut conn, &environment).await?,
+                None => BTreeMap::new(),
+            }
+        }
+    };
     let etag = format!("\"{deployment_id}\"");
     Ok(Some((
         Assignment {
+            env,
             app,
             deployment_id,
             release_id,
