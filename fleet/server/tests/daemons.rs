@@ -1074,4 +1074,20 @@ fn app_releases_deploy_beside_the_os_and_a_failing_canary_halts_the_rollout() {
         // Newest first; no `installed`: the release was switched to, not downloaded.
         assert_eq!(of_rollback, ["committed", "installing"], "{}", robot.id);
     }
+
+    // By commit (3.0.0's), then by version: each a kept release again.
+    for (to, version) in [("commit:a99300", "3.0.0"), ("v1.0.0", "1.0.0")] {
+        let outcome = server.rota_json(&["rollback", "--app", "nav", "--to", to, "--immediate"]);
+        assert_eq!(outcome["plan"][0]["version"], version, "{outcome:#}");
+        let path = format!(
+            "/deployments/{}",
+            outcome["deployments"][0]["id"].as_str().unwrap()
+        );
+        let done = simulate_until(&server, &mut robots, &path, to, |d| d["state"] != "running");
+        assert_eq!(done["state"], "succeeded", "{to}: {done:#}");
+        for robot in &robots {
+            let current = fs::read_to_string(robot.path("data/apps/nav/current/VERSION")).unwrap();
+            assert_eq!(current, version, "{to}: {}", robot.id);
+        }
+    }
 }
