@@ -1075,6 +1075,14 @@ fn app_releases_deploy_beside_the_os_and_a_failing_canary_halts_the_rollout() {
         assert_eq!(of_rollback, ["committed", "installing"], "{}", robot.id);
     }
 
+    // Promote moves an environment's OS release: the app releases the robots committed are
+    // not it (it promoted the newest app release instead).
+    server.rota_ok(&["env", "set", "field", "--groups", "field"]);
+    let promote = server.rota(common::ADMIN_KEY, &["promote", "lab", "field"]);
+    let said = String::from_utf8_lossy(&promote.stderr);
+    assert!(!promote.status.success(), "{said}");
+    assert!(said.contains("nothing to promote"), "{said}");
+
     // By commit (3.0.0's), then by version: each a kept release again.
     for (to, version) in [("commit:a99300", "3.0.0"), ("v1.0.0", "1.0.0")] {
         let outcome = server.rota_json(&["rollback", "--app", "nav", "--to", to, "--immediate"]);

@@ -152,7 +152,8 @@ pub async fn put(
     Ok(ApiJson(environment))
 }
 
-/// The one release every robot of `environment` that has committed anything runs now.
+/// The one OS release every robot of `environment` that has committed anything runs now (an
+/// app release committed since does not change what OS the robot runs).
 async fn release_running_in(conn: &mut AnyConnection, environment: &str) -> ApiResult<ReleaseRef> {
     let robots = rollout::target_robots(conn, &DeploymentTarget::Env(environment.into())).await?;
     let mut running: Vec<(String, String, String)> = Vec::new();
@@ -160,7 +161,7 @@ async fn release_running_in(conn: &mut AnyConnection, environment: &str) -> ApiR
         let current: Option<(String, String, String)> = sqlx::query_as(
             "SELECT r.id, r.version, r.compatible FROM assignments a
              JOIN releases r ON r.id = a.release_id
-             WHERE a.robot_id = $1 AND a.state = 'committed'
+             WHERE a.robot_id = $1 AND a.state = 'committed' AND r.app IS NULL
              ORDER BY a.finished_at DESC LIMIT 1",
         )
         .bind(&robot.id)
