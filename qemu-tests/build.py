@@ -12,6 +12,11 @@ Versions, all built from the same cached Debian base:
   5.0.0  a good update, installed after power cuts interrupted it
   6.0.0  a good update whose commit is interrupted by power cuts
 
+and the releases of an app beside the OS (`rota-image app`, scenario 7), the demo HTTP service
+of `demo-app` (perl-base, in every Debian rootfs) on 127.0.0.1:8080:
+  demo 1.0.0, 2.0.0  answer "demo version V: ok" (200); their check wants that version
+  demo 3.0.0         answers 503 "demo version 3.0.0: motor controller missing": its check fails
+
 Built images are cached under the cache dir, keyed by everything that goes into them (base
 rootfs, kernel, the rota-robot package, boot scripts, these recipes), so a warm run only boots.
 """
@@ -39,6 +44,16 @@ VERSIONS = {
     "4.0.0": "init-dies",
     "5.0.0": "good",
     "6.0.0": "good",
+}
+
+# The demo app's releases: version -> what its HEALTH file says ("ok", or why it answers 503).
+APP_NAME = "demo"
+APP_UNIT = "rota-demo.service"
+APP_PORT = 8080
+APP_VERSIONS = {
+    "1.0.0": "ok",
+    "2.0.0": "ok",
+    "3.0.0": "motor controller missing",
 }
 
 # Slot partitions hold the largest rootfs image; the data partition the updater's state.
@@ -190,6 +205,52 @@ def robot_overlay(setup, robot_deb, pubkey, variant):
     return overlay
 
 
+def app_spec(version):
+    """rota-app.toml of a demo release: its unit restarted, and checks that it answers as this
+    version (so a restart that kept the old process fails them) and that its unit runs."""
+    return f"""name = "{APP_NAME}"
+units = ["{APP_UNIT}"]
+check_deadline_secs = 30
+
+[[checks]]
+name = "answers"
+http = "http://127.0.0.1:{APP_PORT}/"
+expect_status = 200
+body_contains = "demo version {version}:"
+
+[[checks]]
+name = "running"
+unit = "{APP_UNIT}"
+"""
+
+
+def build_apps(setup, rota_image):
+    """The demo app's signed releases for this setup's robots (same key and compatible string
+    as the OS bundles): {version: path of demo-VERSION.rota}. Small and quick; cached anyway."""
+    keydir = keys(rota_image)
+    key = cache.digest(cache.RECIPE_VERSION, setup.name, sorted(APP_VERSIONS.items()),
+                       file_digest(rota_image, keydir / "test.pub", HERE / "demo-app",
+                                   HERE / "build.py"))
+
+    def build(tmp):
+        for version, health in APP_VERSIONS.items():
+            tree = tmp / "tree"
+            images.write(tree / "rota-app.toml", app_spec(version))
+            images.write(tree / "serve", (HERE / "demo-app").read_text(), 0o755)
+            images.write(tree / "VERSION", f"{version}\n")
+            images.write(tree / "HEALTH", f"{health}\n")
+            run([rota_image, "app", tree, "--compatible", f"rota-qemu-{setup.name}",
+                 "--version", version, "--key", keydir / "test.key",
+                 "--description", f"qemu test app: {health}",
+                 "-o", tmp / f"{APP_NAME}-{version}.rota"], stdout=subprocess.DEVNULL,
+                env={**os.environ, "SOURCE_DATE_EPOCH": "0"})
+            shutil.rmtree(tree)
+        log(f"{setup.name}: built app {APP_NAME} {', '.join(APP_VERSIONS)}")
+
+    entry = cache.entry(f"apps-{setup.name}", setup.arch, key, build)
+    return {v: entry / f"{APP_NAME}-{v}.rota" for v in APP_VERSIONS}
+
+
 @dataclass
 class Artifacts:
     setup: object
@@ -200,6 +261,7 @@ class Artifacts:
     partitions: dict = field(default_factory=dict)  # name -> (byte offset, byte size)
     rota_image: Path = None
     fleet_debs: list = field(default_factory=list)  # rota-server and rota-cli, where tested
+    apps: dict = field(default_factory=dict)  # demo app version -> app release path
 
     def image_digest(self, version):
         """(size, sha256) of the rootfs image in version's bundle, from its verified manifest."""
@@ -241,7 +303,8 @@ def build_setup(setup, rota_image, debs):
                      partitions={p["name"]: (int(p["offset"]), int(p["size"]))
                                  for p in report["partitions"]},
                      rota_image=rota_image,
-                     fleet_debs=[debs[n] for n in ("rota-server", "rota-cli") if n in debs])
+                     fleet_debs=[debs[n] for n in ("rota-server", "rota-cli") if n in debs],
+                     apps=build_apps(setup, rota_image))
 
 
 def build_versions(setup, rota_image, robot_deb, room_for_fleet):

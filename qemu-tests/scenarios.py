@@ -9,6 +9,10 @@ live through them, which keeps the number of (slow, emulated) boots down:
 4. install-cut  power cuts at six moments of installing 5.0.0: B always boots; a retry succeeds
 5. commit-cut   power cuts during the commit of 6.0.0: the robot boots and the state file agrees
                 with the boot env
+6. seeded-cuts  power cuts at seeded pseudo-random moments of installs and commits (--cuts N)
+7. apps         an app release beside the OS, no reboot: demo 1.0.0 (an HTTP service) installed
+                and answering, 2.0.0 restarts it and answers, 3.0.0 fails its check and is
+                switched back (2.0.0 answers), `app rollback --to 1.0.0` without a download
 
 A scenario's result is pass or fail with the reason; boot-to-commit is the time from power-on of
 the trial boot to the end of rota-commit.service.
@@ -22,6 +26,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 
+import build
 import harness
 import setups
 
@@ -736,6 +741,191 @@ def s6_seeded_cuts(robot, res):
                      + f"; final {version} committed on {target}")
 
 
+# --- 7: app releases -------------------------------------------------------------------------
+# The demo app (build.APP_VERSIONS, the perl service in qemu-tests/demo-app) beside the OS: no
+# reboot, no slot written. Its releases go to /data/rota/apps/demo; the OS ships the unit that
+# runs whichever release is current.
+
+APP_DIR = f"/data/rota/apps/{build.APP_NAME}"
+APP_LOG = "/run/rota-test/app.log"  # the updater's log lines of the app commands (stderr)
+
+# What the OS image would ship: the unit starts the current release through the `current` link,
+# so an app release never installs or changes a unit.
+APP_UNIT_TEXT = [
+    "[Unit]",
+    f"Description=Rota demo app: the current release in {APP_DIR}",
+    "",
+    "[Service]",
+    f"ExecStart={APP_DIR}/current/serve",
+]
+
+
+def guest_timed(robot, command, timeout=300):
+    """Runs command on the guest, timed by the guest's clock; returns (rc, output, seconds)."""
+    rc, out = robot.m.sh(f"t0=$(date +%s.%N); {command}; rc=$?; t1=$(date +%s.%N);"
+                         " echo \"GUEST-SECONDS $t0 $t1\"; (exit $rc)", timeout=timeout,
+                         check=False)
+    m = re.search(r"GUEST-SECONDS (\S+) (\S+)", out)
+    check(m is not None, f"`{command}` printed no timing: {out[-1000:]}")
+    return rc, out[:m.start()], float(m.group(2)) - float(m.group(1))
+
+
+def app_command(robot, args, what):
+    """`rota-updater app ARGS --json` on the guest: (exit code, its JSON, guest seconds). Its log
+    (stderr) goes to APP_LOG, so stdout is the JSON alone."""
+    rc, out, secs = guest_timed(robot, f"rota-updater app {args} --json 2>>{APP_LOG}")
+    robot.log(f"app {args}: exit {rc} in {secs:.2f}s: {out.strip()}")
+    try:
+        return rc, parse_json(out), secs
+    except (ScenarioFailed, ValueError):
+        check(False, f"{what}: `rota-updater app {args}` exited {rc} without JSON: {out!r};"
+                     f" its log: {app_log_tail(robot)}")
+
+
+def app_log_tail(robot):
+    _, text = robot.m.sh(f"tail -n 15 {APP_LOG}; journalctl -u {build.APP_UNIT} -o cat"
+                         " --no-pager | tail -n 10", check=False)
+    return text
+
+
+def app_answer(robot, what, patience=30):
+    """(status line, body) of the demo app's answer to a GET from the guest itself (bash's
+    /dev/tcp: the rootfs has no curl), asked again while nothing listens (a restart)."""
+    _, out = robot.m.sh(
+        f"for i in $(seq {patience * 2}); do if exec 3<>/dev/tcp/127.0.0.1/{build.APP_PORT};"
+        " then printf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3; exec 3<&-; break; fi;"
+        " sleep 0.5; done 2>/dev/null", timeout=patience + 60, check=False)
+    head, _, body = out.strip().partition("\n\n")
+    check(head.startswith("HTTP/"), f"{what}: the demo app does not answer on port"
+                                    f" {build.APP_PORT}: {out!r}; {app_log_tail(robot)}")
+    return head.splitlines()[0].strip(), body.strip()
+
+
+def expect_answer(robot, version, what):
+    status, body = app_answer(robot, what)
+    robot.log(f"{what}: the app answers {status!r} {body!r}")
+    check(status.split()[1:2] == ["200"] and body == f"demo version {version}: ok",
+          f"{what}: the app answers {status!r} {body!r}, expected 200 from {version}")
+    return body
+
+
+def app_status(robot, what):
+    """`app status demo --json`'s one object, and the release the `current` link names."""
+    _, out = robot.m.sh(f"rota-updater app status {build.APP_NAME} --json 2>>{APP_LOG}")
+    start, end = out.find("["), out.rfind("]")
+    check(start >= 0 and end > start, f"{what}: app status printed no JSON list: {out!r}")
+    statuses = json.loads(out[start:end + 1])
+    check(len(statuses) == 1 and statuses[0].get("name") == build.APP_NAME,
+          f"{what}: app status lists {statuses}")
+    _, link = robot.m.sh(f"readlink {APP_DIR}/current")
+    return statuses[0], link.strip()
+
+
+def expect_app_current(robot, version, release, last, what):
+    """The current release is release (of version), the link points at its tree, and the last
+    outcome is last; returns the status."""
+    st, link = app_status(robot, what)
+    current = st.get("current") or {}
+    robot.log(f"app status {what}: current {current.get('id')}, previous {st.get('previous')},"
+              f" last {st.get('last')}, kept {st.get('kept')}; current -> {link}")
+    check(current.get("version") == version and current.get("id") == release,
+          f"{what}: current release {current.get('id')}, expected {release}")
+    check(link == f"releases/{release}", f"{what}: {APP_DIR}/current -> {link}")
+    check((st.get("last") or {}).get("result") == last,
+          f"{what}: last outcome {st.get('last')}, expected {last}")
+    check(st.get("pending") is None, f"{what}: an activation is still pending: {st}")
+    return st
+
+
+def s7_apps(robot, res):
+    if not robot.m.running():  # run --from 7: the fresh golden image
+        robot.boot()
+        robot.wait_commit()
+    server = harness.BundleServer(robot.art.apps["1.0.0"].parent)
+    try:
+        app_releases(robot, res, server)
+    finally:
+        server.close()
+
+
+def app_releases(robot, res, server):
+    os_before = robot.status()
+    robot.m.sh("mkdir -p /run/rota-test")
+    _, out = robot.m.sh(f"rota-updater app status --json 2>>{APP_LOG}")
+    check(out.strip() == "[]", f"apps on the robot before the first deploy: {out!r}")
+    # Stands in for the OS image shipping the app's unit (once, before the first deploy).
+    unit = " ".join(f"'{line}'" for line in APP_UNIT_TEXT)
+    robot.m.sh(f"printf '%s\\n' {unit} > /etc/systemd/system/{build.APP_UNIT}"
+               " && systemctl daemon-reload")
+
+    def install(version, what):
+        rc, rep, secs = app_command(robot, f"install {server.url(f'demo-{version}.rota')}",
+                                    what)
+        check(rep.get("version") == version and rep.get("reused_release") is False,
+              f"{what}: install report {rep}")
+        return rc, rep, secs
+
+    ids = {}
+    timings = []
+    # v1: the first release, the unit starts.
+    rc, rep, secs = install("1.0.0", "deploy of demo 1.0.0")
+    check(rc == 0 and rep.get("result") == "activated",
+          f"demo 1.0.0: exit {rc}, {rep}; {app_log_tail(robot)}")
+    ids["1.0.0"] = rep["release"]
+    timings.append(f"v1 {secs:.1f}s")
+    expect_answer(robot, "1.0.0", "after deploying 1.0.0")
+    expect_app_current(robot, "1.0.0", ids["1.0.0"], "activated", "after deploying 1.0.0")
+
+    # v2: the unit restarts from the new release.
+    rc, rep, secs = install("2.0.0", "deploy of demo 2.0.0")
+    check(rc == 0 and rep.get("result") == "activated" and rep.get("previous") == ids["1.0.0"]
+          and rep.get("current") == rep.get("release"),
+          f"demo 2.0.0: exit {rc}, {rep}; {app_log_tail(robot)}")
+    ids["2.0.0"] = rep["release"]
+    timings.append(f"v2 {secs:.1f}s")
+    expect_answer(robot, "2.0.0", "after deploying 2.0.0")
+    expect_app_current(robot, "2.0.0", ids["2.0.0"], "activated", "after deploying 2.0.0")
+
+    # v3: answers 503, its check fails: switched back, 2.0.0 restarted and answering.
+    rc, rep, secs = install("3.0.0", "deploy of demo 3.0.0")
+    check(rc == 2 and rep.get("result") == "rolled_back" and rep.get("failed_check") == "answers"
+          and " 503 " in (rep.get("check_output") or "") and rep.get("current") == ids["2.0.0"],
+          f"demo 3.0.0 (its check must fail): exit {rc}, {rep}; {app_log_tail(robot)}")
+    ids["3.0.0"] = rep["release"]
+    timings.append(f"v3 {secs:.1f}s (rolled back)")
+    robot.log(f"demo 3.0.0 failed check answers: {rep['check_output']}")
+    res.notes.append("v3: check 'answers' got 503, switched back to v2")
+    expect_answer(robot, "2.0.0", "after the failed deploy of 3.0.0")
+    st = expect_app_current(robot, "2.0.0", ids["2.0.0"], "rolled_back",
+                            "after the failed deploy of 3.0.0")
+    last = st["last"]
+    check(last.get("release") == ids["3.0.0"] and last.get("back_to") == ids["2.0.0"]
+          and last.get("check") == "answers",
+          f"after the failed deploy of 3.0.0: last outcome {last}")
+
+    # Rollback to v1: a kept release, nothing fetched.
+    requests_before = len(server.requests)
+    check(requests_before > 0, "the app server logged no requests for three deploys")
+    rc, rep, secs = app_command(robot, f"rollback {build.APP_NAME} --to 1.0.0",
+                                "rollback to 1.0.0")
+    check(rc == 0 and rep.get("result") == "activated" and rep.get("release") == ids["1.0.0"],
+          f"rollback to 1.0.0: exit {rc}, {rep}; {app_log_tail(robot)}")
+    fetched = server.requests[requests_before:]
+    check(not fetched, f"the rollback fetched from the app server: {fetched}")
+    timings.append(f"rollback to v1 {secs:.1f}s, no request")
+    expect_answer(robot, "1.0.0", "after rolling back to 1.0.0")
+    st = expect_app_current(robot, "1.0.0", ids["1.0.0"], "activated",
+                            "after rolling back to 1.0.0")
+    check(st.get("previous") == ids["2.0.0"] and set(ids.values()) <= set(st.get("kept", [])),
+          f"after rolling back to 1.0.0: previous {st.get('previous')}, kept {st.get('kept')}")
+
+    # The OS is untouched: same slot, same outcome, nothing pending.
+    os_after = robot.status()
+    check(os_after.get("booted") == os_before.get("booted")
+          and os_after.get("last_result") == os_before.get("last_result")
+          and os_after.get("pending") is None,
+          f"the app releases changed the OS state: {os_before} -> {os_after}")
+    res.notes.insert(0, "guest times: " + ", ".join(timings))
 
 
 SCENARIOS = [
@@ -745,6 +935,7 @@ SCENARIOS = [
     ("4 power cuts during install", s4_install_cut),
     ("5 power cuts during commit", s5_commit_cut),
     ("6 seeded power cuts", s6_seeded_cuts),
+    ("7 app releases", s7_apps),
 ]
 
 
