@@ -8,6 +8,15 @@ use rota_updater::cli::AppCommand;
 use rota_updater::install::source::{BundleSource, HttpFetcher, SourceError};
 use rota_updater::notify::Notifier;
 
+/// `println!` that stops quietly when the reader went away (`app status --json | head`):
+/// a closed pipe is not an error of the command, and `println!` would panic on it.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 use crate::{
     load_keyring, lock, robot_token_for, Loaded, EXIT_BAD_BUNDLE, EXIT_TRANSPORT,
     EXIT_TRIAL_FAILED, EXIT_USAGE,
@@ -86,7 +95,7 @@ pub fn run(loaded: &Loaded, command: AppCommand) -> Result<u8> {
                 }
             };
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                out!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 let stored = match &report.stats {
                     Some(stats) => format!(
@@ -97,16 +106,18 @@ pub fn run(loaded: &Loaded, command: AppCommand) -> Result<u8> {
                     None => "kept already, nothing downloaded".into(),
                 };
                 match (&report.failed_check, &report.check_output) {
-                    (Some(check), Some(output)) => println!(
+                    (Some(check), Some(output)) => out!(
                         "app {} {}: check {check:?} failed, switched back to {}: {}",
                         report.app,
                         report.release,
                         report.current.as_deref().unwrap_or("no release"),
                         output.trim()
                     ),
-                    _ => println!(
+                    _ => out!(
                         "app {} {} is current ({stored}, {:.2} s)",
-                        report.app, report.release, report.seconds
+                        report.app,
+                        report.release,
+                        report.seconds
                     ),
                 }
             }
@@ -128,7 +139,7 @@ pub fn run(loaded: &Loaded, command: AppCommand) -> Result<u8> {
                 ActivationOutcome::RolledBack { check, output } => Some((check, output)),
             };
             if json {
-                println!(
+                out!(
                     "{}",
                     serde_json::to_string_pretty(&serde_json::json!({
                         "app": name,
@@ -139,9 +150,9 @@ pub fn run(loaded: &Loaded, command: AppCommand) -> Result<u8> {
                     }))?
                 );
             } else if let Some((check, output)) = failed {
-                println!("app {name} {target}: check {check:?} failed, switched back: {output}");
+                out!("app {name} {target}: check {check:?} failed, switched back: {output}");
             } else {
-                println!("app {name} {target} is current");
+                out!("app {name} {target} is current");
             }
             Ok(if failed.is_some() {
                 EXIT_TRIAL_FAILED
@@ -163,15 +174,15 @@ pub fn run(loaded: &Loaded, command: AppCommand) -> Result<u8> {
                         }))
                     })
                     .collect::<Result<_, AppError>>()?;
-                println!("{}", serde_json::to_string_pretty(&lists)?);
+                out!("{}", serde_json::to_string_pretty(&lists)?);
                 return Ok(0);
             }
             for status in &statuses {
                 let app = AppDir::new(&config.apps, &status.name)?;
-                println!("{}:", status.name);
+                out!("{}:", status.name);
                 let current = status.current.as_ref().map(|meta| meta.id.as_str());
                 for meta in app.releases()? {
-                    println!(
+                    out!(
                         "  {} {:<32} {:<12} {}",
                         if Some(meta.id.as_str()) == current {
                             "*"
@@ -191,14 +202,14 @@ pub fn run(loaded: &Loaded, command: AppCommand) -> Result<u8> {
         AppCommand::Status { name, json } => {
             let statuses = statuses(loaded, name.as_deref())?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&statuses)?);
+                out!("{}", serde_json::to_string_pretty(&statuses)?);
                 return Ok(0);
             }
             if statuses.is_empty() {
-                println!("no apps installed");
+                out!("no apps installed");
             }
             for status in &statuses {
-                println!(
+                out!(
                     "{}: current {}, previous {}, {} kept",
                     status.name,
                     status
@@ -209,7 +220,7 @@ pub fn run(loaded: &Loaded, command: AppCommand) -> Result<u8> {
                     status.kept.len()
                 );
                 if let Some(last) = &status.last {
-                    println!("  last: {}", apps::describe_outcome(last));
+                    out!("  last: {}", apps::describe_outcome(last));
                 }
             }
             Ok(0)

@@ -662,3 +662,26 @@ fn a_failed_install_names_the_release_current_again_not_the_one_before_it() {
     assert!(said.contains("switched back to 1.1.0-"), "{said}");
     assert_eq!(robot.current_app_version().as_deref(), Some("1.1.0"));
 }
+
+/// `app status --json | head` panicked with "failed printing to stdout: Broken pipe": a reader
+/// that leaves early is no error of the command.
+#[test]
+fn app_output_into_a_closed_pipe_does_not_panic() {
+    let robot = robot();
+    install_ok(&robot, &AppRelease::new(&robot, "1.0.0"));
+    for command in ["status --json", "list", "list --json", "status"] {
+        let script = format!(
+            "{} --config {} app {command} 2>{} | {{ exec 0<&-; sleep 0.3; }}",
+            common::BIN,
+            robot.path("updater.toml").display(),
+            robot.path("stderr").display()
+        );
+        let status = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let stderr = fs::read_to_string(robot.path("stderr")).unwrap();
+        assert!(!stderr.contains("panicked"), "app {command}: {stderr}");
+    }
+}
