@@ -7,6 +7,7 @@ use rota_updater::apps::{self, ActivationOutcome, AppDir, AppError, AppInstallOp
 use rota_updater::cli::AppCommand;
 use rota_updater::install::source::{BundleSource, HttpFetcher, SourceError};
 use rota_updater::notify::Notifier;
+use rota_updater::store::StoreError;
 
 /// `println!` that stops quietly when the reader went away (`app status --json | head`):
 /// a closed pipe is not an error of the command, and `println!` would panic on it.
@@ -41,8 +42,17 @@ pub fn settle(loaded: &Loaded) -> Result<()> {
 
 pub fn run(loaded: &Loaded, command: AppCommand) -> Result<u8> {
     let config = &loaded.config;
-    let _lock = lock(loaded)?;
-    settle_locked(loaded)?;
+    let reads_only = matches!(command, AppCommand::List { .. } | AppCommand::Status { .. });
+    // `list` and `status` also answer while an install holds the lock: they show a pending
+    // activation as pending then, instead of settling it.
+    let _lock = match loaded.store.lock() {
+        Ok(lock) => {
+            settle_locked(loaded)?;
+            Some(lock)
+        }
+        Err(StoreError::Busy { .. }) if reads_only => None,
+        Err(error) => return Err(anyhow::Error::new(error).context("taking the state lock")),
+    };
     let notifier = Notifier::from_env();
     match command {
         AppCommand::Install {

@@ -685,3 +685,36 @@ fn app_output_into_a_closed_pipe_does_not_panic() {
         assert!(!stderr.contains("panicked"), "app {command}: {stderr}");
     }
 }
+
+/// `app status` and `app list` answer while an install holds the updater's lock (showing what
+/// is pending instead of settling it); `app install` and `app rollback` wait their turn (5).
+#[test]
+fn app_status_answers_while_another_updater_holds_the_lock() {
+    let robot = robot();
+    install_ok(&robot, &AppRelease::new(&robot, "1.0.0"));
+    let lock = robot.path("data/rota/state.lock");
+    let mut holder = std::process::Command::new("flock")
+        .arg(&lock)
+        .args(["sleep", "30"])
+        .spawn()
+        .unwrap();
+    // flock has the lock once a second flock on it fails at once.
+    robot.wait_for("flock to hold the lock", || {
+        !std::process::Command::new("flock")
+            .args(["-n"])
+            .arg(&lock)
+            .arg("true")
+            .status()
+            .unwrap()
+            .success()
+    });
+    let status = robot.run(&["app", "status", APP, "--json"]);
+    let listed = robot.run(&["app", "list"]);
+    let rollback = robot.run(&["app", "rollback", APP, "--to", "1.0.0"]);
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let status: serde_json::Value = serde_json::from_str(&ok(status, "app status")).unwrap();
+    assert_eq!(status[0]["current"]["version"], "1.0.0");
+    assert!(ok(listed, "app list").contains("1.0.0-"));
+    assert_eq!(exit_code(&rollback), 5, "{}", stderr(&rollback));
+}
