@@ -693,7 +693,10 @@ fn app_status_answers_while_another_updater_holds_the_lock() {
     let robot = robot();
     install_ok(&robot, &AppRelease::new(&robot, "1.0.0"));
     let lock = robot.path("data/rota/state.lock");
+    // --no-fork: the process killed below is the one holding the lock (a forked `sleep`
+    // would keep it, and outlive the test).
     let mut holder = std::process::Command::new("flock")
+        .arg("--no-fork")
         .arg(&lock)
         .args(["sleep", "30"])
         .spawn()
