@@ -3,7 +3,9 @@
 
 use anyhow::{Context as _, Result};
 use indicatif::HumanBytes;
-use rota_updater::apps::{self, ActivationOutcome, AppDir, AppError, AppInstallOptions, AppStatus};
+use rota_updater::apps::{
+    self, ActivationOutcome, AppDir, AppError, AppInstallOptions, AppStatus, ReleaseMeta,
+};
 use rota_updater::cli::AppCommand;
 use rota_updater::install::source::{BundleSource, HttpFetcher, SourceError};
 use rota_updater::notify::Notifier;
@@ -92,7 +94,7 @@ pub fn run(loaded: &Loaded, command: AppCommand) -> Result<u8> {
                 Ok(report) => report,
                 // A file that ends early or cannot be read is a bad bundle, not a transfer
                 // that a retry could finish.
-                Err(error) if !source.is_network() && is_cut_short(&error) => {
+                Err(error) if !source.is_network() && error.is_transport() => {
                     log::error!(
                         "installing the app release {}: {error:#}",
                         source.describe()
@@ -171,27 +173,25 @@ pub fn run(loaded: &Loaded, command: AppCommand) -> Result<u8> {
             })
         }
         AppCommand::List { name, json } => {
-            let statuses = statuses(loaded, name.as_deref())?;
+            let read = statuses(loaded, name.as_deref())?;
             if json {
-                let lists: Vec<_> = statuses
+                let lists: Vec<_> = read
                     .iter()
-                    .map(|status| {
-                        let app = AppDir::new(&config.apps, &status.name)?;
-                        Ok(serde_json::json!({
+                    .map(|(status, releases)| {
+                        serde_json::json!({
                             "app": status.name,
                             "current": status.current.as_ref().map(|meta| &meta.id),
-                            "releases": app.releases()?,
-                        }))
+                            "releases": releases,
+                        })
                     })
-                    .collect::<Result<_, AppError>>()?;
+                    .collect();
                 out!("{}", serde_json::to_string_pretty(&lists)?);
                 return Ok(0);
             }
-            for status in &statuses {
-                let app = AppDir::new(&config.apps, &status.name)?;
+            for (status, releases) in &read {
                 out!("{}:", status.name);
                 let current = status.current.as_ref().map(|meta| meta.id.as_str());
-                for meta in app.releases()? {
+                for meta in releases {
                     out!(
                         "  {} {:<32} {:<12} {}",
                         if Some(meta.id.as_str()) == current {
@@ -210,7 +210,10 @@ pub fn run(loaded: &Loaded, command: AppCommand) -> Result<u8> {
             Ok(0)
         }
         AppCommand::Status { name, json } => {
-            let statuses = statuses(loaded, name.as_deref())?;
+            let statuses: Vec<AppStatus> = statuses(loaded, name.as_deref())?
+                .into_iter()
+                .map(|(status, _)| status)
+                .collect();
             if json {
                 out!("{}", serde_json::to_string_pretty(&statuses)?);
                 return Ok(0);
@@ -238,22 +241,16 @@ pub fn run(loaded: &Loaded, command: AppCommand) -> Result<u8> {
     }
 }
 
-fn statuses(loaded: &Loaded, name: Option<&str>) -> Result<Vec<AppStatus>> {
+/// Each app's status (or one app's) with its kept releases.
+fn statuses(loaded: &Loaded, name: Option<&str>) -> Result<Vec<(AppStatus, Vec<ReleaseMeta>)>> {
     let names = match name {
         Some(name) => vec![name.to_owned()],
         None => apps::app_names(&loaded.config.apps)?,
     };
     names
         .iter()
-        .map(|name| apps::status(&loaded.config.apps, name).map_err(Into::into))
+        .map(|name| apps::status_and_releases(&loaded.config.apps, name).map_err(Into::into))
         .collect()
-}
-
-fn is_cut_short(error: &AppError) -> bool {
-    matches!(
-        error.bundle_error(),
-        Some(rota_bundle::Error::Read { .. } | rota_bundle::Error::Truncated { .. })
-    )
 }
 
 /// Exit code of a failed app command: a refused or damaged bundle is 3, a transfer that broke
@@ -264,22 +261,14 @@ pub fn exit_code(error: &anyhow::Error) -> Option<u8> {
         .find_map(|cause| cause.downcast_ref::<AppError>())?;
     match app_error {
         AppError::Refused(_) | AppError::BadTree(_) => Some(EXIT_BAD_BUNDLE),
-        AppError::Source(error) => match error {
-            SourceError::File { .. } | SourceError::IsDirectory { .. } => Some(EXIT_USAGE),
-            SourceError::GaveUp { .. }
-            | SourceError::Status { .. }
-            | SourceError::WrongRange { .. } => Some(EXIT_TRANSPORT),
-            SourceError::Client(_) | SourceError::StdinNotSeekable { .. } => None,
-        },
-        AppError::Bundle(_) | AppError::Image(_) => Some(match app_error.bundle_error() {
-            // From a file these never get here: see the install command.
-            Some(rota_bundle::Error::Read { .. } | rota_bundle::Error::Truncated { .. }) => {
-                EXIT_TRANSPORT
-            }
-            // A signed image that is not a valid tar is as bad as a damaged one; the robot's
-            // own disk errors are `AppError::Io`.
-            Some(_) | None => EXIT_BAD_BUNDLE,
-        }),
+        AppError::Source(SourceError::File { .. } | SourceError::IsDirectory { .. }) => {
+            Some(EXIT_USAGE)
+        }
+        // From a file these never get here: see the install command.
+        error if error.is_transport() => Some(EXIT_TRANSPORT),
+        // A signed image that is not a valid tar is as bad as a damaged one; the robot's own
+        // disk errors are `AppError::Io`.
+        AppError::Bundle(_) | AppError::Image(_) => Some(EXIT_BAD_BUNDLE),
         _ => None,
     }
 }

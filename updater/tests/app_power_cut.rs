@@ -18,13 +18,12 @@ mod common;
 use std::collections::HashSet;
 use std::fs;
 use std::hash::{DefaultHasher, Hasher};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::process::Command;
 
 use common::apps::{AppRelease, APP};
 use common::blockdev::{run, Loop, Mount};
-use common::power_cut::{crash_states, points, CrashState};
+use common::power_cut::{check_caught, crash_states, points, CrashState};
 use common::recorder::{Disks, Event};
 use common::{exit_code, ok, stderr, Backend, Robot};
 
@@ -168,18 +167,12 @@ fn power_cut_during_an_app_install_leaves_one_complete_release_current() {
         let image = robot.path("crash.img");
         fs::write(&image, &disk).unwrap();
         let retry = state.at_flush || index % RETRY_EVERY == 0;
-        let outcome = catch_unwind(AssertUnwindSafe(|| {
+        let outcome = check_caught(|| {
             let device = Loop::attach(&image);
             let data = Mount::new(device.path(), &robot.path("data"), "ext4", "rw");
             let result = check(&robot, &releases, retry);
             data.unmount();
             result
-        }))
-        .unwrap_or_else(|panic| {
-            Err(panic
-                .downcast_ref::<String>()
-                .cloned()
-                .unwrap_or_else(|| "panic".into()))
         });
         if let Err(error) = outcome {
             violations.push(format!("{}: {error}", state.label));

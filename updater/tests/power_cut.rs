@@ -25,13 +25,12 @@ mod common;
 use std::collections::HashSet;
 use std::fs;
 use std::io::Write;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::process::Command;
 use std::time::Instant;
 
 use common::blockdev::{run, Loop, Mount};
 use common::both_backends;
-use common::power_cut::{crash_states, materialise, points, record, Deduper, Op};
+use common::power_cut::{check_caught, crash_states, materialise, points, record, Deduper, Op};
 use common::recorder::{Disks, Event};
 
 /// Crash points per operation and backend; under qemu-user (aarch64 CI) every
@@ -78,14 +77,7 @@ fn power_cuts_with(op: Op, strict_boot: bool) {
             let retry = state.at_flush || index % RETRY_EVERY == 0;
             retries += usize::from(retry);
             let disks = materialise(&recording, state);
-            let outcome = catch_unwind(AssertUnwindSafe(|| recording.check(&disks, retry)))
-                .unwrap_or_else(|panic| {
-                    Err(panic
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                        .unwrap_or_else(|| "panic".into()))
-                });
+            let outcome = check_caught(|| recording.check(&disks, retry));
             if let Err(error) = outcome {
                 violations.push(format!("{backend:?} {op:?} {}: {error}", state.label));
             }

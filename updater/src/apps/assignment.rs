@@ -7,7 +7,7 @@ use super::activate::{activate, recover, ActivationOutcome};
 use super::install::{install_app, AppInstallOptions};
 use super::{AppDir, AppError, LastOutcome};
 use crate::config::Config;
-use crate::install::source::{error_chain, BundleSource, HttpFetcher, SourceError};
+use crate::install::source::{error_chain, BundleSource, HttpFetcher};
 use crate::notify::Notifier;
 use rota_bundle::Keyring;
 
@@ -32,7 +32,8 @@ impl AppAssignment<'_> {
     pub fn handle(&self, assignment: &Assignment, name: &str) -> Handled {
         match self.try_handle(assignment, name) {
             Ok(events) => Handled::Report(events),
-            Err(error) if is_transient(&error) => Handled::Retry(error),
+            // The network failed: the assignment is offered again.
+            Err(error) if error.is_transport() => Handled::Retry(error),
             Err(error) => Handled::Report(vec![RobotEvent::Failed {
                 error: error_chain(&error),
             }]),
@@ -42,12 +43,13 @@ impl AppAssignment<'_> {
     fn try_handle(&self, assignment: &Assignment, name: &str) -> Result<Vec<RobotEvent>, AppError> {
         let app = AppDir::new(&self.config.apps, name)?;
         recover(self.config, &app)?;
-        let kept = app
-            .releases()?
-            .into_iter()
+        let releases = app.releases()?;
+        let current_id = app.current()?;
+        let kept = releases
+            .iter()
             .find(|meta| meta.bundle_digest == assignment.manifest_hash);
-        if let Some(kept) = &kept {
-            if app.current()?.as_deref() == Some(kept.id.as_str()) {
+        if let Some(kept) = kept {
+            if current_id.as_deref() == Some(kept.id.as_str()) {
                 log::info!("app {name}: {} is current already", kept.id);
                 return Ok(vec![RobotEvent::Committed]);
             }
@@ -60,10 +62,10 @@ impl AppAssignment<'_> {
                     }]);
                 }
             }
-            let older = match (
-                semver::Version::parse(&kept.version),
-                app.current()?.map(|id| app.load_meta(&id)).transpose()?,
-            ) {
+            let current = current_id
+                .as_deref()
+                .and_then(|id| releases.iter().find(|meta| meta.id == id));
+            let older = match (semver::Version::parse(&kept.version), current) {
                 (Ok(kept), Some(current)) => {
                     semver::Version::parse(&current.version).is_ok_and(|current| kept < current)
                 }
@@ -114,22 +116,5 @@ fn outcome_event(outcome: ActivationOutcome) -> RobotEvent {
         ActivationOutcome::RolledBack { check, output } => RobotEvent::RolledBack {
             reason: format!("check {check:?} failed: {output}"),
         },
-    }
-}
-
-/// The network failed, not the bundle or the robot: the assignment is offered again.
-fn is_transient(error: &AppError) -> bool {
-    match error {
-        AppError::Source(source) => matches!(
-            source,
-            SourceError::GaveUp { .. }
-                | SourceError::Status { .. }
-                | SourceError::WrongRange { .. }
-        ),
-        AppError::Bundle(_) | AppError::Image(_) => matches!(
-            error.bundle_error(),
-            Some(rota_bundle::Error::Read { .. } | rota_bundle::Error::Truncated { .. })
-        ),
-        _ => false,
     }
 }

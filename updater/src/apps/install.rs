@@ -9,7 +9,7 @@ use std::time::Instant;
 use rota_bundle::{BundleReader, Keyring, VerifiedManifest};
 use serde::Serialize;
 
-use super::activate::{activate, recover, ActivationOutcome};
+use super::activate::{activate, ActivationOutcome};
 use super::release::{extract, sync_dir, ExtractStats, ObjectStore};
 use super::{prune, AppDir, AppError, ReleaseMeta};
 use crate::config::Config;
@@ -49,8 +49,9 @@ pub struct AppInstallReport {
     pub seconds: f64,
 }
 
-/// Installs and activates the app release at `source`. The caller holds the updater's lock;
-/// `os_version` is what the booted slot runs (`None`: unknown).
+/// Installs and activates the app release at `source`. The caller holds the updater's lock
+/// and settled interrupted activations first ([`super::recover`]); `os_version` is what the
+/// booted slot runs (`None`: unknown).
 pub fn install_app(
     config: &Config,
     keyring: &Keyring,
@@ -64,9 +65,8 @@ pub fn install_app(
     let opened = source.open_range(0, None, http, None)?;
     let mut bundle = BundleReader::open(opened.reader, keyring).map_err(AppError::Bundle)?;
     let verified = bundle.verified_manifest().clone();
-    let (app, spec_units) = check_app_bundle(config, &verified, os_version, options)?;
+    let app = check_app_bundle(config, &verified, os_version, options)?;
     let id = release_id(&verified);
-    recover(config, &app)?;
 
     let reused_release = app.release_dir(&id).exists();
     let stats = if reused_release {
@@ -85,7 +85,7 @@ pub fn install_app(
     if let Some(environment) = &options.environment {
         app.save_environment(&id, environment)?;
     }
-    log::info!("app {}: activating {id} (units {spec_units:?})", app.name);
+    log::info!("app {}: activating {id}", app.name);
     let outcome = activate(config, &app, &id, notifier)?;
     let pruned = prune(&config.apps, &app)?;
     let (result, failed_check, check_output) = match outcome {
@@ -121,7 +121,7 @@ fn check_app_bundle(
     verified: &VerifiedManifest,
     os_version: Option<&str>,
     options: &AppInstallOptions,
-) -> Result<(AppDir, Vec<String>), AppError> {
+) -> Result<AppDir, AppError> {
     let manifest = verified.manifest();
     let Some(spec) = &manifest.app else {
         return Err(AppError::Refused(
@@ -173,7 +173,7 @@ fn check_app_bundle(
             )));
         }
     }
-    Ok((app, spec.units.clone()))
+    Ok(app)
 }
 
 /// `VERSION-DIGEST12`: readable, and unique per signed manifest.

@@ -38,6 +38,7 @@ pub use install::{install_app, AppInstallOptions, AppInstallReport};
 pub use release::{ExtractStats, ObjectStore};
 
 use crate::atomic_file;
+use crate::install::source::SourceError;
 
 /// Releases kept per app unless `[apps] keep` says otherwise.
 pub const DEFAULT_KEEP: usize = 100;
@@ -52,7 +53,7 @@ pub enum AppError {
         source: io::Error,
     },
     #[error(transparent)]
-    Source(#[from] crate::install::source::SourceError),
+    Source(#[from] SourceError),
     /// The bundle's header, manifest or signature: refused or cut short before the image.
     #[error("the app bundle cannot be opened")]
     Bundle(#[source] rota_bundle::Error),
@@ -88,8 +89,22 @@ impl AppError {
         }
     }
 
-    fn image(source: io::Error) -> AppError {
-        AppError::Image(source)
+    /// The transfer failed (the network, or the input ended or broke), not the bundle or the
+    /// robot: trying again later may help. From a file, the same errors are the file's fault.
+    pub fn is_transport(&self) -> bool {
+        match self {
+            AppError::Source(source) => matches!(
+                source,
+                SourceError::GaveUp { .. }
+                    | SourceError::Status { .. }
+                    | SourceError::WrongRange { .. }
+            ),
+            AppError::Bundle(_) | AppError::Image(_) => matches!(
+                self.bundle_error(),
+                Some(rota_bundle::Error::Read { .. } | rota_bundle::Error::Truncated { .. })
+            ),
+            _ => false,
+        }
     }
 
     /// The bundle error inside, if the image failed because of what the bundle holds or how it
@@ -435,23 +450,36 @@ pub struct AppStatus {
 }
 
 pub fn status(config: &AppsConfig, name: &str) -> Result<AppStatus, AppError> {
+    Ok(status_and_releases(config, name)?.0)
+}
+
+/// [`status`] and the kept releases it was made from, read once.
+pub fn status_and_releases(
+    config: &AppsConfig,
+    name: &str,
+) -> Result<(AppStatus, Vec<ReleaseMeta>), AppError> {
     let app = AppDir::new(config, name)?;
     if !app.root.exists() {
         return Err(AppError::UnknownApp(name.to_owned()));
     }
     let state = app.load_state()?;
+    let releases = app.releases()?;
     let current = match app.current()? {
-        Some(id) => Some(app.load_meta(&id)?),
+        Some(id) => match releases.iter().find(|meta| meta.id == id) {
+            Some(meta) => Some(meta.clone()),
+            None => Some(app.load_meta(&id)?),
+        },
         None => None,
     };
-    Ok(AppStatus {
+    let status = AppStatus {
         name: name.to_owned(),
         current,
         previous: state.previous,
         pending: state.pending,
         last: state.last,
-        kept: app.releases()?.into_iter().map(|meta| meta.id).collect(),
-    })
+        kept: releases.iter().map(|meta| meta.id.clone()).collect(),
+    };
+    Ok((status, releases))
 }
 
 /// What the fleet server is told about the apps: each one's current release, the versions it
@@ -461,29 +489,20 @@ pub fn inventory(config: &AppsConfig) -> Vec<rota_protocol::robot::AppInventory>
     let names = app_names(config).unwrap_or_default();
     names
         .iter()
-        .filter_map(|name| match status(config, name) {
-            Ok(status) => Some(status),
+        .filter_map(|name| match status_and_releases(config, name) {
+            Ok(read) => Some(read),
             Err(error) => {
                 log::debug!("inventory: app {name}: {error}");
                 None
             }
         })
-        .map(|status| {
-            let app = AppDir::new(config, &status.name).ok();
-            let kept = app
-                .and_then(|app| app.releases().ok())
-                .unwrap_or_default()
-                .into_iter()
-                .map(|meta| meta.version)
-                .collect();
+        .map(|(status, releases)| {
+            let current = status.current.as_ref();
             rota_protocol::robot::AppInventory {
-                version: status.current.as_ref().map(|meta| meta.version.clone()),
-                release: status.current.as_ref().map(|meta| meta.id.clone()),
-                git_commit: status
-                    .current
-                    .as_ref()
-                    .and_then(|meta| meta.git_commit.clone()),
-                kept,
+                version: current.map(|meta| meta.version.clone()),
+                release: current.map(|meta| meta.id.clone()),
+                git_commit: current.and_then(|meta| meta.git_commit.clone()),
+                kept: releases.into_iter().map(|meta| meta.version).collect(),
                 last: status.last.as_ref().map(describe_outcome),
                 name: status.name,
             }

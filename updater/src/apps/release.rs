@@ -9,6 +9,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Component, Path, PathBuf};
 
+use rota_bundle::Sha256Digest;
 use sha2::{Digest, Sha256};
 
 use super::AppError;
@@ -28,6 +29,8 @@ pub struct ObjectStore {
     dir: PathBuf,
     temp_dir: PathBuf,
     next_temp: u64,
+    /// One copy buffer for every file of an extract.
+    buffer: Vec<u8>,
 }
 
 impl ObjectStore {
@@ -45,15 +48,12 @@ impl ObjectStore {
             dir,
             temp_dir,
             next_temp: 0,
+            buffer: vec![0u8; 64 << 10],
         })
     }
 
-    fn object_path(&self, digest: &[u8], mode: u32) -> PathBuf {
-        let mut name = String::with_capacity(70);
-        for byte in digest {
-            name.push_str(&format!("{byte:02x}"));
-        }
-        self.dir.join(format!("{name}-{:04o}", mode & 0o7777))
+    fn object_path(&self, digest: &Sha256Digest, mode: u32) -> PathBuf {
+        self.dir.join(format!("{digest}-{:04o}", mode & 0o7777))
     }
 
     /// Stores `data`'s bytes (durably) unless the store has them with this mode already, and
@@ -72,21 +72,20 @@ impl ObjectStore {
             .open(&temp)
             .map_err(io_error("create", &temp))?;
         let mut hasher = Sha256::new();
-        let mut buffer = vec![0u8; 64 << 10];
         let mut length = 0u64;
         loop {
-            let got = match data.read(&mut buffer) {
+            let got = match data.read(&mut self.buffer) {
                 Ok(0) => break,
                 Ok(got) => got,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-                Err(error) => return Err(AppError::image(error)),
+                Err(error) => return Err(AppError::Image(error)),
             };
-            hasher.update(&buffer[..got]);
-            file.write_all(&buffer[..got])
+            hasher.update(&self.buffer[..got]);
+            file.write_all(&self.buffer[..got])
                 .map_err(io_error("write", &temp))?;
             length += got as u64;
         }
-        let object = self.object_path(&hasher.finalize(), mode);
+        let object = self.object_path(&Sha256Digest::from_hasher(hasher), mode);
         // The name is durable only after the bytes were (fsync before rename); a length that
         // differs all the same (a store copied or damaged outside Rota) is replaced.
         if fs::metadata(&object).is_ok_and(|meta| meta.len() == length) {
@@ -143,10 +142,10 @@ pub fn extract(
     // Directories are made writable while they fill and get their own mode at the end.
     let mut dirs: Vec<(PathBuf, u32)> = vec![(partial.to_owned(), 0o755)];
     let mut known_dirs: HashSet<PathBuf> = HashSet::from([PathBuf::new()]);
-    let entries = archive.entries().map_err(AppError::image)?;
+    let entries = archive.entries().map_err(AppError::Image)?;
     for entry in entries {
-        let mut entry = entry.map_err(AppError::image)?;
-        let relative = safe_relative_path(&entry.path().map_err(AppError::image)?)?;
+        let mut entry = entry.map_err(AppError::Image)?;
+        let relative = safe_relative_path(&entry.path().map_err(AppError::Image)?)?;
         let parent = relative.parent().unwrap_or(Path::new("")).to_owned();
         if !known_dirs.contains(&parent) {
             return Err(AppError::BadTree(format!(
@@ -156,7 +155,7 @@ pub fn extract(
             )));
         }
         let target = partial.join(&relative);
-        let mode = entry.header().mode().map_err(AppError::image)?;
+        let mode = entry.header().mode().map_err(AppError::Image)?;
         match entry.header().entry_type() {
             tar::EntryType::Directory => {
                 fs::create_dir(&target).map_err(|e| AppError::io("create", &target, e))?;
@@ -174,7 +173,7 @@ pub fn extract(
                 }
             }
             tar::EntryType::Symlink => {
-                let link = entry.link_name().map_err(AppError::image)?.ok_or_else(|| {
+                let link = entry.link_name().map_err(AppError::Image)?.ok_or_else(|| {
                     AppError::BadTree(format!(
                         "{}: a symlink without a target",
                         relative.display()
@@ -192,7 +191,7 @@ pub fn extract(
         }
     }
     // The rest of the image (tar padding) still passes through the chunk checks.
-    io::copy(&mut archive.into_inner(), &mut io::sink()).map_err(AppError::image)?;
+    io::copy(&mut archive.into_inner(), &mut io::sink()).map_err(AppError::Image)?;
     objects.sync()?;
     for (dir, mode) in dirs.iter().rev() {
         fs::set_permissions(dir, fs::Permissions::from_mode(*mode))

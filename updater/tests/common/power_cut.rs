@@ -373,6 +373,18 @@ pub fn record(backend: Backend, op: Op) -> Recording {
     }
 }
 
+/// Runs one crash state's check; a panic in it (an `unwrap` on a state that broke something)
+/// is a violation with the panic's message, not the end of the test.
+pub fn check_caught(check: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(check)).unwrap_or_else(|panic| {
+        Err(panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "panic".into()))
+    })
+}
+
 /// A deterministic generator (splitmix64).
 pub struct Random(pub u64);
 
