@@ -205,12 +205,14 @@ def robot_overlay(setup, robot_deb, pubkey, variant):
     return overlay
 
 
-def app_spec(version):
+def app_spec(version, healthy):
     """rota-app.toml of a demo release: its unit restarted, and checks that it answers as this
-    version (so a restart that kept the old process fails them) and that its unit runs."""
+    version (so a restart that kept the old process fails them) and that its unit runs. A
+    failing check is asked again until the deadline: the unhealthy release's is short, so its
+    switch back costs the scenario seconds, not half a minute."""
     return f"""name = "{APP_NAME}"
 units = ["{APP_UNIT}"]
-check_deadline_secs = 30
+check_deadline_secs = {30 if healthy else 6}
 
 [[checks]]
 name = "answers"
@@ -235,7 +237,7 @@ def build_apps(setup, rota_image):
     def build(tmp):
         for version, health in APP_VERSIONS.items():
             tree = tmp / "tree"
-            images.write(tree / "rota-app.toml", app_spec(version))
+            images.write(tree / "rota-app.toml", app_spec(version, health == "ok"))
             images.write(tree / "serve", (HERE / "demo-app").read_text(), 0o755)
             images.write(tree / "VERSION", f"{version}\n")
             images.write(tree / "HEALTH", f"{health}\n")

@@ -210,6 +210,10 @@ pub struct HealthConfig {
     pub self_unit: String,
     pub systemctl: String,
     pub checks: Vec<HealthCheck>,
+    /// Ask a check that failed again until the deadline (an app's checks: a service that is
+    /// up but not ready yet answers 503 for a moment). Off for a trial boot, whose checks are
+    /// final on their first answer so a broken slot is left quickly.
+    pub retry_failures: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -697,6 +701,7 @@ pub fn merge_and_validate(layers: Vec<(String, RawConfig)>) -> Result<Config, Co
             self_unit: self_unit.value.unwrap_or_else(|| DEFAULT_SELF_UNIT.into()),
             systemctl: systemctl.value.unwrap_or_else(|| "systemctl".into()),
             checks,
+            retry_failures: false,
         },
         download: DownloadConfig {
             retries: retries.value.unwrap_or(DEFAULT_RETRIES),

@@ -164,12 +164,20 @@ fn run_one(
                 run_command(argv, bounded(*timeout, deadline), notifier)
             }
         };
-        let last = match step {
+        let (last, failed) = match step {
+            Poll::Done(Verdict::Failed, output) if config.retry_failures => (output, true),
             Poll::Done(verdict, output) => return (verdict, output),
-            Poll::Pending(output) => output,
+            Poll::Pending(output) => (output, false),
         };
         if Instant::now() + POLL_INTERVAL >= deadline {
-            return (Verdict::TimedOut, format!("deadline passed: {last}"));
+            // A check that kept answering wrong failed; one that never answered timed out.
+            return match failed {
+                true => (
+                    Verdict::Failed,
+                    format!("still failing at the deadline: {last}"),
+                ),
+                false => (Verdict::TimedOut, format!("deadline passed: {last}")),
+            };
         }
         thread::sleep(POLL_INTERVAL);
     }
@@ -252,7 +260,8 @@ fn poll_unit(systemctl: &str, unit: &str) -> Poll {
     }
 }
 
-/// Connection errors are asked again (the service may not listen yet); any answer is final.
+/// Connection errors are asked again (the service may not listen yet); an answer is final
+/// unless the config retries failures.
 fn poll_http(
     client: &mut Option<reqwest::blocking::Client>,
     url: &str,
@@ -412,6 +421,7 @@ mod tests {
             self_unit: "rota-commit.service".into(),
             systemctl: "systemctl".into(),
             checks,
+            retry_failures: false,
         }
     }
 
@@ -549,6 +559,54 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// An app's HTTP check used to fail on the first wrong answer, so a service that answered
+    /// 503 while it warmed up was rolled back although it was healthy a moment later.
+    #[test]
+    fn http_wrong_answers_are_asked_again_until_the_deadline_when_failures_retry() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/health", listener.local_addr().unwrap());
+        thread::spawn(move || {
+            for (n, stream) in listener.incoming().flatten().enumerate() {
+                let mut stream = stream;
+                let mut request = [0u8; 1024];
+                let _ = stream.read(&mut request);
+                let body = if n < 3 {
+                    "{\"status\":\"starting\"}"
+                } else {
+                    "{\"status\":\"healthy\"}"
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    if n < 2 { 503 } else { 200 },
+                    body.len()
+                );
+            }
+        });
+        let check = http_with_body("ready", url, 200, Some("healthy"));
+        let mut once = config(vec![check.clone()]);
+        let first = run_checks(&once, &Notifier::disabled());
+        assert_eq!(first.outcomes[0].verdict, Verdict::Failed, "{first:?}");
+        assert!(first.outcomes[0].output.contains("503"), "{first:?}");
+
+        once.retry_failures = true;
+        let retried = run_checks(&once, &Notifier::disabled());
+        assert!(retried.passed(), "{retried:?}");
+
+        // Wrong to the end: failed (not timed out), with the last answer as evidence.
+        let mut never = config(vec![http("never", http_server(500), 200)]);
+        never.retry_failures = true;
+        never.deadline = Duration::from_secs(1);
+        let report = run_checks(&never, &Notifier::disabled());
+        let failure = report.first_required_failure().expect("failed");
+        assert_eq!(failure.verdict, Verdict::Failed);
+        assert!(
+            failure.output.contains("still failing at the deadline")
+                && failure.output.contains("500"),
+            "{failure:?}"
+        );
     }
 
     #[test]

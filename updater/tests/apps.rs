@@ -80,6 +80,14 @@ fn a_failing_check_switches_back_and_restarts_the_release_before() {
     assert_eq!(code, 2, "{report}");
     assert_eq!(report["result"], "rolled_back");
     assert_eq!(report["failed_check"], "reports healthy");
+    // Asked again until the deadline, not given up on at the first wrong answer.
+    assert!(
+        report["check_output"]
+            .as_str()
+            .unwrap()
+            .starts_with("still failing at the deadline"),
+        "{report}"
+    );
     assert_eq!(robot.current_app_version().as_deref(), Some("1.0.0"));
     // The release current again, not the one before it.
     assert!(

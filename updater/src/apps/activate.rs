@@ -231,10 +231,12 @@ fn restart_units(config: &Config, units: &[String]) -> Result<(), String> {
     }
 }
 
-/// The app's signed checks as the health runner takes them: all required, one deadline.
+/// The app's signed checks as the health runner takes them: all required, one deadline, a
+/// failed attempt asked again until it (as the bundle format promises).
 fn health_config(config: &Config, spec: &AppSpec) -> HealthConfig {
     HealthConfig {
         deadline: Duration::from_secs(spec.check_deadline_secs.into()),
+        retry_failures: true,
         boot_complete_units: false,
         self_unit: config.health.self_unit.clone(),
         systemctl: config.health.systemctl.clone(),

@@ -131,7 +131,8 @@ impl AppRelease {
         AppSpec {
             units: self.units.clone(),
             checks: self.checks.clone(),
-            check_deadline_secs: 10,
+            // Short: a broken release's check is asked again until the deadline.
+            check_deadline_secs: 4,
             os_versions: self.os_versions.clone(),
         }
     }

@@ -106,7 +106,8 @@ pub fn app_bundle_checked(
         .app(rota_bundle::AppSpec {
             units: Vec::new(),
             checks,
-            check_deadline_secs: 10,
+            // Short: a failing check is asked again until the deadline.
+            check_deadline_secs: 3,
             os_versions: None,
         })
         .sign_with(key)
