@@ -98,6 +98,12 @@ pub struct Args {
     /// matches any rest. In the TOML file: a `[branch_environments]` table. [default: none]
     #[arg(long, env = "ROTA_BRANCH_ENVIRONMENTS")]
     pub branch_environments: Option<String>,
+    /// Deployments kept per environment: older finished ones are deleted (at start and every
+    /// ten minutes) unless a robot still runs, or would roll back to, the release one gave it.
+    /// The audit log and each robot's events are kept regardless. 0 keeps everything.
+    /// [default: 100]
+    #[arg(long, env = "ROTA_KEEP_DEPLOYMENTS")]
+    pub keep_deployments: Option<u32>,
 }
 
 /// The TOML file: the same keys as the flags. No Debug: it holds secrets.
@@ -119,6 +125,7 @@ pub struct FileConfig {
     pub github_webhook_secret: Option<String>,
     pub rollout_tick_ms: Option<u64>,
     pub branch_environments: Option<std::collections::BTreeMap<String, String>>,
+    pub keep_deployments: Option<u32>,
 }
 
 impl FileConfig {
@@ -157,6 +164,8 @@ pub struct Settings {
     pub rollout_tick: Duration,
     /// Branch patterns and the environment each maps to, first match wins.
     pub branch_environments: Vec<(String, String)>,
+    /// Deployments kept per environment beyond those robots reference; 0: all.
+    pub keep_deployments: u32,
 }
 
 /// The environment a release from `branch` goes to: an exact pattern wins over a `*` one,
@@ -281,6 +290,10 @@ impl Settings {
                 (None, Some(table)) => table.into_iter().collect(),
                 (None, None) => Vec::new(),
             },
+            keep_deployments: args
+                .keep_deployments
+                .or(file.keep_deployments)
+                .unwrap_or(100),
             data_dir,
         })
     }

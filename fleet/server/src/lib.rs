@@ -17,6 +17,7 @@ pub mod inventory;
 pub mod metrics;
 pub mod query;
 pub mod replica_wake;
+pub mod retention;
 pub mod rollout;
 pub mod routes;
 pub mod secrets;

@@ -129,6 +129,21 @@ async fn rollout_tick(state: &AppState) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Deployment history retention: at start, then every ten minutes. Every replica prunes; a
+/// deployment deleted twice is deleted once.
+async fn retention(state: AppState) {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+    let mut tick = tokio::time::interval(EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let keep = state.settings.keep_deployments;
+        if let Err(err) = crate::retention::prune_deployments(&state.db, keep).await {
+            tracing::warn!("deployment retention: {err}");
+        }
+    }
+}
+
 /// Runs the server until SIGINT or SIGTERM.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     for dir in [
@@ -178,6 +193,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     };
 
     let engine = tokio::spawn(rollout_ticks(state.clone()));
+    let pruner = tokio::spawn(retention(state.clone()));
     let wake_listener = (state.db.backend() == crate::db::Backend::Postgres)
         .then(|| tokio::spawn(crate::replica_wake::listen(state.clone())));
 
@@ -203,6 +219,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     .context("serving HTTP")?;
     flusher.abort();
     engine.abort();
+    pruner.abort();
     if let Some(listener) = wake_listener {
         listener.abort();
     }

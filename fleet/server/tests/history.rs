@@ -289,3 +289,77 @@ fn audit_filters_by_time_actor_and_action() {
         "{body}"
     );
 }
+
+/// `keep_deployments`: per environment the newest N stay, older finished ones are deleted
+/// unless a robot still runs (or would roll back to) the release one gave it; the robots'
+/// own history and the audit log stay whole.
+#[test]
+fn old_deployments_are_pruned_per_environment_except_those_robots_still_reference() {
+    let mut server = Server::start_with(&[("ROTA_KEEP_DEPLOYMENTS", "2")]);
+    // robot-001 is in environment lab; robot-002 in none and fails every release after 2.0.0.
+    let _fleet = SimFleet::start(&server.url, "robot", 2, |n| Behaviour {
+        unhealthy_versions: match n {
+            2 => ["3.0.0", "4.0.0", "5.0.0"].map(String::from).into(),
+            _ => HashSet::new(),
+        },
+        ..Behaviour::default()
+    });
+    server.rota_ok(&["groups", "create", "lab"]);
+    server.rota_ok(&["groups", "add", "lab", "robot-001"]);
+    server.rota_ok(&["env", "set", "lab", "--groups", "lab"]);
+    let mut lab = Vec::new();
+    let mut none = Vec::new();
+    for version in ["2.0.0", "3.0.0", "4.0.0", "5.0.0"] {
+        server.publish(version);
+        lab.push(deploy(&server, version, "robot:robot-001").1);
+        none.push(deploy(&server, version, "robot:robot-002").1);
+    }
+    let environments: Vec<Value> = lab
+        .iter()
+        .chain(&none)
+        .map(|id| server.get(&format!("/deployments/{id}"))["environment"].clone())
+        .collect();
+    assert!(
+        environments[..4].iter().all(|env| env == "lab"),
+        "{environments:?}"
+    );
+    assert!(
+        environments[4..].iter().all(Value::is_null),
+        "{environments:?}"
+    );
+
+    // Pruning runs at start (then every ten minutes).
+    server.crash_and_restart();
+    let expected: HashSet<&str> = [&lab[2], &lab[3], &none[0], &none[2], &none[3]]
+        .into_iter()
+        .map(String::as_str)
+        .collect();
+    let left = server.wait_for("/deployments?limit=100", "the retention", |list| {
+        list.as_array().unwrap().len() == expected.len()
+    });
+    // lab: its newest two; robot-001 runs 5.0.0 and would roll back to 4.0.0, both in them.
+    // none: its newest two, and the deployment that gave robot-002 the 2.0.0 it still runs.
+    assert_eq!(
+        each(&left, "id").into_iter().collect::<HashSet<_>>(),
+        expected
+    );
+    for pruned in [&lab[0], &lab[1], &none[1]] {
+        let answer = common::http()
+            .get(server.api(&format!("/deployments/{pruned}")))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .unwrap();
+        assert_eq!(answer.status().as_u16(), 404, "{pruned}");
+    }
+
+    // What the robots ran is still all there, and a rollback still finds the release before.
+    let versions: Vec<String> = runs_of(&server.rota_json(&["history"]), "robot-001")
+        .into_iter()
+        .map(|(version, _, _)| version)
+        .collect();
+    assert_eq!(versions, ["1.0.0", "2.0.0", "3.0.0", "4.0.0", "5.0.0"]);
+    let plan = server.rota_json(&["rollback", "--robot", "robot-001", "--dry-run"]);
+    assert_eq!(plan["plan"][0]["version"], "4.0.0", "{plan:#}");
+    let audit = server.rota_json(&["audit", "--action", "deployment.create"]);
+    assert_eq!(audit.as_array().unwrap().len(), 8, "{audit:#}");
+}

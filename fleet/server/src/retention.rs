@@ -1,0 +1,80 @@
+//! How long deployments are kept: the newest `keep_deployments` of each environment (deployments
+//! to no environment count as one more), and beyond those every deployment that is unfinished
+//! or still referenced by a robot. A robot references the deployments of its two newest
+//! committed releases on each track (its OS and each app): the release it runs and the one a
+//! plain `rota rollback` returns it to. A pruned deployment's rows (the deployment, its
+//! assignments, its rollout log) are deleted; the robots' own events and the audit log stay.
+
+use sqlx::AnyConnection;
+
+use crate::db::Db;
+use crate::error::ApiResult;
+
+/// Deployments deleted per transaction, so a first prune of a large history does not hold the
+/// writer for long.
+const BATCH: i64 = 500;
+
+/// Finished deployments of one environment (`''`: none) outside its newest `$2`, that no robot
+/// references.
+const PRUNABLE_SQL: &str = "
+    SELECT d.id FROM deployments d
+    WHERE COALESCE(d.environment, '') = $1 AND d.finished_at IS NOT NULL
+      AND d.id NOT IN (SELECT n.id FROM deployments n WHERE COALESCE(n.environment, '') = $1
+                       ORDER BY n.created_at DESC, n.id DESC LIMIT $2)
+      AND NOT EXISTS (
+        SELECT 1 FROM assignments a JOIN releases r ON r.id = a.release_id
+        WHERE a.deployment_id = d.id AND a.state = 'committed'
+          AND (SELECT COUNT(*) FROM assignments b JOIN releases rb ON rb.id = b.release_id
+               WHERE b.robot_id = a.robot_id AND b.state = 'committed'
+                 AND COALESCE(rb.app, '') = COALESCE(r.app, '')
+                 AND b.finished_at > a.finished_at) < 2)
+    ORDER BY d.created_at LIMIT $3";
+
+/// Deletes what the retention lets go; `keep` 0 keeps everything. Returns how many
+/// deployments were deleted.
+pub async fn prune_deployments(db: &Db, keep: u32) -> ApiResult<u64> {
+    if keep == 0 {
+        return Ok(0);
+    }
+    let environments: Vec<String> = {
+        let mut conn = db.pool().acquire().await?;
+        sqlx::query_scalar("SELECT DISTINCT COALESCE(environment, '') FROM deployments")
+            .fetch_all(&mut *conn)
+            .await?
+    };
+    let mut deleted = 0;
+    for environment in environments {
+        loop {
+            let mut write = db.begin_write().await?;
+            let ids: Vec<String> = sqlx::query_scalar(PRUNABLE_SQL)
+                .bind(&environment)
+                .bind(i64::from(keep))
+                .bind(BATCH)
+                .fetch_all(&mut *write.tx)
+                .await?;
+            for id in &ids {
+                delete_deployment(&mut write.tx, id).await?;
+            }
+            write.commit().await?;
+            deleted += ids.len() as u64;
+            if (ids.len() as i64) < BATCH {
+                break;
+            }
+        }
+    }
+    if deleted > 0 {
+        tracing::info!("retention: deleted {deleted} old deployments");
+    }
+    Ok(deleted)
+}
+
+async fn delete_deployment(conn: &mut AnyConnection, id: &str) -> ApiResult<()> {
+    for sql in [
+        "DELETE FROM assignments WHERE deployment_id = $1",
+        "DELETE FROM deployment_log WHERE deployment_id = $1",
+        "DELETE FROM deployments WHERE id = $1",
+    ] {
+        sqlx::query(sql).bind(id).execute(&mut *conn).await?;
+    }
+    Ok(())
+}
