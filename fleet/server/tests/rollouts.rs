@@ -255,6 +255,113 @@ fn a_failing_canary_halts_the_rollout_and_auto_rollback_returns_the_other_canari
     );
 }
 
+/// App releases ride the same rollout machinery: a canary of 20 robots halts on an app check
+/// failing, auto-rollback returns the other canary to the app release it ran, the rest never
+/// see the bad release, and a rollback to a point in time brings back the app release of then.
+/// The robots' OS version never moves.
+#[test]
+fn a_staged_app_rollout_on_twenty_robots_halts_on_a_failing_canary_and_rolls_back_in_time() {
+    let server = Server::start();
+    let fleet = SimFleet::start(&server.url, "robot", FLEET_SIZE, |n| Behaviour {
+        unhealthy_versions: match n {
+            1 => ["nav@1.6.0".to_string()].into(),
+            _ => Default::default(),
+        },
+        gate: None,
+    });
+    for version in ["1.4.0", "1.5.0", "1.6.0"] {
+        server.publish_app("nav", version);
+    }
+    let app_versions = |server: &Server| -> Vec<String> {
+        let robots = server.get("/robots");
+        robots
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|robot| {
+                let apps = &robot["inventory"]["apps"];
+                assert_eq!(robot["version"], "1.0.0", "the OS moved: {robot:#}");
+                apps[0]["version"].as_str().unwrap_or("none").to_string()
+            })
+            .collect()
+    };
+    let deploy = |version: &str, extra: &[&str]| {
+        let mut args = vec![
+            "deploy",
+            version,
+            "--to",
+            "all",
+            "--wait",
+            "--timeout",
+            "300",
+        ];
+        args.extend_from_slice(extra);
+        rota_exit(&server, ADMIN_KEY, &args)
+    };
+    let (code, first, stderr) = deploy("nav@1.4.0", &[]);
+    assert_eq!(
+        (code, &first["state"]),
+        (0, &Value::from("succeeded")),
+        "{stderr}"
+    );
+    let before_1_5 = server.wait_for("/robots", "every robot's inventory", |_| {
+        app_versions(&server).iter().all(|v| v == "1.4.0")
+    });
+    assert_eq!(before_1_5.as_array().unwrap().len(), FLEET_SIZE);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let then = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let (code, _, stderr) = deploy("nav@1.5.0", &["--immediate"]);
+    assert_eq!(code, 0, "{stderr}");
+
+    server.rota_ok(&["groups", "create", "canary"]);
+    server.rota_ok(&["groups", "add", "canary", "robot-001", "robot-002"]);
+    let (code, halted, stderr) = deploy(
+        "nav@1.6.0",
+        &["--canary", "canary", "--stage-wait", "0", "--auto-rollback"],
+    );
+    assert_eq!(code, 3, "{stderr}");
+    assert_eq!(halted["state"], "halted", "{halted:#}");
+    assert_eq!(robots_by_stage(&halted)[&0], ["robot-001", "robot-002"]);
+    assert_eq!(robot_state(&halted, "robot-001"), "rolled_back");
+    let back = server.wait_for("/robots", "robot-002 back on nav 1.5.0", |_| {
+        app_versions(&server).iter().all(|v| v == "1.5.0")
+    });
+    assert_eq!(back.as_array().unwrap().len(), FLEET_SIZE);
+    let offered = |robot: &str| -> Vec<String> {
+        fleet.offers(robot).into_iter().map(|o| o.version).collect()
+    };
+    assert_eq!(offered("robot-002"), ["1.4.0", "1.5.0", "1.6.0", "1.5.0"]);
+    for n in 3..=FLEET_SIZE {
+        let robot = format!("robot-{n:03}");
+        assert_eq!(offered(&robot), ["1.4.0", "1.5.0"], "{robot}");
+    }
+
+    // What every robot ran at `then`: nav 1.4.0, which each keeps.
+    let (code, rollback, stderr) = rota_exit(
+        &server,
+        ADMIN_KEY,
+        &[
+            "rollback",
+            "--app",
+            "nav",
+            "--to",
+            &then,
+            "--immediate",
+            "--wait",
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(rollback["plan"][0]["version"], "1.4.0", "{rollback:#}");
+    assert_eq!(
+        rollback["plan"][0]["robots"].as_array().unwrap().len(),
+        FLEET_SIZE
+    );
+    server.wait_for("/robots", "every robot back on nav 1.4.0", |_| {
+        app_versions(&server).iter().all(|v| v == "1.4.0")
+    });
+}
+
 #[test]
 fn a_robot_enrolling_mid_rollout_joins_its_stage_and_approve_starts_the_next() {
     let server = Server::start();

@@ -330,6 +330,17 @@ impl Server {
             .to_string()
     }
 
+    /// Publishes a release of app `name` ([`app_bundle`]); returns the release id.
+    pub fn publish_app(&self, name: &str, version: &str) -> String {
+        let path = self.write_bundle(
+            &format!("{name}-{version}"),
+            &app_bundle(name, version, COMPATIBLE, &trusted_key()),
+        );
+        self.rota_ok(&["release", "publish", path.to_str().unwrap()])
+            .trim()
+            .to_string()
+    }
+
     pub fn write_bundle(&self, name: &str, bytes: &[u8]) -> PathBuf {
         let path = self.dir.path().join(format!("{name}.rota"));
         std::fs::write(&path, bytes).unwrap();

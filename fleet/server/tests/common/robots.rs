@@ -2,7 +2,7 @@
 //! rota-protocol's client. They download and verify real bundles, report every step (retrying
 //! through server outages, so no report is lost), and commit or roll back as told.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use rota_bundle::{BundleReader, Keyring};
 use rota_protocol::client::{ClientError, Poll, RobotClient};
-use rota_protocol::robot::{Assignment, RobotEvent, Slot, SlotContent, SlotsReport};
+use rota_protocol::robot::{
+    AppInventory, Assignment, Inventory, RobotEvent, Slot, SlotContent, SlotsReport,
+};
 
 use super::{trusted_key, COMPATIBLE, ENROLLMENT_KEY};
 
@@ -38,7 +40,8 @@ impl Gate {
 
 #[derive(Clone, Default)]
 pub struct Behaviour {
-    /// Versions whose health check fails on this robot: it rolls back.
+    /// Versions whose health check fails on this robot: it rolls back. An app release's is
+    /// `APP@VERSION`.
     pub unhealthy_versions: HashSet<String>,
     /// When set, robots wait in trial until it opens.
     pub gate: Option<Arc<Gate>>,
@@ -185,6 +188,45 @@ impl Disk {
     }
 }
 
+/// The robot's apps as the updater keeps them: the current release and every one installed
+/// (a rollback to a kept one needs no download).
+#[derive(Default)]
+struct Apps(BTreeMap<String, (Option<String>, Vec<String>)>);
+
+impl Apps {
+    fn keeps(&self, app: &str, version: &str) -> bool {
+        self.0
+            .get(app)
+            .is_some_and(|(_, kept)| kept.iter().any(|v| v == version))
+    }
+
+    fn installed(&mut self, app: &str, version: &str, committed: bool) {
+        let (current, kept) = self.0.entry(app.to_string()).or_default();
+        if !kept.iter().any(|v| v == version) {
+            kept.push(version.to_string());
+        }
+        if committed {
+            *current = Some(version.to_string());
+        }
+    }
+
+    fn inventory(&self) -> Inventory {
+        Inventory {
+            apps: self
+                .0
+                .iter()
+                .map(|(name, (current, kept))| AppInventory {
+                    name: name.clone(),
+                    version: current.clone(),
+                    kept: kept.clone(),
+                    ..AppInventory::default()
+                })
+                .collect(),
+            ..Inventory::default()
+        }
+    }
+}
+
 fn robot_loop(
     id: &str,
     client: RobotClient,
@@ -201,6 +243,7 @@ fn robot_loop(
     retry(stop, || client.report_slots(&disk.report())).expect("report slots");
     let mut etag: Option<String> = None;
     let mut finished: HashMap<String, RobotEvent> = HashMap::new();
+    let mut apps = Apps::default();
     while !stop.load(Ordering::SeqCst) {
         let poll = match client.poll(etag.as_deref(), Some(LONG_POLL)) {
             Ok(poll) => poll,
@@ -231,6 +274,15 @@ fn robot_loop(
             deployment_id: assignment.deployment_id.clone(),
             version: assignment.version.clone(),
         });
+        if let Some(app) = &assignment.app {
+            let end = install_app(&client, &assignment, app, &apps, &behaviour, &keyring, stop);
+            if !matches!(end, RobotEvent::Failed { .. }) {
+                apps.installed(app, &assignment.version, end == RobotEvent::Committed);
+            }
+            retry(stop, || client.report_inventory(&apps.inventory())).expect("report apps");
+            finished.insert(assignment.deployment_id.clone(), end);
+            continue;
+        }
         let end = install(&client, &assignment, &behaviour, &keyring, stop);
         match end {
             RobotEvent::Committed => disk.commit(&assignment.version),
@@ -240,6 +292,82 @@ fn robot_loop(
         retry(stop, || client.report_slots(&disk.report())).expect("report slots");
         finished.insert(assignment.deployment_id.clone(), end);
     }
+}
+
+/// An app release: switched to when kept, else downloaded and verified; its checks decide.
+/// No reboot, no slot.
+fn install_app(
+    client: &RobotClient,
+    a: &Assignment,
+    app: &str,
+    apps: &Apps,
+    behaviour: &Behaviour,
+    keyring: &Keyring,
+    stop: &AtomicBool,
+) -> RobotEvent {
+    let report = |event: RobotEvent| {
+        retry(stop, || client.report(&a.deployment_id, event.clone())).expect("report event");
+    };
+    report(RobotEvent::Installing);
+    if !apps.keeps(app, &a.version) {
+        // As the updater: an app install reports no download progress.
+        if let Err(failed) = download_verified(client, a, keyring, stop, |_| {}) {
+            report(failed.clone());
+            return failed;
+        }
+        report(RobotEvent::Installed {
+            fetched_bytes: Some(a.bundle_size),
+            reused_bytes: None,
+        });
+    }
+    if let Some(gate) = &behaviour.gate {
+        gate.pass();
+    }
+    let end = if behaviour
+        .unhealthy_versions
+        .contains(&format!("{app}@{}", a.version))
+    {
+        RobotEvent::RolledBack {
+            reason: format!("app {app}: check \"answers\" failed: GET /health: 503"),
+        }
+    } else {
+        RobotEvent::Committed
+    };
+    report(end.clone());
+    end
+}
+
+/// Downloads the bundle in two halves, the second with a Range request as a resumed download
+/// does, telling `progress` the bytes done before and after each, and verifies it against the
+/// robot's keyring; `Err` is the `failed` event to report.
+fn download_verified(
+    client: &RobotClient,
+    a: &Assignment,
+    keyring: &Keyring,
+    stop: &AtomicBool,
+    progress: impl Fn(u64),
+) -> Result<(), RobotEvent> {
+    progress(0);
+    // Download in two halves, the second with a Range request, as a resumed download does.
+    let half = a.bundle_size / 2;
+    let mut bundle = Vec::new();
+    let first = retry(stop, || client.open_bundle(a, 0)).expect("open bundle");
+    first
+        .take(half)
+        .read_to_end(&mut bundle)
+        .expect("download first half");
+    progress(half);
+    let mut rest = retry(stop, || client.open_bundle(a, half)).expect("resume bundle");
+    assert_eq!(rest.total_size, Some(a.bundle_size));
+    rest.read_to_end(&mut bundle).expect("download rest");
+    progress(a.bundle_size);
+    // The robot trusts its keyring, not the server.
+    BundleReader::open(&bundle[..], keyring)
+        .and_then(|b| b.verify_all())
+        .map(drop)
+        .map_err(|err| RobotEvent::Failed {
+            error: format!("bundle rejected: {err}"),
+        })
 }
 
 fn install(
@@ -252,37 +380,15 @@ fn install(
     let report = |event: RobotEvent| {
         retry(stop, || client.report(&a.deployment_id, event.clone())).expect("report event");
     };
-    report(RobotEvent::Downloading {
-        bytes_done: 0,
-        bytes_total: a.bundle_size,
-    });
-    // Download in two halves, the second with a Range request, as a resumed download does.
-    let half = a.bundle_size / 2;
-    let mut bundle = Vec::new();
-    let first = retry(stop, || client.open_bundle(a, 0)).expect("open bundle");
-    first
-        .take(half)
-        .read_to_end(&mut bundle)
-        .expect("download first half");
-    report(RobotEvent::Downloading {
-        bytes_done: half,
-        bytes_total: a.bundle_size,
-    });
-    let mut rest = retry(stop, || client.open_bundle(a, half)).expect("resume bundle");
-    assert_eq!(rest.total_size, Some(a.bundle_size));
-    rest.read_to_end(&mut bundle).expect("download rest");
-    report(RobotEvent::Downloading {
-        bytes_done: a.bundle_size,
-        bytes_total: a.bundle_size,
-    });
-    // The robot trusts its keyring, not the server.
-    let verified = BundleReader::open(&bundle[..], keyring).and_then(|b| b.verify_all());
-    if let Err(err) = verified {
-        let event = RobotEvent::Failed {
-            error: format!("bundle rejected: {err}"),
-        };
-        report(event.clone());
-        return event;
+    let progress = |bytes_done| {
+        report(RobotEvent::Downloading {
+            bytes_done,
+            bytes_total: a.bundle_size,
+        })
+    };
+    if let Err(failed) = download_verified(client, a, keyring, stop, progress) {
+        report(failed.clone());
+        return failed;
     }
     report(RobotEvent::Installing);
     report(RobotEvent::Installed {
