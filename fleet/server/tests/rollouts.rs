@@ -77,17 +77,26 @@ fn robot_state<'a>(deployment: &'a Value, robot: &str) -> &'a str {
         .unwrap()
 }
 
-fn deploy_all(server: &Server, version: &str) -> Value {
-    server.publish(version);
-    server.rota_json(&[
+/// `rota deploy RELEASE --to all --wait` plus `extra`: (exit code, JSON, stderr).
+fn deploy_to_all(server: &Server, release: &str, extra: &[&str]) -> (i32, Value, String) {
+    let mut args = vec![
         "deploy",
-        version,
+        release,
         "--to",
         "all",
         "--wait",
         "--timeout",
         "300",
-    ])
+    ];
+    args.extend_from_slice(extra);
+    rota_exit(server, ADMIN_KEY, &args)
+}
+
+fn deploy_all(server: &Server, version: &str) -> Value {
+    server.publish(version);
+    let (code, deployment, stderr) = deploy_to_all(server, version, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    deployment
 }
 
 #[test]
@@ -285,19 +294,7 @@ fn a_staged_app_rollout_on_twenty_robots_halts_on_a_failing_canary_and_rolls_bac
             })
             .collect()
     };
-    let deploy = |version: &str, extra: &[&str]| {
-        let mut args = vec![
-            "deploy",
-            version,
-            "--to",
-            "all",
-            "--wait",
-            "--timeout",
-            "300",
-        ];
-        args.extend_from_slice(extra);
-        rota_exit(&server, ADMIN_KEY, &args)
-    };
+    let deploy = |release: &str, extra: &[&str]| deploy_to_all(&server, release, extra);
     let (code, first, stderr) = deploy("nav@1.4.0", &[]);
     assert_eq!(
         (code, &first["state"]),

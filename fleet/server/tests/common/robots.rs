@@ -294,6 +294,17 @@ fn robot_loop(
     }
 }
 
+/// Reports events about `a`, retrying as the daemon's outbox does.
+fn reporter<'a>(
+    client: &'a RobotClient,
+    a: &'a Assignment,
+    stop: &'a AtomicBool,
+) -> impl Fn(RobotEvent) + 'a {
+    move |event| {
+        retry(stop, || client.report(&a.deployment_id, event.clone())).expect("report event");
+    }
+}
+
 /// An app release: switched to when kept, else downloaded and verified; its checks decide.
 /// No reboot, no slot.
 fn install_app(
@@ -305,9 +316,7 @@ fn install_app(
     keyring: &Keyring,
     stop: &AtomicBool,
 ) -> RobotEvent {
-    let report = |event: RobotEvent| {
-        retry(stop, || client.report(&a.deployment_id, event.clone())).expect("report event");
-    };
+    let report = reporter(client, a, stop);
     report(RobotEvent::Installing);
     if !apps.keeps(app, &a.version) {
         // As the updater: an app install reports no download progress.
@@ -377,9 +386,7 @@ fn install(
     keyring: &Keyring,
     stop: &AtomicBool,
 ) -> RobotEvent {
-    let report = |event: RobotEvent| {
-        retry(stop, || client.report(&a.deployment_id, event.clone())).expect("report event");
-    };
+    let report = reporter(client, a, stop);
     let progress = |bytes_done| {
         report(RobotEvent::Downloading {
             bytes_done,
