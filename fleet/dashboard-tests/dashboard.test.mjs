@@ -81,12 +81,16 @@ async function logIn(key) {
 
 /// Opens the releases page's deploy form for `version`, targeting the whole fleet with at most
 /// 0 failures; `fields` names the form's other fields (selects and inputs) and their values.
-async function fillDeployForm(version, fields) {
+/// Opens the Deploy form of OS release `version` (of app `app`'s release when given) and fills it.
+async function fillDeployForm(version, fields, app) {
   await go("#/releases");
-  await page.click(`button[data-action=deploy][data-version='${version}']`);
+  const release = app ? `[data-app='${app}']` : ":not([data-app])";
+  await page.click(`button[data-action=deploy][data-version='${version}']${release}`);
   const form = "form.deploy-form";
   // The strategy first: it decides which other fields the form shows.
-  for (const [name, value] of Object.entries({ target: "all", ...fields, max_failures: "0" })) {
+  // An immediate deployment has no failure budget: the form hides that field.
+  const budget = fields.strategy === "immediate" ? {} : { max_failures: "0" };
+  for (const [name, value] of Object.entries({ target: "all", ...fields, ...budget })) {
     const selector = `${form} [name=${name}]`;
     if (await page.locator(selector).evaluate((node) => node.tagName === "SELECT")) {
       await page.selectOption(selector, value);
@@ -520,4 +524,57 @@ test("the server refuses forged action requests and nothing changes", async () =
   const retries = (await server("/audit?action=deployment.retry")).length;
   assert.equal(retries, 0, "no retry was audited");
   await shot("16-after-forgeries");
+});
+
+test("an app release deploys from the releases page and rolls back from its deployment and a robot's page", async () => {
+  await page.click("#logout");
+  await page.waitForSelector("#login:not([hidden])");
+  await logIn(DEPLOYER_KEY);
+  const osVersions = async () => Object.fromEntries((await server("/robots")).map((r) => [r.id, r.version]));
+  const osBefore = await osVersions();
+  const canaries = ["robot-001", "robot-002", "robot-003"];
+  const navOn = (robots, version) => canaries.every((id) =>
+    (robots.find((r) => r.id === id).inventory?.apps || []).some((a) => a.name === "nav" && a.version === version));
+  for (const version of ["0.4.0", "0.5.0"]) {
+    await fillDeployForm(version, { target: "group:canary", strategy: "immediate" }, "nav");
+    assert.equal(await page.textContent("form.deploy-form h3"), "Deploy nav " + version);
+    await page.click("form.deploy-form button[type=submit]");
+    await page.waitForURL(/#\/deployments\/dep_/);
+    await page.waitForSelector("#deployment[data-state=succeeded]", { timeout: LONG });
+    assert.match(await page.textContent("#main h1"), new RegExp("^Deployment of nav " + version.replaceAll(".", "\\.")));
+    await serverUntil("/robots", "the canaries running nav " + version, (robots) => navOn(robots, version));
+  }
+  await shot("17-app-deployment");
+
+  // The deployment's Roll back sends its robots to the nav release before, not their OS.
+  const deployed = decodeURIComponent(page.url().split("#/deployments/")[1]);
+  page.once("dialog", (dialog) => dialog.accept());
+  await page.click("[data-action=rollback]");
+  await page.waitForURL((url) => !url.href.endsWith(deployed));
+  const rollbackId = decodeURIComponent(page.url().split("#/deployments/")[1]);
+  await page.waitForSelector("#deployment[data-state=succeeded]", { timeout: LONG });
+  const rollback = await server("/deployments/" + rollbackId);
+  assert.equal(rollback.kind, "rollback");
+  assert.equal(rollback.app, "nav");
+  assert.equal(rollback.version, "0.4.0");
+  await serverUntil("/robots", "the canaries back on nav 0.4.0", (robots) => navOn(robots, "0.4.0"));
+  assert.deepEqual(await osVersions(), osBefore, "an app rollback moved a robot's OS");
+
+  // A robot's page lists its apps and rolls one to another release it keeps.
+  await go("#/robots/robot-002");
+  await page.waitForSelector("[data-app-version=nav]:text-is('0.4.0')", { timeout: LONG });
+  await page.selectOption("[data-app-rollback-to=nav]", "0.5.0");
+  page.once("dialog", (dialog) => dialog.accept());
+  await page.click("[data-action=rollback-app][data-app=nav]");
+  await page.waitForSelector("#robot-app-rollback-result:not(:empty)");
+  assert.match(await page.textContent("#robot-app-rollback-result"), /^Rolling nav back to 0\.5\.0/);
+  await page.waitForSelector("[data-app-version=nav]:text-is('0.5.0')", { timeout: LONG });
+  // The app's releases have their own history; the OS's lists no app release.
+  const osRuns = await page.locator("section:has(h2:text-is('Releases it ran')) tbody td:first-child").allTextContents();
+  assert.ok(osRuns.length > 0 && osRuns.every((v) => !v.startsWith("0.")), JSON.stringify(osRuns));
+  assert.ok(!(await page.locator("#robot-rollback-to option").allTextContents()).some((v) => v.startsWith("0.")),
+    "the OS rollback offers an app version");
+  await page.waitForSelector("section:has(h2:text-is('App releases it ran')) td:text-is('nav')");
+  await shot("18-robot-app-rolled-back");
+  assert.deepEqual(await osVersions(), osBefore, "an app rollback moved a robot's OS");
 });

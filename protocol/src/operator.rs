@@ -761,6 +761,9 @@ pub struct Deployment {
     pub id: String,
     pub release_id: String,
     pub version: String,
+    /// The app of an app release's deployment; absent for an OS release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
     pub target: DeploymentTarget,
     pub strategy: Strategy,
     pub force: bool,
@@ -791,6 +794,17 @@ pub struct Deployment {
     /// The rollout's decisions, oldest first; present on single-deployment reads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log: Option<Vec<DeploymentLogEntry>>,
+}
+
+impl Deployment {
+    /// What it deploys as people write it: `v1.4.0` for an OS release, `nav@1.4.0` for an
+    /// app's (the form `rota deploy` takes).
+    pub fn release_label(&self) -> String {
+        match &self.app {
+            Some(app) => format!("{app}@{}", self.version),
+            None => format!("v{}", self.version),
+        }
+    }
 }
 
 /// What `POST /api/v1/rollbacks` and promote did.
@@ -966,11 +980,14 @@ pub struct ReleaseRun {
     pub end: RunEnd,
 }
 
-/// Every release one robot ran, oldest first.
+/// Every release one robot ran on one track, oldest first: its OS, or one app.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RobotReleaseHistory {
     pub robot_id: String,
+    /// The app whose releases these are; absent: the robot's OS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
     pub runs: Vec<ReleaseRun>,
 }
 

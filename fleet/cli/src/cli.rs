@@ -230,6 +230,10 @@ Examples:
         /// Only robots now in this group. [default: every robot]
         #[arg(long)]
         group: Option<String>,
+        /// Only this app's releases (an app's releases run beside the OS: each app has its
+        /// own history). [default: the OS's releases, then each app's]
+        #[arg(long, conflicts_with = "events")]
+        app: Option<String>,
         /// Only releases still running at this time or later (with --events: events from
         /// then on). [default: no bound]
         #[arg(long)]

@@ -201,6 +201,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::History {
             robot,
             group,
+            app,
             since,
             until,
             events,
@@ -210,6 +211,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             let filter = history::Filter {
                 robot,
                 group,
+                app,
                 since,
                 until,
             };

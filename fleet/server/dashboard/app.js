@@ -373,7 +373,7 @@ function fleetOverview(main) {
       open.length ? el("ul", { class: "rollout-list" }, open.map((d) =>
         el("li", { "data-rollout": d.id },
           el("div", { class: "stage-head" },
-            el("span", {}, el("a", { href: "#/deployments/" + encodeURIComponent(d.id) }, d.version + " → " + d.target),
+            el("span", {}, el("a", { href: "#/deployments/" + encodeURIComponent(d.id) }, releaseLabel(d) + " → " + d.target),
               " ", el("span", { class: "kind" }, d.kind), " ", stateBadges(d)),
             actionButtons(d, null, refresh, ["approve"])),
           progressLines(d)))) :
@@ -391,6 +391,11 @@ function stat(label, value, tone) {
 }
 
 // ---------- deployments ----------
+
+/// What a deployment or release carries: "2.0.0" for an OS release, "nav 1.4.0" for an app's.
+function releaseLabel(d) {
+  return (d.app ? d.app + " " : "") + d.version;
+}
 
 function verbsFor(deployment) {
   switch (deployment.state) {
@@ -412,9 +417,9 @@ function createdBySelf(deployment) {
 function confirmation(verb, d) {
   if (verb === "abort") return "Abort deployment " + d.id + "?";
   if (verb !== "approve") return null;
-  if (d.state === "awaiting_approval") return "Approve deployment " + d.id + "? " + d.version + " starts rolling out to " + d.target + ".";
+  if (d.state === "awaiting_approval") return "Approve deployment " + d.id + "? " + releaseLabel(d) + " starts rolling out to " + d.target + ".";
   return "Approve deployment " + d.id + "? Stage " + (d.current_stage + 2) + " of " + d.stage_count + " starts: " +
-    (d.counts.waiting || 0) + " more robot(s) get " + d.version + ".";
+    (d.counts.waiting || 0) + " more robot(s) get " + releaseLabel(d) + ".";
 }
 
 /// The deployment's buttons, for every page that shows one: the same verbs, confirmations and
@@ -448,9 +453,11 @@ function actionButtons(deployment, robots, after, only) {
       type: "button", class: "danger", "data-action": "rollback",
       onclick: async () => {
         const ids = robots.filter((r) => TOOK_RELEASE.has(r.state)).map((r) => r.robot_id);
-        if (!confirm("Send " + ids.length + " robot(s) that took " + deployment.version + " back to their previous release?")) return;
+        const what = deployment.app ? deployment.app + " release" : "release";
+        if (!confirm("Send " + ids.length + " robot(s) that took " + releaseLabel(deployment) + " back to their previous " + what + "?")) return;
         try {
-          const outcome = await act("/rollbacks", { target: "robots:" + ids.join(","), immediate: true });
+          // An app deployment rolls back that app, never the OS the robots run.
+          const outcome = await act("/rollbacks", { target: "robots:" + ids.join(","), immediate: true, ...(deployment.app ? { app: deployment.app } : {}) });
           const created = outcome.deployments.map((d) => d.id);
           flash("Rollback started: " + created.join(", "));
           if (created.length) location.hash = "#/deployments/" + encodeURIComponent(created[0]);
@@ -502,7 +509,7 @@ function deploymentsView(main) {
       const list = await api("/deployments?limit=100");
       body.replaceChildren(list.length ? el("ol", { class: "timeline-list" }, list.map((d) =>
         el("li", { class: "card deployment", "data-deployment": d.id },
-          el("h2", {}, el("a", { href: "#/deployments/" + encodeURIComponent(d.id) }, d.version + " → " + d.target),
+          el("h2", {}, el("a", { href: "#/deployments/" + encodeURIComponent(d.id) }, releaseLabel(d) + " → " + d.target),
             el("span", { class: "muted small" }, " " + d.id)),
           el("p", { class: "muted small" }, "created " + when(d.created_at) + " by " + d.created_by),
           deploymentSummary(d),
@@ -535,7 +542,7 @@ function deploymentView(main, id) {
     async refresh() {
       const d = await api("/deployments/" + encodeURIComponent(id));
       body.replaceChildren(
-        el("h1", {}, "Deployment of " + d.version, el("span", { class: "muted small" }, " " + d.id)),
+        el("h1", {}, "Deployment of " + releaseLabel(d), el("span", { class: "muted small" }, " " + d.id)),
         el("div", { class: "card", id: "deployment", "data-state": d.state, "data-current-stage": d.current_stage },
           el("p", { class: "muted small" }, "created " + when(d.created_at) + " by " + d.created_by +
             (d.approved_by ? " · approved by " + d.approved_by : "") + (d.environment ? " · environment " + d.environment : "") +
@@ -635,9 +642,46 @@ function inventorySection(robot) {
   return section("Inventory", el("dl", { class: "facts", id: "robot-inventory", "data-board": inv.board || "" }, facts));
 }
 
+/// Each app's current release, what the robot keeps, and (for a deployer) a rollback to a kept
+/// release: the robot switches to it, no download, no reboot. `chosen` keeps each pick across
+/// live redraws.
+function appsSection(robot, chosen, result) {
+  const apps = (robot.inventory && robot.inventory.apps) || [];
+  if (!apps.length) return null;
+  const rows = apps.map((app) => {
+    const others = (app.kept || []).filter((v) => v !== app.version).reverse();
+    let control = "";
+    if (can("deployer") && others.length) {
+      const to = el("select", { "aria-label": "Roll " + app.name + " back to", "data-app-rollback-to": app.name },
+        el("option", { value: "" }, "the release before this one"),
+        others.map((version) => el("option", { value: version }, version)));
+      to.value = others.includes(chosen[app.name]) ? chosen[app.name] : "";
+      to.addEventListener("change", () => { chosen[app.name] = to.value; });
+      control = el("span", { class: "actions" }, to, el("button", {
+        type: "button", class: "danger", "data-action": "rollback-app", "data-app": app.name,
+        onclick: async () => {
+          if (!confirm("Roll " + app.name + " on " + robot.id + " back to " + (to.value || "the release before this one") + "?")) return;
+          try {
+            const outcome = await act("/rollbacks", { target: "robot:" + robot.id, app: app.name, immediate: true, ...(to.value ? { to: to.value } : {}) });
+            result.textContent = "Rolling " + app.name + " back to " + outcome.plan.map((p) => p.version).join(", ") +
+              " (" + outcome.deployments.map((d) => d.id).join(", ") + ")";
+          } catch (err) {
+            result.textContent = "Rollback refused: " + err.message;
+          }
+        },
+      }, "Roll back " + app.name));
+    }
+    return [el("strong", {}, app.name), el("span", { "data-app-version": app.name }, app.version || "none"),
+      (app.kept || []).join(", "), app.last || "", control];
+  });
+  return section("Apps", table("Apps", ["App", "Current", "Kept", "Last activation", ""], rows), result);
+}
+
 function robotView(main, id) {
   const body = el("div");
   const result = el("p", { id: "robot-rollback-result", role: "status" });
+  const appResult = el("p", { id: "robot-app-rollback-result", role: "status" });
+  const chosenApps = {};
   let chosen = "";
   main.append(el("p", {}, el("a", { href: "#/fleet" }, "← Fleet")), body);
   return {
@@ -648,7 +692,10 @@ function robotView(main, id) {
         api("/history?limit=50&robot=" + encodeURIComponent(id)),
         api("/environments"),
       ]);
-      const runs = histories.length ? histories[0].runs : [];
+      // One history per track: the OS's (no app), then each app's.
+      const osHistory = histories.find((h) => !h.app);
+      const runs = osHistory ? osHistory.runs : [];
+      const appRuns = histories.filter((h) => h.app).flatMap((h) => h.runs.map((run) => ({ app: h.app, ...run })));
       const earlier = [...new Set(runs.map((run) => run.version))].filter((v) => v !== robot.version).reverse();
       const to = el("select", { id: "robot-rollback-to", "aria-label": "Roll back to" },
         el("option", { value: "" }, "the release before this one"),
@@ -680,12 +727,16 @@ function robotView(main, id) {
             fact("Enrolled", when(robot.enrolled_at)), fact("Last seen", timeEl(robot.last_seen))),
           rollback),
         inventorySection(robot),
+        appsSection(robot, chosenApps, appResult),
         section("Slots", robot.slots ? table("Slots", ["Slot", "Version", "State", ""],
           robot.slots.slots.map((s) => [s.slot, s.version || "unknown", badge(s.state), s.slot === robot.slots.booted ? "booted" : ""])) :
           el("p", { class: "muted" }, "The robot has not reported its slots yet.")),
         section("Releases it ran", table("Release history", ["Version", "Since", "Committed", "How", "End"],
           runs.slice().reverse().map((run) => [run.version, when(run.started_at), run.committed_at ? when(run.committed_at) : "",
             originText(run.origin), el("span", { class: run.end.kind === "rolled_back" || run.end.kind === "failed" ? "bad-text" : "" }, endText(run.end))]))),
+        appRuns.length ? section("App releases it ran", table("App release history", ["App", "Version", "Since", "Committed", "How", "End"],
+          appRuns.sort((a, b) => b.started_at.localeCompare(a.started_at)).map((run) => [run.app, run.version, when(run.started_at), run.committed_at ? when(run.committed_at) : "",
+            originText(run.origin), endText(run.end)]))) : null,
         section("Last events", table("Events", ["When", "Event", "Version", "Deployment", "Detail"],
           events.map((e) => [when(e.at), badge(e.event), e.version || "", e.deployment_id ? el("a", { href: "#/deployments/" + encodeURIComponent(e.deployment_id) }, e.deployment_id) : "", e.detail || ""]))));
     },
@@ -710,8 +761,8 @@ function deployForm(release, groups, environments, close) {
   const maxFailures = el("input", { name: "max_failures", value: "0" });
   const autoRollback = el("input", { name: "auto_rollback", type: "checkbox" });
   const error = el("p", { class: "error", role: "alert" });
-  const form = el("form", { class: "card deploy-form", "aria-label": "Deploy " + release.version },
-    el("h3", {}, "Deploy " + release.version),
+  const form = el("form", { class: "card deploy-form", "aria-label": "Deploy " + releaseLabel(release) },
+    el("h3", {}, "Deploy " + releaseLabel(release)),
     field("Target", target), field("Strategy", kind), field("Stages (percent)", percents),
     field("Wait between stages (s; canary: empty waits for approval)", wait), field("Canary group", canary),
     field("Failures allowed (count or %)", maxFailures), el("label", { class: "check" }, autoRollback, " roll the stage back when it halts"),
@@ -784,10 +835,10 @@ function releasesView(main) {
           const on = runningOn(rel);
           const where = on.length ? on.length + " robot" + (on.length > 1 ? "s" : "") + " (" +
             [...new Set(on.map((r) => environmentOf(r, environments)).filter(Boolean))].join(", ") + ")" : "none";
-          return [el("strong", { "data-release": rel.version }, (rel.app ? rel.app + " " : "") + rel.version), el("code", {}, (rel.commit || "").slice(0, 10)), rel.branch || "",
+          return [el("strong", { "data-release": rel.version, "data-app": rel.app || null }, releaseLabel(rel)), el("code", {}, (rel.commit || "").slice(0, 10)), rel.branch || "",
             bytes(rel.size), when(rel.created_at), where.replace(" ()", ""),
             can("deployer") ? el("button", {
-              type: "button", "data-action": "deploy", "data-version": rel.version,
+              type: "button", "data-action": "deploy", "data-version": rel.version, "data-app": rel.app || null,
               onclick: () => {
                 formOpenFor = rel.id;
                 formSlot.replaceChildren(deployForm(rel, groups, environments, () => { formOpenFor = null; formSlot.replaceChildren(); }));
@@ -944,7 +995,7 @@ function progressPanel(d) {
   const last = committed.length ? committed[committed.length - 1].finished_after_secs : null;
   const summary = committed.length + " of " + robots + " committed" + (last !== null ? ", the last after " + timeText(last) : "") +
     (failed.length ? "; " + failed.length + " rolled back or failed" : "");
-  const box = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", class: "chart progress-chart", "aria-label": d.version + ": " + summary });
+  const box = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", class: "chart progress-chart", "aria-label": releaseLabel(d) + ": " + summary });
   box.append(svg("line", { x1: x0, y1: y0, x2: x1, y2: y0, class: "axis" }), svg("line", { x1: x0, y1: y0, x2: x0, y2: y1, class: "axis" }));
   for (const tick of yTicks) {
     box.append(svg("line", { x1: x0, y1: y(tick.value), x2: x1, y2: y(tick.value), class: "grid" }),
@@ -967,7 +1018,7 @@ function progressPanel(d) {
   failed.forEach((r) => box.append(svg("circle", { cx: x(r.finished_after_secs), cy: y0, r: 5, class: "failed" },
     svg("title", {}, r.robot_id + " " + words(r.state) + " after " + timeText(r.finished_after_secs)))));
   return el("div", { class: "progress-panel", "data-deployment": d.id },
-    el("h3", {}, d.version + " → " + d.target, " ", el("span", { class: "kind" }, d.kind)),
+    el("h3", {}, releaseLabel(d) + " → " + d.target, " ", el("span", { class: "kind" }, d.kind)),
     el("p", { class: "muted small" }, summary), box);
 }
 
@@ -981,10 +1032,10 @@ function progressChart(details) {
 function commitsChart(deployments) {
   const byVersion = new Map();
   for (const d of deployments) {
-    const entry = byVersion.get(d.version) || { commits: 0, rollbacks: 0 };
+    const entry = byVersion.get(releaseLabel(d)) || { commits: 0, rollbacks: 0 };
     entry.commits += d.counts.committed || 0;
     entry.rollbacks += failures(d.counts);
-    byVersion.set(d.version, entry);
+    byVersion.set(releaseLabel(d), entry);
   }
   const versions = [...byVersion.keys()].sort();
   const W = 640, H = 300, x0 = 56, y0 = 250, x1 = 620, y1 = 20;

@@ -10,11 +10,15 @@
 //!   manual install).
 //! - `deployments`, for who created the deployment that gave a release.
 //!
+//! Each robot has one timeline per track: its OS, and each app (app releases run beside the
+//! OS, so an app's commit neither replaces the OS release nor another app's). Slot reports are
+//! about the OS only.
+//!
 //! A slot report and the event it goes with may arrive in either order (the robot's outbox
 //! retries events after a reboot), so [`Timeline`] re-labels a local-install run that a
 //! deployment's event explains right after.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use rota_protocol::operator::{ReleaseRun, RobotReleaseHistory, RunEnd, RunOrigin};
 use sqlx::AnyConnection;
@@ -330,6 +334,8 @@ fn origin_of(deployment: DeploymentInfo) -> RunOrigin {
 pub struct Filter {
     pub robot: Option<String>,
     pub group: Option<String>,
+    /// Only this app's track. [default: the OS and every app]
+    pub app: Option<String>,
     pub since_ms: Option<i64>,
     pub until_ms: Option<i64>,
 }
@@ -339,6 +345,7 @@ type EventRow = (
     String,
     String,
     String,
+    Option<String>,
     String,
     Option<String>,
     i64,
@@ -358,7 +365,7 @@ pub async fn load(
     let selects_robot = "($1 = '' OR x.robot_id = $2)
          AND ($3 = '' OR x.robot_id IN (SELECT robot_id FROM group_members WHERE group_name = $4))";
     let events: Vec<EventRow> = sqlx::query_as(&format!(
-        "SELECT x.robot_id, x.deployment_id, x.release_id, r.version, x.event, x.detail, x.at,
+        "SELECT x.robot_id, x.deployment_id, x.release_id, r.version, r.app, x.event, x.detail, x.at,
                 COALESCE(d.created_by, ''), d.kind
          FROM robot_events x
          JOIN releases r ON r.id = x.release_id
@@ -394,10 +401,14 @@ pub async fn load(
     .fetch_all(&mut *conn)
     .await?;
 
-    // (robot, at, source order) -> happening; events sort before reports at the same instant.
-    let mut happenings: BTreeMap<(String, i64, u8, usize), Happening> = BTreeMap::new();
-    for (n, (robot_id, deployment_id, release_id, version, event, detail, at, created_by, kind)) in
-        events.into_iter().enumerate()
+    // (robot, track, at, source order) -> happening; the OS track (None) sorts first, and
+    // events before reports at the same instant.
+    type Key = (String, Option<String>, i64, u8, usize);
+    let mut happenings: BTreeMap<Key, Happening> = BTreeMap::new();
+    for (
+        n,
+        (robot_id, deployment_id, release_id, version, app, event, detail, at, created_by, kind),
+    ) in events.into_iter().enumerate()
     {
         let Some(step) = Step::parse(&event) else {
             continue;
@@ -408,7 +419,7 @@ pub async fn load(
             created_by,
         };
         happenings.insert(
-            (robot_id, at, 0, n),
+            (robot_id, app, at, 0, n),
             Happening::Deployed {
                 deployment,
                 release_id,
@@ -420,29 +431,34 @@ pub async fn load(
     }
     for (n, (robot_id, version, release_id, at)) in reports.into_iter().enumerate() {
         happenings.insert(
-            (robot_id, at, 1, n),
+            (robot_id, None, at, 1, n),
             Happening::Reported {
                 version,
                 release_id,
             },
         );
     }
-    let mut timelines: BTreeMap<String, Timeline> = BTreeMap::new();
-    for id in enrolled {
-        timelines.entry(id).or_default();
+    let mut timelines: BTreeMap<(String, Option<String>), Timeline> = BTreeMap::new();
+    if filter.app.is_none() {
+        for id in enrolled {
+            timelines.entry((id, None)).or_default();
+        }
     }
-    for ((robot_id, at, _, _), happening) in happenings {
-        timelines.entry(robot_id).or_default().feed(at, happening);
+    for ((robot_id, app, at, _, _), happening) in happenings {
+        if filter.app.is_some() && app != filter.app {
+            continue;
+        }
+        timelines
+            .entry((robot_id, app))
+            .or_default()
+            .feed(at, happening);
     }
-    let wanted: BTreeSet<String> = timelines.keys().cloned().collect();
-    Ok(wanted
+    Ok(timelines
         .into_iter()
-        .filter_map(|robot_id| {
-            let timeline = timelines.remove(&robot_id)?;
-            Some(RobotReleaseHistory {
-                runs: timeline.runs_between(filter.since_ms, filter.until_ms),
-                robot_id,
-            })
+        .map(|((robot_id, app), timeline)| RobotReleaseHistory {
+            runs: timeline.runs_between(filter.since_ms, filter.until_ms),
+            robot_id,
+            app,
         })
         .collect())
 }

@@ -538,7 +538,8 @@ fn the_page_is_served_whole_from_the_binary_under_a_strict_policy() {
 /// robots run), 2.0.0, 3.0.0 (whose health check fails on robot-001, a canary), 4.0.0 and
 /// 5.0.0 (for the approval steps, which need versions no robot ran yet), groups
 /// `canary` (robot-001..003, environment staging) and `fleet` (the rest, production), and a
-/// deployer and a viewer key. The browser does the rest: log in, deploy, watch, roll back.
+/// deployer and a viewer key, and two releases of app `nav`. The browser does the rest: log in,
+/// deploy, watch, roll back.
 #[test]
 #[ignore = "needs Chromium, node and npm packages: scripts/system-tests/dashboard runs it"]
 fn in_a_real_browser() {
@@ -553,6 +554,10 @@ fn in_a_real_browser() {
     // report to the release, so rolling a robot back to 1.0.0 is possible.
     for version in ["1.0.0", "2.0.0", "3.0.0", "4.0.0", "5.0.0"] {
         publish_over_http(&server, version);
+    }
+    for version in ["0.4.0", "0.5.0"] {
+        let bundle = common::app_bundle("nav", version, COMPATIBLE, &common::trusted_key());
+        as_admin(http().post(server.api("/releases")).body(bundle));
     }
     let _fleet = SimFleet::start(&server.url, "robot", 20, |n| Behaviour {
         unhealthy_versions: match n {

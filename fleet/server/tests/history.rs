@@ -363,3 +363,62 @@ fn old_deployments_are_pruned_per_environment_except_those_robots_still_referenc
     let audit = server.rota_json(&["audit", "--action", "deployment.create"]);
     assert_eq!(audit.as_array().unwrap().len(), 8, "{audit:#}");
 }
+
+/// An app release's commit used to enter the robot's one release history as if it replaced the
+/// OS release ("2.0.0 replaced by nav 0.4.0"), and the dashboard offered app versions as OS
+/// rollback targets. Each app now has its own history beside the OS's.
+#[test]
+fn app_releases_have_their_own_history_and_never_replace_the_os_release() {
+    let server = Server::start();
+    let _fleet = SimFleet::start(&server.url, "robot", 1, |_| Behaviour::default());
+    server.publish("2.0.0");
+    assert_eq!(deploy(&server, "2.0.0", "all").0, Some(0));
+    for version in ["0.4.0", "0.5.0"] {
+        server.publish_app("nav", version);
+        assert_eq!(deploy(&server, &format!("nav@{version}"), "all").0, Some(0));
+    }
+
+    let histories = server.rota_json(&["history"]);
+    assert_eq!(
+        histories
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["app"].as_str().unwrap_or("(os)"))
+            .collect::<Vec<_>>(),
+        ["(os)", "nav"],
+        "{histories:#}"
+    );
+    assert_eq!(
+        runs_of(&histories, "robot-001"),
+        [
+            run("1.0.0", "local_install", "replaced"),
+            run("2.0.0", "deployment", "running"),
+        ]
+    );
+    let nav = server.rota_json(&["history", "--app", "nav"]);
+    assert_eq!(nav.as_array().unwrap().len(), 1, "{nav:#}");
+    assert_eq!(nav[0]["app"], "nav");
+    assert_eq!(
+        runs_of(&nav, "robot-001"),
+        [
+            run("0.4.0", "deployment", "replaced"),
+            run("0.5.0", "deployment", "running"),
+        ]
+    );
+    let table = server.rota_ok(&["history", "--app", "nav"]);
+    assert!(
+        table.contains("nav@0.4.0") && table.contains("replaced by v0.5.0"),
+        "{table}"
+    );
+    let deployments = server.rota_ok(&["deployments"]);
+    assert!(deployments.contains("nav@0.5.0"), "{deployments}");
+    // A plain OS rollback looks at the OS track only: nav 0.5.0 and 0.4.0 are lower versions,
+    // and still no OS release older than 2.0.0 was committed through Rota.
+    let refused = server.rota(ADMIN_KEY, &["rollback", "--robot", "robot-001", "--dry-run"]);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && said.contains("no release older than v2.0.0"),
+        "{said}"
+    );
+}

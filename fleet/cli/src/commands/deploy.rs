@@ -65,7 +65,7 @@ pub fn state_text(state: DeploymentState) -> String {
 /// One stderr line for a robot that finished.
 pub fn finished_line(
     robot: &str,
-    version: &str,
+    release: &str,
     state: AssignmentState,
     secs: Option<f64>,
     detail: Option<&str>,
@@ -73,10 +73,10 @@ pub fn finished_line(
     let secs = secs.map(|s| format!(" {s:.1}s")).unwrap_or_default();
     let detail = detail.map(|d| format!(": {d}")).unwrap_or_default();
     match state {
-        AssignmentState::Committed => format!("✓ {robot} v{version} committed{secs}"),
-        AssignmentState::RolledBack => format!("✗ {robot} v{version} rolled back{secs}{detail}"),
-        AssignmentState::Failed => format!("✗ {robot} v{version} failed{secs}{detail}"),
-        other => format!("- {robot} v{version} {other}{detail}"),
+        AssignmentState::Committed => format!("✓ {robot} {release} committed{secs}"),
+        AssignmentState::RolledBack => format!("✗ {robot} {release} rolled back{secs}{detail}"),
+        AssignmentState::Failed => format!("✗ {robot} {release} failed{secs}{detail}"),
+        other => format!("- {robot} {release} {other}{detail}"),
     }
 }
 
@@ -97,7 +97,7 @@ pub fn watch(
                     "{}",
                     finished_line(
                         &robot.robot_id,
-                        &deployment.version,
+                        &deployment.release_label(),
                         robot.state,
                         robot.finished_after_secs,
                         robot.detail.as_deref()
@@ -174,7 +174,7 @@ mod tests {
         assert_eq!(
             finished_line(
                 "lekiwi-001",
-                "2.1.0",
+                "v2.1.0",
                 AssignmentState::Committed,
                 Some(8.21),
                 None
@@ -184,7 +184,7 @@ mod tests {
         assert_eq!(
             finished_line(
                 "r2",
-                "2.1.0",
+                "v2.1.0",
                 AssignmentState::RolledBack,
                 Some(3.0),
                 Some("health check failed")
@@ -194,7 +194,7 @@ mod tests {
         assert_eq!(
             finished_line(
                 "r3",
-                "2.1.0",
+                "v2.1.0",
                 AssignmentState::Skipped,
                 None,
                 Some("rolled back before")

@@ -12,6 +12,7 @@ use crate::when::When;
 pub struct Filter {
     pub robot: Option<String>,
     pub group: Option<String>,
+    pub app: Option<String>,
     pub since: Option<When>,
     pub until: Option<When>,
 }
@@ -24,6 +25,9 @@ impl Filter {
         }
         if let Some(group) = &self.group {
             query.push(("group", group.clone()));
+        }
+        if let Some(app) = &self.app {
+            query.push(("app", app.clone()));
         }
         if let Some(since) = self.since {
             query.push(("since", since.rfc3339()));
@@ -67,10 +71,14 @@ pub fn end_text(end: &RunEnd) -> String {
     }
 }
 
-fn run_row(robot_id: &str, run: &ReleaseRun) -> Vec<String> {
+/// A run's row; an app's release reads `nav@1.4.0`, the OS's `v1.4.0`.
+fn run_row(robot_id: &str, app: Option<&str>, run: &ReleaseRun) -> Vec<String> {
     vec![
         robot_id.to_string(),
-        format!("v{}", run.version),
+        match app {
+            Some(app) => format!("{app}@{}", run.version),
+            None => format!("v{}", run.version),
+        },
         output::time(&run.started_at),
         origin_text(&run.origin),
         end_text(&run.end),
@@ -98,7 +106,7 @@ pub fn releases(api: &Api, filter: &Filter, json: bool) -> anyhow::Result<()> {
             history
                 .runs
                 .iter()
-                .map(|run| run_row(&history.robot_id, run)),
+                .map(|run| run_row(&history.robot_id, history.app.as_deref(), run)),
         );
     }
     output::table(

@@ -77,9 +77,9 @@ fn print_status(status: &FleetStatus) -> anyhow::Result<()> {
     outln!("running deployments: {}", status.running_deployments.len());
     for d in &status.running_deployments {
         outln!(
-            "  {} v{} to {}: {}",
+            "  {} {} to {}: {}",
             d.id,
-            d.version,
+            d.release_label(),
             d.target,
             counts_text(&d.counts)
         );
@@ -95,9 +95,9 @@ pub fn deployments(api: &Api, id: Option<&str>, json: bool) -> anyhow::Result<()
                 return output::json(&d);
             }
             outln!(
-                "{} v{} to {} ({}): {}",
+                "{} {} to {} ({}): {}",
                 d.id,
-                d.version,
+                d.release_label(),
                 d.target,
                 crate::commands::deploy::state_text(d.state),
                 counts_text(&d.counts)
@@ -106,16 +106,16 @@ pub fn deployments(api: &Api, id: Option<&str>, json: bool) -> anyhow::Result<()
                 let line = if r.state.is_final() {
                     finished_line(
                         &r.robot_id,
-                        &d.version,
+                        &d.release_label(),
                         r.state,
                         r.finished_after_secs,
                         r.detail.as_deref(),
                     )
                 } else {
                     format!(
-                        "… {} v{} {}{}",
+                        "… {} {} {}{}",
                         r.robot_id,
-                        d.version,
+                        d.release_label(),
                         r.state,
                         r.detail
                             .as_deref()
@@ -138,7 +138,7 @@ pub fn deployments(api: &Api, id: Option<&str>, json: bool) -> anyhow::Result<()
                 |d: &Deployment| {
                     vec![
                         d.id.clone(),
-                        format!("v{}", d.version),
+                        d.release_label(),
                         d.target.to_string(),
                         d.state.as_str().into(),
                         counts_text(&d.counts),

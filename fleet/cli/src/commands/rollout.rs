@@ -65,10 +65,10 @@ fn describe(d: &Deployment) -> String {
         String::new()
     };
     format!(
-        "deployment {} ({}): v{} to {}, {}{stages}",
+        "deployment {} ({}): {} to {}, {}{stages}",
         d.id,
         d.kind.as_str(),
-        d.version,
+        d.release_label(),
         d.target,
         deploy::state_text(d.state)
     )

@@ -20,16 +20,21 @@ const POLL_EVERY: Duration = Duration::from_secs(1);
 
 /// Changes whenever anything the dashboard shows changes.
 async fn fingerprint(state: &AppState) -> Result<String, sqlx::Error> {
-    let row: (i64, i64, i64, i64, i64) = sqlx::query_as(
+    // Inventories too: a robot reports the app release it committed after the commit itself.
+    let row: (i64, i64, i64, i64, i64, i64) = sqlx::query_as(
         "SELECT (SELECT COALESCE(MAX(id), 0) FROM robot_events),
                 (SELECT COALESCE(MAX(id), 0) FROM audit_log),
                 (SELECT COALESCE(MAX(id), 0) FROM deployment_log),
                 (SELECT COALESCE(MAX(id), 0) FROM robot_version_reports),
-                (SELECT COALESCE(MAX(updated_at), 0) FROM assignments)",
+                (SELECT COALESCE(MAX(updated_at), 0) FROM assignments),
+                (SELECT COALESCE(MAX(inventory_at), 0) FROM robots)",
     )
     .fetch_one(state.db.pool())
     .await?;
-    Ok(format!("{}.{}.{}.{}.{}", row.0, row.1, row.2, row.3, row.4))
+    Ok(format!(
+        "{}.{}.{}.{}.{}.{}",
+        row.0, row.1, row.2, row.3, row.4, row.5
+    ))
 }
 
 struct Watch {

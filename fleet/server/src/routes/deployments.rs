@@ -21,6 +21,7 @@ struct DeploymentRow {
     id: String,
     release_id: String,
     version: String,
+    app: Option<String>,
     target: String,
     strategy: String,
     forced: i64,
@@ -38,7 +39,7 @@ struct DeploymentRow {
     parent_id: Option<String>,
 }
 const DEPLOYMENT_SELECT: &str =
-    "SELECT d.id, d.release_id, r.version, d.target, d.strategy, d.forced,
+    "SELECT d.id, d.release_id, r.version, r.app, d.target, d.strategy, d.forced,
             d.state, d.created_by, d.created_at, d.kind, d.environment, d.update_window,
             d.current_stage, d.stage_count, d.stage_done_at, d.halt_reason, d.approved_by, d.parent_id
      FROM deployments d JOIN releases r ON r.id = d.release_id";
@@ -52,6 +53,7 @@ async fn deployment_from_row(
         id,
         release_id,
         version,
+        app,
         target,
         strategy,
         forced,
@@ -133,6 +135,7 @@ async fn deployment_from_row(
     Ok(Deployment {
         release_id,
         version,
+        app,
         target: target.parse().map_err(ApiError::internal)?,
         stage_awaits_approval: rollout::engine::stage_awaits_approval(
             &strategy,

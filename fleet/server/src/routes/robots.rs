@@ -502,6 +502,8 @@ pub struct ReleaseHistoryQuery {
     pub robot: Option<String>,
     /// Only robots now in this group.
     pub group: Option<String>,
+    /// Only this app's releases. [default: each robot's OS releases, then each app's]
+    pub app: Option<String>,
     /// Only runs that lasted until this RFC 3339 UTC time or later.
     pub since: Option<String>,
     /// Only runs that started at or before this RFC 3339 UTC time.
@@ -529,6 +531,7 @@ pub async fn release_history(
         until_ms: time_param("until", query.until.as_deref())?,
         robot: query.robot,
         group: query.group,
+        app: query.app,
     };
     let mut conn = state.db.pool().acquire().await?;
     // A dynamic group has no member rows: load every robot's and keep its robots.
@@ -554,7 +557,8 @@ pub async fn release_history(
         histories.retain(|history| ids.contains(&history.robot_id));
     }
     if let Some(robot) = &filter.robot {
-        if histories.is_empty() {
+        // With an app named, a robot that never ran that app has no history: not an error.
+        if histories.is_empty() && filter.app.is_none() {
             return Err(ApiError::not_found(format!(
                 "no robot with id {robot:?}, enrolled now or in the history"
             )));
