@@ -415,7 +415,10 @@ fn app_releases_have_their_own_history_and_never_replace_the_os_release() {
     assert!(deployments.contains("nav@0.5.0"), "{deployments}");
     // A plain OS rollback looks at the OS track only: nav 0.5.0 and 0.4.0 are lower versions,
     // and still no OS release older than 2.0.0 was committed through Rota.
-    let refused = server.rota(ADMIN_KEY, &["rollback", "--robot", "robot-001", "--dry-run"]);
+    let refused = server.rota(
+        ADMIN_KEY,
+        &["rollback", "--robot", "robot-001", "--dry-run"],
+    );
     let said = String::from_utf8_lossy(&refused.stderr);
     assert!(
         !refused.status.success() && said.contains("no release older than v2.0.0"),
