@@ -266,10 +266,12 @@ fn a_failing_canary_halts_the_rollout_and_auto_rollback_returns_the_other_canari
 
 /// App releases ride the same rollout machinery: a canary of 20 robots halts on an app check
 /// failing, auto-rollback returns the other canary to the app release it ran, the rest never
-/// see the bad release, and a rollback to a point in time brings back the app release of then.
+/// see the bad release, and rollbacks to a point in time and to a deployment bring back the app
+/// release of then and the one that deployment gave.
 /// The robots' OS version never moves.
 #[test]
-fn a_staged_app_rollout_on_twenty_robots_halts_on_a_failing_canary_and_rolls_back_in_time() {
+fn a_staged_app_rollout_on_twenty_robots_halts_on_a_failing_canary_and_rolls_back_by_time_and_deployment(
+) {
     let server = Server::start();
     let fleet = SimFleet::start(&server.url, "robot", FLEET_SIZE, |n| Behaviour {
         unhealthy_versions: match n {
@@ -308,8 +310,9 @@ fn a_staged_app_rollout_on_twenty_robots_halts_on_a_failing_canary_and_rolls_bac
     std::thread::sleep(std::time::Duration::from_millis(20));
     let then = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
     std::thread::sleep(std::time::Duration::from_millis(20));
-    let (code, _, stderr) = deploy("nav@1.5.0", &["--immediate"]);
+    let (code, one_five, stderr) = deploy("nav@1.5.0", &["--immediate"]);
     assert_eq!(code, 0, "{stderr}");
+    assert_eq!(one_five["app"], "nav", "{one_five:#}");
 
     server.rota_ok(&["groups", "create", "canary"]);
     server.rota_ok(&["groups", "add", "canary", "robot-001", "robot-002"]);
@@ -356,6 +359,27 @@ fn a_staged_app_rollout_on_twenty_robots_halts_on_a_failing_canary_and_rolls_bac
     );
     server.wait_for("/robots", "every robot back on nav 1.4.0", |_| {
         app_versions(&server).iter().all(|v| v == "1.4.0")
+    });
+
+    // What a deployment gave: nav 1.5.0 again.
+    let to = one_five["id"].as_str().unwrap();
+    let (code, rollback, stderr) = rota_exit(
+        &server,
+        ADMIN_KEY,
+        &[
+            "rollback",
+            "--app",
+            "nav",
+            "--to",
+            to,
+            "--immediate",
+            "--wait",
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(rollback["plan"][0]["version"], "1.5.0", "{rollback:#}");
+    server.wait_for("/robots", "every robot on nav 1.5.0 again", |_| {
+        app_versions(&server).iter().all(|v| v == "1.5.0")
     });
 }
 
