@@ -717,6 +717,9 @@ pub struct EnvironmentSpec {
 pub struct PromoteRequest {
     /// The environment that gets what `from` runs now, under its own rules.
     pub to: String,
+    /// Promote this app's release instead of the OS release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
 }
 
 /// `POST /api/v1/rollbacks`: new deployments of what the target ran at a point.

@@ -167,12 +167,17 @@ pub enum Command {
         wait: WaitArgs,
     },
     /// Deploy what one environment runs now to another, with the other's rules.
-    #[command(after_help = "Examples:\n  rota promote staging production --wait\n")]
+    #[command(after_help = "Examples:\n  rota promote staging production --wait\n  \
+        rota promote staging production --app nav --wait\n")]
     Promote {
         /// The environment whose release goes on.
         from: String,
         /// The environment it goes to, under its own strategy, approval and window.
         to: String,
+        /// Promote the release of this app that `from` runs instead of its OS release.
+        /// [default: the OS]
+        #[arg(long)]
+        app: Option<String>,
         #[command(flatten)]
         wait: WaitArgs,
     },

@@ -11,7 +11,7 @@ pub mod when;
 use cli::{Cli, Command, ReleaseCommand};
 use commands::deploy::{DeployArgs, Outcome};
 use commands::{access, audit, deploy, history, inventory, open, release, rollout};
-use rota_protocol::operator::{DeploymentVerb, RollbackRequest};
+use rota_protocol::operator::{DeploymentVerb, PromoteRequest, RollbackRequest};
 
 /// Exit code for an error: the server is unreachable or refused the call, or bad input.
 pub const EXIT_ERROR: u8 = 1;
@@ -140,11 +140,17 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                 json,
             )?));
         }
-        Command::Promote { from, to, wait } => {
+        Command::Promote {
+            from,
+            to,
+            app,
+            wait,
+        } => {
+            let request = PromoteRequest { to, app };
             return Ok(exit_code(rollout::promote(
                 &commands::api(&overrides)?,
                 &from,
-                &to,
+                &request,
                 &wait,
                 json,
             )?));

@@ -267,11 +267,11 @@ fn a_failing_canary_halts_the_rollout_and_auto_rollback_returns_the_other_canari
 /// App releases ride the same rollout machinery: a canary of 20 robots halts on an app check
 /// failing, auto-rollback returns the other canary to the app release it ran, the rest never
 /// see the bad release, and rollbacks to a point in time and to a deployment bring back the app
-/// release of then and the one that deployment gave.
+/// release of then and the one that deployment gave, and promote carries an environment's app
+/// release to another.
 /// The robots' OS version never moves.
 #[test]
-fn a_staged_app_rollout_on_twenty_robots_halts_on_a_failing_canary_and_rolls_back_by_time_and_deployment(
-) {
+fn app_releases_on_twenty_robots_roll_out_in_stages_halt_roll_back_and_promote() {
     let server = Server::start();
     let fleet = SimFleet::start(&server.url, "robot", FLEET_SIZE, |n| Behaviour {
         unhealthy_versions: match n {
@@ -380,6 +380,40 @@ fn a_staged_app_rollout_on_twenty_robots_halts_on_a_failing_canary_and_rolls_bac
     assert_eq!(rollback["plan"][0]["version"], "1.5.0", "{rollback:#}");
     server.wait_for("/robots", "every robot on nav 1.5.0 again", |_| {
         app_versions(&server).iter().all(|v| v == "1.5.0")
+    });
+
+    // Promote carries the app release staging runs to production, under production's rules.
+    let rest: Vec<String> = (3..=FLEET_SIZE).map(|n| format!("robot-{n:03}")).collect();
+    let mut add = vec!["groups", "add", "rest"];
+    add.extend(rest.iter().map(String::as_str));
+    server.rota_ok(&["groups", "create", "rest"]);
+    server.rota_ok(&add);
+    server.rota_ok(&["env", "set", "staging", "--groups", "canary"]);
+    server.rota_ok(&["env", "set", "production", "--groups", "rest"]);
+    let (code, _, stderr) = rota_exit(
+        &server,
+        ADMIN_KEY,
+        &["deploy", "nav@1.4.0", "--to", "env:staging", "--wait"],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let (code, promoted, stderr) = rota_exit(
+        &server,
+        ADMIN_KEY,
+        &["promote", "staging", "production", "--app", "nav", "--wait"],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        (&promoted["kind"], &promoted["app"], &promoted["version"]),
+        (
+            &Value::from("promote"),
+            &Value::from("nav"),
+            &Value::from("1.4.0")
+        ),
+        "{promoted:#}"
+    );
+    assert_eq!(promoted["counts"]["committed"], rest.len(), "{promoted:#}");
+    server.wait_for("/robots", "every robot on nav 1.4.0 again", |_| {
+        app_versions(&server).iter().all(|v| v == "1.4.0")
     });
 }
 

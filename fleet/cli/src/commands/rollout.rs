@@ -204,15 +204,14 @@ pub fn rollback_target(
 pub fn promote(
     api: &Api,
     from: &str,
-    to: &str,
+    request: &PromoteRequest,
     wait: &WaitArgs,
     json: bool,
 ) -> anyhow::Result<Outcome> {
-    let request = PromoteRequest { to: to.to_string() };
     let created: Deployment = api.send_json(
         Method::POST,
         &format!("/environments/{from}/promote"),
-        Some(&request),
+        Some(request),
     )?;
     finish(api, &created, wait, json)
 }

@@ -152,28 +152,35 @@ pub async fn put(
     Ok(ApiJson(environment))
 }
 
-/// The one OS release every robot of `environment` that has committed anything runs now (an
-/// app release committed since does not change what OS the robot runs).
-async fn release_running_in(conn: &mut AnyConnection, environment: &str) -> ApiResult<ReleaseRef> {
+/// The one release on one track (`app`: `None` for the OS) that every robot of `environment`
+/// that has committed one runs now: an app release committed since does not change what OS
+/// the robot runs, nor the other way round.
+async fn release_running_in(
+    conn: &mut AnyConnection,
+    environment: &str,
+    app: Option<&str>,
+) -> ApiResult<ReleaseRef> {
     let robots = rollout::target_robots(conn, &DeploymentTarget::Env(environment.into())).await?;
     let mut running: Vec<(String, String, String)> = Vec::new();
     for robot in &robots {
         let current: Option<(String, String, String)> = sqlx::query_as(
             "SELECT r.id, r.version, r.compatible FROM assignments a
              JOIN releases r ON r.id = a.release_id
-             WHERE a.robot_id = $1 AND a.state = 'committed' AND r.app IS NULL
+             WHERE a.robot_id = $1 AND a.state = 'committed' AND COALESCE(r.app, '') = $2
              ORDER BY a.finished_at DESC LIMIT 1",
         )
         .bind(&robot.id)
+        .bind(app.unwrap_or(""))
         .fetch_optional(&mut *conn)
         .await?;
         running.extend(current);
     }
     running.sort();
     running.dedup();
+    let what = app.map_or("a release".to_string(), |app| format!("a release of {app}"));
     match running.as_slice() {
         [] => Err(ApiError::unprocessable(format!(
-            "no robot in {environment} has committed a release yet: nothing to promote"
+            "no robot in {environment} has committed {what} yet: nothing to promote"
         ))),
         [(id, version, compatible)] => Ok(ReleaseRef {
             id: id.clone(),
@@ -212,7 +219,10 @@ pub async fn promote(
     operator.require(Role::Deployer)?;
     let mut write = state.db.begin_write().await?;
     rollout::environment_rules(&mut write.tx, &from).await?;
-    let release = release_running_in(&mut write.tx, &from).await?;
+    if let Some(app) = &request.app {
+        rota_bundle::check_app_name(app).map_err(|e| ApiError::unprocessable(e.to_string()))?;
+    }
+    let release = release_running_in(&mut write.tx, &from, request.app.as_deref()).await?;
     let created = rollout::create_deployment(
         &mut write.tx,
         state.db.backend(),
@@ -233,7 +243,7 @@ pub async fn promote(
         format!("env:{}", request.to),
     )
     .details(serde_json::json!({
-        "from": from, "release": release.id, "version": release.version,
+        "from": from, "release": release.id, "version": release.version, "app": request.app,
         "deployment": created.deployment_id,
     }))
     .write(&mut write.tx)
