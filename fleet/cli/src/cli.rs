@@ -287,6 +287,9 @@ Examples:
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+    /// Notification channels (a signed JSON webhook or Slack) and their delivery log.
+    #[command(subcommand)]
+    Notify(NotifyCommand),
     /// Manage operator API keys (admin).
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -477,6 +480,69 @@ pub enum VarCommand {
         env: String,
         /// The variable's name.
         name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NotifyCommand {
+    /// Create or replace a channel (admin). It hears the events of deployments to its
+    /// environment and of that environment's robots (every environment without --env):
+    /// deployment.created, deployment.awaiting_approval, deployment.stage_started,
+    /// deployment.halted, deployment.succeeded, deployment.failed, robot.rolled_back,
+    /// robot.offline (and test). A webhook gets a JSON POST signed with HMAC-SHA256 of the
+    /// body in X-Rota-Signature-256 (sha256=HEX) when it has a secret; Slack gets {"text"}.
+    /// Deliveries are retried 5 times, 1 to 8 s apart, then recorded as failed; a rollout
+    /// never waits for them.
+    #[command(
+        after_help = "Examples:\n  rota notify set ops --webhook https://ops.example.com/rota --secret -\n  \
+        rota notify set team --slack https://hooks.slack.com/services/T0/B0/XXXX --env production \\\n    \
+        --events deployment.halted,robot.rolled_back,robot.offline\n\n\
+        --secret - reads the webhook's HMAC key (at least 16 characters) from stdin.\n"
+    )]
+    Set {
+        /// The channel's name.
+        name: String,
+        /// POST signed JSON to this URL.
+        #[arg(long, conflicts_with = "slack", required_unless_present = "slack")]
+        webhook: Option<String>,
+        /// POST to this Slack incoming-webhook URL (the URL is its secret: never shown again).
+        #[arg(long)]
+        slack: Option<String>,
+        /// The webhook's HMAC key; `-` reads it from stdin. [default: unsigned]
+        #[arg(long, requires = "webhook")]
+        secret: Option<String>,
+        /// Only this environment's deployments and robots. [default: all]
+        #[arg(long)]
+        env: Option<String>,
+        /// Only these events, comma-separated. [default: every event]
+        #[arg(long, value_delimiter = ',')]
+        events: Vec<String>,
+    },
+    /// List the channels; secrets never show.
+    List,
+    /// Remove a channel (admin); its pending deliveries fail.
+    Remove {
+        /// The channel's name.
+        name: String,
+    },
+    /// Send a test notification to a channel now and wait for how it went.
+    #[command(after_help = "Examples:\n  rota notify test ops\n")]
+    Test {
+        /// The channel's name.
+        name: String,
+    },
+    /// The delivery log, newest first.
+    #[command(after_help = "Examples:\n  rota notify deliveries --channel ops --state failed\n")]
+    Deliveries {
+        /// Only this channel's.
+        #[arg(long)]
+        channel: Option<String>,
+        /// Only pending, delivered or failed ones.
+        #[arg(long, value_parser = ["pending", "delivered", "failed"])]
+        state: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
     },
 }
 

@@ -10,7 +10,7 @@ pub mod when;
 
 use cli::{Cli, Command, ReleaseCommand};
 use commands::deploy::{DeployArgs, Outcome};
-use commands::{access, audit, deploy, history, inventory, open, release, rollout};
+use commands::{access, audit, deploy, history, inventory, notify, open, release, rollout};
 use rota_protocol::operator::{DeploymentVerb, PromoteRequest, RollbackRequest};
 
 /// Exit code for an error: the server is unreachable or refused the call, or bad input.
@@ -242,6 +242,13 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                 action,
             };
             audit::audit(&commands::api(&overrides)?, &filter, limit, json)?
+        }
+        Command::Notify(command) => {
+            return Ok(exit_code(notify::notify(
+                &commands::api(&overrides)?,
+                command,
+                json,
+            )?));
         }
         Command::Keys(command) => access::keys(&commands::api(&overrides)?, command, json)?,
         Command::Completions { shell } => {

@@ -13,8 +13,8 @@ use utoipa_axum::routes;
 use crate::error::{no_route, wrong_method};
 use crate::metrics;
 use crate::routes::{
-    deployments, env_vars, environments, fleet, groups, keys, releases, robot, robots, rollbacks,
-    webhooks,
+    deployments, env_vars, environments, fleet, groups, keys, notifications, releases, robot,
+    robots, rollbacks, webhooks,
 };
 use crate::state::AppState;
 
@@ -37,6 +37,7 @@ pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
         (name = "keys", description = "Operator API keys"),
         (name = "fleet", description = "Overview and audit log"),
         (name = "git", description = "GitHub push webhook and the pushes it recorded"),
+        (name = "notifications", description = "Channels that hear about deployments and robots, and their deliveries"),
     )
 )]
 struct ApiDoc;
@@ -90,6 +91,10 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(fleet::audit))
         .routes(routes!(webhooks::github))
         .routes(routes!(webhooks::pushes))
+        .routes(routes!(notifications::list))
+        .routes(routes!(notifications::put, notifications::delete))
+        .routes(routes!(notifications::test))
+        .routes(routes!(notifications::deliveries))
         .split_for_parts()
 }
 

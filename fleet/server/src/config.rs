@@ -104,6 +104,10 @@ pub struct Args {
     /// [default: 100]
     #[arg(long, env = "ROTA_KEEP_DEPLOYMENTS")]
     pub keep_deployments: Option<u32>,
+    /// Minutes a robot may stay silent before notification channels hear `robot.offline`
+    /// (once per silence). 0 never tells. [default: 10]
+    #[arg(long, env = "ROTA_ROBOT_OFFLINE_MINUTES")]
+    pub robot_offline_minutes: Option<f64>,
 }
 
 /// The TOML file: the same keys as the flags. No Debug: it holds secrets.
@@ -126,6 +130,7 @@ pub struct FileConfig {
     pub rollout_tick_ms: Option<u64>,
     pub branch_environments: Option<std::collections::BTreeMap<String, String>>,
     pub keep_deployments: Option<u32>,
+    pub robot_offline_minutes: Option<f64>,
 }
 
 impl FileConfig {
@@ -166,6 +171,8 @@ pub struct Settings {
     pub branch_environments: Vec<(String, String)>,
     /// Deployments kept per environment beyond those robots reference; 0: all.
     pub keep_deployments: u32,
+    /// Silence after which channels hear `robot.offline`; `None`: never.
+    pub robot_offline_after: Option<Duration>,
 }
 
 /// The environment a release from `branch` goes to: an exact pattern wins over a `*` one,
@@ -294,6 +301,22 @@ impl Settings {
                 .keep_deployments
                 .or(file.keep_deployments)
                 .unwrap_or(100),
+            robot_offline_after: match args
+                .robot_offline_minutes
+                .or(file.robot_offline_minutes)
+                .unwrap_or(10.0)
+            {
+                minutes if minutes.is_finite() && minutes > 0.0 => {
+                    Some(Duration::from_secs_f64(minutes * 60.0))
+                }
+                0.0 => None,
+                minutes => {
+                    return Err(ConfigError::Invalid {
+                        key: "robot_offline_minutes",
+                        message: format!("{minutes} is not a number of minutes"),
+                    })
+                }
+            },
             data_dir,
         })
     }

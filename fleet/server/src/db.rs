@@ -89,6 +89,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0008_environment_vars.sql"),
         postgres: include_str!("../migrations/postgres/0008_environment_vars.sql"),
     },
+    Migration {
+        version: 9,
+        name: "notifications",
+        sqlite: include_str!("../migrations/sqlite/0009_notifications.sql"),
+        postgres: include_str!("../migrations/postgres/0009_notifications.sql"),
+    },
 ];
 
 pub struct Db {
@@ -324,7 +330,7 @@ mod tests {
         .unwrap();
         drop(conn);
 
-        assert_eq!(db.migrate().await.unwrap(), [7, 8]);
+        assert_eq!(db.migrate().await.unwrap(), [7, 8, 9]);
         let release: (String, Option<String>) = sqlx::query_as(
             "SELECT r.id, r.app FROM assignments a JOIN releases r ON r.id = a.release_id",
         )

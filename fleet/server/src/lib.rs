@@ -15,6 +15,7 @@ pub mod history;
 pub mod hub;
 pub mod inventory;
 pub mod metrics;
+pub mod notify;
 pub mod query;
 pub mod replica_wake;
 pub mod retention;

@@ -144,6 +144,27 @@ async fn retention(state: AppState) {
     }
 }
 
+/// Notifications: every second, new events become deliveries and due deliveries are sent
+/// (each on its own task: a dead endpoint never holds up the others or a rollout).
+async fn notifications(state: AppState) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let http = reqwest::Client::new();
+    let offline_after = state
+        .settings
+        .robot_offline_after
+        .map(|after| after.as_millis() as i64);
+    loop {
+        tick.tick().await;
+        if let Err(err) = crate::notify::produce(&state.db, offline_after).await {
+            tracing::warn!("notifications: {err}");
+        }
+        if let Err(err) = crate::notify::deliver::dispatch(&state, &http).await {
+            tracing::warn!("notification deliveries: {err}");
+        }
+    }
+}
+
 /// Runs the server until SIGINT or SIGTERM.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     for dir in [
@@ -194,6 +215,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 
     let engine = tokio::spawn(rollout_ticks(state.clone()));
     let pruner = tokio::spawn(retention(state.clone()));
+    let notifier = tokio::spawn(notifications(state.clone()));
     let wake_listener = (state.db.backend() == crate::db::Backend::Postgres)
         .then(|| tokio::spawn(crate::replica_wake::listen(state.clone())));
 
@@ -220,6 +242,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     flusher.abort();
     engine.abort();
     pruner.abort();
+    notifier.abort();
     if let Some(listener) = wake_listener {
         listener.abort();
     }

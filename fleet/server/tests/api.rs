@@ -718,6 +718,9 @@ fn openapi_document_describes_exactly_the_served_routes() {
         ("GET", "/api/v1/environments/{name}/vars"),
         ("PUT", "/api/v1/environments/{name}/vars/{var}"),
         ("DELETE", "/api/v1/environments/{name}/vars/{var}"),
+        ("PUT", "/api/v1/notifications/channels/{name}"),
+        ("POST", "/api/v1/notifications/channels/{name}/test"),
+        ("GET", "/api/v1/notifications/deliveries"),
     ] {
         assert!(
             operations
@@ -728,7 +731,7 @@ fn openapi_document_describes_exactly_the_served_routes() {
     }
     assert_eq!(
         operations.len(),
-        42,
+        47,
         "routes added or removed: update this test's count"
     );
     let schemas = document["components"]["schemas"].as_object().unwrap();

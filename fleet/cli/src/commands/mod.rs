@@ -6,6 +6,7 @@ pub mod deploy;
 pub mod env_vars;
 pub mod history;
 pub mod inventory;
+pub mod notify;
 pub mod open;
 pub mod release;
 pub mod rollout;

@@ -7,6 +7,7 @@ pub mod environments;
 pub mod fleet;
 pub mod groups;
 pub mod keys;
+pub mod notifications;
 pub mod releases;
 pub mod robot;
 pub mod robots;
