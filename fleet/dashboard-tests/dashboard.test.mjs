@@ -560,14 +560,14 @@ test("an app release deploys from the releases page and rolls back from its depl
   await serverUntil("/robots", "the canaries back on nav 0.4.0", (robots) => navOn(robots, "0.4.0"));
   assert.deepEqual(await osVersions(), osBefore, "an app rollback moved a robot's OS");
 
-  // A robot's page lists its apps and rolls one to another release it keeps.
+  // A robot's page lists its apps and switches one to another release it keeps (here newer).
   await go("#/robots/robot-002");
   await page.waitForSelector("[data-app-version=nav]:text-is('0.4.0')", { timeout: LONG });
   await page.selectOption("[data-app-rollback-to=nav]", "0.5.0");
   page.once("dialog", (dialog) => dialog.accept());
   await page.click("[data-action=rollback-app][data-app=nav]");
   await page.waitForSelector("#robot-app-rollback-result:not(:empty)");
-  assert.match(await page.textContent("#robot-app-rollback-result"), /^Rolling nav back to 0\.5\.0/);
+  assert.match(await page.textContent("#robot-app-rollback-result"), /^Switching nav to 0\.5\.0/);
   await page.waitForSelector("[data-app-version=nav]:text-is('0.5.0')", { timeout: LONG });
   // The app's releases have their own history; the OS's lists no app release.
   const osRuns = await page.locator("section:has(h2:text-is('Releases it ran')) tbody td:first-child").allTextContents();

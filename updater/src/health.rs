@@ -165,7 +165,10 @@ fn run_one(
             }
         };
         let (last, failed) = match step {
-            Poll::Done(Verdict::Failed, output) if config.retry_failures => (output, true),
+            // An attempt that failed or ran past its own timeout is tried again.
+            Poll::Done(Verdict::Failed | Verdict::TimedOut, output) if config.retry_failures => {
+                (output, true)
+            }
             Poll::Done(verdict, output) => return (verdict, output),
             Poll::Pending(output) => (output, false),
         };
@@ -607,6 +610,28 @@ mod tests {
                 && failure.output.contains("500"),
             "{failure:?}"
         );
+    }
+
+    /// With failures retried, a command attempt that ran past its own timeout used to end the
+    /// check at once, although the deadline left time for more attempts.
+    #[test]
+    fn a_command_attempt_that_times_out_is_tried_again_when_failures_retry() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = dir.path().join("first");
+        // The first attempt hangs past its 1 s timeout; the next one passes.
+        let script = format!(
+            "if [ -e {0} ]; then exit 0; fi; touch {0}; sleep 30",
+            first.display()
+        );
+        let mut check = command("slow start", true, &script);
+        if let CheckKind::Command { timeout, .. } = &mut check.kind {
+            *timeout = Duration::from_secs(1);
+        }
+        let mut config = config(vec![check]);
+        config.deadline = Duration::from_secs(10);
+        config.retry_failures = true;
+        let report = run_checks(&config, &Notifier::disabled());
+        assert!(report.passed(), "{report:?}");
     }
 
     #[test]

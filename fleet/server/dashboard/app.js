@@ -642,8 +642,8 @@ function inventorySection(robot) {
   return section("Inventory", el("dl", { class: "facts", id: "robot-inventory", "data-board": inv.board || "" }, facts));
 }
 
-/// Each app's current release, what the robot keeps, and (for a deployer) a rollback to a kept
-/// release: the robot switches to it, no download, no reboot. `chosen` keeps each pick across
+/// Each app's current release, what the robot keeps, and (for a deployer) a switch to any kept
+/// release, older or newer (a rollback deployment): no download, no reboot. `chosen` keeps each pick across
 /// live redraws.
 function appsSection(robot, chosen, result) {
   const apps = (robot.inventory && robot.inventory.apps) || [];
@@ -652,7 +652,7 @@ function appsSection(robot, chosen, result) {
     const others = (app.kept || []).filter((v) => v !== app.version).reverse();
     let control = "";
     if (can("deployer") && others.length) {
-      const to = el("select", { "aria-label": "Roll " + app.name + " back to", "data-app-rollback-to": app.name },
+      const to = el("select", { "aria-label": "Switch " + app.name + " to", "data-app-rollback-to": app.name },
         el("option", { value: "" }, "the release before this one"),
         others.map((version) => el("option", { value: version }, version)));
       to.value = others.includes(chosen[app.name]) ? chosen[app.name] : "";
@@ -660,16 +660,16 @@ function appsSection(robot, chosen, result) {
       control = el("span", { class: "actions" }, to, el("button", {
         type: "button", class: "danger", "data-action": "rollback-app", "data-app": app.name,
         onclick: async () => {
-          if (!confirm("Roll " + app.name + " on " + robot.id + " back to " + (to.value || "the release before this one") + "?")) return;
+          if (!confirm("Switch " + app.name + " on " + robot.id + " to " + (to.value || "the release before this one") + "?")) return;
           try {
             const outcome = await act("/rollbacks", { target: "robot:" + robot.id, app: app.name, immediate: true, ...(to.value ? { to: to.value } : {}) });
-            result.textContent = "Rolling " + app.name + " back to " + outcome.plan.map((p) => p.version).join(", ") +
+            result.textContent = "Switching " + app.name + " to " + outcome.plan.map((p) => p.version).join(", ") +
               " (" + outcome.deployments.map((d) => d.id).join(", ") + ")";
           } catch (err) {
-            result.textContent = "Rollback refused: " + err.message;
+            result.textContent = "Switch refused: " + err.message;
           }
         },
-      }, "Roll back " + app.name));
+      }, "Switch " + app.name));
     }
     return [el("strong", {}, app.name), el("span", { "data-app-version": app.name }, app.version || "none"),
       (app.kept || []).join(", "), app.last || "", control];

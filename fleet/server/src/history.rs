@@ -171,10 +171,13 @@ impl Run {
     }
 }
 
-/// One robot's runs, built by feeding it what happened in time order.
+/// One robot's runs on one track, built by feeding it what happened in time order.
 #[derive(Debug, Default, Clone)]
 pub struct Timeline {
     runs: Vec<Run>,
+    /// An app's track: a release there runs from its activation, with no trial boot to report,
+    /// so one that failed its checks is known only from its `rolled_back`.
+    app: bool,
 }
 
 impl Timeline {
@@ -201,10 +204,21 @@ impl Timeline {
             } => self.booted(at, deployment, release_id, version, step),
             Happening::Deployed {
                 deployment,
+                release_id,
+                version,
                 step: step @ (Step::RolledBack | Step::Failed),
                 detail,
-                ..
-            } => self.went_back(at, &deployment.id, step, detail.unwrap_or_default()),
+            } => {
+                let id = deployment.id.clone();
+                if self.app
+                    && step == Step::RolledBack
+                    && !self.runs.iter().any(|r| r.came_with(&id))
+                {
+                    // The app release ran from its activation until its checks failed.
+                    self.booted(at, deployment, release_id, version, Step::Trial);
+                }
+                self.went_back(at, &id, step, detail.unwrap_or_default())
+            }
             Happening::Reported {
                 version,
                 release_id,
@@ -448,9 +462,13 @@ pub async fn load(
         if filter.app.is_some() && app != filter.app {
             continue;
         }
+        let is_app = app.is_some();
         timelines
             .entry((robot_id, app))
-            .or_default()
+            .or_insert_with(|| Timeline {
+                app: is_app,
+                ..Timeline::default()
+            })
             .feed(at, happening);
     }
     Ok(timelines

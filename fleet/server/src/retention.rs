@@ -1,9 +1,10 @@
 //! How long deployments are kept: the newest `keep_deployments` of each environment (deployments
 //! to no environment count as one more), and beyond those every deployment that is unfinished
-//! or still referenced by a robot. A robot references the deployments of its two newest
-//! committed releases on each track (its OS and each app): the release it runs and the one a
-//! plain `rota rollback` returns it to. A pruned deployment's rows (the deployment, its
-//! assignments, its rollout log) are deleted; the robots' own events and the audit log stay.
+//! or still referenced by an enrolled robot: the deployments of its two newest committed
+//! assignments on each track (its OS and each app), which gave it what it runs and what it
+//! ran before. A pruned deployment's rows (the deployment, its assignments, its rollout log)
+//! are deleted; the robots' own events, from which history and rollbacks are read, and the
+//! audit log stay.
 
 use sqlx::AnyConnection;
 
@@ -23,6 +24,7 @@ const PRUNABLE_SQL: &str = "
                        ORDER BY n.created_at DESC, n.id DESC LIMIT $2)
       AND NOT EXISTS (
         SELECT 1 FROM assignments a JOIN releases r ON r.id = a.release_id
+        JOIN robots robot ON robot.id = a.robot_id
         WHERE a.deployment_id = d.id AND a.state = 'committed'
           AND (SELECT COUNT(*) FROM assignments b JOIN releases rb ON rb.id = b.release_id
                WHERE b.robot_id = a.robot_id AND b.state = 'committed'
@@ -45,18 +47,33 @@ pub async fn prune_deployments(db: &Db, keep: u32) -> ApiResult<u64> {
     let mut deleted = 0;
     for environment in environments {
         loop {
+            // Found outside the writer's turn (the search is the expensive part) ...
+            let ids: Vec<String> = {
+                let mut conn = db.pool().acquire().await?;
+                sqlx::query_scalar(PRUNABLE_SQL)
+                    .bind(&environment)
+                    .bind(i64::from(keep))
+                    .bind(BATCH)
+                    .fetch_all(&mut *conn)
+                    .await?
+            };
+            // ... and each checked again under its lock: `retry` may have reopened it since.
             let mut write = db.begin_write().await?;
-            let ids: Vec<String> = sqlx::query_scalar(PRUNABLE_SQL)
-                .bind(&environment)
-                .bind(i64::from(keep))
-                .bind(BATCH)
-                .fetch_all(&mut *write.tx)
-                .await?;
+            let mut gone = 0;
             for id in &ids {
-                delete_deployment(&mut write.tx, id).await?;
+                crate::rollout::lock_deployment(&mut write.tx, db.backend(), id).await?;
+                let finished: Option<Option<i64>> =
+                    sqlx::query_scalar("SELECT finished_at FROM deployments WHERE id = $1")
+                        .bind(id)
+                        .fetch_optional(&mut *write.tx)
+                        .await?;
+                if matches!(finished, Some(Some(_))) {
+                    delete_deployment(&mut write.tx, id).await?;
+                    gone += 1;
+                }
             }
             write.commit().await?;
-            deleted += ids.len() as u64;
+            deleted += gone;
             if (ids.len() as i64) < BATCH {
                 break;
             }

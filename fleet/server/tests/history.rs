@@ -309,10 +309,14 @@ fn old_deployments_are_pruned_per_environment_except_those_robots_still_referenc
     server.rota_ok(&["env", "set", "lab", "--groups", "lab"]);
     let mut lab = Vec::new();
     let mut none = Vec::new();
+    let mut after_two = String::new();
     for version in ["2.0.0", "3.0.0", "4.0.0", "5.0.0"] {
         server.publish(version);
         lab.push(deploy(&server, version, "robot:robot-001").1);
         none.push(deploy(&server, version, "robot:robot-002").1);
+        if version == "2.0.0" {
+            after_two = instant_between();
+        }
     }
     let environments: Vec<Value> = lab
         .iter()
@@ -360,6 +364,18 @@ fn old_deployments_are_pruned_per_environment_except_those_robots_still_referenc
     assert_eq!(versions, ["1.0.0", "2.0.0", "3.0.0", "4.0.0", "5.0.0"]);
     let plan = server.rota_json(&["rollback", "--robot", "robot-001", "--dry-run"]);
     assert_eq!(plan["plan"][0]["version"], "4.0.0", "{plan:#}");
+    // Rollbacks read the robots' own commits, which retention keeps: what robot-001 ran right
+    // after 2.0.0's (pruned) deployment is still found. They used to read the deployments'
+    // assignments, so a pruned deployment silently fell out of `--to TIME` and "previous".
+    let plan = server.rota_json(&[
+        "rollback",
+        "--robot",
+        "robot-001",
+        "--to",
+        &after_two,
+        "--dry-run",
+    ]);
+    assert_eq!(plan["plan"][0]["version"], "2.0.0", "{plan:#}");
     let audit = server.rota_json(&["audit", "--action", "deployment.create"]);
     assert_eq!(audit.as_array().unwrap().len(), 8, "{audit:#}");
 }
@@ -370,12 +386,17 @@ fn old_deployments_are_pruned_per_environment_except_those_robots_still_referenc
 #[test]
 fn app_releases_have_their_own_history_and_never_replace_the_os_release() {
     let server = Server::start();
-    let _fleet = SimFleet::start(&server.url, "robot", 1, |_| Behaviour::default());
+    let _fleet = SimFleet::start(&server.url, "robot", 1, |_| Behaviour {
+        unhealthy_versions: ["nav@0.6.0".to_string()].into(),
+        ..Behaviour::default()
+    });
     server.publish("2.0.0");
     assert_eq!(deploy(&server, "2.0.0", "all").0, Some(0));
-    for version in ["0.4.0", "0.5.0"] {
+    for version in ["0.4.0", "0.5.0", "0.6.0"] {
         server.publish_app("nav", version);
-        assert_eq!(deploy(&server, &format!("nav@{version}"), "all").0, Some(0));
+        let healthy = version != "0.6.0";
+        let code = deploy(&server, &format!("nav@{version}"), "all").0;
+        assert_eq!(code, Some(if healthy { 0 } else { 3 }), "{version}");
     }
 
     let histories = server.rota_json(&["history"]);
@@ -399,20 +420,26 @@ fn app_releases_have_their_own_history_and_never_replace_the_os_release() {
     let nav = server.rota_json(&["history", "--app", "nav"]);
     assert_eq!(nav.as_array().unwrap().len(), 1, "{nav:#}");
     assert_eq!(nav[0]["app"], "nav");
+    // 0.6.0 failed its check: it ran from its activation until then, and the robot switched
+    // back to 0.5.0 by itself (app releases report no trial boot, only the outcome).
     assert_eq!(
         runs_of(&nav, "robot-001"),
         [
             run("0.4.0", "deployment", "replaced"),
-            run("0.5.0", "deployment", "running"),
+            run("0.5.0", "deployment", "replaced"),
+            run("0.6.0", "deployment", "rolled_back"),
+            run("0.5.0", "robot_rollback", "running"),
         ]
     );
     let table = server.rota_ok(&["history", "--app", "nav"]);
     assert!(
-        table.contains("nav@0.4.0") && table.contains("replaced by v0.5.0"),
+        table.contains("nav@0.4.0")
+            && table.contains("replaced by nav@0.5.0")
+            && table.contains("robot rolled back from nav@0.6.0"),
         "{table}"
     );
     let deployments = server.rota_ok(&["deployments"]);
-    assert!(deployments.contains("nav@0.5.0"), "{deployments}");
+    assert!(deployments.contains("nav@0.6.0"), "{deployments}");
     // A plain OS rollback looks at the OS track only: nav 0.5.0 and 0.4.0 are lower versions,
     // and still no OS release older than 2.0.0 was committed through Rota.
     let refused = server.rota(

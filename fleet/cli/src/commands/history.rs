@@ -39,8 +39,16 @@ impl Filter {
     }
 }
 
+/// A version on a track as people write it: `nav@1.4.0` for an app's, `v1.4.0` for the OS's.
+fn label(app: Option<&str>, version: &str) -> String {
+    match app {
+        Some(app) => format!("{app}@{version}"),
+        None => format!("v{version}"),
+    }
+}
+
 /// How the robot came to run it, in a few words.
-pub fn origin_text(origin: &RunOrigin) -> String {
+fn origin_text(app: Option<&str>, origin: &RunOrigin) -> String {
     match origin {
         RunOrigin::Deployment {
             deployment_id,
@@ -51,18 +59,22 @@ pub fn origin_text(origin: &RunOrigin) -> String {
             deployment_kind.as_deref().unwrap_or("deployment")
         ),
         RunOrigin::RobotRollback { from_version, .. } => {
-            format!("robot rolled back from v{from_version}")
+            format!("robot rolled back from {}", label(app, from_version))
         }
         RunOrigin::LocalInstall => "local install".into(),
     }
 }
 
 /// How the run ended, in a few words.
-pub fn end_text(end: &RunEnd) -> String {
+fn end_text(app: Option<&str>, end: &RunEnd) -> String {
     match end {
         RunEnd::Running => "running".into(),
         RunEnd::Replaced { by_version, at } => {
-            format!("replaced by v{by_version} at {}", output::time(at))
+            format!(
+                "replaced by {} at {}",
+                label(app, by_version),
+                output::time(at)
+            )
         }
         RunEnd::RolledBack { reason, at } => {
             format!("rolled back at {}: {reason}", output::time(at))
@@ -75,13 +87,10 @@ pub fn end_text(end: &RunEnd) -> String {
 fn run_row(robot_id: &str, app: Option<&str>, run: &ReleaseRun) -> Vec<String> {
     vec![
         robot_id.to_string(),
-        match app {
-            Some(app) => format!("{app}@{}", run.version),
-            None => format!("v{}", run.version),
-        },
+        label(app, &run.version),
         output::time(&run.started_at),
-        origin_text(&run.origin),
-        end_text(&run.end),
+        origin_text(app, &run.origin),
+        end_text(app, &run.end),
     ]
 }
 

@@ -90,18 +90,21 @@ async fn release_ref(conn: &mut AnyConnection, id: &str) -> ApiResult<ReleaseRef
 }
 
 /// Releases the robot committed on one track (`app`: `None` for the OS), newest first, with
-/// when and their version: an app release's commit is not the robot's OS version.
+/// when and their version: an app release's commit is not the robot's OS version. Read from
+/// the robot's own `committed` events, which deployment retention never deletes (it deletes
+/// old deployments with their assignments), and which also count a commit of an assignment
+/// an operator had moved past.
 async fn committed_versions(
     conn: &mut AnyConnection,
     robot_id: &str,
     app: Option<&str>,
 ) -> ApiResult<Vec<(String, i64, String)>> {
     Ok(sqlx::query_as(
-        "SELECT a.release_id, a.finished_at, r.version FROM assignments a
-         JOIN releases r ON r.id = a.release_id
-         WHERE a.robot_id = $1 AND a.state = 'committed' AND a.finished_at IS NOT NULL
+        "SELECT x.release_id, x.at, r.version FROM robot_events x
+         JOIN releases r ON r.id = x.release_id
+         WHERE x.robot_id = $1 AND x.event = 'committed' AND x.deployment_id IS NOT NULL
            AND COALESCE(r.app, '') = $2
-         ORDER BY a.finished_at DESC",
+         ORDER BY x.at DESC, x.id DESC",
     )
     .bind(robot_id)
     .bind(app.unwrap_or(""))
