@@ -1,6 +1,8 @@
 //! Prometheus text exposition at `/metrics`: request latency (a histogram per route), robot
-//! events and deployments created (counters), and robots by state and version, deployments by
-//! state (gauges read from the database at scrape time, so every replica reports the truth).
+//! events and deployments created (counters of this process), and, read from the database at
+//! scrape time so every replica reports the truth: robots by state and version, deployments by
+//! state, each release's outcomes on robots, how long finished deployments took, and the
+//! robots of each environment behind its current release.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -21,34 +23,59 @@ const BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0, 60.0,
 ];
 
-#[derive(Default)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
+/// Cumulative bucket counts over `N` upper bounds, with the count and sum.
+struct Histogram<const N: usize> {
+    counts: [u64; N],
     count: u64,
     sum: f64,
 }
 
+impl<const N: usize> Default for Histogram<N> {
+    fn default() -> Self {
+        Histogram {
+            counts: [0; N],
+            count: 0,
+            sum: 0.0,
+        }
+    }
+}
+
+impl<const N: usize> Histogram<N> {
+    fn observe(&mut self, bounds: &[f64; N], value: f64) {
+        for (bound, count) in bounds.iter().zip(self.counts.iter_mut()) {
+            if value <= *bound {
+                *count += 1;
+            }
+        }
+        self.count += 1;
+        self.sum += value;
+    }
+
+    /// The `_bucket`, `_sum` and `_count` lines of `name` with `labels`.
+    fn render(&self, out: &mut String, name: &str, labels: &str, bounds: &[f64; N]) {
+        for (bound, count) in bounds.iter().zip(self.counts.iter()) {
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {count}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count);
+    }
+}
+
 #[derive(Default)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(String, String, u16), Histogram>>,
+    requests: Mutex<BTreeMap<(String, String, u16), Histogram<{ BUCKETS.len() }>>>,
     events: Mutex<BTreeMap<String, u64>>,
     deployments_created: Mutex<u64>,
 }
 
 impl Metrics {
     pub fn observe_request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
-        let seconds = elapsed.as_secs_f64();
         let mut requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
-        let histogram = requests
+        requests
             .entry((method.to_string(), route.to_string(), status))
-            .or_default();
-        for (bound, count) in BUCKETS.iter().zip(histogram.counts.iter_mut()) {
-            if seconds <= *bound {
-                *count += 1;
-            }
-        }
-        histogram.count += 1;
-        histogram.sum += seconds;
+            .or_default()
+            .observe(&BUCKETS, elapsed.as_secs_f64());
     }
 
     pub fn count_event(&self, event: &str) {
@@ -76,27 +103,7 @@ impl Metrics {
                 "method=\"{method}\",route=\"{}\",status=\"{status}\"",
                 escape(route)
             );
-            for (bound, count) in BUCKETS.iter().zip(h.counts.iter()) {
-                let _ = writeln!(
-                    out,
-                    "rota_http_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {count}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "rota_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
-                h.count
-            );
-            let _ = writeln!(
-                out,
-                "rota_http_request_duration_seconds_sum{{{labels}}} {}",
-                h.sum
-            );
-            let _ = writeln!(
-                out,
-                "rota_http_request_duration_seconds_count{{{labels}}} {}",
-                h.count
-            );
+            h.render(out, "rota_http_request_duration_seconds", &labels, &BUCKETS);
         }
         drop(requests);
         out.push_str("# HELP rota_robot_events_total Events robots reported, by event.\n");
@@ -184,7 +191,122 @@ pub async fn render(State(state): State<AppState>) -> ApiResult<Response> {
             escape(&deployment_state)
         );
     }
+    release_outcomes(pool, &mut out).await?;
+    deployment_durations(pool, &mut out).await?;
+    update_lag(&state, &mut out).await?;
     Ok(([(CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
+}
+
+/// `v1.4.0` for an OS release, `nav@1.4.0` for an app's: one label value for both.
+fn release_label(version: &str, app: &str) -> String {
+    match app {
+        "" => format!("v{version}"),
+        app => format!("{app}@{version}"),
+    }
+}
+
+/// How each release ended on robots, from what they reported (kept beyond deployment
+/// retention): committed, rolled back, failed.
+async fn release_outcomes(pool: &sqlx::AnyPool, out: &mut String) -> ApiResult<()> {
+    let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
+        "SELECT r.version, COALESCE(r.app, ''), x.event, COUNT(*) FROM robot_events x
+         JOIN releases r ON r.id = x.release_id
+         WHERE x.event IN ('committed', 'rolled_back', 'failed')
+         GROUP BY r.version, COALESCE(r.app, ''), x.event ORDER BY 1, 2, 3",
+    )
+    .fetch_all(pool)
+    .await?;
+    out.push_str("# HELP rota_release_outcomes_total Robots that committed, rolled back or failed each release.
+# TYPE rota_release_outcomes_total counter
+");
+    for (version, app, outcome, count) in rows {
+        let _ = writeln!(
+            out,
+            "rota_release_outcomes_total{{release=\"{}\",outcome=\"{outcome}\"}} {count}",
+            escape(&release_label(&version, &app))
+        );
+    }
+    Ok(())
+}
+
+/// Upper bounds in seconds of how long finished deployments took, creation to end.
+const DEPLOYMENT_BUCKETS: [f64; 9] = [
+    10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0, 21600.0, 86400.0,
+];
+
+/// How long the finished deployments the server keeps took, by how they ended: a histogram
+/// read at scrape time, so every replica reports the same.
+async fn deployment_durations(pool: &sqlx::AnyPool, out: &mut String) -> ApiResult<()> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT state, finished_at - created_at FROM deployments
+         WHERE finished_at IS NOT NULL ORDER BY state",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut by_state: BTreeMap<String, Histogram<9>> = BTreeMap::new();
+    for (end, millis) in rows {
+        by_state
+            .entry(end)
+            .or_default()
+            .observe(&DEPLOYMENT_BUCKETS, millis.max(0) as f64 / 1000.0);
+    }
+    out.push_str("# HELP rota_deployment_duration_seconds How long finished deployments took, by how they ended.
+# TYPE rota_deployment_duration_seconds histogram
+");
+    for (end, histogram) in &by_state {
+        histogram.render(
+            out,
+            "rota_deployment_duration_seconds",
+            &format!("state=\"{}\"", escape(end)),
+            &DEPLOYMENT_BUCKETS,
+        );
+    }
+    Ok(())
+}
+
+/// Robots of each environment not on its current OS release: the release of the newest
+/// deployment to the environment that succeeded.
+async fn update_lag(state: &AppState, out: &mut String) -> ApiResult<()> {
+    let mut conn = state.db.pool().acquire().await?;
+    let environments: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM environments ORDER BY name")
+            .fetch_all(&mut *conn)
+            .await?;
+    out.push_str("# HELP rota_robots_behind Robots of an environment not running the OS release its newest successful deployment gave.
+# TYPE rota_robots_behind gauge
+");
+    for environment in environments {
+        let current: Option<String> = sqlx::query_scalar(
+            "SELECT r.version FROM deployments d JOIN releases r ON r.id = d.release_id
+             WHERE d.environment = $1 AND d.state = 'succeeded' AND r.app IS NULL
+             ORDER BY d.created_at DESC LIMIT 1",
+        )
+        .bind(&environment)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some(current) = current else {
+            continue;
+        };
+        let target = rota_protocol::operator::DeploymentTarget::Env(environment.clone());
+        let robots = crate::rollout::target_robots(&mut conn, &target).await?;
+        let mut behind = 0;
+        for robot in &robots {
+            let version: Option<String> =
+                sqlx::query_scalar("SELECT version FROM robots WHERE id = $1")
+                    .bind(&robot.id)
+                    .fetch_optional(&mut *conn)
+                    .await?
+                    .flatten();
+            behind += usize::from(version.as_deref() != Some(current.as_str()));
+        }
+        let _ = writeln!(
+            out,
+            "rota_robots_behind{{environment=\"{}\",release=\"v{}\"}} {behind}",
+            escape(&environment),
+            escape(&current)
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

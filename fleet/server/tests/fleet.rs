@@ -139,12 +139,7 @@ fn enrolled_fleet_deploys_to_all_and_every_robot_commits() {
     assert_eq!(deploy_entry["source_ip"], "127.0.0.1");
     assert!(actions.iter().any(|a| a == "release.publish"));
 
-    let metrics = common::http()
-        .get(format!("{}/metrics", server.url))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = metrics(&server);
     assert!(
         metrics.contains(&format!(
             "rota_robots_by_version{{version=\"2.0.0\"}} {FLEET_SIZE}"
@@ -156,6 +151,62 @@ fn enrolled_fleet_deploys_to_all_and_every_robot_commits() {
     assert!(metrics.contains(&format!(
         "rota_robot_events_total{{event=\"committed\"}} {FLEET_SIZE}"
     )));
+}
+
+fn metrics(server: &Server) -> String {
+    common::http()
+        .get(format!("{}/metrics", server.url))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap()
+}
+
+/// What Prometheus gets beyond request latency: each release's outcomes on robots, how long
+/// deployments took, and the robots of an environment behind its current release.
+#[test]
+fn metrics_count_release_outcomes_deployment_durations_and_robots_behind() {
+    let server = Server::start();
+    let _fleet = SimFleet::start(&server.url, "robot", 3, |n| Behaviour {
+        unhealthy_versions: match n {
+            2 => HashSet::from(["2.0.0".to_string()]),
+            _ => HashSet::new(),
+        },
+        gate: None,
+    });
+    server.rota_ok(&["groups", "create", "lab"]);
+    server.rota_ok(&["groups", "add", "lab", "robot-001", "robot-003"]);
+    server.rota_ok(&["env", "set", "lab", "--groups", "lab"]);
+    server.publish("2.0.0");
+    server.publish("2.1.0");
+    let failed = server.rota(ADMIN_KEY, &["deploy", "2.0.0", "--to", "all", "--wait"]);
+    assert_eq!(failed.status.code(), Some(3));
+    let out = server.rota(ADMIN_KEY, &["deploy", "2.1.0", "--to", "env:lab", "--wait"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let text = metrics(&server);
+    for line in [
+        r#"rota_release_outcomes_total{release="v2.0.0",outcome="committed"} 2"#,
+        r#"rota_release_outcomes_total{release="v2.0.0",outcome="rolled_back"} 1"#,
+        r#"rota_release_outcomes_total{release="v2.1.0",outcome="committed"} 2"#,
+        r#"rota_deployment_duration_seconds_count{state="failed"} 1"#,
+        r#"rota_deployment_duration_seconds_count{state="succeeded"} 1"#,
+        r#"rota_deployment_duration_seconds_bucket{state="succeeded",le="+Inf"} 1"#,
+        r#"rota_robots_behind{environment="lab",release="v2.1.0"} 0"#,
+    ] {
+        assert!(text.contains(line), "{line} missing from\n{text}");
+    }
+    // robot-002 (on 1.0.0 after its rollback) joins lab: one robot behind.
+    server.rota_ok(&["groups", "add", "lab", "robot-002"]);
+    let text = metrics(&server);
+    assert!(
+        text.contains(r#"rota_robots_behind{environment="lab",release="v2.1.0"} 1"#),
+        "{text}"
+    );
 }
 
 #[test]
