@@ -1,5 +1,5 @@
-//! Notifications: channels that hear about deployments and robots (a signed JSON webhook, or a
-//! Slack incoming webhook), and the log of every delivery.
+//! Notifications: channels that hear about deployments and robots (a signed JSON webhook, a
+//! Slack incoming webhook, or email over SMTP), and the log of every delivery.
 
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +25,10 @@ pub enum ChannelKind {
     Webhook,
     /// A Slack incoming webhook: `{"text": ...}`. Its URL is the secret.
     Slack,
+    /// Mail over SMTP: `smtp://[user@]host[:587]` (STARTTLS required) or
+    /// `smtps://[user@]host[:465]` (TLS from the start), checked against the system's roots;
+    /// the secret is the password.
+    Email,
 }
 
 impl ChannelKind {
@@ -32,6 +36,7 @@ impl ChannelKind {
         match self {
             ChannelKind::Webhook => "webhook",
             ChannelKind::Slack => "slack",
+            ChannelKind::Email => "email",
         }
     }
 
@@ -39,6 +44,7 @@ impl ChannelKind {
         match text {
             "webhook" => Some(ChannelKind::Webhook),
             "slack" => Some(ChannelKind::Slack),
+            "email" => Some(ChannelKind::Email),
             _ => None,
         }
     }
@@ -61,6 +67,12 @@ pub struct Channel {
     /// The events it hears; empty: every event.
     #[serde(default)]
     pub events: Vec<String>,
+    /// An email channel's recipients.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub to: Vec<String>,
+    /// An email channel's sender.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
     pub created_at: String,
 }
 
@@ -70,26 +82,51 @@ pub struct Channel {
 pub struct SetChannel {
     pub kind: ChannelKind,
     pub url: String,
-    /// The HMAC key of a webhook (at least 16 characters). Never answered.
+    /// The HMAC key of a webhook (at least 16 characters), or an email channel's SMTP
+    /// password. Never answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub environment: Option<String>,
     #[serde(default)]
     pub events: Vec<String>,
+    /// An email channel's recipients (at least one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub to: Vec<String>,
+    /// An email channel's sender.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
 }
 
 impl SetChannel {
     /// Why the server would refuse it, if it would.
     pub fn validate(&self) -> Result<(), String> {
-        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+        if self.kind == ChannelKind::Email {
+            if !(self.url.starts_with("smtp://") || self.url.starts_with("smtps://")) {
+                return Err(format!(
+                    "url {:?} is not smtp://HOST[:PORT] (STARTTLS) or smtps://HOST[:PORT]",
+                    self.url
+                ));
+            }
+            if self.to.is_empty() || self.from.is_none() {
+                return Err(
+                    "an email channel needs its recipients (to) and its sender (from)".into(),
+                );
+            }
+            let bad = |a: &String| !a.contains('@') || a.chars().any(char::is_whitespace);
+            if let Some(address) = self.to.iter().chain(&self.from).find(|a| bad(a)) {
+                return Err(format!("{address:?} is not an email address"));
+            }
+        } else if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
             return Err(format!("url {:?} is not an http(s) URL", self.url));
+        } else if !self.to.is_empty() || self.from.is_some() {
+            return Err("to and from are for email channels".into());
         }
         match (&self.secret, self.kind) {
             (Some(_), ChannelKind::Slack) => {
                 return Err("a Slack channel takes no secret: its URL is the secret".into())
             }
-            (Some(secret), _) if secret.len() < 16 => {
+            (Some(secret), ChannelKind::Webhook) if secret.len() < 16 => {
                 return Err("secret must be at least 16 characters".into())
             }
             _ => {}

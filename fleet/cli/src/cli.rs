@@ -287,7 +287,7 @@ Examples:
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
-    /// Notification channels (a signed JSON webhook or Slack) and their delivery log.
+    /// Notification channels (a signed JSON webhook, Slack, email) and their delivery log.
     #[command(subcommand)]
     Notify(NotifyCommand),
     /// Manage operator API keys (admin).
@@ -485,31 +485,48 @@ pub enum VarCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum NotifyCommand {
-    /// Create or replace a channel (admin). It hears the events of deployments to its
-    /// environment and of that environment's robots (every environment without --env):
-    /// deployment.created, deployment.awaiting_approval, deployment.stage_started,
-    /// deployment.halted, deployment.succeeded, deployment.failed, robot.rolled_back,
-    /// robot.offline (and test). A webhook gets a JSON POST signed with HMAC-SHA256 of the
-    /// body in X-Rota-Signature-256 (sha256=HEX) when it has a secret; Slack gets {"text"}.
+    /// Create or replace a channel (admin): a webhook, Slack or email.
+    ///
+    /// It hears the events of deployments to its environment and of that environment's robots
+    /// (every environment without --env): deployment.created, deployment.awaiting_approval,
+    /// deployment.stage_started, deployment.halted, deployment.succeeded, deployment.failed,
+    /// robot.rolled_back, robot.offline (and test). A webhook gets a JSON POST signed with
+    /// HMAC-SHA256 of the body in X-Rota-Signature-256 (sha256=HEX) when it has a secret;
+    /// Slack gets {"text"}; email goes over SMTP with STARTTLS (smtp://USER@HOST:587) or TLS
+    /// (smtps://HOST:465), the server's certificate checked, the secret as the password.
     /// Deliveries are retried 5 times, 1 to 8 s apart, then recorded as failed; a rollout
     /// never waits for them.
     #[command(
         after_help = "Examples:\n  rota notify set ops --webhook https://ops.example.com/rota --secret -\n  \
         rota notify set team --slack https://hooks.slack.com/services/T0/B0/XXXX --env production \\\n    \
-        --events deployment.halted,robot.rolled_back,robot.offline\n\n\
-        --secret - reads the webhook's HMAC key (at least 16 characters) from stdin.\n"
+        --events deployment.halted,robot.rolled_back,robot.offline\n  \
+        rota notify set oncall --email smtp://rota@mail.example.com --secret - \\\n    \
+        --from rota@example.com --to oncall@example.com --events deployment.halted\n\n\
+        --secret - reads the webhook's HMAC key (at least 16 characters) or the SMTP password\n\
+        from stdin.\n"
     )]
     Set {
         /// The channel's name.
         name: String,
         /// POST signed JSON to this URL.
-        #[arg(long, conflicts_with = "slack", required_unless_present = "slack")]
+        #[arg(long, conflicts_with_all = ["slack", "email"], required_unless_present_any = ["slack", "email"])]
         webhook: Option<String>,
         /// POST to this Slack incoming-webhook URL (the URL is its secret: never shown again).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "email")]
         slack: Option<String>,
-        /// The webhook's HMAC key; `-` reads it from stdin. [default: unsigned]
-        #[arg(long, requires = "webhook")]
+        /// Mail through this SMTP server: smtp://[USER@]HOST[:587] (STARTTLS) or
+        /// smtps://[USER@]HOST[:465].
+        #[arg(long, requires_all = ["to", "from"])]
+        email: Option<String>,
+        /// An email channel's recipient; give it once per address.
+        #[arg(long, requires = "email")]
+        to: Vec<String>,
+        /// An email channel's sender address.
+        #[arg(long, requires = "email")]
+        from: Option<String>,
+        /// The webhook's HMAC key or the SMTP password; `-` reads it from stdin.
+        /// [default: none]
+        #[arg(long, conflicts_with = "slack")]
         secret: Option<String>,
         /// Only this environment's deployments and robots. [default: all]
         #[arg(long)]

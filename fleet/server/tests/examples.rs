@@ -20,7 +20,7 @@ fn workflow(name: &str) -> Value {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../examples")
         .join(name);
-    let output = Command::new("python3")
+    let output = Command::new("/usr/bin/python3")
         .args([
             "-c",
             // BaseLoader: every scalar a string, so the key `on` stays "on" (YAML 1.1

@@ -360,3 +360,242 @@ fn bad_channels_are_refused_with_a_reason() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("403"));
     assert_eq!(server.rota_json(&["notify", "list"]), serde_json::json!([]));
 }
+
+/// A real SMTP server (Debian's python3-aiosmtpd) that requires STARTTLS and a login, with a
+/// certificate from a CA made for the test, which the fleet server trusts through
+/// SSL_CERT_FILE as it would trust a system root.
+struct SmtpServer {
+    port: u16,
+    mail_dir: std::path::PathBuf,
+    child: std::process::Child,
+}
+
+const SMTP_PASSWORD: &str = "smtp-password-never-logged";
+
+const SMTP_SERVER_PY: &str = r#"
+import os, ssl, sys, time
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+
+port, cert, key, mail_dir, password = sys.argv[1:6]
+
+class Keep:
+    async def handle_DATA(self, server, session, envelope):
+        name = os.path.join(mail_dir, "%d.eml" % time.monotonic_ns())
+        with open(name + ".tmp", "wb") as f:
+            f.write(envelope.content)
+        os.rename(name + ".tmp", name)
+        return "250 kept"
+
+def login(server, session, envelope, mechanism, data):
+    ok = isinstance(data, LoginPassword) and data.login == b"rota" and data.password == password.encode()
+    return AuthResult(success=ok)
+
+context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+context.load_cert_chain(cert, key)
+controller = Controller(Keep(), hostname="127.0.0.1", port=int(port), tls_context=context,
+                        require_starttls=True, authenticator=login, auth_required=True)
+controller.start()
+print("ready", flush=True)
+while True:
+    time.sleep(60)
+"#;
+
+impl SmtpServer {
+    /// Starts it on a free port; returns it and the CA file the fleet server must trust.
+    fn start(dir: &std::path::Path) -> (SmtpServer, std::path::PathBuf) {
+        let path = |name: &str| dir.join(name);
+        let openssl = |args: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("openssl");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=rota test CA",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "smtp.key",
+            "-out",
+            "smtp.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        fs_write(&path("san.ext"), "subjectAltName=IP:127.0.0.1\n");
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "smtp.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "smtp.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ]);
+        let mail_dir = path("mail");
+        std::fs::create_dir_all(&mail_dir).unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = std::process::Command::new("/usr/bin/python3")
+            .args(["-c", SMTP_SERVER_PY, &port.to_string()])
+            .arg(path("smtp.pem"))
+            .arg(path("smtp.key"))
+            .arg(&mail_dir)
+            .arg(SMTP_PASSWORD)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("/usr/bin/python3 with python3-aiosmtpd (scripts/deps installs it)");
+        let mut ready = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut ready)
+            .unwrap();
+        assert_eq!(ready.trim(), "ready", "the SMTP server did not start");
+        (
+            SmtpServer {
+                port,
+                mail_dir,
+                child,
+            },
+            path("ca.pem"),
+        )
+    }
+
+    /// Every mail received so far, as text.
+    fn mails(&self) -> Vec<String> {
+        let mut names: Vec<_> = std::fs::read_dir(&self.mail_dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+            .collect();
+        names.sort();
+        names
+            .iter()
+            .map(|p| std::fs::read_to_string(p).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn fs_write(path: &std::path::Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+}
+
+/// `rota notify set NAME --email ... --secret -` with `password` on stdin.
+fn set_email_channel(
+    server: &Server,
+    name: &str,
+    url: &str,
+    password: &str,
+) -> std::process::Output {
+    let mut child = std::process::Command::new(common::cli_bin())
+        .args([
+            "notify",
+            "set",
+            name,
+            "--email",
+            url,
+            "--secret",
+            "-",
+            "--from",
+            "rota@example.com",
+            "--to",
+            "oncall@example.com",
+            "--to",
+            "lead@example.com",
+        ])
+        .env("ROTA_SERVER", &server.url)
+        .env("ROTA_API_KEY", ADMIN_KEY)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.as_mut().unwrap(), "{password}").unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Email over SMTP with STARTTLS and a login: the mail arrives with its subject and both
+/// recipients; the password is never answered.
+#[test]
+fn email_goes_out_over_starttls_with_a_login() {
+    let dir = tempfile::tempdir().unwrap();
+    let (smtp, ca) = SmtpServer::start(dir.path());
+    let server = Server::start_with(&[("SSL_CERT_FILE", ca.to_str().unwrap())]);
+    let url = format!("smtp://rota@127.0.0.1:{}", smtp.port);
+    let out = set_email_channel(&server, "oncall", &url, SMTP_PASSWORD);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let channels = server.rota_json(&["notify", "list"]);
+    assert_eq!(channels[0]["kind"], "email");
+    assert_eq!(
+        channels[0]["to"],
+        serde_json::json!(["oncall@example.com", "lead@example.com"])
+    );
+    assert!(!channels.to_string().contains(SMTP_PASSWORD), "{channels}");
+
+    let sent = server.rota(ADMIN_KEY, &["notify", "test", "oncall"]);
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    let mails = smtp.mails();
+    assert_eq!(mails.len(), 1, "{mails:#?}");
+    let mail = &mails[0];
+    for needle in [
+        "Subject: Rota: a test notification to channel oncall",
+        "From: rota@example.com",
+        "oncall@example.com",
+        "lead@example.com",
+        "event: test",
+    ] {
+        assert!(mail.contains(needle), "{needle} missing from\n{mail}");
+    }
+
+    let log = server.rota_json(&["notify", "deliveries", "--channel", "oncall"]);
+    assert_eq!(log[0]["state"], "delivered", "{log:#}");
+    assert!(!log.to_string().contains(SMTP_PASSWORD));
+}

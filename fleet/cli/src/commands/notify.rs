@@ -23,14 +23,18 @@ pub fn notify(api: &Api, command: NotifyCommand, json: bool) -> anyhow::Result<O
             name,
             webhook,
             slack,
+            email,
+            to,
+            from,
             secret,
             env,
             events,
         } => {
-            let (kind, url) = match (webhook, slack) {
-                (Some(url), None) => (ChannelKind::Webhook, url),
-                (None, Some(url)) => (ChannelKind::Slack, url),
-                _ => bail!("give exactly one of --webhook URL and --slack URL"),
+            let (kind, url) = match (webhook, slack, email) {
+                (Some(url), None, None) => (ChannelKind::Webhook, url),
+                (None, Some(url), None) => (ChannelKind::Slack, url),
+                (None, None, Some(url)) => (ChannelKind::Email, url),
+                _ => bail!("give exactly one of --webhook URL, --slack URL and --email SMTP-URL"),
             };
             let secret = match secret.as_deref() {
                 Some("-") => {
@@ -49,6 +53,8 @@ pub fn notify(api: &Api, command: NotifyCommand, json: bool) -> anyhow::Result<O
                 secret,
                 environment: env,
                 events,
+                to,
+                from,
             };
             request.validate().map_err(anyhow::Error::msg)?;
             let channel: Channel = api.send_json(

@@ -1,9 +1,10 @@
 -- Version 9. Keep in step with the other backend's 0009_notifications.sql.
 --
--- Notification channels and the log of their deliveries. A channel hears the events of
+-- Notification channels (webhook, Slack, email) and the log of their deliveries. A channel hears the events of
 -- deployments to its environment and of that environment's robots (environment NULL: all);
 -- events: JSON array of event names, empty for all. secret: the webhook's HMAC key, never
--- answered. A delivery is pending until an attempt succeeds (delivered) or the last one fails
+-- answered (an email channel's SMTP password); email_to (JSON array) and email_from: an email
+-- channel's addresses. A delivery is pending until an attempt succeeds (delivered) or the last one fails
 -- (failed); next_at: when it may be tried (again), also a claim's lease.
 CREATE TABLE notification_channels (
     name        TEXT PRIMARY KEY,
@@ -12,6 +13,8 @@ CREATE TABLE notification_channels (
     secret      TEXT,
     environment TEXT,
     events      TEXT NOT NULL,
+    email_to    TEXT,
+    email_from  TEXT,
     created_at  BIGINT NOT NULL
 );
 

@@ -81,13 +81,16 @@ type Claimed = (
     Option<String>,
     Option<String>,
     Option<String>,
+    Option<String>,
+    Option<String>,
 );
 
 async fn attempt(db: &Db, http: &reqwest::Client, id: i64) -> ApiResult<()> {
     let row: Option<Claimed> = {
         let mut conn = db.pool().acquire().await?;
         sqlx::query_as(
-            "SELECT x.channel, x.body, x.attempts, c.kind, c.url, c.secret
+            "SELECT x.channel, x.body, x.attempts, c.kind, c.url, c.secret, c.email_to,
+                    c.email_from
              FROM notification_deliveries x
              LEFT JOIN notification_channels c ON c.name = x.channel WHERE x.id = $1",
         )
@@ -95,10 +98,22 @@ async fn attempt(db: &Db, http: &reqwest::Client, id: i64) -> ApiResult<()> {
         .fetch_optional(&mut *conn)
         .await?
     };
-    let Some((channel, body, attempts, kind, url, secret)) = row else {
+    let Some((channel, body, attempts, kind, url, secret, to, from)) = row else {
         return Ok(());
     };
     let outcome = match (kind.as_deref().and_then(ChannelKind::parse), url) {
+        (Some(ChannelKind::Email), Some(url)) => {
+            let to: Vec<String> = to
+                .and_then(|json| serde_json::from_str(&json).ok())
+                .unwrap_or_default();
+            let mail = Mail {
+                url: &url,
+                password: secret.as_deref(),
+                to: &to,
+                from: from.as_deref().unwrap_or_default(),
+            };
+            mail.send(&body).await
+        }
         (Some(kind), Some(url)) => send(http, kind, &url, secret.as_deref(), id, &body).await,
         _ => Err(format!("channel {channel:?} was removed")),
     };
@@ -168,6 +183,81 @@ async fn send(
     let text = response.text().await.unwrap_or_default();
     let text: String = text.chars().take(200).collect();
     Err(format!("HTTP {}: {}", status.as_u16(), text.trim()))
+}
+
+/// An email channel's way out: `smtp://[user@]host[:port]` (STARTTLS required, port 587) or
+/// `smtps://...` (TLS from the start, port 465), the server checked against the system's roots.
+struct Mail<'a> {
+    url: &'a str,
+    password: Option<&'a str>,
+    to: &'a [String],
+    from: &'a str,
+}
+
+impl Mail<'_> {
+    /// Sends the queued `{"subject", "body"}` as one plain-text mail. Errors name neither the
+    /// password nor the URL's user.
+    async fn send(&self, queued: &str) -> Result<(), String> {
+        use lettre::message::header::ContentType;
+        use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+        use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+
+        let (implicit_tls, rest) = match self.url.split_once("://") {
+            Some(("smtps", rest)) => (true, rest),
+            Some(("smtp", rest)) => (false, rest),
+            _ => return Err("not an smtp:// or smtps:// URL".into()),
+        };
+        let (user, address) = match rest.trim_end_matches('/').rsplit_once('@') {
+            Some((user, address)) => (Some(user), address),
+            None => (None, rest.trim_end_matches('/')),
+        };
+        let (host, port) = match address.rsplit_once(':') {
+            Some((host, port)) => (
+                host,
+                port.parse::<u16>()
+                    .map_err(|_| format!("port {port:?} is not a number"))?,
+            ),
+            None => (address, if implicit_tls { 465 } else { 587 }),
+        };
+        let relay = match implicit_tls {
+            true => AsyncSmtpTransport::<Tokio1Executor>::relay(host),
+            false => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(host),
+        };
+        let mut transport = relay
+            .map_err(|err| format!("SMTP server {host}: {err}"))?
+            .port(port)
+            .timeout(Some(ATTEMPT_TIMEOUT));
+        if let (Some(user), Some(password)) = (user, self.password) {
+            // PLAIN only, inside TLS: a refused login is one clear answer, not a second try
+            // with another mechanism.
+            transport = transport
+                .credentials(Credentials::new(user.into(), password.into()))
+                .authentication(vec![Mechanism::Plain]);
+        }
+        let queued: serde_json::Value =
+            serde_json::from_str(queued).map_err(|err| format!("queued mail: {err}"))?;
+        let text = |key: &str| queued[key].as_str().unwrap_or_default().to_string();
+        let mut message = Message::builder()
+            .from(self.from.parse().map_err(|err| format!("from: {err}"))?)
+            .subject(text("subject"))
+            .header(ContentType::TEXT_PLAIN);
+        for to in self.to {
+            message = message.to(to.parse().map_err(|err| format!("to {to}: {err}"))?);
+        }
+        let message = message
+            .body(text("body"))
+            .map_err(|err| format!("the mail: {err}"))?;
+        // One bound on the whole conversation, whatever the server does.
+        match tokio::time::timeout(ATTEMPT_TIMEOUT, transport.build().send(message)).await {
+            Ok(sent) => sent
+                .map(drop)
+                .map_err(|err| format!("SMTP {host}:{port}: {err}")),
+            Err(_) => Err(format!(
+                "SMTP {host}:{port}: no answer within {} s",
+                ATTEMPT_TIMEOUT.as_secs()
+            )),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -82,6 +82,18 @@ pub(crate) async fn enqueue(
             "details": event.details,
         }),
         ChannelKind::Slack => json!({ "text": event.text }),
+        // The mail: its subject and body.
+        ChannelKind::Email => json!({
+            "subject": event.text,
+            "body": format!(
+                "{}\n\nevent: {}\nat: {}\nenvironment: {}\n\n{}\n",
+                event.text,
+                event.name,
+                rfc3339(at),
+                event.environment.as_deref().unwrap_or("-"),
+                serde_json::to_string_pretty(&event.details).unwrap_or_default()
+            ),
+        }),
     };
     let id: i64 = sqlx::query_scalar(
         "INSERT INTO notification_deliveries (channel, event, body, text, state, attempts,

@@ -1,5 +1,6 @@
-//! Notification channels (admin) and the delivery log. A webhook's secret is never answered,
-//! audited or logged; a Slack URL, which is the secret there, is answered as its host only.
+//! Notification channels (admin) and the delivery log. A webhook's secret or an SMTP password is
+//! never answered, audited or logged; a Slack URL, which is the secret there, is answered as its
+//! host only.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -32,19 +33,31 @@ type ChannelRow = (
     Option<String>,
     Option<String>,
     String,
+    Option<String>,
+    Option<String>,
     i64,
 );
 
+const CHANNEL_SELECT: &str =
+    "SELECT name, kind, url, secret, environment, events, email_to, email_from, created_at
+     FROM notification_channels";
+
 fn channel_from_row(
-    (name, kind, url, secret, environment, events, created_at): ChannelRow,
+    (name, kind, url, secret, environment, events, to, from, created_at): ChannelRow,
 ) -> ApiResult<Channel> {
     let kind = ChannelKind::parse(&kind)
         .ok_or_else(|| ApiError::internal(format!("unknown channel kind {kind:?}")))?;
     Ok(Channel {
         url: match kind {
             ChannelKind::Slack => host_only(&url),
-            ChannelKind::Webhook => url,
+            ChannelKind::Webhook | ChannelKind::Email => url,
         },
+        to: to
+            .map(|json| serde_json::from_str(&json))
+            .transpose()
+            .map_err(ApiError::internal)?
+            .unwrap_or_default(),
+        from,
         signed: secret.is_some(),
         events: serde_json::from_str(&events).map_err(ApiError::internal)?,
         created_at: rfc3339(created_at),
@@ -55,13 +68,10 @@ fn channel_from_row(
 }
 
 async fn find_channel(conn: &mut AnyConnection, name: &str) -> ApiResult<Channel> {
-    let row: Option<ChannelRow> = sqlx::query_as(
-        "SELECT name, kind, url, secret, environment, events, created_at
-         FROM notification_channels WHERE name = $1",
-    )
-    .bind(name)
-    .fetch_optional(&mut *conn)
-    .await?;
+    let row: Option<ChannelRow> = sqlx::query_as(&format!("{CHANNEL_SELECT} WHERE name = $1"))
+        .bind(name)
+        .fetch_optional(&mut *conn)
+        .await?;
     channel_from_row(
         row.ok_or_else(|| ApiError::not_found(format!("no notification channel {name:?}")))?,
     )
@@ -90,12 +100,9 @@ pub async fn list(
     State(state): State<AppState>,
     _operator: Operator,
 ) -> ApiResult<ApiJson<Vec<Channel>>> {
-    let rows: Vec<ChannelRow> = sqlx::query_as(
-        "SELECT name, kind, url, secret, environment, events, created_at
-         FROM notification_channels ORDER BY name",
-    )
-    .fetch_all(state.db.pool())
-    .await?;
+    let rows: Vec<ChannelRow> = sqlx::query_as(&format!("{CHANNEL_SELECT} ORDER BY name"))
+        .fetch_all(state.db.pool())
+        .await?;
     Ok(ApiJson(
         rows.into_iter()
             .map(channel_from_row)
@@ -128,10 +135,11 @@ pub async fn put(
         crate::rollout::environment_rules(&mut write.tx, environment).await?;
     }
     sqlx::query(
-        "INSERT INTO notification_channels (name, kind, url, secret, environment, events, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)
+        "INSERT INTO notification_channels (name, kind, url, secret, environment, events,
+                                            email_to, email_from, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
          ON CONFLICT (name) DO UPDATE SET kind = $2, url = $3, secret = $4, environment = $5,
-             events = $6",
+             events = $6, email_to = $7, email_from = $8",
     )
     .bind(&name)
     .bind(request.kind.as_str())
@@ -139,6 +147,13 @@ pub async fn put(
     .bind(&request.secret)
     .bind(&request.environment)
     .bind(serde_json::to_string(&request.events).map_err(ApiError::internal)?)
+    .bind(
+        (!request.to.is_empty())
+            .then(|| serde_json::to_string(&request.to))
+            .transpose()
+            .map_err(ApiError::internal)?,
+    )
+    .bind(&request.from)
     .bind(now_ms())
     .execute(&mut *write.tx)
     .await?;
@@ -150,7 +165,7 @@ pub async fn put(
     )
     .details(json!({
         "kind": channel.kind.as_str(), "url": channel.url, "signed": channel.signed,
-        "environment": channel.environment, "events": channel.events,
+        "environment": channel.environment, "events": channel.events, "to": channel.to,
     }))
     .write(&mut write.tx)
     .await?;
