@@ -214,9 +214,17 @@ fn channels_hear_a_halting_canary_signed_and_a_dead_endpoint_slows_nothing() {
     });
     let heard = events(&bodies);
     let position = |name: &str| heard.iter().position(|e| e == name).unwrap_or(usize::MAX);
+    // Deliveries go out side by side, so they may arrive in any order; their ids (queue
+    // order) say what happened first.
+    let queued = |name: &str| -> u64 {
+        let received = webhook.received();
+        let index = position(name);
+        assert!(index < received.len(), "{name} not heard: {heard:?}");
+        received[index].headers["x-rota-delivery"].parse().unwrap()
+    };
     assert!(
-        position("deployment.created") < position("deployment.stage_started")
-            && position("deployment.stage_started") < position("deployment.halted")
+        queued("deployment.created") < queued("deployment.stage_started")
+            && queued("deployment.stage_started") < queued("deployment.halted")
             && heard.contains(&"robot.rolled_back".to_string()),
         "{heard:?}"
     );
