@@ -67,6 +67,7 @@ pub struct Metrics {
     requests: Mutex<BTreeMap<(String, String, u16), Histogram<{ BUCKETS.len() }>>>,
     events: Mutex<BTreeMap<String, u64>>,
     deployments_created: Mutex<u64>,
+    dashboard_polls: std::sync::atomic::AtomicU64,
 }
 
 impl Metrics {
@@ -85,6 +86,11 @@ impl Metrics {
             .unwrap_or_else(|e| e.into_inner())
             .entry(event.to_string())
             .or_default() += 1;
+    }
+
+    pub fn count_dashboard_poll(&self) {
+        self.dashboard_polls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn count_deployment(&self) {
@@ -120,6 +126,11 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         let _ = writeln!(out, "rota_deployments_created_total {created}");
+        out.push_str("# HELP rota_dashboard_change_polls_total Looks at the database for the dashboard's live updates (one poller per replica, whatever the number of open pages).\n# TYPE rota_dashboard_change_polls_total counter\n");
+        let polls = self
+            .dashboard_polls
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let _ = writeln!(out, "rota_dashboard_change_polls_total {polls}");
     }
 }
 

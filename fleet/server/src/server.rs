@@ -199,6 +199,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         metrics: Default::default(),
         last_seen: Default::default(),
         shutdown: shutdown_rx,
+        dashboard_changes: watch::Sender::new(None),
     });
     let flusher = {
         let state = state.clone();
@@ -216,6 +217,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let engine = tokio::spawn(rollout_ticks(state.clone()));
     let pruner = tokio::spawn(retention(state.clone()));
     let notifier = tokio::spawn(notifications(state.clone()));
+    let dashboard_poller = tokio::spawn(crate::dashboard::events::poll_changes(state.clone()));
     let wake_listener = (state.db.backend() == crate::db::Backend::Postgres)
         .then(|| tokio::spawn(crate::replica_wake::listen(state.clone())));
 
@@ -243,6 +245,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     engine.abort();
     pruner.abort();
     notifier.abort();
+    dashboard_poller.abort();
     if let Some(listener) = wake_listener {
         listener.abort();
     }

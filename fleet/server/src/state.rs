@@ -22,6 +22,9 @@ pub struct Shared {
     pub last_seen: LastSeen,
     /// Turns true when the server shuts down, so long-polls answer at once.
     pub shutdown: watch::Receiver<bool>,
+    /// The dashboard's view of the database, as one poller per replica last saw it
+    /// ([`crate::dashboard::events`]); every event stream watches this.
+    pub dashboard_changes: watch::Sender<Option<String>>,
 }
 
 impl AppState {

@@ -533,6 +533,60 @@ fn the_page_is_served_whole_from_the_binary_under_a_strict_policy() {
     }
 }
 
+/// Open pages share one poller per replica: each used to poll the database on its own, so the
+/// cost grew with every browser tab. Every stream still hears each change.
+#[test]
+fn open_pages_share_one_change_poller() {
+    let server = Server::start();
+    let (_, key) = new_key(&server, "dash", "viewer");
+    let browser = login(&server, &key);
+    let polls = || -> u64 {
+        let text = http()
+            .get(format!("{}/metrics", server.url))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("rota_dashboard_change_polls_total "))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let mut streams: Vec<_> = (0..6)
+        .map(|_| {
+            let stream = http()
+                .get(ui(&server, "/events"))
+                .header(COOKIE, &browser.cookie)
+                .send()
+                .unwrap();
+            assert_eq!(stream.status(), 200);
+            BufReader::new(stream).lines()
+        })
+        .collect();
+    let mut next_change = |n: usize| loop {
+        let line = streams[n].next().expect("the stream goes on").unwrap();
+        if let Some(data) = line.strip_prefix("data: ") {
+            return data.to_string();
+        }
+    };
+    let first: Vec<String> = (0..6).map(&mut next_change).collect();
+    let before = polls();
+    let started = std::time::Instant::now();
+    as_admin(http().put(server.api("/groups/lab")));
+    for (n, seen) in first.iter().enumerate() {
+        assert_ne!(&next_change(n), seen, "stream {n} missed the change");
+    }
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let looked = polls() - before;
+    let seconds = started.elapsed().as_secs() + 1;
+    // One look a second for all six pages (six pollers would make it six a second).
+    assert!(
+        looked <= seconds + 1,
+        "{looked} looks in {seconds} s for 6 pages"
+    );
+}
+
 /// The person's view, in a real headless Chromium driven by playwright-core
 /// (fleet/dashboard-tests/dashboard.test.mjs): 20 simulated robots, releases 1.0.0 (what the
 /// robots run), 2.0.0, 3.0.0 (whose health check fails on robot-001, a canary), 4.0.0 and

@@ -1,10 +1,11 @@
 //! Live updates: `GET /ui/events`, a Server-Sent Events stream that says "something changed"
 //! whenever the fleet's state in the database moves; the page then reloads what it shows.
 //!
-//! The server polls a fingerprint of the database (the newest robot event, audit entry,
-//! rollout decision, version report and assignment change) every second instead of listening
-//! to its own writes: with several replicas on PostgreSQL, a change made through another
-//! replica must reach this replica's browsers too. The query reads five indexed maxima.
+//! One poller per replica looks at a fingerprint of the database (the newest robot event, audit
+//! entry, rollout decision, version report, assignment change and inventory) every second while
+//! any page watches, instead of listening to its own writes: with several replicas on
+//! PostgreSQL, a change made through another replica must reach this replica's browsers too.
+//! Every stream watches what that poller saw.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -12,6 +13,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::stream::{self, Stream};
+use tokio::sync::watch;
 
 use super::session::Session;
 use crate::state::AppState;
@@ -37,15 +39,42 @@ async fn fingerprint(state: &AppState) -> Result<String, sqlx::Error> {
     ))
 }
 
+/// The one poller of this replica: while any page watches, it looks at the fingerprint every
+/// second and publishes it when it moved, so N open pages cost one query per second, not N.
+pub async fn poll_changes(state: AppState) {
+    let mut tick = tokio::time::interval(POLL_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if state.dashboard_changes.receiver_count() == 0 {
+            continue;
+        }
+        state.metrics.count_dashboard_poll();
+        match fingerprint(&state).await {
+            Ok(now) => {
+                state.dashboard_changes.send_if_modified(|seen| {
+                    let moved = seen.as_ref() != Some(&now);
+                    if moved {
+                        *seen = Some(now);
+                    }
+                    moved
+                });
+            }
+            Err(err) => tracing::warn!("dashboard events: {err}"),
+        }
+    }
+}
+
 struct Watch {
     state: AppState,
     session: Session,
+    changes: watch::Receiver<Option<String>>,
     last: Option<String>,
     sent: u64,
 }
 
 /// The next `change` event, or the end of the stream when the server shuts down or the
-/// session ends (logout, expiry, key revoked).
+/// session ends (logout, expiry, key revoked; checked every second).
 async fn next_change(mut watch: Watch) -> Option<(Result<Event, Infallible>, Watch)> {
     let mut shutdown = watch.state.shutdown.clone();
     loop {
@@ -54,8 +83,9 @@ async fn next_change(mut watch: Watch) -> Option<(Result<Event, Infallible>, Wat
         }
         match watch.session.still_valid(&watch.state).await {
             Ok(false) => return None,
-            Ok(true) => match fingerprint(&watch.state).await {
-                Ok(now) if watch.last.as_ref() != Some(&now) => {
+            Ok(true) => {
+                let now = watch.changes.borrow_and_update().clone();
+                if let Some(now) = now.filter(|now| watch.last.as_ref() != Some(now)) {
                     watch.sent += 1;
                     let event = Event::default()
                         .event("change")
@@ -64,24 +94,24 @@ async fn next_change(mut watch: Watch) -> Option<(Result<Event, Infallible>, Wat
                     watch.last = Some(now);
                     return Some((Ok(event), watch));
                 }
-                Ok(_) => {}
-                Err(err) => tracing::warn!("dashboard events: {err}"),
-            },
+            }
             Err(err) => tracing::warn!("dashboard events: {err}"),
         }
         tokio::select! {
+            _ = watch.changes.changed() => {}
             () = tokio::time::sleep(POLL_EVERY) => {}
             _ = shutdown.changed() => return None,
         }
     }
 }
 
-/// `GET /ui/events`: the first event comes at once, then one per change.
+/// `GET /ui/events`: the first event comes once the poller has looked, then one per change.
 pub async fn stream(
     State(state): State<AppState>,
     session: Session,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let watch = Watch {
+        changes: state.dashboard_changes.subscribe(),
         state,
         session,
         last: None,

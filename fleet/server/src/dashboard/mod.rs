@@ -7,7 +7,7 @@
 
 pub mod api;
 mod assets;
-mod events;
+pub(crate) mod events;
 pub mod session;
 
 use axum::http::header::{
