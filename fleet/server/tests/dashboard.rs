@@ -425,7 +425,7 @@ fn logout_and_key_revocation_end_sessions_and_their_event_streams() {
     let (key_id, key) = new_key(&server, "dash", "viewer");
     let browser = login(&server, &key);
 
-    // The stream needs a session, says "change" at once, and again after a change.
+    // The stream needs a session, says "change" first, and again after a change.
     assert_eq!(status_of(http().get(ui(&server, "/events"))), 401);
     let stream = http()
         .get(ui(&server, "/events"))
