@@ -578,3 +578,18 @@ test("an app release deploys from the releases page and rolls back from its depl
   await shot("18-robot-app-rolled-back");
   assert.deepEqual(await osVersions(), osBefore, "an app rollback moved a robot's OS");
 });
+
+test("the notifications page lists channels without secrets and sends a test", async () => {
+  await go("#/notifications");
+  await page.waitForSelector("[data-channel=ops]");
+  const text = await page.textContent("#main");
+  assert.ok(!text.includes("a-secret-of-16-chars"), "a channel's secret on the page");
+  // Everything this fleet did so far went to the channel and was delivered.
+  await page.waitForSelector("[data-delivery]:text-is('delivered')", { timeout: LONG });
+  await page.click("button[data-action=test-channel][data-channel=ops]");
+  await page.waitForSelector("td:has(code:text-is('test')) ~ td [data-delivery]:text-is('delivered')", { timeout: LONG });
+  const log = await server("/notifications/deliveries?channel=ops&limit=1000");
+  assert.ok(log.some((d) => d.event === "test" && d.state === "delivered"), JSON.stringify(log.slice(0, 3)));
+  assert.ok(log.some((d) => d.event === "deployment.halted"), "the canary's halt was announced");
+  await shot("19-notifications");
+});

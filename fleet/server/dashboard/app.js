@@ -256,6 +256,7 @@ const VIEWS = {
   robot: robotView,
   releases: releasesView,
   audit: auditView,
+  notifications: notificationsView,
   charts: chartsView,
 };
 
@@ -925,6 +926,41 @@ function auditView(main) {
     },
   };
   return view;
+}
+
+// ---------- notifications ----------
+
+/// The channels (never a secret: the server answers none) with a test button for deployers,
+/// and the delivery log, newest first.
+function notificationsView(main) {
+  const body = el("div");
+  main.append(el("h1", {}, "Notifications"), body);
+  return {
+    async refresh() {
+      const [channels, deliveries] = await Promise.all([api("/notifications/channels"), api("/notifications/deliveries?limit=50")]);
+      body.replaceChildren(
+        section("Channels", table("Notification channels", ["Channel", "Kind", "Where", "Signed", "Environment", "Events", ""],
+          channels.map((c) => [el("strong", { "data-channel": c.name }, c.name), c.kind,
+            c.kind === "email" ? (c.to || []).join(", ") + " via " + c.url : c.url,
+            c.signed ? "yes" : "no", c.environment || "all", (c.events || []).join(", ") || "all",
+            can("deployer") ? el("button", {
+              type: "button", "data-action": "test-channel", "data-channel": c.name,
+              onclick: async () => {
+                try {
+                  const delivery = await act("/notifications/channels/" + encodeURIComponent(c.name) + "/test");
+                  flash("Test notification " + delivery.id + " queued for " + c.name);
+                  await refresh();
+                } catch (err) { flash("Test refused: " + err.message, "bad"); }
+              },
+            }, "Send test") : ""]),
+          "No channels yet: an admin adds one with rota notify set.")),
+        section("Deliveries", table("Notification deliveries", ["When", "Channel", "Event", "State", "Attempts", "Text or error"],
+          deliveries.map((d) => [when(d.created_at), d.channel, el("code", {}, d.event),
+            el("span", { class: "badge " + (d.state === "delivered" ? "good" : d.state === "failed" ? "bad" : "warn"), "data-delivery": d.id }, d.state),
+            String(d.attempts), d.last_error ? el("span", { class: "bad-text" }, d.last_error) : d.text]),
+          "Nothing sent yet.")));
+    },
+  };
 }
 
 // ---------- charts ----------

@@ -11,6 +11,9 @@ use sqlx::AnyConnection;
 use crate::db::Db;
 use crate::error::ApiResult;
 
+/// Days a finished notification delivery stays in the delivery log.
+const DELIVERY_DAYS: i64 = 30;
+
 /// Deployments deleted per transaction, so a first prune of a large history does not hold the
 /// writer for long.
 const BATCH: i64 = 500;
@@ -32,11 +35,12 @@ const PRUNABLE_SQL: &str = "
                  AND b.finished_at > a.finished_at) < 2)
     ORDER BY d.created_at LIMIT $3";
 
-/// Deletes what the retention lets go; `keep` 0 keeps everything. Returns how many
+/// Deletes what the retention lets go; `keep` 0 keeps every deployment. Finished
+/// notification deliveries go after 30 days whatever `keep` says. Returns how many
 /// deployments were deleted.
 pub async fn prune_deployments(db: &Db, keep: u32) -> ApiResult<u64> {
     if keep == 0 {
-        return Ok(0);
+        return prune_deliveries(db).await.map(|()| 0);
     }
     let environments: Vec<String> = {
         let mut conn = db.pool().acquire().await?;
@@ -82,7 +86,22 @@ pub async fn prune_deployments(db: &Db, keep: u32) -> ApiResult<u64> {
     if deleted > 0 {
         tracing::info!("retention: deleted {deleted} old deployments");
     }
+    prune_deliveries(db).await?;
     Ok(deleted)
+}
+
+/// Finished notification deliveries older than [`DELIVERY_DAYS`].
+async fn prune_deliveries(db: &Db) -> ApiResult<()> {
+    let cutoff = crate::time::now_ms() - DELIVERY_DAYS * 24 * 3600 * 1000;
+    let mut write = db.begin_write().await?;
+    sqlx::query(
+        "DELETE FROM notification_deliveries WHERE finished_at IS NOT NULL AND finished_at < $1",
+    )
+    .bind(cutoff)
+    .execute(&mut *write.tx)
+    .await?;
+    write.commit().await?;
+    Ok(())
 }
 
 async fn delete_deployment(conn: &mut AnyConnection, id: &str) -> ApiResult<()> {

@@ -655,6 +655,33 @@ fn in_a_real_browser() {
     );
     let (_, deployer_key) = new_key(&server, "alice", "deployer");
     let (_, viewer_key) = new_key(&server, "victor", "viewer");
+    // A notification channel whose receiver answers every POST with 200.
+    let receiver = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hook = format!("http://{}/hook", receiver.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in receiver.incoming().flatten() {
+            let mut reader = BufReader::new(stream);
+            let mut length = 0;
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap_or(0) > 2 {
+                if let Some(value) = line.to_lowercase().strip_prefix("content-length:") {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+                line.clear();
+            }
+            let mut body = vec![0; length];
+            let _ = std::io::Read::read_exact(&mut reader, &mut body);
+            let _ = std::io::Write::write_all(
+                reader.get_mut(),
+                b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        }
+    });
+    as_admin(
+        http().put(server.api("/notifications/channels/ops")).json(
+            &json!({"kind": "webhook", "url": hook, "secret": "a-secret-of-16-chars-or-more"}),
+        ),
+    );
 
     let status = std::process::Command::new("node")
         .args(["--test", "--test-concurrency=1", "dashboard.test.mjs"])

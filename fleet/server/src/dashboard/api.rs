@@ -12,6 +12,7 @@ use super::session::{CsrfChecked, Session};
 use crate::error::{ApiJson, ApiPath, ApiQuery};
 use crate::routes::deployments::{self, DeploymentsQuery};
 use crate::routes::fleet::{self, AuditQuery};
+use crate::routes::notifications::{self, DeliveriesQuery};
 use crate::routes::robots::{self, HistoryQuery, ReleaseHistoryQuery, RobotsQuery};
 use crate::routes::{environments, groups, releases, rollbacks};
 use crate::state::AppState;
@@ -51,6 +52,10 @@ through_session!(deployment_act, CsrfChecked => deployments::act,
 through_session!(rollback, CsrfChecked => rollbacks::create, body: ApiJson<RollbackRequest>);
 through_session!(promote, CsrfChecked => environments::promote,
     from: ApiPath<String>, body: ApiJson<PromoteRequest>);
+through_session!(channel_list, Session => notifications::list);
+through_session!(channel_test, CsrfChecked => notifications::test, name: ApiPath<String>);
+through_session!(delivery_list, Session => notifications::deliveries,
+    query: ApiQuery<DeliveriesQuery>);
 
 /// The routes, relative to [`PREFIX`].
 pub fn router() -> Router<AppState> {
@@ -69,4 +74,7 @@ pub fn router() -> Router<AppState> {
         .route("/deployments/{id}", get(deployment_get))
         .route("/deployments/{id}/{verb}", post(deployment_act))
         .route("/rollbacks", post(rollback))
+        .route("/notifications/channels", get(channel_list))
+        .route("/notifications/channels/{name}/test", post(channel_test))
+        .route("/notifications/deliveries", get(delivery_list))
 }

@@ -23,19 +23,22 @@ const POLL_EVERY: Duration = Duration::from_secs(1);
 /// Changes whenever anything the dashboard shows changes.
 async fn fingerprint(state: &AppState) -> Result<String, sqlx::Error> {
     // Inventories too: a robot reports the app release it committed after the commit itself.
-    let row: (i64, i64, i64, i64, i64, i64) = sqlx::query_as(
+    // Notification deliveries: new ones, and pending ones that ended.
+    let row: (i64, i64, i64, i64, i64, i64, i64, i64) = sqlx::query_as(
         "SELECT (SELECT COALESCE(MAX(id), 0) FROM robot_events),
                 (SELECT COALESCE(MAX(id), 0) FROM audit_log),
                 (SELECT COALESCE(MAX(id), 0) FROM deployment_log),
                 (SELECT COALESCE(MAX(id), 0) FROM robot_version_reports),
                 (SELECT COALESCE(MAX(updated_at), 0) FROM assignments),
-                (SELECT COALESCE(MAX(inventory_at), 0) FROM robots)",
+                (SELECT COALESCE(MAX(inventory_at), 0) FROM robots),
+                (SELECT COALESCE(MAX(id), 0) FROM notification_deliveries),
+                (SELECT COUNT(*) FROM notification_deliveries WHERE state = 'pending')",
     )
     .fetch_one(state.db.pool())
     .await?;
     Ok(format!(
-        "{}.{}.{}.{}.{}.{}",
-        row.0, row.1, row.2, row.3, row.4, row.5
+        "{}.{}.{}.{}.{}.{}.{}.{}",
+        row.0, row.1, row.2, row.3, row.4, row.5, row.6, row.7
     ))
 }
 
