@@ -165,8 +165,34 @@ async fn notifications(state: AppState) {
     }
 }
 
+/// Raises the soft limit of open files to the hard one: every robot holding a long-poll is one
+/// descriptor, and the common soft default of 1024 left about a thousand robots failing with
+/// "Too many open files" (accepts, and SQLite opening its file). Returns the new soft limit.
+pub fn raise_open_files_limit() -> std::io::Result<Option<u64>> {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current == limit.maximum {
+        return Ok(limit.current);
+    }
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        },
+    )?;
+    Ok(limit.maximum)
+}
+
 /// Runs the server until SIGINT or SIGTERM.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    match raise_open_files_limit() {
+        Ok(limit) => tracing::info!(
+            "open files limit: {}",
+            limit.map_or("unlimited".into(), |n| n.to_string())
+        ),
+        Err(err) => tracing::warn!("cannot raise the open files limit: {err}"),
+    }
     for dir in [
         &settings.data_dir,
         &settings.bundle_dir(),
@@ -256,4 +282,29 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .context("writing last-seen times at shutdown")?;
     state.db.close().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+
+    /// It used to run under whatever soft limit it was given (1024 as a rule).
+    #[test]
+    fn the_open_files_limit_is_raised_to_the_hard_one() {
+        let limit = getrlimit(Resource::Nofile);
+        let Some(hard) = limit.maximum else {
+            return; // unlimited: nothing to raise, and nothing this test can lower safely
+        };
+        let low = hard.min(256);
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(low),
+                maximum: Some(hard),
+            },
+        )
+        .unwrap();
+        assert_eq!(super::raise_open_files_limit().unwrap(), Some(hard));
+        assert_eq!(getrlimit(Resource::Nofile).current, Some(hard));
+    }
 }
