@@ -216,27 +216,31 @@ type RobotEventRow = (
     Option<String>,
 );
 
-/// Robots' rollbacks reported after `cursor`, and the last event id read.
+/// Robots' rollbacks reported after `cursor`, and the newest event id looked at. Every event
+/// up to the newest is looked at in one round (only rollbacks are read out), so a fleet
+/// reporting progress faster than a batch a second never leaves the channels behind.
 async fn robot_events(
     conn: &mut AnyConnection,
     cursor: i64,
 ) -> ApiResult<(Vec<Event>, Option<i64>)> {
+    let newest: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM robot_events")
+        .fetch_one(&mut *conn)
+        .await?;
     let rows: Vec<RobotEventRow> = sqlx::query_as(
         "SELECT x.id, x.robot_id, x.event, x.detail, x.deployment_id, r.version, r.app,
                 d.environment
          FROM robot_events x
          LEFT JOIN releases r ON r.id = x.release_id
          LEFT JOIN deployments d ON d.id = x.deployment_id
-         WHERE x.id > $1 ORDER BY x.id LIMIT $2",
+         WHERE x.id > $1 AND x.id <= $2 AND x.event = 'rolled_back' ORDER BY x.id",
     )
     .bind(cursor)
-    .bind(BATCH)
+    .bind(newest)
     .fetch_all(&mut *conn)
     .await?;
-    let last = rows.last().map(|row| row.0);
+    let last = (newest > cursor).then_some(newest);
     let events = rows
         .into_iter()
-        .filter(|row| row.2 == "rolled_back")
         .map(
             |(_, robot, _, reason, deployment, version, app, environment)| {
                 let reason = reason.unwrap_or_default();
