@@ -799,14 +799,19 @@ pub struct Deployment {
     pub log: Option<Vec<DeploymentLogEntry>>,
 }
 
+/// A release as people write it: `v1.4.0` for an OS release, `nav@1.4.0` for an app's (the
+/// form `rota deploy` takes).
+pub fn release_label(app: Option<&str>, version: &str) -> String {
+    match app {
+        Some(app) => format!("{app}@{version}"),
+        None => format!("v{version}"),
+    }
+}
+
 impl Deployment {
-    /// What it deploys as people write it: `v1.4.0` for an OS release, `nav@1.4.0` for an
-    /// app's (the form `rota deploy` takes).
+    /// What it deploys, as [`release_label`] writes it.
     pub fn release_label(&self) -> String {
-        match &self.app {
-            Some(app) => format!("{app}@{}", self.version),
-            None => format!("v{}", self.version),
-        }
+        release_label(self.app.as_deref(), &self.version)
     }
 }
 

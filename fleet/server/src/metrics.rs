@@ -208,33 +208,26 @@ pub async fn render(State(state): State<AppState>) -> ApiResult<Response> {
     Ok(([(CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
 }
 
-/// `v1.4.0` for an OS release, `nav@1.4.0` for an app's: one label value for both.
-fn release_label(version: &str, app: &str) -> String {
-    match app {
-        "" => format!("v{version}"),
-        app => format!("{app}@{version}"),
-    }
-}
-
 /// How each release ended on robots, from what they reported (kept beyond deployment
 /// retention): committed, rolled back, failed.
 async fn release_outcomes(pool: &sqlx::AnyPool, out: &mut String) -> ApiResult<()> {
-    let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
-        "SELECT r.version, COALESCE(r.app, ''), x.event, COUNT(*) FROM robot_events x
+    let rows: Vec<(String, Option<String>, String, i64)> = sqlx::query_as(
+        "SELECT r.version, r.app, x.event, COUNT(*) FROM robot_events x
          JOIN releases r ON r.id = x.release_id
          WHERE x.event IN ('committed', 'rolled_back', 'failed')
-         GROUP BY r.version, COALESCE(r.app, ''), x.event ORDER BY 1, 2, 3",
+         GROUP BY r.version, r.app, x.event ORDER BY 1, 2, 3",
     )
     .fetch_all(pool)
     .await?;
-    out.push_str("# HELP rota_release_outcomes_total Robots that committed, rolled back or failed each release.
-# TYPE rota_release_outcomes_total counter
-");
+    out.push_str("# HELP rota_release_outcomes_total Robots that committed, rolled back or failed each release.\n# TYPE rota_release_outcomes_total counter\n");
     for (version, app, outcome, count) in rows {
         let _ = writeln!(
             out,
             "rota_release_outcomes_total{{release=\"{}\",outcome=\"{outcome}\"}} {count}",
-            escape(&release_label(&version, &app))
+            escape(&rota_protocol::operator::release_label(
+                app.as_deref(),
+                &version
+            ))
         );
     }
     Ok(())
@@ -261,9 +254,7 @@ async fn deployment_durations(pool: &sqlx::AnyPool, out: &mut String) -> ApiResu
             .or_default()
             .observe(&DEPLOYMENT_BUCKETS, millis.max(0) as f64 / 1000.0);
     }
-    out.push_str("# HELP rota_deployment_duration_seconds How long finished deployments took, by how they ended.
-# TYPE rota_deployment_duration_seconds histogram
-");
+    out.push_str("# HELP rota_deployment_duration_seconds How long finished deployments took, by how they ended.\n# TYPE rota_deployment_duration_seconds histogram\n");
     for (end, histogram) in &by_state {
         histogram.render(
             out,
@@ -283,9 +274,14 @@ async fn update_lag(state: &AppState, out: &mut String) -> ApiResult<()> {
         sqlx::query_scalar("SELECT name FROM environments ORDER BY name")
             .fetch_all(&mut *conn)
             .await?;
-    out.push_str("# HELP rota_robots_behind Robots of an environment not running the OS release its newest successful deployment gave.
-# TYPE rota_robots_behind gauge
-");
+    out.push_str("# HELP rota_robots_behind Robots of an environment not running the OS release its newest successful deployment gave.\n# TYPE rota_robots_behind gauge\n");
+    // Every robot's version, read once for all environments.
+    let versions: BTreeMap<String, Option<String>> =
+        sqlx::query_as::<_, (String, Option<String>)>("SELECT id, version FROM robots")
+            .fetch_all(&mut *conn)
+            .await?
+            .into_iter()
+            .collect();
     for environment in environments {
         let current: Option<String> = sqlx::query_scalar(
             "SELECT r.version FROM deployments d JOIN releases r ON r.id = d.release_id
@@ -300,16 +296,12 @@ async fn update_lag(state: &AppState, out: &mut String) -> ApiResult<()> {
         };
         let target = rota_protocol::operator::DeploymentTarget::Env(environment.clone());
         let robots = crate::rollout::target_robots(&mut conn, &target).await?;
-        let mut behind = 0;
-        for robot in &robots {
-            let version: Option<String> =
-                sqlx::query_scalar("SELECT version FROM robots WHERE id = $1")
-                    .bind(&robot.id)
-                    .fetch_optional(&mut *conn)
-                    .await?
-                    .flatten();
-            behind += usize::from(version.as_deref() != Some(current.as_str()));
-        }
+        let behind = robots
+            .iter()
+            .filter(|robot| {
+                versions.get(&robot.id).and_then(Option::as_deref) != Some(current.as_str())
+            })
+            .count();
         let _ = writeln!(
             out,
             "rota_robots_behind{{environment=\"{}\",release=\"v{}\"}} {behind}",

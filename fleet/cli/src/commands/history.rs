@@ -1,6 +1,8 @@
 //! history: the releases each robot ran, or (--events) what robots reported.
 
-use rota_protocol::operator::{HistoryEntry, ReleaseRun, RobotReleaseHistory, RunEnd, RunOrigin};
+use rota_protocol::operator::{
+    release_label as label, HistoryEntry, ReleaseRun, RobotReleaseHistory, RunEnd, RunOrigin,
+};
 
 use crate::client::Api;
 use crate::commands::show_filtered_list;
@@ -36,14 +38,6 @@ impl Filter {
             query.push(("until", until.rfc3339()));
         }
         query
-    }
-}
-
-/// A version on a track as people write it: `nav@1.4.0` for an app's, `v1.4.0` for the OS's.
-fn label(app: Option<&str>, version: &str) -> String {
-    match app {
-        Some(app) => format!("{app}@{version}"),
-        None => format!("v{version}"),
     }
 }
 

@@ -10,6 +10,7 @@
 pub mod deliver;
 
 use rota_protocol::notifications::ChannelKind;
+use rota_protocol::operator::release_label;
 use serde_json::{json, Value};
 use sqlx::AnyConnection;
 
@@ -110,14 +111,6 @@ pub(crate) async fn enqueue(
     Ok(id)
 }
 
-/// A deployment's label as people write it: `nav@1.4.0` or `v1.4.0`.
-fn release_label(version: &str, app: Option<&str>) -> String {
-    match app {
-        Some(app) => format!("{app}@{version}"),
-        None => format!("v{version}"),
-    }
-}
-
 type LogRow = (
     i64,
     String,
@@ -154,7 +147,7 @@ async fn deployment_events(
     for (_, action, stage, detail, id, environment, target, state, stages, version, app) in rows {
         let what = format!(
             "deployment {id} of {} to {target}",
-            release_label(&version, app.as_deref())
+            release_label(app.as_deref(), &version)
         );
         let details = json!({
             "deployment": {
@@ -246,7 +239,7 @@ async fn robot_events(
                 let reason = reason.unwrap_or_default();
                 let release = version
                     .as_deref()
-                    .map(|v| release_label(v, app.as_deref()))
+                    .map(|v| release_label(app.as_deref(), v))
                     .unwrap_or_else(|| "a release".into());
                 Event {
                     name: "robot.rolled_back",
